@@ -1,0 +1,197 @@
+"""The Llama-architecture language model (DeepSeek-LLM) with a static, preallocated KV cache.
+
+Numerics follow the reference Llama: RMSNorm in fp32 then cast back, rotate-half RoPE with
+cos/sin computed in fp32 and applied in the activation dtype, SwiGLU, no biases, untied
+output head. The LLM works on embeddings, so the caller decides what each position holds
+(text, understanding-image features or generation-image embeddings).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from openjanus.config import LLMConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos/sin tables for rotate-half RoPE at `positions` [B, T] -> two [B, 1, T, head_dim]."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.int64).float() / head_dim))
+    freqs = positions.float()[..., None] * inv_freq  # [B, T, head_dim/2]
+    emb = torch.cat([freqs, freqs], dim=-1)  # [B, T, head_dim]
+    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    return x * cos + _rotate_half(x) * sin
+
+
+class KVCache(nn.Module):
+    """Preallocated keys/values for every layer, indexed by cache slot.
+
+    All rows of a batch share slot indices (left padding keeps them aligned), so each decode
+    step writes one slot with fixed shapes and can be compiled or captured.
+    """
+
+    def __init__(self, n_layers: int, batch: int, max_len: int, n_kv_heads: int, head_dim: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    def update(self, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k/v [B, H, T, hd] at `slots` [T]; return the layer's full cache [B, H, S, hd]."""
+        self.k[layer].index_copy_(2, slots, k)
+        self.v[layer].index_copy_(2, slots, v)
+        return self.k[layer], self.v[layer]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LLMConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, layer: int,
+                cache: KVCache | None, slots: Tensor | None) -> Tensor:
+        B, T, _ = x.shape
+        # [B, T, H*hd] -> [B, H, T, hd]
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, slots, k, v)
+        if self.n_kv_heads != self.n_heads:
+            rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))  # [B, T, D]
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: LLMConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LLMConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, layer: int,
+                cache: KVCache | None, slots: Tensor | None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, layer, cache, slots)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class LLM(nn.Module):
+    """Decoder stack on input embeddings; returns final-norm hidden states.
+
+    `embed` and `lm_head` live here (they are the text vocabulary's), but `forward` takes
+    embeddings so that image features can be spliced in by the caller.
+    """
+
+    def __init__(self, cfg: LLMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.checkpoint_activations = False
+
+    def new_cache(self, batch: int, max_len: int, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> KVCache:
+        if max_len > self.cfg.max_seq_len:
+            raise ValueError(f"requested {max_len} cache positions but the model supports {self.cfg.max_seq_len}")
+        ref = self.embed.weight
+        return KVCache(self.cfg.n_layers, batch, max_len, self.cfg.n_kv_heads, self.cfg.head_dim,
+                       device=device or ref.device, dtype=dtype or ref.dtype)
+
+    def forward(self, h: Tensor, positions: Tensor, mask: Tensor | None = None,
+                cache: KVCache | None = None, slots: Tensor | None = None) -> Tensor:
+        """Run the stack.
+
+        h: [B, T, D] input embeddings; positions: [B, T] RoPE positions;
+        mask: bool [B, 1, T, S] (True = may attend) or None for plain causal attention
+        over the T inputs; cache/slots: write k/v at cache slots [T] and attend over the
+        whole cache (the mask must then cover all S cache slots).
+        """
+        if (cache is None) != (slots is None):
+            raise ValueError("cache and slots must be given together")
+        if cache is not None and mask is None:
+            raise ValueError("a cached forward needs an explicit mask over the cache slots")
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, h.dtype)
+        for i, layer in enumerate(self.layers):
+            if self.checkpoint_activations and self.training:
+                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, mask, i, cache, slots, use_reentrant=False)
+            else:
+                h = layer(h, cos, sin, mask, i, cache, slots)
+        return self.norm(h)
+
+
+def cache_mask(slots: Tensor, key_valid: Tensor) -> Tensor:
+    """Attention mask for queries at cache `slots` [T] over all S slots.
+
+    key_valid: bool [B, S], False for padding slots. A query sees valid keys at or before
+    its own slot; it always sees itself, so a padding query never has an empty row (an
+    all-masked row would give NaN that would then leak through 0 * NaN into real rows).
+    Returns bool [B, 1, T, S].
+    """
+    S = key_valid.shape[1]
+    key_idx = torch.arange(S, device=slots.device)
+    causal = key_idx[None, :] <= slots[:, None]  # [T, S]
+    own = key_idx[None, :] == slots[:, None]
+    return ((causal[None] & key_valid[:, None, :]) | own[None])[:, None]
+
+
+def document_mask(doc_ids: Tensor) -> Tensor:
+    """Causal mask confined to each packed document: doc_ids [B, T] -> bool [B, 1, T, T]."""
+    T = doc_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]
+    return (same & causal)[:, None]
