@@ -1,0 +1,275 @@
+"""`openjanus` command line: a thin layer of typed functions over `JanusPipeline`.
+
+Every command takes --model (a checkpoint folder, a preset name for random weights, or
+nothing for the shipped demo model), --device, --dtype and --seed. Errors are one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from openjanus.errors import UserError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="checkpoint folder (official or Hugging Face layout), a preset name for random "
+                        "weights, or omit for the shipped demo model")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same device: same output)")
+
+
+def _sampling(p: argparse.ArgumentParser, temperature: float) -> None:
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+
+
+def _pipeline(args: argparse.Namespace):
+    from openjanus.pipeline import JanusPipeline
+
+    return JanusPipeline.load(args.model, device=args.device, dtype=args.dtype,
+                              roles=getattr(args, "roles", None), seed=args.seed)
+
+
+# --- chat -------------------------------------------------------------------------------------
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    """Answer a question about images (one-shot), or chat interactively when no question is given."""
+    from openjanus.processing import load_image
+
+    pipe = _pipeline(args)
+    images = [load_image(p) for p in args.image]
+    opts = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                top_k=args.top_k, seed=args.seed)
+    if args.question:
+        messages = [{"role": "user", "content": " ".join(args.question), "images": images},
+                    {"role": "assistant", "content": ""}]
+        _stream_answer(pipe, messages, images, opts)
+        return
+    _interactive(pipe, images, opts)
+
+
+def _stream_answer(pipe, messages, images, opts) -> str:
+    pieces = []
+    for step in pipe.chat_stream([(messages, images)], **opts):
+        piece = step[0]
+        if not pieces:
+            piece = piece.lstrip()
+        pieces.append(piece)
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return "".join(pieces).strip()
+
+
+def _interactive(pipe, images, opts) -> None:
+    from openjanus.processing import ImageLoadError, load_image
+
+    print("openjanus chat: type a message; /image PATH attaches an image to your next message, "
+          "/reset clears the conversation, /quit exits.", file=sys.stderr)
+    history: list[dict] = []
+    all_images: list = []
+    pending = list(images)
+    while True:
+        try:
+            line = input(">>> ").strip()
+        except EOFError:
+            return
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset":
+            history, all_images, pending = [], [], []
+            continue
+        if line.startswith("/image "):
+            try:
+                pending.append(load_image(line[len("/image "):].strip()))
+            except ImageLoadError as e:
+                print(f"error: {e}", file=sys.stderr)
+            continue
+        turn = {"role": "user", "content": line, "images": pending}
+        messages = history + [turn, {"role": "assistant", "content": ""}]
+        try:
+            answer = _stream_answer(pipe, messages, all_images + pending, opts)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        history += [turn, {"role": "assistant", "content": answer}]
+        all_images += pending
+        pending = []
+
+
+# --- generate ---------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    """Generate images from text prompts; writes image_{i}.png and tokens.npy to --out."""
+    import numpy as np
+
+    pipe = _pipeline(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = pipe.generate_images(args.prompt, n_per_prompt=args.n, seed=args.seed, cfg_weight=args.cfg,
+                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                  compile_step=args.compile)
+    images = [im for group in result.images for im in group]
+    for i, im in enumerate(images):
+        im.save(out / f"image_{i}.png")
+    tokens = result.tokens.reshape(len(images), -1).numpy().astype(np.int64)
+    np.save(out / "tokens.npy", tokens)
+    print(f"wrote {len(images)} image(s) and tokens.npy {list(tokens.shape)} to {out}", file=sys.stderr)
+
+
+# --- vq ---------------------------------------------------------------------------------------
+
+
+def cmd_vq(args: argparse.Namespace) -> None:
+    """Round-trip an image through the VQ tokenizer and print the PSNR of the reconstruction."""
+    import numpy as np
+
+    from openjanus.processing import load_image, preprocess_gen_image
+
+    pipe = _pipeline(args)
+    image = load_image(args.image)
+    codes = pipe.encode_images([image])
+    recon = pipe.decode_tokens(codes)[0]
+    ref = ((preprocess_gen_image(image, pipe.image_size).numpy().transpose(1, 2, 0) + 1) * 127.5)
+    mse = float(np.mean((ref - np.asarray(recon, dtype=np.float64)) ** 2))
+    psnr = float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+    if args.out:
+        recon.save(args.out)
+    used = len(set(codes[0].tolist()))
+    print(f"codes: {codes.shape[1]} ({pipe.model.cfg.vq.grid}x{pipe.model.cfg.vq.grid}), distinct {used}; "
+          f"PSNR {psnr:.2f} dB")
+
+
+# --- info -------------------------------------------------------------------------------------
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    """Parameter counts per part, dtype, and memory for weights and for the KV cache."""
+    import torch
+
+    from openjanus.checkpoints import read_config
+    from openjanus.config import PRESETS, JanusConfig
+    from openjanus.model.janus import Janus
+    from openjanus.pipeline import DEMO_MODEL_DIR, resolve_device, resolve_dtype
+
+    source = args.model
+    if source is None:
+        source = DEMO_MODEL_DIR
+        if not (DEMO_MODEL_DIR / "config.json").is_file():
+            raise UserError("no --model given and no demo model is installed")
+    if isinstance(source, str) and source in PRESETS and not Path(source).exists():
+        cfg = JanusConfig.from_name(source)
+    else:
+        cfg, layout = read_config(source)
+    dtype = resolve_dtype(args.dtype, resolve_device(args.device))
+    with torch.device("meta"):
+        model = Janus(cfg)
+    counts = model.param_counts()
+    nbytes = torch.finfo(dtype).bits // 8
+    total = sum(counts.values())
+    print(f"model: {source}   dtype: {str(dtype).removeprefix('torch.')}")
+    for name, n in counts.items():
+        print(f"  {name:<14} {n:>15,d}")
+    print(f"  {'total':<14} {total:>15,d}   weights: {total * nbytes / 2**30:.2f} GiB")
+    c = cfg.llm
+    seq = args.seq_len or (args.prompt_len + cfg.num_gen_tokens)
+    rows = args.batch * (1 if args.seq_len else 2)  # image generation runs cond + uncond rows
+    kv = 2 * c.n_layers * rows * c.n_kv_heads * seq * c.head_dim * nbytes
+    what = f"{rows} rows x {seq} positions" + ("" if args.seq_len else f" (batch {args.batch} images with CFG)")
+    print(f"KV cache: {kv / 2**30:.3f} GiB for {what}")
+    print(f"LLM: dim {c.dim}, {c.n_layers} layers, {c.n_heads} heads ({c.n_kv_heads} kv), ffn {c.ffn_dim}, "
+          f"vocab {c.vocab_size}; image tokens: {cfg.num_und_tokens} understanding, {cfg.num_gen_tokens} generation")
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openjanus", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("chat", help="ask about images (interactive without a question)")
+    _common(p)
+    _sampling(p, temperature=0.0)
+    p.add_argument("question", nargs="*", help="the question; omit for an interactive chat")
+    p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--roles", choices=["pro", "legacy"], default=None,
+                   help="chat roles: pro = <|User|>/<|Assistant|> (Janus-Pro), legacy = User/Assistant (Janus-1.3B)")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("generate", help="text-to-image")
+    _common(p)
+    _sampling(p, temperature=1.0)
+    p.add_argument("prompt", nargs="+", help="one or more prompts")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("-n", type=int, default=1, help="images per prompt")
+    p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance weight")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("vq", help="image -> VQ codes -> image, printing the PSNR")
+    _common(p)
+    p.add_argument("image")
+    p.add_argument("--out", default=None, help="write the reconstruction here")
+    p.set_defaults(func=cmd_vq)
+
+    p = sub.add_parser("info", help="parameter counts and memory")
+    _common(p)
+    p.add_argument("--batch", type=int, default=1, help="images (or sequences with --seq-len) for the KV-cache estimate")
+    p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens assumed for image generation")
+    p.add_argument("--seq-len", type=int, default=None, help="estimate the KV cache for plain sequences of this length")
+    p.set_defaults(func=cmd_info)
+
+    for register in _extensions():
+        register(sub)
+    return parser
+
+
+def _extensions():
+    """Sub-command groups living next to their code (evaluation, training, serving, demo)."""
+    import importlib
+
+    out = []
+    for module in ("openjanus.eval.commands", "openjanus.train.commands", "openjanus.serve.commands",
+                   "openjanus.demo"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and module.startswith(e.name):
+                continue  # that part is not present in this install
+            raise
+        out.append(mod.register)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as e:
+        # Files that cannot be read or written, and invalid values from deeper layers.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

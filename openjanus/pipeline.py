@@ -1,0 +1,282 @@
+"""`JanusPipeline`: model + processor + device, the one Python API that the CLI, the evaluation
+harness and the server all use.
+
+    pipe = JanusPipeline.load("path/to/Janus-Pro-1B")        # or a preset name, or None for the demo model
+    result = pipe.generate_images(["a red fox in the snow"], n_per_prompt=4, seed=7)
+    answer = pipe.answer([Image.open("photo.jpg")], ["What is in this picture?"])[0]
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from openjanus.checkpoints import load_model
+from openjanus.config import PRESETS, JanusConfig
+from openjanus.errors import UserError
+from openjanus.generate import SamplingParams, generate_image_tokens, generate_text
+from openjanus.model.janus import Janus
+from openjanus.processing import (ChatSample, ImageProcessorConfig, JanusProcessor, JanusTokenizer, Message,
+                                  train_tokenizer)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+# The demo model shipped with the package (see the README); used when no model is named.
+DEMO_MODEL_DIR = Path(__file__).parent / "assets" / "janus-shapes"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"invalid device {device!r} (use cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """bf16 on GPUs (like the official release), fp32 on CPU unless asked otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"invalid dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def tokens_to_pil(images: Tensor) -> list[Image.Image]:
+    """Decoded images [P, 3, H, W] in about [-1, 1] -> PIL, truncating to uint8 as the official code does."""
+    arr = images.float().cpu().numpy().transpose(0, 2, 3, 1)  # [P, H, W, 3]
+    arr = np.clip((arr + 1) / 2 * 255, 0, 255).astype(np.uint8)  # astype truncates toward zero
+    return [Image.fromarray(a) for a in arr]
+
+
+# Text for the stand-in tokenizer of random-weight presets: enough to learn common English merges.
+_STANDIN_CORPUS = """a red fox in the snow, watercolor. a photo of a cat sitting on a chair. what is in this
+picture? describe the image in detail. there are two blue squares and a green circle. the
+triangle is left of the star. how many objects are there? yes no one two three four five.
+an astronaut riding a horse on the moon, oil painting, highly detailed, cinematic lighting."""
+
+
+@functools.lru_cache(maxsize=8)
+def _standin_tokenizer(vocab_size: int) -> JanusTokenizer:
+    tok = train_tokenizer([_STANDIN_CORPUS] * 4, vocab_size=min(vocab_size, 1024))
+    return JanusTokenizer(tok)
+
+
+def standin_processor(cfg: JanusConfig, roles: str = "pro") -> JanusProcessor:
+    """A processor with a small byte-level tokenizer, for random-weight presets (tests, benchmarks)."""
+    image_cfg = ImageProcessorConfig(image_size=cfg.vision.image_size, image_mean=(0.5, 0.5, 0.5),
+                                     image_std=(0.5, 0.5, 0.5), do_normalize=True)
+    return JanusProcessor(_standin_tokenizer(cfg.llm.vocab_size), image_cfg, cfg.num_und_tokens,
+                          cfg.num_gen_tokens, roles)
+
+
+@dataclass
+class GenerationResult:
+    images: list[list[Image.Image]]  # per prompt, n_per_prompt images
+    tokens: Tensor  # [n_prompts, n_per_prompt, num_gen_tokens] int64, raster order
+
+
+class JanusPipeline:
+    def __init__(self, model: Janus, processor: JanusProcessor, name: str = "model") -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.name = name
+
+    # --- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, model: str | Path | None = None, device: str | torch.device | None = None,
+             dtype: str | torch.dtype | None = None, roles: str | None = None, seed: int = 0) -> JanusPipeline:
+        """A checkpoint folder, a preset name (random weights, for tests and benchmarks), or None
+        for the shipped demo model."""
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        if model is None:
+            if not (DEMO_MODEL_DIR / "config.json").is_file():
+                raise UserError("no --model given and no demo model is installed; pass --model DIR or a preset name")
+            model = DEMO_MODEL_DIR
+        if isinstance(model, str) and model in PRESETS and not Path(model).exists():
+            return cls.from_preset(model, device=dev, dtype=dt, seed=seed, roles=roles)
+        folder = Path(model)
+        if not folder.is_dir():
+            raise UserError(f"model {str(model)!r} is neither a checkpoint folder nor a preset "
+                            f"({', '.join(sorted(PRESETS))})")
+        net = load_model(folder, device=dev, dtype=dt)
+        processor = JanusProcessor.from_dir(folder, net.cfg, roles=roles or "pro")
+        cls._check_vocab(net, processor)
+        return cls(net, processor, name=folder.name)
+
+    @classmethod
+    def from_preset(cls, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                    seed: int = 0, roles: str | None = None, **overrides: object) -> JanusPipeline:
+        """Random weights of a preset with a small stand-in tokenizer (no real one can be bundled)."""
+        cfg = JanusConfig.from_name(name, **overrides)
+        torch.manual_seed(seed)
+        with torch.device(device):
+            net = Janus(cfg)
+        net = net.to(dtype=dtype)
+        processor = standin_processor(cfg, roles=roles or "pro")
+        cls._check_vocab(net, processor)
+        return cls(net, processor, name=name)
+
+    @staticmethod
+    def _check_vocab(net: Janus, processor: JanusProcessor) -> None:
+        if processor.tokenizer.vocab_size > net.cfg.llm.vocab_size:
+            raise UserError(f"tokenizer has {processor.tokenizer.vocab_size} tokens but the model's vocabulary "
+                            f"is {net.cfg.llm.vocab_size}: tokenizer and weights do not belong together")
+
+    # --- properties -----------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.llm.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.llm.embed.weight.dtype
+
+    @property
+    def image_size(self) -> int:
+        return self.model.cfg.vq.image_size
+
+    @property
+    def und_image_size(self) -> int:
+        return self.model.cfg.vision.image_size
+
+    def generator(self, seed: int | None) -> torch.Generator | None:
+        if seed is None:
+            return None
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    # --- text-to-image --------------------------------------------------------------------
+
+    def generate_images(self, prompts: Sequence[str], n_per_prompt: int = 1, seed: int | None = 0,
+                        cfg_weight: float = 5.0, temperature: float = 1.0, top_k: int | None = None,
+                        top_p: float | None = None, progress: bool = True,
+                        compile_step: bool = False) -> GenerationResult:
+        """Sample `n_per_prompt` images for each prompt with classifier-free guidance."""
+        if not prompts:
+            raise UserError("no prompt given")
+        if n_per_prompt < 1:
+            raise UserError(f"the number of images must be >= 1, got {n_per_prompt}")
+        try:
+            sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        tok = self.processor.tokenizer
+        limit = self._max_prompt_len(self.model.cfg.num_gen_tokens)
+        ids = [tok.encode(self.processor.t2i_prompt(p)) for p in prompts]
+        for p, row in zip(prompts, ids):
+            if len(row) > limit:
+                raise UserError(f"prompt {p[:40]!r}... is {len(row)} tokens; this model allows {limit} "
+                                f"before the {self.model.cfg.num_gen_tokens} image tokens")
+        n_tokens = self.model.cfg.num_gen_tokens
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n_tokens, desc=f"sampling {len(prompts) * n_per_prompt} image(s)", unit="tok",
+                       leave=False)
+        try:
+            tokens = generate_image_tokens(
+                self.model, ids, pad_id=self.processor.tokenizer.pad_id, n_per_prompt=n_per_prompt,
+                cfg_weight=cfg_weight, sampling=sampling, generator=self.generator(seed),
+                compile_step=compile_step, on_step=(lambda i: bar.update(1)) if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        images = self.decode_tokens(tokens)
+        grouped = [images[i * n_per_prompt:(i + 1) * n_per_prompt] for i in range(len(prompts))]
+        return GenerationResult(images=grouped, tokens=tokens.view(len(prompts), n_per_prompt, -1).cpu())
+
+    @torch.inference_mode()
+    def decode_tokens(self, tokens: Tensor) -> list[Image.Image]:
+        """[P, num_gen_tokens] VQ code ids -> P PIL images."""
+        tokens = tokens.to(self.device)
+        if tokens.ndim != 2 or tokens.shape[1] != self.model.cfg.num_gen_tokens:
+            raise UserError(f"expected image tokens of shape [n, {self.model.cfg.num_gen_tokens}], "
+                            f"got {list(tokens.shape)}")
+        if int(tokens.min()) < 0 or int(tokens.max()) >= self.model.cfg.vq.codebook_size:
+            raise UserError(f"image tokens must lie in [0, {self.model.cfg.vq.codebook_size})")
+        return tokens_to_pil(self.model.decode_image_tokens(tokens))
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image]) -> Tensor:
+        """PIL images -> VQ codes [n, num_gen_tokens] (resize short side, centre crop, [-1, 1])."""
+        from openjanus.processing import preprocess_gen_image
+
+        x = torch.stack([preprocess_gen_image(im, self.image_size) for im in images])
+        return self.model.gen_tokenizer.encode(x.to(self.device, self.dtype))
+
+    # --- understanding --------------------------------------------------------------------
+
+    def _max_prompt_len(self, new_tokens: int) -> int:
+        return self.model.cfg.llm.max_seq_len - new_tokens
+
+    def _encode_chats(self, chats: Sequence[tuple[Sequence[Message], Sequence[Image.Image]]],
+                      max_new_tokens: int) -> list[ChatSample]:
+        limit = self._max_prompt_len(max_new_tokens)
+        out = []
+        for msgs, imgs in chats:
+            in_messages = any(m.get("images") for m in msgs)
+            try:
+                out.append(self.processor.encode_chat(msgs, None if in_messages else list(imgs), max_len=limit))
+            except ValueError as e:
+                raise UserError(str(e)) from None
+        return out
+
+    def chat_stream(self, chats: Sequence[tuple[Sequence[Message], Sequence[Image.Image]]],
+                    max_new_tokens: int = 512, temperature: float = 0.0, top_p: float | None = None,
+                    top_k: int | None = None, seed: int | None = 0) -> Iterator[list[str]]:
+        """Answer several conversations at once, yielding each step's new text per conversation."""
+        try:
+            sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        if max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        batch = self.processor.collate(self._encode_chats(chats, max_new_tokens))
+        tok = self.processor.tokenizer
+        decoders = [tok.stream_decoder() for _ in chats]
+        pixels = batch.pixel_values.to(self.device, self.dtype)
+        for step in generate_text(
+                self.model, batch.input_ids.to(self.device), batch.attention_mask.to(self.device),
+                eos_id=tok.eos_id, image_mask=batch.image_mask.to(self.device), pixel_values=pixels,
+                max_new_tokens=max_new_tokens, sampling=sampling, generator=self.generator(seed)):
+            yield ["" if t is None or t == tok.eos_id else d.put(t) for d, t in zip(decoders, step)]
+        tails = [d.flush() for d in decoders]
+        if any(tails):
+            yield tails
+
+    def chat(self, chats: Sequence[tuple[Sequence[Message], Sequence[Image.Image]]], **kwargs) -> list[str]:
+        """Like `chat_stream`, returning the whole answers (stripped)."""
+        parts: list[list[str]] = [[] for _ in chats]
+        for step in self.chat_stream(chats, **kwargs):
+            for acc, piece in zip(parts, step):
+                acc.append(piece)
+        return ["".join(p).strip() for p in parts]
+
+    def answer(self, images: Sequence[Image.Image | Sequence[Image.Image]], questions: Sequence[str],
+               max_new_tokens: int = 32, temperature: float = 0.0, **kwargs) -> list[str]:
+        """Single-turn questions, one per image (or per list of images), answered in one batch."""
+        if len(images) != len(questions):
+            raise UserError(f"{len(images)} images but {len(questions)} questions")
+        chats = []
+        for im, q in zip(images, questions):
+            ims = [im] if isinstance(im, Image.Image) else list(im)
+            chats.append(([{"role": "user", "content": q, "images": ims}, {"role": "assistant", "content": ""}], []))
+        return self.chat(chats, max_new_tokens=max_new_tokens, temperature=temperature, **kwargs)

@@ -1,0 +1,541 @@
+"""The edge of the model: tokenizer, chat template, image preprocessing and batching.
+
+Everything here reproduces the official Janus processor (SPEC sections 3-5) exactly, because
+reference outputs of the official code are compared against ours: the "deepseek" chat template
+string for string, BOS via the tokenizer, each `<image_placeholder>` expanded to
+BOI + N placeholders + EOI, left padding, and the understanding image path (truncating resize,
+PIL bicubic, pad to square with the mean colour, float64 rescale, float32 normalise).
+Special-token ids are always looked up from the tokenizer by their strings.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypedDict, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from .config import ConfigError, JanusConfig
+
+__all__ = [
+    "BOS_TOKEN", "EOS_TOKEN", "PAD_TOKEN", "IMAGE_TOKEN", "BOI_TOKEN", "EOI_TOKEN",
+    "DEFAULT_SYSTEM_PROMPT", "CLIP_MEAN", "CLIP_STD",
+    "SpecialTokens", "JanusTokenizer", "StreamDecoder", "train_tokenizer", "save_tokenizer_dir",
+    "ImageLoadError", "ImageProcessorConfig", "load_image", "ensure_rgb",
+    "preprocess_und_images", "preprocess_gen_image",
+    "ChatRoles", "ROLE_PRESETS", "Message", "format_conversation", "format_t2i_prompt",
+    "ChatSample", "ChatBatch", "JanusProcessor",
+]
+
+# Full-width vertical bars (U+FF5C) and U+2581 lower blocks, exactly as in the DeepSeek vocabulary.
+BOS_TOKEN = "<\uff5cbegin\u2581of\u2581sentence\uff5c>"
+EOS_TOKEN = "<\uff5cend\u2581of\u2581sentence\uff5c>"
+PAD_TOKEN = "<\uff5c\u2581pad\u2581\uff5c>"
+IMAGE_TOKEN = "<image_placeholder>"
+BOI_TOKEN = "<begin_of_image>"
+EOI_TOKEN = "<end_of_image>"
+
+# The official VLChatProcessor's fixed system prompt (data, reproduced verbatim).
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful language and vision assistant. You are able to understand the visual "
+    "content that the user provides, and assist the user with a variety of tasks using "
+    "natural language."
+)
+
+# What the official image processor falls back to when preprocessor_config.json omits a key.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# transformers' `clean_up_tokenization_spaces` rewrites, applied only when a tokenizer_config asks.
+_CLEANUP_REWRITES = (
+    (" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+    (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"),
+)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The strings the processor resolves to ids; overridable from a checkpoint's json files."""
+
+    bos: str = BOS_TOKEN
+    eos: str = EOS_TOKEN
+    pad: str = PAD_TOKEN
+    image: str = IMAGE_TOKEN
+    boi: str = BOI_TOKEN
+    eoi: str = EOI_TOKEN
+
+
+def _token_string(value: Any) -> str | None:
+    # transformers serialises special tokens either as plain strings or as AddedToken dicts.
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot parse {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} does not hold a JSON object")
+    return data
+
+
+class JanusTokenizer:
+    """A `tokenizers.Tokenizer` plus the Janus special ids, all resolved by string."""
+
+    def __init__(
+        self, tokenizer: Tokenizer, specials: SpecialTokens = SpecialTokens(), clean_up_spaces: bool = False
+    ) -> None:
+        if tokenizer.token_to_id(specials.image) is None:
+            # The official processor adds a missing placeholder as a special token (next free id).
+            # Work on a copy so the caller's tokenizer is left untouched.
+            tokenizer = Tokenizer.from_str(tokenizer.to_str())
+            tokenizer.add_special_tokens([AddedToken(specials.image, special=True, normalized=False)])
+        self.tokenizer = tokenizer
+        self.specials = specials
+        self.clean_up_spaces = clean_up_spaces
+        self.bos_id = self._require(specials.bos, "bos")
+        self.eos_id = self._require(specials.eos, "eos")
+        self.pad_id = self._require(specials.pad, "pad")
+        self.image_id = self._require(specials.image, "image placeholder")
+        self.boi_id = self._require(specials.boi, "begin-of-image")
+        self.eoi_id = self._require(specials.eoi, "end-of-image")
+
+    def _require(self, token: str, what: str) -> int:
+        idx = self.tokenizer.token_to_id(token)
+        if idx is None:
+            raise ConfigError(f"the tokenizer has no {what} token {token!r}")
+        return idx
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike[str]) -> JanusTokenizer:
+        """Load `tokenizer.json`; bos/eos strings from tokenizer_config.json or
+        special_tokens_map.json, and placeholder/BOI/EOI/pad tags from processor_config.json,
+        where present (the official precedence: tokenizer_config first)."""
+        root = Path(path)
+        tok_file = root / "tokenizer.json"
+        if not tok_file.is_file():
+            raise ConfigError(f"no tokenizer.json in {root}")
+        tok_cfg = _read_json(root / "tokenizer_config.json")
+        tok_map = _read_json(root / "special_tokens_map.json")
+        proc_cfg = _read_json(root / "processor_config.json")
+
+        def pick(key: str, default: str) -> str:
+            for source in (tok_cfg, tok_map):
+                s = _token_string(source.get(key))
+                if s:
+                    return s
+            return default
+
+        specials = SpecialTokens(
+            bos=pick("bos_token", BOS_TOKEN),
+            eos=pick("eos_token", EOS_TOKEN),
+            pad=proc_cfg.get("pad_tag", PAD_TOKEN),
+            image=proc_cfg.get("image_tag", IMAGE_TOKEN),
+            boi=proc_cfg.get("image_start_tag", BOI_TOKEN),
+            eoi=proc_cfg.get("image_end_tag", EOI_TOKEN),
+        )
+        # LlamaTokenizerFast (the official class) defaults this to False.
+        clean_up = bool(tok_cfg.get("clean_up_tokenization_spaces", False))
+        return cls(Tokenizer.from_file(str(tok_file)), specials, clean_up)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, added tokens included."""
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of one token string, or None."""
+        return self.tokenizer.token_to_id(token)
+
+    def encode(self, text: str, bos: bool = True) -> list[int]:
+        """Token ids of `text`, with BOS prepended once (the tokenizer's own post-processor is
+        bypassed, so this is right whether or not tokenizer.json adds BOS itself)."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return [self.bos_id, *ids] if bos else ids
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        """Text of `ids`; special tokens dropped unless `skip_special` is False."""
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=skip_special)
+        if self.clean_up_spaces:
+            for old, new in _CLEANUP_REWRITES:
+                text = text.replace(old, new)
+        return text
+
+    def stream_decoder(self, skip_special: bool = True) -> StreamDecoder:
+        """A fresh incremental detokenizer over this tokenizer."""
+        return StreamDecoder(self, skip_special)
+
+
+class StreamDecoder:
+    """Incremental detokenizer: `put` ids one at a time, get back only newly completed text.
+
+    A token may end inside a multi-byte UTF-8 character (byte-level BPE); such text decodes to a
+    trailing U+FFFD, so it is held back until a later token completes it. Text is decoded over a
+    short window starting one emitted chunk back, so decoders that depend on the previous token
+    (leading-space handling) see their context. `flush` returns whatever is still held.
+    """
+
+    def __init__(self, tokenizer: JanusTokenizer, skip_special: bool = True) -> None:
+        self._tok = tokenizer
+        self._skip = skip_special
+        self._ids: list[int] = []
+        self._prefix = 0  # window start
+        self._read = 0  # ids up to here have been emitted
+        self.text = ""
+
+    def put(self, token_id: int) -> str:
+        """Feed one id; return the text it completes ("" if nothing is complete yet)."""
+        self._ids.append(int(token_id))
+        emitted = self._tok.decode(self._ids[self._prefix : self._read], self._skip)
+        full = self._tok.decode(self._ids[self._prefix :], self._skip)
+        if len(full) <= len(emitted) or full.endswith("\ufffd"):
+            return ""
+        delta = full[len(emitted) :]
+        self._prefix, self._read = self._read, len(self._ids)
+        self.text += delta
+        return delta
+
+    def flush(self) -> str:
+        """Return held-back text (possibly ending in U+FFFD) at the end of a stream."""
+        emitted = self._tok.decode(self._ids[self._prefix : self._read], self._skip)
+        full = self._tok.decode(self._ids[self._prefix :], self._skip)
+        delta = full[len(emitted) :]
+        self._prefix = self._read = len(self._ids)
+        self.text += delta
+        return delta
+
+
+_TRAINED_SPECIALS = (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, IMAGE_TOKEN, BOI_TOKEN, EOI_TOKEN, "<|User|>", "<|Assistant|>")
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Train a small byte-level BPE tokenizer with the Janus special tokens (for tests and small
+    models; no real Janus tokenizer is needed). Its post-processor prepends BOS, like the real one."""
+    byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
+    smallest = len(byte_alphabet) + len(_TRAINED_SPECIALS)
+    if vocab_size < smallest:
+        raise ConfigError(f"vocab_size {vocab_size} is below the byte alphabet plus specials ({smallest})")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(_TRAINED_SPECIALS),
+        initial_alphabet=byte_alphabet,  # every byte stays encodable, so no text is ever lost
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    bos_id = tok.token_to_id(BOS_TOKEN)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS_TOKEN} $A", pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B:1", special_tokens=[(BOS_TOKEN, bos_id)]
+    )
+    return tok
+
+
+def save_tokenizer_dir(tokenizer: Tokenizer, path: str | os.PathLike[str]) -> Path:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `path`."""
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(root / "tokenizer.json"))
+    specials = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN}
+    tok_cfg = {
+        "tokenizer_class": "LlamaTokenizerFast",
+        **specials,
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "padding_side": "left",
+    }
+    (root / "tokenizer_config.json").write_text(json.dumps(tok_cfg, ensure_ascii=False, indent=2), encoding="utf-8")
+    (root / "special_tokens_map.json").write_text(json.dumps(specials, ensure_ascii=False, indent=2), encoding="utf-8")
+    return root
+
+
+# ----------------------------------------------------------------------------- chat template
+
+
+@dataclass(frozen=True)
+class ChatRoles:
+    """The role strings written into the prompt for the generic roles "user" and "assistant"."""
+
+    user: str
+    assistant: str
+
+    @classmethod
+    def preset(cls, name: str) -> ChatRoles:
+        """"pro" (<|User|>/<|Assistant|>, Janus-Pro) or "legacy" (User/Assistant, Janus-1.3B)."""
+        if name not in ROLE_PRESETS:
+            raise ConfigError(f"unknown role preset {name!r}; choose one of {', '.join(ROLE_PRESETS)}")
+        return ROLE_PRESETS[name]
+
+    def resolve(self, role: str) -> str:
+        """Map "user"/"assistant" to this preset; any other role string is used verbatim."""
+        return {"user": self.user, "assistant": self.assistant}.get(role, role)
+
+
+ROLE_PRESETS: dict[str, ChatRoles] = {
+    "pro": ChatRoles("<|User|>", "<|Assistant|>"),
+    "legacy": ChatRoles("User", "Assistant"),
+}
+
+
+class Message(TypedDict, total=False):
+    """One chat turn: `role` ("user", "assistant" or a literal role string), `content`, and
+    optional `images` (PIL images, paths or encoded bytes) for the placeholders of this turn."""
+
+    role: str
+    content: str
+    images: Sequence[ImageInput]
+
+
+def _roles(roles: ChatRoles | str) -> ChatRoles:
+    return ChatRoles.preset(roles) if isinstance(roles, str) else roles
+
+
+def format_conversation(
+    messages: Sequence[Message],
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+    roles: ChatRoles | str = "pro",
+    eos_token: str = EOS_TOKEN,
+) -> str:
+    """The "deepseek" template: system + "\\n\\n", then per turn i `role: content` followed by
+    "\\n\\n" (even i) or the EOS string (odd i), or just `role:` for empty content; contents and
+    the result are stripped. A conversation ending in an empty assistant turn asks for a reply."""
+    preset = _roles(roles)
+    seps = ("\n\n", eos_token)
+    out = system_prompt + seps[0] if system_prompt else ""
+    for i, msg in enumerate(messages):
+        role = preset.resolve(msg["role"])
+        content = msg.get("content", "").strip()
+        out += f"{role}: {content}{seps[i % 2]}" if content else f"{role}:"
+    return out.strip()
+
+
+def format_t2i_prompt(prompt: str, roles: ChatRoles | str = "pro", boi_token: str = BOI_TOKEN) -> str:
+    """Text-to-image prompt: empty system, the user prompt, an empty assistant turn, then BOI."""
+    turns: list[Message] = [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
+    return format_conversation(turns, system_prompt="", roles=roles) + boi_token
+
+
+# ----------------------------------------------------------------------------- processor
+
+
+@dataclass
+class ChatSample:
+    """One encoded conversation: ids with images expanded, and its preprocessed images."""
+
+    input_ids: list[int]
+    image_mask: list[bool]  # True exactly at the placeholder positions the image features replace
+    pixel_values: torch.Tensor  # float32 [n_images, 3, S, S]
+    prompt: str = ""
+
+    @property
+    def num_images(self) -> int:
+        return self.pixel_values.shape[0]
+
+
+@dataclass
+class ChatBatch:
+    """Left-padded batch; `pixel_values` holds every sample's images in order, flattened."""
+
+    input_ids: torch.Tensor  # long [B, T]
+    attention_mask: torch.Tensor  # long [B, T], 1 on real tokens
+    image_mask: torch.Tensor  # bool [B, T]
+    positions: torch.Tensor  # long [B, T]
+    pixel_values: torch.Tensor  # float32 [total_images, 3, S, S]
+    num_images: list[int] = field(default_factory=list)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ChatBatch:
+        """A copy on `device`; `dtype` casts only pixel_values (ids and masks keep theirs)."""
+        return replace(
+            self,
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            image_mask=self.image_mask.to(device),
+            positions=self.positions.to(device),
+            pixel_values=self.pixel_values.to(device, dtype=dtype),
+        )
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    t = max(len(r) for r in rows)
+    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), t), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, t - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, t - len(r) :] = 1
+    return ids, mask
+
+
+class JanusProcessor:
+    """Turns conversations and images into model inputs, and ids back into text."""
+
+    def __init__(
+        self,
+        tokenizer: JanusTokenizer,
+        image_config: ImageProcessorConfig,
+        num_und_tokens: int,
+        num_gen_tokens: int,
+        roles: ChatRoles | str = "pro",
+    ) -> None:
+        if num_und_tokens < 1 or num_gen_tokens < 1:
+            raise ConfigError(f"token counts must be positive: und {num_und_tokens}, gen {num_gen_tokens}")
+        self.tokenizer = tokenizer
+        self.image_config = image_config
+        self.num_und_tokens = num_und_tokens
+        self.num_gen_tokens = num_gen_tokens
+        self.roles = _roles(roles)
+
+    @classmethod
+    def from_dir(
+        cls, path: str | os.PathLike[str], config: JanusConfig, roles: ChatRoles | str = "pro"
+    ) -> JanusProcessor:
+        """Build from a checkpoint folder's tokenizer and processor json files, sized by `config`.
+
+        `roles` is not stored in any file: pass "legacy" for Janus-1.3B.
+        """
+        root = Path(path)
+        tok = JanusTokenizer.from_dir(root)
+        proc_cfg = _read_json(root / "processor_config.json")
+        if proc_cfg.get("add_special_token", False):
+            raise ConfigError(f"{root / 'processor_config.json'}: add_special_token=true is not supported")
+        n_file = proc_cfg.get("num_image_tokens", config.num_und_tokens)
+        if n_file != config.num_und_tokens:
+            raise ConfigError(
+                f"processor_config num_image_tokens {n_file} != {config.num_und_tokens} image tokens of the encoder"
+            )
+        if tok.vocab_size > config.llm.vocab_size:
+            # Any id past the embedding table would fail at lookup time; say so at load time.
+            raise ConfigError(f"the tokenizer has {tok.vocab_size} ids but the model vocab is {config.llm.vocab_size}")
+        image_cfg = ImageProcessorConfig.from_dir(root, config.vision.image_size)
+        return cls(tok, image_cfg, config.num_und_tokens, config.num_gen_tokens, roles)
+
+    # -- understanding
+
+    def encode_prompt(
+        self, prompt: str, images: Sequence[ImageInput] = (), max_len: int | None = None
+    ) -> ChatSample:
+        """Encode an already formatted prompt: BOS, then each placeholder id expanded to
+        BOI + placeholder x num_und_tokens + EOI. Placeholders must match `images` one to one."""
+        tok = self.tokenizer
+        ids = tok.encode(prompt)
+        n_ph = ids.count(tok.image_id)
+        if n_ph != len(images):
+            raise ValueError(f"the prompt has {n_ph} image placeholders but {len(images)} images were given")
+        expanded: list[int] = []
+        mask: list[bool] = []
+        for t in ids:
+            if t == tok.image_id:
+                expanded += [tok.boi_id, *[tok.image_id] * self.num_und_tokens, tok.eoi_id]
+                mask += [False, *[True] * self.num_und_tokens, False]
+            else:
+                expanded.append(t)
+                mask.append(False)
+        if max_len is not None and len(expanded) > max_len:
+            raise ValueError(f"prompt is {len(expanded)} tokens, longer than max_len {max_len}")
+        pixels = preprocess_und_images([_as_image(im) for im in images], self.image_config)
+        return ChatSample(expanded, mask, pixels, prompt)
+
+    def encode_chat(
+        self,
+        messages: Sequence[Message],
+        images: Sequence[ImageInput] | None = None,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        max_len: int | None = None,
+    ) -> ChatSample:
+        """Format `messages` with the deepseek template and encode them.
+
+        Images come either as `images` (in placeholder order) or per message under "images";
+        not both. A message with attached images but no placeholder in its content gets one
+        "<image_placeholder>\\n" per image prepended to its content.
+        """
+        attached = [m for m in messages if m.get("images")]
+        if attached and images is not None:
+            raise ValueError("pass images either in the messages or as `images`, not both")
+        all_images: list[ImageInput] = list(images or [])
+        turns: list[Message] = []
+        for msg in messages:
+            content = msg.get("content", "")
+            own = list(msg.get("images") or [])
+            if own and self.tokenizer.specials.image not in content:
+                content = (self.tokenizer.specials.image + "\n") * len(own) + content
+            all_images += own
+            turns.append({"role": msg["role"], "content": content})
+        prompt = format_conversation(turns, system_prompt, self.roles, self.tokenizer.specials.eos)
+        return self.encode_prompt(prompt, all_images, max_len)
+
+    def collate(self, samples: Sequence[ChatSample]) -> ChatBatch:
+        """Left-pad samples into a batch. Positions are cumsum(mask) - 1 on real tokens and 1 on
+        pads, as transformers' generate derives them (pads are masked, so any value works)."""
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        ids, attn = _left_pad([s.input_ids for s in samples], self.tokenizer.pad_id)
+        t = ids.shape[1]
+        image_mask = torch.zeros_like(ids, dtype=torch.bool)
+        for i, s in enumerate(samples):
+            if s.image_mask:
+                image_mask[i, t - len(s.image_mask) :] = torch.tensor(s.image_mask)
+        positions = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 1)
+        size = self.image_config.image_size
+        pixels = [s.pixel_values for s in samples if s.num_images]
+        pixel_values = torch.cat(pixels) if pixels else torch.zeros(0, 3, size, size)
+        return ChatBatch(ids, attn, image_mask, positions, pixel_values, [s.num_images for s in samples])
+
+    # -- generation
+
+    def t2i_prompt(self, prompt: str) -> str:
+        """The text-to-image prompt string for one user prompt (ends with BOI)."""
+        return format_t2i_prompt(prompt, self.roles, self.tokenizer.specials.boi)
+
+    def encode_t2i(self, prompts: Sequence[str], max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ids and attention mask (long [B, T]) of text-to-image prompts (BOS ... BOI).
+        `max_len` bounds the prompt alone; callers reserve room for the num_gen_tokens image tokens."""
+        if not prompts:
+            raise ValueError("encode_t2i needs at least one prompt")
+        rows = [self.tokenizer.encode(self.t2i_prompt(p)) for p in prompts]
+        for i, r in enumerate(rows):
+            if max_len is not None and len(r) > max_len:
+                raise ValueError(f"prompt {i} is {len(r)} tokens, longer than max_len {max_len}")
+        return _left_pad(rows, self.tokenizer.pad_id)
+
+    def t2i_unconditional(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The CFG unconditional rows: a copy of left-padded `input_ids` [B, T] whose real part,
+        except its first token (BOS) and the last (BOI), is set to pad. Without a mask every
+        position is real, which is the official `tokens[i, 1:-1] = pad_id`."""
+        b, t = input_ids.shape
+        idx = torch.arange(t, device=input_ids.device)
+        if attention_mask is None:
+            start = torch.zeros(b, dtype=torch.long, device=input_ids.device)
+        else:
+            start = t - attention_mask.long().sum(-1)
+        keep = (idx[None, :] == start[:, None]) | (idx[None, :] == t - 1)  # [B, T]
+        return torch.where(keep, input_ids, torch.full_like(input_ids, self.tokenizer.pad_id))
+
+    # -- text out
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        """Text of generated ids."""
+        return self.tokenizer.decode(ids, skip_special)
+
+    def stream_decoder(self, skip_special: bool = True) -> StreamDecoder:
+        """A fresh incremental detokenizer for streaming generated ids."""
+        return self.tokenizer.stream_decoder(skip_special)

@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny random Janus written as an official-format checkpoint folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from openjanus.checkpoints import save_model
+from openjanus.config import JanusConfig
+from openjanus.model.janus import Janus
+from openjanus.processing import save_tokenizer_dir, train_tokenizer
+
+CORPUS = [
+    "a red circle above a blue square. what is in this picture? a photo of two green stars.",
+    "how many triangles are there? there are three. is there a yellow star? yes. no.",
+    "the cat sat on the mat. héllo 世界 🦊. describe the image in detail.",
+]
+
+
+def build_tiny(seed: int = 0, **overrides) -> Janus:
+    torch.manual_seed(seed)
+    model = Janus(JanusConfig.from_name("tiny", **overrides))
+    # Random init leaves some tensors at exact constants (norm weights = 1, biases = 0); perturb
+    # everything so a swapped or skipped tensor changes the outputs and tests can catch it.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model.eval()
+
+
+def write_tiny_checkpoint(folder: Path, seed: int = 0, tokenizer_vocab: int = 400) -> Path:
+    model = build_tiny(seed)
+    save_model(model, folder, layout="official")
+    save_tokenizer_dir(train_tokenizer(CORPUS * 8, vocab_size=tokenizer_vocab), folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_size": model.cfg.vision.image_size, "min_size": 14, "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5], "rescale_factor": 1 / 255, "do_normalize": True}))
+    (folder / "processor_config.json").write_text(json.dumps({
+        "image_tag": "<image_placeholder>", "num_image_tokens": model.cfg.num_und_tokens,
+        "add_special_token": False, "sft_format": "deepseek", "mask_prompt": True, "ignore_id": -100}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-official"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_checkpoint):
+    from openjanus.pipeline import JanusPipeline
+
+    return JanusPipeline.load(str(tiny_checkpoint), device="cpu", dtype="float32")
