@@ -41,7 +41,7 @@ def _pipeline(args: argparse.Namespace):
 
 def cmd_chat(args: argparse.Namespace) -> None:
     """Answer a question about images (one-shot), or chat interactively when no question is given."""
-    from openjanus.processing import load_image
+    from openjanus.images import load_image
 
     pipe = _pipeline(args)
     images = [load_image(p) for p in args.image]
@@ -69,7 +69,7 @@ def _stream_answer(pipe, messages, images, opts) -> str:
 
 
 def _interactive(pipe, images, opts) -> None:
-    from openjanus.processing import ImageLoadError, load_image
+    from openjanus.images import ImageLoadError, load_image
 
     print("openjanus chat: type a message; /image PATH attaches an image to your next message, "
           "/reset clears the conversation, /quit exits.", file=sys.stderr)
@@ -134,7 +134,7 @@ def cmd_vq(args: argparse.Namespace) -> None:
     """Round-trip an image through the VQ tokenizer and print the PSNR of the reconstruction."""
     import numpy as np
 
-    from openjanus.processing import load_image, preprocess_gen_image
+    from openjanus.images import load_image, preprocess_gen_image
 
     pipe = _pipeline(args)
     image = load_image(args.image)

@@ -174,12 +174,13 @@ def generate_text(
     sampling: SamplingParams = SamplingParams(temperature=0.0),
     generator: torch.Generator | None = None,
     compile_step: bool = False,
+    min_new_tokens: int = 0,
 ) -> Iterator[list[int | None]]:
     """Stream an answer for each row of a left-padded batch.
 
     Yields once per step a list with each row's new token id, or None for rows that have
     already emitted EOS (the EOS itself is yielded). Stops when every row is done or after
-    `max_new_tokens`.
+    `max_new_tokens`; EOS is suppressed for the first `min_new_tokens` steps.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -199,6 +200,8 @@ def generate_text(
         done = [False] * input_ids.shape[0]
         for i in range(max_new_tokens):
             logits = model.text_logits(hidden).float()
+            if i < min_new_tokens:
+                logits[:, eos_id] = float("-inf")
             tokens = sample(logits, sampling, generator)
             step_out: list[int | None] = []
             for row, t in enumerate(tokens.tolist()):

@@ -23,8 +23,8 @@ from openjanus.config import PRESETS, JanusConfig
 from openjanus.errors import UserError
 from openjanus.generate import SamplingParams, generate_image_tokens, generate_text
 from openjanus.model.janus import Janus
-from openjanus.processing import (ChatSample, ImageProcessorConfig, JanusProcessor, JanusTokenizer, Message,
-                                  train_tokenizer)
+from openjanus.images import ImageProcessorConfig
+from openjanus.processing import ChatSample, JanusProcessor, JanusTokenizer, Message, train_tokenizer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -217,7 +217,7 @@ class JanusPipeline:
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image]) -> Tensor:
         """PIL images -> VQ codes [n, num_gen_tokens] (resize short side, centre crop, [-1, 1])."""
-        from openjanus.processing import preprocess_gen_image
+        from openjanus.images import preprocess_gen_image
 
         x = torch.stack([preprocess_gen_image(im, self.image_size) for im in images])
         return self.model.gen_tokenizer.encode(x.to(self.device, self.dtype))
@@ -241,7 +241,8 @@ class JanusPipeline:
 
     def chat_stream(self, chats: Sequence[tuple[Sequence[Message], Sequence[Image.Image]]],
                     max_new_tokens: int = 512, temperature: float = 0.0, top_p: float | None = None,
-                    top_k: int | None = None, seed: int | None = 0) -> Iterator[list[str]]:
+                    top_k: int | None = None, seed: int | None = 0,
+                    min_new_tokens: int = 0) -> Iterator[list[str]]:
         """Answer several conversations at once, yielding each step's new text per conversation."""
         try:
             sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
@@ -256,7 +257,8 @@ class JanusPipeline:
         for step in generate_text(
                 self.model, batch.input_ids.to(self.device), batch.attention_mask.to(self.device),
                 eos_id=tok.eos_id, image_mask=batch.image_mask.to(self.device), pixel_values=pixels,
-                max_new_tokens=max_new_tokens, sampling=sampling, generator=self.generator(seed)):
+                max_new_tokens=max_new_tokens, sampling=sampling, generator=self.generator(seed),
+                min_new_tokens=min_new_tokens):
             yield ["" if t is None or t == tok.eos_id else d.put(t) for d, t in zip(decoders, step)]
         tails = [d.flush() for d in decoders]
         if any(tails):

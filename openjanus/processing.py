@@ -1,35 +1,44 @@
-"""The edge of the model: tokenizer, chat template, image preprocessing and batching.
+"""The edge of the model: tokenizer, chat template and batching (images: `openjanus.images`).
 
-Everything here reproduces the official Janus processor (SPEC sections 3-5) exactly, because
-reference outputs of the official code are compared against ours: the "deepseek" chat template
-string for string, BOS via the tokenizer, each `<image_placeholder>` expanded to
-BOI + N placeholders + EOI, left padding, and the understanding image path (truncating resize,
-PIL bicubic, pad to square with the mean colour, float64 rescale, float32 normalise).
-Special-token ids are always looked up from the tokenizer by their strings.
+Everything here reproduces the official Janus processor (SPEC sections 3 and 5) exactly,
+because reference outputs of the official code are compared against ours: the "deepseek" chat
+template string for string, BOS via the tokenizer, each `<image_placeholder>` expanded to
+BOI + N placeholders + EOI, left padding. Special-token ids are always looked up from the
+tokenizer by their strings, never hard-coded.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypedDict, Union
+from typing import Any, TypedDict
 
-import numpy as np
 import torch
-from PIL import Image
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from .config import ConfigError, JanusConfig
+from .images import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ImageInput,
+    ImageLoadError,
+    ImageProcessorConfig,
+    as_rgb_image,
+    ensure_rgb,
+    load_image,
+    preprocess_gen_image,
+    preprocess_und_images,
+)
 
 __all__ = [
     "BOS_TOKEN", "EOS_TOKEN", "PAD_TOKEN", "IMAGE_TOKEN", "BOI_TOKEN", "EOI_TOKEN",
     "DEFAULT_SYSTEM_PROMPT", "CLIP_MEAN", "CLIP_STD",
     "SpecialTokens", "JanusTokenizer", "StreamDecoder", "train_tokenizer", "save_tokenizer_dir",
-    "ImageLoadError", "ImageProcessorConfig", "load_image", "ensure_rgb",
+    # re-exported from openjanus.images so the whole edge of the model imports from one place
+    "ImageInput", "ImageLoadError", "ImageProcessorConfig", "load_image", "ensure_rgb", "as_rgb_image",
     "preprocess_und_images", "preprocess_gen_image",
     "ChatRoles", "ROLE_PRESETS", "Message", "format_conversation", "format_t2i_prompt",
     "ChatSample", "ChatBatch", "JanusProcessor",
@@ -49,10 +58,6 @@ DEFAULT_SYSTEM_PROMPT = (
     "content that the user provides, and assist the user with a variety of tasks using "
     "natural language."
 )
-
-# What the official image processor falls back to when preprocessor_config.json omits a key.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # transformers' `clean_up_tokenization_spaces` rewrites, applied only when a tokenizer_config asks.
 _CLEANUP_REWRITES = (
@@ -126,9 +131,12 @@ class JanusTokenizer:
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike[str]) -> JanusTokenizer:
-        """Load `tokenizer.json`; bos/eos strings from tokenizer_config.json or
-        special_tokens_map.json, and placeholder/BOI/EOI/pad tags from processor_config.json,
-        where present (the official precedence: tokenizer_config first)."""
+        """Load `tokenizer.json` from a checkpoint folder.
+
+        The bos/eos strings come from tokenizer_config.json, else special_tokens_map.json, else
+        the DeepSeek defaults; the pad, placeholder, BOI and EOI strings from processor_config.json's
+        tags (the official processor uses `pad_tag`, not the tokenizer's pad_token), else defaults.
+        """
         root = Path(path)
         tok_file = root / "tokenizer.json"
         if not tok_file.is_file():
@@ -452,7 +460,7 @@ class JanusProcessor:
                 mask.append(False)
         if max_len is not None and len(expanded) > max_len:
             raise ValueError(f"prompt is {len(expanded)} tokens, longer than max_len {max_len}")
-        pixels = preprocess_und_images([_as_image(im) for im in images], self.image_config)
+        pixels = preprocess_und_images([as_rgb_image(im) for im in images], self.image_config)
         return ChatSample(expanded, mask, pixels, prompt)
 
     def encode_chat(
@@ -469,7 +477,7 @@ class JanusProcessor:
         "<image_placeholder>\\n" per image prepended to its content.
         """
         attached = [m for m in messages if m.get("images")]
-        if attached and images is not None:
+        if attached and images:
             raise ValueError("pass images either in the messages or as `images`, not both")
         all_images: list[ImageInput] = list(images or [])
         turns: list[Message] = []

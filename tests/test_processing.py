@@ -27,6 +27,7 @@ from openjanus.processing import (
     ImageProcessorConfig,
     JanusProcessor,
     JanusTokenizer,
+    SpecialTokens,
     ensure_rgb,
     format_conversation,
     format_t2i_prompt,
@@ -94,11 +95,9 @@ def test_bos_prepended_once(tok: JanusTokenizer) -> None:
     assert tok.encode("A cat.", bos=False) == ids[1:]
 
 
-def test_missing_required_token_is_named(tok_dir: Path) -> None:
+def test_missing_required_token_is_named() -> None:
     raw = train_tokenizer(CORPUS, 400)
-    with pytest.raises(ConfigError, match="begin-of-image"):
-        from openjanus.processing import SpecialTokens
-
+    with pytest.raises(ConfigError, match="no begin-of-image token '<no_such_token>'"):
         JanusTokenizer(raw, SpecialTokens(boi="<no_such_token>"))
 
 
@@ -112,6 +111,16 @@ def test_missing_placeholder_is_added_without_touching_caller() -> None:
     jt = JanusTokenizer(raw)
     assert jt.image_id == before  # next free id, like add_special_tokens in the official processor
     assert raw.token_to_id(IMAGE_TOKEN) is None
+
+
+def test_from_dir_reads_added_token_dicts(tok_dir: Path, tmp_path: Path) -> None:
+    # Hugging Face writes special tokens either as strings or as AddedToken dicts.
+    (tmp_path / "tokenizer.json").write_bytes((tok_dir / "tokenizer.json").read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": {"__type": "AddedToken", "content": EOS_TOKEN}}), encoding="utf-8"
+    )
+    jt = JanusTokenizer.from_dir(tmp_path)
+    assert jt.bos_id == jt.token_to_id(EOS_TOKEN) and jt.eos_id == jt.token_to_id(EOS_TOKEN)
 
 
 def test_tokenizer_dir_files(tok_dir: Path) -> None:
@@ -136,7 +145,7 @@ def test_decode_and_stream_round_trip(vocab: int) -> None:
         assert any(p == "" for p in pieces[2:])  # a partial character was held back
 
 
-def test_stream_flush_emits_incomplete_tail(tok: JanusTokenizer) -> None:
+def test_stream_flush_emits_incomplete_tail() -> None:
     jt = JanusTokenizer(train_tokenizer(CORPUS, 264))
     fox = jt.encode("🦊", bos=False)
     stream = jt.stream_decoder()

@@ -338,7 +338,8 @@ def mme_pairs(scene: Scene, rng: np.random.Generator) -> dict[str, tuple[QA, QA]
     )
     s = sorted(scene.shapes)[int(rng.integers(len(scene.shapes)))]
     n = scene.count(s)
-    wrong = n + 1 if n < 4 and rng.random() < 0.5 else max(n - 1, 0) if n > 1 else n + 1
+    options = [k for k in (n - 1, n + 1) if 1 <= k <= 4]
+    wrong = options[int(rng.integers(len(options)))]
 
     def are_there(k: int) -> str:
         return f"is there {_a(s)} in the image?" if k == 1 else f"are there {NUMBER_WORDS[k]} {plural(s)} in the image?"

@@ -1,0 +1,88 @@
+"""Every CLI command once, on the tiny official-format checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from openjanus.cli import main
+
+
+def test_generate_writes_images_and_tokens(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "gen"
+    rc = main(["generate", "--model", str(tiny_checkpoint), "--out", str(out), "-n", "2", "--seed", "7",
+               "a red fox in the snow"])
+    assert rc == 0
+    tokens = np.load(out / "tokens.npy")
+    assert tokens.dtype == np.int64 and tokens.shape == (2, 64)
+    assert Image.open(out / "image_1.png").size == (32, 32)
+    # Same seed, same images.
+    main(["generate", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "again"), "-n", "2",
+          "--seed", "7", "a red fox in the snow"])
+    assert np.array_equal(np.load(tmp_path / "again" / "tokens.npy"), tokens)
+
+
+def test_chat_prints_only_the_answer(tiny_checkpoint, tiny_pipeline, tmp_path, capsys):
+    img = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(img)
+    rc = main(["chat", "--model", str(tiny_checkpoint), "--image", str(img), "--max-new-tokens", "5",
+               "What is in this picture?"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    expected = tiny_pipeline.answer([Image.open(img)], ["What is in this picture?"], max_new_tokens=5)[0]
+    assert out.strip() == expected
+
+
+def test_chat_interactive(tiny_checkpoint, monkeypatch, capsys):
+    lines = iter(["hello there", "and again", "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", "--model", str(tiny_checkpoint), "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.count("\n") == 2  # one answer line per turn
+
+
+def test_vq_prints_psnr(tiny_checkpoint, tmp_path, capsys):
+    img = tmp_path / "x.png"
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(img)
+    assert main(["vq", "--model", str(tiny_checkpoint), str(img), "--out", str(tmp_path / "r.png")]) == 0
+    assert "PSNR" in capsys.readouterr().out
+    assert Image.open(tmp_path / "r.png").size == (32, 32)
+
+
+def test_info_counts_parts(capsys):
+    assert main(["info", "--model", "janus-pro-7b", "--dtype", "bfloat16", "--batch", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "7,420,434,059" in out
+    assert "language" not in out and "llm" in out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["generate", "--model", "/nonexistent/dir", "--out", "x", "p"], "neither a checkpoint folder"),
+    (["chat", "--model", "tiny", "--image", "/nonexistent.png", "q"], "nonexistent.png"),
+    (["generate", "--model", "tiny", "--out", "OUT", "--temperature", "-1", "p"], "temperature"),
+    (["generate", "--model", "tiny", "--out", "OUT", "--top-p", "2", "p"], "top_p"),
+])
+def test_errors_are_one_line(argv, needle, capsys, tmp_path):
+    argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and needle in err and "\n" not in err
+
+
+def test_corrupt_image_and_wrong_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    assert main(["chat", "--model", str(tiny_checkpoint), "--image", str(bad), "q"]) == 2
+    assert "bad.jpg" in capsys.readouterr().err
+    # A checkpoint whose weights do not fit its config: one clear error naming the problem.
+    import shutil, json
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    cfg = json.loads((broken / "config.json").read_text())
+    cfg["openjanus"]["llm"]["n_layers"] = 3
+    (broken / "config.json").write_text(json.dumps(cfg))
+    assert main(["info", "--model", str(broken)]) == 0  # info reads only the config
+    assert main(["generate", "--model", str(broken), "--out", str(tmp_path / "o"), "p"]) == 2
+    err = capsys.readouterr().err
+    assert "missing keys" in err and "llm.layers.2" in err
