@@ -142,3 +142,13 @@ def test_sampling_filters():
         SamplingParams(temperature=-1)
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=1.5)
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_gives_identical_tokens(model):
+    # Compiling takes ~45 s on a 2-core CPU, hence the slow marker (run with -m slow).
+    p = [1, 5, 6, 7, 8]
+    eager = generate_image_tokens(model, [p], pad_id=3, n_per_prompt=2, generator=torch.Generator().manual_seed(0))
+    compiled = generate_image_tokens(model, [p], pad_id=3, n_per_prompt=2, generator=torch.Generator().manual_seed(0),
+                                     compile_step=True)
+    assert torch.equal(eager, compiled)

@@ -85,7 +85,9 @@ def save_model(model: Janus, folder: str | Path, layout: str = "official",
         from openjanus.checkpoints import hf
 
         out_state = hf.to_hf_state(state, model.cfg)
-        config = hf.config_to_hf(model.cfg, dtype=dtype_name)
+        # The placeholder id lives in the tokenizer, not in our config.
+        config = hf.config_to_hf(model.cfg, dtype=dtype_name,
+                                 image_token_id=hf.image_token_id_in(sidecars_from))
     else:
         raise ValueError(f"unknown layout {layout!r}; choose 'official' or 'hf'")
     for old in list(folder.glob("*.safetensors")) + [folder / "model.safetensors.index.json"]:

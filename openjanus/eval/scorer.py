@@ -23,7 +23,9 @@ geometry as GenEval (:func:`openjanus.eval.world.relations`).
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -153,8 +155,11 @@ def _fit_background(img: np.ndarray) -> np.ndarray:
     return (full @ coef).astype(np.float32)
 
 
-def classify_pixels(img: np.ndarray) -> np.ndarray:
-    """Colour index per pixel (into COLOR_NAMES), BACKGROUND or OTHER; img is float [H, W, 3]."""
+def classify_pixels(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: colour index (into COLOR_NAMES), BACKGROUND or OTHER; and each colour's alpha.
+
+    ``img`` is float [H, W, 3]; returns labels [H, W] and alpha [H, W, K] in 0..1.2.
+    """
     bg = _fit_background(img)
     v = img - bg  # [H, W, 3]
     palette = np.array([COLORS[c] for c in COLOR_NAMES], dtype=np.float32)  # [K, 3]
@@ -162,11 +167,14 @@ def classify_pixels(img: np.ndarray) -> np.ndarray:
     dd = np.maximum((d * d).sum(-1), 1.0)  # [H, W, K]
     alpha = np.clip((v[:, :, None] * d).sum(-1) / dd, 0.0, 1.2)
     resid = np.linalg.norm(v[:, :, None] - alpha[..., None] * d, axis=-1)  # [H, W, K]
-    resid = np.where(alpha >= MIN_ALPHA, resid, np.inf)
+    # The colour is the segment that explains the pixel best; only then is its alpha compared
+    # with the threshold (thresholding first lets a wrong colour claim half-covered edges).
+    resid = np.where(alpha >= 0.2, resid, np.inf)
     best = resid.argmin(-1)
     best_r = np.take_along_axis(resid, best[..., None], -1)[..., 0]
-    labels = np.where(np.isfinite(best_r), np.where(best_r <= MAX_RESIDUAL, best, OTHER), BACKGROUND)
-    return _majority3x3(labels, len(COLOR_NAMES))
+    best_a = np.take_along_axis(alpha, best[..., None], -1)[..., 0]
+    labels = np.where(best_a >= MIN_ALPHA, np.where(best_r <= MAX_RESIDUAL, best, OTHER), BACKGROUND)
+    return _majority3x3(labels, len(COLOR_NAMES)), alpha
 
 
 def _majority3x3(labels: np.ndarray, k: int) -> np.ndarray:
@@ -181,30 +189,59 @@ def _majority3x3(labels: np.ndarray, k: int) -> np.ndarray:
     return np.where(win < k, win, np.where(win == k, OTHER, BACKGROUND)).astype(np.int32)
 
 
-_TEMPLATE_CACHE: dict[tuple[str, int, int], np.ndarray] = {}
+@functools.lru_cache(maxsize=None)
+def _shape_moments(shape: str) -> tuple[float, float, float]:
+    """(area fraction of the box, centroid x, centroid y) of a shape in its unit box [-1, 1]^2."""
+    n = 256
+    cov = coverage_mask(shape, (0, 0, n, n), n, n, supersample=2)
+    ys, xs = np.mgrid[0:n, 0:n]
+    m = float(cov.sum())
+    cx = float((cov * (xs + 0.5)).sum() / m) / n * 2 - 1
+    cy = float((cov * (ys + 0.5)).sum() / m) / n * 2 - 1
+    return m / (n * n), cx, cy
 
 
-def _template(shape: str, w: int, h: int) -> np.ndarray:
-    key = (shape, w, h)
-    t = _TEMPLATE_CACHE.get(key)
-    if t is None:
-        t = coverage_mask(shape, (0, 0, w, h), w, h) >= 0.5
-        if len(_TEMPLATE_CACHE) < 20000:
-            _TEMPLATE_CACHE[key] = t
-    return t
+def classify_shape(soft: np.ndarray) -> tuple[str | None, float]:
+    """Best shape for a soft mask (coverage 0..1 of one object, zero elsewhere), and its IoU.
 
-
-def classify_shape(mask: np.ndarray) -> tuple[str | None, float]:
-    """Best shape for a component mask cropped to its bounding box, and its IoU."""
-    h, w = mask.shape
+    For each shape the box is fitted from the mask's mass and centroid, which blur preserves,
+    so the fit is sub-pixel even for objects a dozen pixels wide; the shape drawn in that box
+    is compared with the mask by soft IoU (sum of minima over sum of maxima).
+    """
+    h, w = soft.shape
+    mass = float(soft.sum())
+    if mass <= 0:
+        return None, 0.0
+    ys, xs = np.mgrid[0:h, 0:w]
+    cx = float((soft * (xs + 0.5)).sum()) / mass
+    cy = float((soft * (ys + 0.5)).sum()) / mass
     best, best_iou = None, 0.0
     for s in SHAPES:
-        t = _template(s, w, h)
-        inter = np.logical_and(t, mask).sum()
-        iou = float(inter) / float(np.logical_or(t, mask).sum() or 1)
-        if iou > best_iou:
-            best, best_iou = s, iou
+        frac, ox, oy = _shape_moments(s)
+        side = (mass / frac) ** 0.5
+        x0, y0 = cx - (ox + 1) * side / 2, cy - (oy + 1) * side / 2
+        t = coverage_mask(s, (x0, y0, x0 + side, y0 + side), w, h)
+        for sigma in BLUR_SIGMAS:
+            # Blur and VQ decoding smear edges: match against the template smeared alike.
+            tb = _gaussian_blur(t, sigma * side / 12) if sigma else t
+            iou = float(np.minimum(tb, soft).sum() / max(float(np.maximum(tb, soft).sum()), 1e-6))
+            if iou > best_iou:
+                best, best_iou = s, iou
     return best, best_iou
+
+
+BLUR_SIGMAS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5)  # in units of 1/12 of the object side
+
+
+def _gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of a 2-D array (zero padding), numpy only."""
+    r = max(1, int(math.ceil(3 * sigma)))
+    x = np.arange(-r, r + 1, dtype=np.float32)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    k /= k.sum()
+    p = np.pad(a, r)
+    rows = sum(k[i] * p[:, i : i + a.shape[1]] for i in range(2 * r + 1))
+    return sum(k[i] * rows[i : i + a.shape[0]] for i in range(2 * r + 1))
 
 
 def detect(
@@ -219,21 +256,30 @@ def detect(
         scale = max(rgb.size) / MAX_WORK_SIZE
         rgb = rgb.resize((round(rgb.width / scale), round(rgb.height / scale)), Image.Resampling.BOX)
     img = np.asarray(rgb, dtype=np.float32)
-    labels = classify_pixels(img)
-    min_area = max(4.0, min_area_frac * img.shape[0] * img.shape[1])
+    labels, alpha = classify_pixels(img)
+    h, w = labels.shape
+    min_area = max(4.0, min_area_frac * h * w)
+    pad = 2
     out = []
     for k in [*range(len(COLOR_NAMES)), OTHER]:
         mask = labels == k
         if mask.sum() < min_area:
             continue
         comp, n = label_components(mask)
-        if n == 0:
-            continue
         areas = np.bincount(comp[comp >= 0], minlength=n)
         for c in np.nonzero(areas >= min_area)[0]:
             ys, xs = np.nonzero(comp == c)
             y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-            shape, iou = classify_shape(comp[y0:y1, x0:x1] == c)
+            wy0, wy1, wx0, wx1 = max(y0 - pad, 0), min(y1 + pad, h), max(x0 - pad, 0), min(x1 + pad, w)
+            win = comp[wy0:wy1, wx0:wx1] == c
+            if k >= 0:
+                # Partial coverage of the object's own colour around it, nothing from others.
+                near = win | (labels[wy0:wy1, wx0:wx1] == BACKGROUND)
+                soft = np.where(near, np.clip((alpha[wy0:wy1, wx0:wx1, k] - 0.1) / 0.9, 0.0, 1.0), 0.0)
+                soft = np.where(win, np.maximum(soft, 0.5), soft)
+            else:
+                soft = win.astype(np.float32)
+            shape, iou = classify_shape(soft.astype(np.float32))
             out.append(
                 Detection(
                     shape=shape if iou >= min_shape_iou else None,
