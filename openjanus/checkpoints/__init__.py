@@ -21,7 +21,8 @@ from openjanus.model.janus import Janus
 
 # Files that travel with the weights (tokenizer and processor settings).
 SIDECAR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "preprocessor_config.json", "processor_config.json", "openjanus.json")
+                 "preprocessor_config.json", "processor_config.json", "openjanus.json",
+                 "generation_config.json", "chat_template.jinja")
 
 
 def read_config(folder: str | Path) -> tuple[JanusConfig, str]:

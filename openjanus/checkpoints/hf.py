@@ -19,9 +19,11 @@ How it differs from the official layout, and what that means for us:
   of (vision image_size / patch_size)^2 codes, so HF cannot express a VQ grid that differs
   from the vision grid. The image-token head's hidden width is the adaptor's
   `projection_dim`, which must equal the LLM width, so `gen_head_dim == llm.dim`. GroupNorm
-  uses 32 groups, hard-coded. Understanding images enter at the `image_token_id`
-  placeholder: 100581 for Pro-1B and 1.3B, 100594 for Pro-7B; our config does not hold it
-  (the tokenizer does), so `config_to_hf` takes it as an argument.
+  uses 32 groups, hard-coded. Understanding images enter at `image_token_id`, the
+  tokenizer's `<image_placeholder>` (100581 for Pro-1B; third-party ports report 100594
+  for Pro-7B); our config does not hold it (the tokenizer does), so `config_to_hf` takes it.
+  `vision_config.num_image_tokens` only sets how many tokens HF's `generate` samples; it is
+  written as the VQ grid's token count and not read back.
 * Tied head. transformers 5 ties `lm_head` to the input embedding unless the top-level
   `tie_word_embeddings` is false (`JanusConfig` defaults it to true, whatever
   `text_config` says). We write it false; on load a missing `lm_head.weight` (dropped by
@@ -88,7 +90,7 @@ VQ_DEFAULTS: dict[str, Any] = {
     "beta": 0.25,
 }
 
-# `<image_placeholder>` of the Janus-Pro-1B / Janus-1.3B tokenizer, HF's default.
+# `<image_placeholder>` of the Janus-Pro-1B tokenizer, transformers' default.
 DEFAULT_IMAGE_TOKEN_ID = 100581
 IMAGE_PLACEHOLDER = "<image_placeholder>"
 # transformers' VQ builds every GroupNorm with this many groups.
@@ -257,7 +259,7 @@ def to_hf_state(state: dict[str, Tensor], cfg: JanusConfig) -> dict[str, Tensor]
 
 
 def _square(value: Any, field: str) -> int:
-    """An int, or a [h, w] pair with h == w (transformers accepts both spellings)."""
+    # transformers' config types allow an int or an [h, w] pair; only square sizes fit here.
     if isinstance(value, (list, tuple)):
         if len(value) != 2 or value[0] != value[1]:
             raise ConfigError(f"config.json: {field}={value!r}; only square sizes are supported")
@@ -276,9 +278,11 @@ def _rope_theta(tc: dict[str, Any]) -> float:
     # transformers 5 writes rope_parameters; 4.x configs (the published ones) write
     # rope_theta and rope_scaling at the top of text_config.
     params = tc.get("rope_parameters") or {}
-    if params.get("rope_type", "default") != "default" or tc.get("rope_scaling") is not None:
-        raise ConfigError(f"config.json: text_config rope scaling {params or tc.get('rope_scaling')!r} "
-                          "is not supported (need plain RoPE)")
+    if params.get("rope_type", "default") != "default":
+        raise ConfigError(f"config.json: text_config.rope_parameters={params!r} is not supported (need plain RoPE)")
+    if tc.get("rope_scaling") is not None:
+        raise ConfigError(f"config.json: text_config.rope_scaling={tc['rope_scaling']!r} is not supported "
+                          "(need plain RoPE)")
     return float(params.get("rope_theta", tc.get("rope_theta", LLAMA_DEFAULTS["rope_theta"])))
 
 

@@ -49,7 +49,7 @@ def _tiny_cfg() -> JanusConfig:
 
 
 def _hf_config(tr) -> Any:
-    """The tiny preset written with transformers' own config classes."""
+    # The tiny preset, written with transformers' own config classes.
     c = _tiny_cfg()
     text = tr.LlamaConfig(vocab_size=c.llm.vocab_size, hidden_size=c.llm.dim, intermediate_size=c.llm.ffn_dim,
                           num_hidden_layers=c.llm.n_layers, num_attention_heads=c.llm.n_heads,
@@ -95,7 +95,7 @@ def _write_sidecars(folder: Path, image_token_id: int = IMAGE_TOKEN_ID) -> None:
 
 
 def _chat_inputs(cfg: JanusConfig, image_token_id: int) -> tuple[Tensor, Tensor]:
-    """Two rows of text ids, each with one image's placeholders at a different offset."""
+    # Two rows of text ids, each with one image's placeholders at a different offset.
     g = torch.Generator().manual_seed(1)
     n_img, prefixes, length = cfg.num_und_tokens, (2, 6), cfg.num_und_tokens + 8
     ids = torch.randint(0, cfg.llm.vocab_size, (2, length), generator=g)
@@ -122,7 +122,7 @@ def _hf_text_logits(ref, ids: Tensor, pixels: Tensor) -> Tensor:
 
 
 def _gen_inputs(cfg: JanusConfig) -> tuple[Tensor, Tensor]:
-    """A short text prompt and image codes that follow it, as in image generation."""
+    # A short text prompt followed by image codes, as in image generation.
     g = torch.Generator().manual_seed(2)
     return (torch.randint(0, cfg.llm.vocab_size, (2, 5), generator=g),
             torch.randint(0, cfg.vq.codebook_size, (2, 9), generator=g))
@@ -297,11 +297,12 @@ def test_config_to_hf_rejects_what_hf_cannot_express(overrides, field):
     ("text_config", "attention_bias", True),
     ("text_config", "rope_parameters", {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}),
     ("text_config", "head_dim", 8),
+    ("text_config", "rope_scaling", {"rope_type": "dynamic", "factor": 2.0}),
 ])
 def test_config_from_hf_names_the_unsupported_field(part, field, value):
     raw = hf.config_to_hf(_tiny_cfg(), "float32")
     raw[part][field] = value
-    with pytest.raises(ConfigError, match=f"{part}"):
+    with pytest.raises(ConfigError, match=re.escape(f"{part}.{field}")):
         hf.config_from_hf(raw)
 
 
