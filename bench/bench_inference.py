@@ -12,10 +12,12 @@ transformers installed only openjanus is measured.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -69,8 +71,10 @@ def bench_transformers(pipe: JanusPipeline, args: argparse.Namespace) -> dict[st
     try:
         import transformers  # noqa: F401
         from transformers import JanusForConditionalGeneration
+        from transformers.utils import logging as hf_logging
     except ImportError:
         return None
+    hf_logging.set_verbosity_error()
     from openjanus.checkpoints import save_model
 
     dev, dtype = pipe.device, pipe.dtype
@@ -78,17 +82,27 @@ def bench_transformers(pipe: JanusPipeline, args: argparse.Namespace) -> dict[st
     tok = pipe.processor.tokenizer
     with tempfile.TemporaryDirectory() as tmp:
         save_model(pipe.model, tmp, layout="hf")
+        # The stand-in tokenizer's placeholder id, so transformers finds the image positions.
+        cfg_path = Path(tmp) / "config.json"
+        raw = json.loads(cfg_path.read_text())
+        raw["image_token_id"] = tok.image_id
+        cfg_path.write_text(json.dumps(raw))
         hf = JanusForConditionalGeneration.from_pretrained(tmp, torch_dtype=dtype).to(dev).eval()
     # Same token ids as our pipeline feeds: the processor's formatted prompt.
     prompt_ids = torch.tensor([tok.encode(pipe.processor.t2i_prompt(PROMPT))], device=dev)
     n_tok = cfg.num_gen_tokens
 
+    from transformers import GenerationConfig
+
+    # transformers' image mode reads BOI from generation_kwargs; the prompt ends with BOI as ours does.
+    gen_cfg = GenerationConfig(guidance_scale=5.0, num_return_sequences=args.parallel, do_sample=True,
+                               max_new_tokens=n_tok, min_new_tokens=n_tok, bos_token_id=tok.bos_id,
+                               pad_token_id=tok.pad_id, generation_kwargs={"boi_token_id": tok.boi_id})
+
     def t2i() -> None:
         with torch.inference_mode():
-            hf.generate(input_ids=prompt_ids[:, :-1], attention_mask=torch.ones_like(prompt_ids[:, :-1]),
-                        generation_mode="image", guidance_scale=5.0, num_return_sequences=args.parallel,
-                        do_sample=True, max_new_tokens=n_tok, min_new_tokens=n_tok,
-                        bos_token_id=tok.bos_id, pad_token_id=tok.pad_id, eos_token_id=None)
+            hf.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
+                        generation_mode="image", generation_config=gen_cfg)
 
     image = Image.new("RGB", (pipe.und_image_size, pipe.und_image_size), (120, 30, 200))
     sample = pipe.processor.encode_chat([{"role": "user", "content": QUESTION, "images": [image]},
