@@ -38,8 +38,17 @@ from openjanus.eval.world import COLOR_NAMES, COLORS, SHAPES, coverage_mask, rel
 BACKGROUND = -1
 OTHER = -2  # foreground whose colour is in no palette
 MAX_WORK_SIZE = 256  # larger images are box-downsampled first: same decisions, less work
-MIN_AREA_FRAC = 0.003
-MIN_SHAPE_IOU = 0.55
+# About 40% of the smallest object the world draws (a small star); specks below are noise.
+MIN_AREA_FRAC = 0.006
+MIN_SHAPE_IOU = 0.65
+# World scenes leave at least half of the image to the background; below this share the image
+# is not a scene of this world (noise, clutter) and nothing in it is taken as an object.
+MIN_BACKGROUND_FRAC = 0.4
+# ... and its background is light and nearly grey (the world's are >= 225 with chroma <= 15);
+# a dark or strongly coloured 'background' means the image is not a scene of this world.
+MIN_BACKGROUND_LEVEL = 170.0
+MAX_BACKGROUND_CHROMA = 50.0
+MAX_OTHER_STD = 20.0  # an off-palette object must still be one flat colour, not noise
 MIN_ALPHA = 0.5
 MAX_RESIDUAL = 55.0
 
@@ -161,6 +170,15 @@ def classify_pixels(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``img`` is float [H, W, 3]; returns labels [H, W] and alpha [H, W, K] in 0..1.2.
     """
     bg = _fit_background(img)
+    return _classify_against(img, bg)
+
+
+def _background_ok(bg: np.ndarray) -> bool:
+    mean = bg.reshape(-1, 3).mean(0)
+    return float(mean.mean()) >= MIN_BACKGROUND_LEVEL and float(mean.max() - mean.min()) <= MAX_BACKGROUND_CHROMA
+
+
+def _classify_against(img: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     v = img - bg  # [H, W, 3]
     palette = np.array([COLORS[c] for c in COLOR_NAMES], dtype=np.float32)  # [K, 3]
     d = palette[None, None] - bg[:, :, None]  # [H, W, K, 3]
@@ -230,7 +248,7 @@ def classify_shape(soft: np.ndarray) -> tuple[str | None, float]:
     return best, best_iou
 
 
-BLUR_SIGMAS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5)  # in units of 1/12 of the object side
+BLUR_SIGMAS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5)  # in units of 1/12 of the object side
 
 
 def _gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
@@ -249,15 +267,25 @@ def detect(
     min_area_frac: float = MIN_AREA_FRAC,
     min_shape_iou: float = MIN_SHAPE_IOU,
 ) -> list[Detection]:
-    """The objects of a shapes-world image, largest first."""
+    """The objects of a shapes-world image, largest first.
+
+    An image whose background is not light and nearly grey, or covers less than
+    ``MIN_BACKGROUND_FRAC`` of it, is not read as a scene at all (no detections): random colour
+    fields would otherwise yield object-like blobs.
+    """
     rgb = image.convert("RGB")
     scale = 1.0
     if max(rgb.size) > MAX_WORK_SIZE:
         scale = max(rgb.size) / MAX_WORK_SIZE
         rgb = rgb.resize((round(rgb.width / scale), round(rgb.height / scale)), Image.Resampling.BOX)
     img = np.asarray(rgb, dtype=np.float32)
-    labels, alpha = classify_pixels(img)
+    bg = _fit_background(img)
+    if not _background_ok(bg):
+        return []
+    labels, alpha = _classify_against(img, bg)
     h, w = labels.shape
+    if float((labels == BACKGROUND).mean()) < MIN_BACKGROUND_FRAC:
+        return []
     min_area = max(4.0, min_area_frac * h * w)
     pad = 2
     out = []
@@ -278,6 +306,8 @@ def detect(
                 soft = np.where(near, np.clip((alpha[wy0:wy1, wx0:wx1, k] - 0.1) / 0.9, 0.0, 1.0), 0.0)
                 soft = np.where(win, np.maximum(soft, 0.5), soft)
             else:
+                if float(img[comp == c].std(axis=0).mean()) > MAX_OTHER_STD:
+                    continue
                 soft = win.astype(np.float32)
             shape, iou = classify_shape(soft.astype(np.float32))
             out.append(

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from openjanus.eval.formats import pope_label
 from openjanus.eval.spec import Requirement, Spec
 from openjanus.eval.world import (
     COLOR_NAMES,
@@ -296,10 +297,11 @@ def position_questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
             rel = clear_relation(a.box, b.box)
             if rel is None:
                 continue
+            subj, obj = ra, rb
             if rng.random() < 0.5:  # either object can be the subject
-                a, ra, b, rb, rel = b, rb, a, ra, INVERSE_RELATION[rel]
-            out.append(QA("position", f"is the {ra} {rel} the {rb}?", "yes"))
-            out.append(QA("position", f"is the {ra} {INVERSE_RELATION[rel]} the {rb}?", "no"))
+                subj, obj, rel = rb, ra, INVERSE_RELATION[rel]
+            out.append(QA("position", f"is the {subj} {rel} the {obj}?", "yes"))
+            out.append(QA("position", f"is the {subj} {INVERSE_RELATION[rel]} the {obj}?", "no"))
     return out
 
 
@@ -317,7 +319,10 @@ def scene_questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
     qas += count_questions(scene, rng) + color_questions(scene) + shape_questions(scene)
     qas += position_questions(scene, rng)
     qas.append(describe_question(scene, int(rng.integers(len(DESCRIBE_QUESTIONS)))))
-    return qas
+    unique: dict[str, QA] = {}
+    for qa in qas:  # the two presence sets share their positive questions
+        unique.setdefault(qa.question, qa)
+    return list(unique.values())
 
 
 MME_CATEGORIES: tuple[str, ...] = ("existence", "count", "position", "color")
@@ -377,13 +382,6 @@ def normalize_answer(text: str) -> str:
     return " ".join(words)
 
 
-def yes_no(text: str) -> str:
-    """POPE's reading of a free answer: 'no' if its first sentence says no/not, else 'yes'."""
-    first = text.split(".", 1)[0].replace(",", "")
-    words = first.split()
-    return "no" if ("No" in words or "not" in words or "no" in words or "NO" in words) else "yes"
-
-
 def description_pairs(text: str) -> set[tuple[str, str]]:
     """The (colour, shape) pairs a text mentions as 'colour [size] shape' (plurals too)."""
     words = normalize_answer(text).split()
@@ -419,5 +417,5 @@ def score_answer(qa: QA, answer: str, scene: Scene | None = None) -> float:
             raise ValueError("scoring a description needs its scene")
         return description_score(answer, scene)
     if qa.answer in ("yes", "no"):
-        return float(yes_no(answer) == qa.answer)
+        return float(pope_label(answer) == qa.answer)
     return float(normalize_answer(answer) == qa.answer)

@@ -240,7 +240,7 @@ def _star_points(n: int = 5, inner: float = 0.5) -> list[tuple[float, float]]:
     return [(2 * (x - x0) / (x1 - x0) - 1, 2 * (y - y0) / (y1 - y0) - 1) for x, y in pts]
 
 
-_ARM = 0.36  # cross arm thickness, fraction of the box side
+_ARM = 0.30  # cross arm thickness, fraction of the box side (thin enough not to blur into a diamond)
 # Polygons in the unit box [-1, 1]^2, y down; the circle is drawn as an ellipse.
 SHAPE_POLYGONS: dict[str, list[tuple[float, float]]] = {
     "square": [(-1, -1), (1, -1), (1, 1), (-1, 1)],
