@@ -61,7 +61,7 @@ class LossOutput:
     n_supervised: int
 
 
-def training_forward(model: Janus, batch: PackedBatch, loss_denominator: int | None = None) -> LossOutput:
+def training_forward(model: Janus, batch: PackedBatch, loss_denominator: float | None = None) -> LossOutput:
     """Plain next-token cross-entropy over text and image targets, no task weights.
 
     The loss is the sum over all supervised tokens divided by `loss_denominator` (default:

@@ -1,0 +1,313 @@
+"""Training checkpoints: atomic, resumable, carrying their config and stage; export for inference.
+
+A checkpoint is a folder ``OUTPUT/checkpoints/step_00001000/`` holding
+
+* ``model.safetensors``   the trained model's full state dict, in our module names;
+* ``optimizer.pt``        the optimiser state keyed by parameter name (independent of the
+                          number of processes and of FSDP), loaded with ``weights_only=True``;
+* ``train_state.json``    step, task, stage, model config, the whole TrainConfig, scheduler
+                          state, world size and counters;
+* ``rng_rank{r}.pt``      each process's Python, NumPy, torch CPU and CUDA generator states;
+* ``data_rank{r}.pt``     each process's data-stream position (its ``state_dict()``).
+
+Everything is written into a hidden temporary folder that is renamed into place only when
+complete, so a crash (or a kill) never leaves a partial checkpoint under a ``step_*`` name;
+resuming picks the highest complete step. With FSDP2 the full state dicts are gathered with
+`torch.distributed.checkpoint.state_dict` and rank 0 writes them; every rank writes its own
+RNG and data files, so the output folder must be shared by all nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from openjanus.errors import CheckpointError, UserError
+from openjanus.train.parallel import DistInfo, barrier
+
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class TrainState:
+    """Counters that travel with a checkpoint."""
+
+    step: int = 0  # optimiser steps completed
+    tokens_seen: int = 0  # real tokens (or image units) over all processes
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoints_root(output_dir: str | Path) -> Path:
+    """OUTPUT/checkpoints."""
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under OUTPUT/checkpoints, oldest first."""
+    root = checkpoints_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / "train_state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step, or None."""
+    found = list_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+# --- RNG state --------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator the training process draws from, in a weights_only-loadable form."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # This process's device only: touching every GPU would create a context on each.
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# --- model and optimiser state (plain or FSDP2) -----------------------------------------------
+
+
+def _options(**kw: Any):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def gather_model_state(objective: nn.Module) -> dict[str, torch.Tensor]:
+    """Full state dict of `objective.model` in our names (complete on rank 0). A collective."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(objective, options=_options(cpu_offload=True))
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
+def gather_optimizer_state(objective: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Full optimiser state keyed by parameter name (complete on rank 0). A collective."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(objective, optimizer, options=_options(cpu_offload=True))
+
+
+def load_model_state(objective: nn.Module, state: dict[str, torch.Tensor], dist_info: DistInfo) -> None:
+    """Load a full state dict (our names) into `objective.model`, sharded or not. With several
+    processes only rank 0's `state` is read; it is broadcast to the others."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    full = {f"model.{k}": v for k, v in state.items()}
+    set_model_state_dict(objective, full, options=_options(broadcast_from_rank0=dist_info.distributed))
+
+
+def load_optimizer_state(objective: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                         dist_info: DistInfo) -> None:
+    """Load a full, name-keyed optimiser state (rank 0's is broadcast with several processes)."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(objective, optimizer, state, options=_options(broadcast_from_rank0=dist_info.distributed))
+
+
+# --- save / load ------------------------------------------------------------------------------
+
+
+def save_checkpoint(output_dir: str | Path, *, objective: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, data: Any, state: TrainState,
+                    meta: dict[str, Any], dist_info: DistInfo = DistInfo(), keep_last: int | None = None) -> Path:
+    """Write a checkpoint for `state.step` atomically; every process must call this.
+
+    `meta` holds what describes the run (task, stage, model_config, train_config, ...).
+    """
+    from openjanus.checkpoints.io import save_tensors, write_json
+
+    root = checkpoints_root(output_dir)
+    final = root / f"step_{state.step:08d}"
+    tmp = root / f".step_{state.step:08d}.tmp"
+    model_state = gather_model_state(objective)
+    optim_state = gather_optimizer_state(objective, optimizer)
+    if dist_info.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    barrier()
+    torch.save(rng_state(), tmp / f"rng_rank{dist_info.rank}.pt")
+    data_state = data.state_dict() if hasattr(data, "state_dict") else None
+    torch.save({"state": data_state}, tmp / f"data_rank{dist_info.rank}.pt")
+    if dist_info.is_main:
+        save_tensors(model_state, tmp, metadata={"format": "pt", "openjanus": "training-checkpoint"})
+        torch.save(optim_state, tmp / "optimizer.pt")
+        write_json(tmp / "train_state.json", {
+            "format_version": FORMAT_VERSION, "step": state.step, "tokens_seen": state.tokens_seen,
+            "extra": state.extra, "world_size": dist_info.world_size, "has_data_state": data_state is not None,
+            "scheduler": scheduler.state_dict(), **meta,
+        })
+    barrier()
+    if dist_info.is_main:
+        _fsync_dir(tmp)
+        if final.exists():  # the same step written again (e.g. a final save after a periodic one)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        if keep_last:
+            for _, old in list_checkpoints(output_dir)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    # Flush file data and the directory entry so a rename after a crash never exposes an
+    # empty file; best effort where the platform does not allow opening directories.
+    try:
+        for p in path.iterdir():
+            if p.is_file():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def read_train_state(folder: str | Path) -> dict[str, Any]:
+    """The train_state.json of a checkpoint folder."""
+    path = Path(folder) / "train_state.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: not a training checkpoint (no train_state.json)")
+    return json.loads(path.read_text())
+
+
+def read_model_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
+    """All weights of a checkpoint folder, in the names they were saved with."""
+    from safetensors.torch import load_file
+
+    from openjanus.checkpoints.io import weight_files
+
+    state: dict[str, torch.Tensor] = {}
+    for f in weight_files(Path(folder)):
+        state.update(load_file(str(f)))
+    return state
+
+
+def load_checkpoint(folder: str | Path, *, objective: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, data: Any,
+                    dist_info: DistInfo = DistInfo(), include_model: bool = True) -> TrainState:
+    """Restore model, optimiser, schedule, data position and RNG from a checkpoint folder.
+
+    Call after the model is sharded and the optimiser built, before the first step; every
+    process must call it. `include_model=False` skips the weights (already loaded).
+    """
+    folder = Path(folder)
+    meta = read_train_state(folder)
+    if meta.get("world_size", 1) != dist_info.world_size and meta.get("has_data_state"):
+        raise UserError(f"{folder} was written by {meta['world_size']} processes and holds their data positions; "
+                        f"resume it with the same number of processes (now {dist_info.world_size})")
+    if include_model:
+        model_state = read_model_tensors(folder) if dist_info.is_main else {}
+        load_model_state(objective, model_state, dist_info)
+        del model_state
+    optim_state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True) if dist_info.is_main else {}
+    load_optimizer_state(objective, optimizer, optim_state, dist_info)
+    scheduler.load_state_dict(meta["scheduler"])
+    data_file = folder / f"data_rank{dist_info.rank}.pt"
+    if data_file.is_file():
+        data_state = torch.load(data_file, map_location="cpu", weights_only=True)["state"]
+        if data_state is not None and hasattr(data, "load_state_dict"):
+            data.load_state_dict(data_state)
+        elif data_state is None and dist_info.is_main:
+            warnings.warn("the checkpoint has no data position: the data stream starts from its beginning", stacklevel=2)
+    rng_file = folder / f"rng_rank{dist_info.rank}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+    return TrainState(step=int(meta["step"]), tokens_seen=int(meta.get("tokens_seen", 0)), extra=meta.get("extra", {}))
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+def export_checkpoint(folder: str | Path, out: str | Path, *, dtype: torch.dtype | None = None,
+                      tokenizer_dir: str | Path | None = None) -> tuple[Path, list[str]]:
+    """Export a training checkpoint for inference; returns (out folder, notes for the user).
+
+    Janus checkpoints become the official deepseek layout (loadable by `openjanus chat` and
+    `openjanus generate` when tokenizer files are present); part checkpoints become part
+    folders for `model.parts` of a later run.
+    """
+    from openjanus.checkpoints import save_model
+    from openjanus.checkpoints.io import iter_tensors, load_into, weight_files
+    from openjanus.config import JanusConfig
+    from openjanus.model.janus import Janus
+    from openjanus.train.parts import PART_OF_TASK, export_part, part_config
+
+    folder, out = Path(folder), Path(out)
+    meta = read_train_state(folder)
+    task = meta["task"]
+    cfg = JanusConfig.from_dict(meta["model_config"])
+    notes: list[str] = []
+    if task in PART_OF_TASK:
+        part = PART_OF_TASK[task]
+        state = read_model_tensors(folder)
+        if task == "siglip":  # only the vision tower is the part; the caption tower stays behind
+            state = {k.removeprefix("und_encoder."): v for k, v in state.items() if k.startswith("und_encoder.")}
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        export_part(state, part, part_config(cfg, part), out)
+        notes.append(f"use it with model.parts.{part} = {str(out)!r} in a Janus stage config")
+        return out, notes
+    tensors = {k: (loader, shape) for k, loader, shape in iter_tensors(weight_files(folder))}
+    with torch.device("meta"):
+        model = Janus(cfg)
+    load_into(model, tensors, device="cpu", source=str(folder))
+    if tokenizer_dir is None:
+        # The run's tokenizer: model.tokenizer, else the checkpoint it started from, else the
+        # stand-in tokenizer a run without one saves next to its checkpoints.
+        source = (meta.get("train_config") or {}).get("model", {})
+        tokenizer_dir = source.get("tokenizer") or source.get("checkpoint") or str(folder.parent.parent / "tokenizer")
+    if tokenizer_dir is not None and not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        tokenizer_dir = None
+    save_model(model, out, layout="official", dtype=dtype, sidecars_from=tokenizer_dir)
+    if not (out / "tokenizer.json").is_file():
+        notes.append(f"no tokenizer files were copied: put tokenizer.json (and processor_config.json) into "
+                     f"{out} or pass --tokenizer DIR before using it with `openjanus chat/generate`")
+    return out, notes
+
+
+__all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
+           "export_checkpoint", "read_train_state", "read_model_tensors", "rng_state", "set_rng_state"]

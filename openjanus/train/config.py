@@ -1,0 +1,285 @@
+"""`TrainConfig`: everything one training run needs, read from a JSON (or TOML) file.
+
+JSON is the primary format because the package supports Python 3.10, whose standard library
+has no TOML reader; TOML files work on Python 3.11+ (`tomllib`) and give a clear message on
+3.10. Paths are taken relative to the working directory. Any field can be overridden from the
+command line with dotted keys (`stage.lr=5e-4`, `model.overrides.llm.n_layers=4`,
+`output_dir=runs/x`); values are parsed as JSON when they parse, else kept as strings.
+See docs/training.md for the full schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from openjanus.config import ConfigError, JanusConfig
+from openjanus.errors import UserError
+from openjanus.train.stages import Stage, stage_from_name
+
+PART_NAMES = ("vq", "siglip", "llm")
+# Maps whose keys may themselves contain dots: the rest of an override path is one key.
+_FREE_KEY_MAPS = {("model", "overrides")}
+
+
+@dataclass
+class ModelSource:
+    """Where the initial weights come from: a preset (random init, optionally with separately
+    pretrained parts loaded into it) or an existing checkpoint folder (official or HF layout)."""
+
+    preset: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # "part.field" -> value, as JanusConfig.from_name
+    checkpoint: str | None = None
+    parts: dict[str, str] = field(default_factory=dict)  # "vq" | "siglip" | "llm" -> part export or training checkpoint
+    tokenizer: str | None = None  # folder with tokenizer.json (and processor files); default: `checkpoint`
+    roles: str = "pro"  # chat roles of the conversations: "pro" (Janus-Pro) or "legacy" (Janus-1.3B)
+
+    def validate(self) -> None:
+        if (self.preset is None) == (self.checkpoint is None):
+            raise ConfigError("model: give exactly one of 'preset' (random init) or 'checkpoint' (a folder)")
+        if self.checkpoint is not None and (self.overrides or self.parts):
+            raise ConfigError("model: 'overrides' and 'parts' only apply to a 'preset'")
+        if self.roles not in ("pro", "legacy"):
+            raise ConfigError(f"model.roles {self.roles!r} must be 'pro' or 'legacy'")
+        unknown = sorted(set(self.parts) - set(PART_NAMES))
+        if unknown:
+            raise ConfigError(f"model.parts: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PART_NAMES)}")
+
+    @property
+    def tokenizer_dir(self) -> str | None:
+        return self.tokenizer or self.checkpoint
+
+
+@dataclass
+class StageSpec:
+    """A stage preset name plus field overrides (`Stage` fields)."""
+
+    preset: str = "stage1"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Stage:
+        return stage_from_name(self.preset, **self.overrides)
+
+
+@dataclass
+class EvalSettings:
+    """Run an evaluation every `every` optimiser steps (0: never). `benchmarks` are names the
+    evaluation package understands; `options` go to its runner unchanged."""
+
+    every: int = 0
+    benchmarks: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PartOptions:
+    """Settings of the parts' pretraining objectives."""
+
+    vq_recon_loss: str = "l2"  # "l2" (LlamaGen) or "l1"
+    text_tower_layers: int = 2  # SigLIP pretraining: the caption encoder's depth
+    caption_len: int = 32  # SigLIP pretraining: captions are cut to this many tokens
+
+    def validate(self) -> None:
+        if self.vq_recon_loss not in ("l1", "l2"):
+            raise ConfigError(f"parts.vq_recon_loss {self.vq_recon_loss!r} must be 'l1' or 'l2'")
+        if self.text_tower_layers < 1 or self.caption_len < 2:
+            raise ConfigError(f"parts: text_tower_layers {self.text_tower_layers} must be >= 1 and "
+                              f"caption_len {self.caption_len} >= 2")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. `micro_batch_rows` is per process; gradient accumulation is derived
+    from the stage's global batch: global_batch = micro_batch_rows x grad_accum x world size."""
+
+    output_dir: str
+    model: ModelSource = field(default_factory=ModelSource)
+    stage: StageSpec = field(default_factory=StageSpec)
+    data: dict[str, Any] = field(default_factory=dict)  # the data stream's settings (docs/training-data.md)
+    seq_len: int = 4096
+    micro_batch_rows: int = 1
+    stop_at: int | None = None  # stop early at this step; the schedule still spans stage.steps
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    log_every: int = 10
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    parts: PartOptions = field(default_factory=PartOptions)
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when available (the local rank's GPU under torchrun)
+    dtype: str = "auto"  # compute dtype: auto = bf16 autocast on GPU, fp32 on CPU
+    activation_checkpointing: bool = False
+    compile: bool = False
+    tensorboard: bool = True
+    progress_bar: bool = True
+    dist_timeout_minutes: int = 30
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.parts.validate()
+        for name in ("seq_len", "micro_batch_rows", "checkpoint_every", "keep_last", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval.every < 0:
+            raise ConfigError(f"eval.every must be >= 0, got {self.eval.every}")
+        if self.stop_at is not None and self.stop_at < 1:
+            raise ConfigError(f"stop_at must be >= 1, got {self.stop_at}")
+        if self.dtype in ("float16", "fp16"):
+            raise ConfigError("dtype float16 is not supported for training (it needs loss scaling); use bfloat16")
+        if self.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16"):
+            raise ConfigError(f"dtype {self.dtype!r}: choose auto, float32 or bfloat16")
+
+    def build_stage(self) -> Stage:
+        return self.stage.build()
+
+    def build_model_config(self) -> JanusConfig:
+        """The Janus config of the model this run trains (its parts for the part tasks)."""
+        if self.model.checkpoint is not None:
+            from openjanus.checkpoints import read_config
+
+            return read_config(self.model.checkpoint)[0]
+        return JanusConfig.from_name(self.model.preset, **self.model.overrides)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
+        """Build from a plain dict (as read from JSON); unknown keys are errors."""
+        raw = _normalise(raw)
+        try:
+            return _build(cls, raw, "")
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+
+
+def _normalise(raw: dict[str, Any]) -> dict[str, Any]:
+    raw = dict(raw)
+    if isinstance(raw.get("stage"), str):
+        raw["stage"] = {"preset": raw["stage"]}
+    elif isinstance(raw.get("stage"), dict) and "overrides" not in raw["stage"]:
+        # Allow the flat form {"preset": "stage1", "lr": 5e-4}.
+        stage = dict(raw["stage"])
+        preset = stage.pop("preset", "stage1")
+        raw["stage"] = {"preset": preset, "overrides": stage}
+    return raw
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected an object, got {type(raw).__name__}")
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(hints))}")
+    nested = {"model": ModelSource, "stage": StageSpec, "eval": EvalSettings, "parts": PartOptions}
+    kwargs = {}
+    for key, value in raw.items():
+        if cls is TrainConfig and key in nested:
+            value = _build(nested[key], value, key)
+        else:
+            _check_type(value, hints[key].type, f"{where + '.' if where else ''}{key}")
+        kwargs[key] = value
+    if cls is TrainConfig and "output_dir" not in kwargs:
+        raise ConfigError("config: 'output_dir' is required")
+    return cls(**kwargs)
+
+
+# Field annotations (strings under `from __future__ import annotations`) -> accepted JSON types.
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "int | None": (int, type(None)),
+    "str | None": (str, type(None)), "list[str]": (list,), "dict[str, Any]": (dict,), "dict[str, str]": (dict,),
+}
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> None:
+    allowed = _JSON_TYPES.get(str(annotation))
+    if allowed is None:
+        return
+    # JSON true/false are ints to Python; a count given as `true` is a mistake.
+    if isinstance(value, bool) and bool not in allowed:
+        allowed = ()
+    if not isinstance(value, allowed):
+        raise ConfigError(f"{where}: expected {annotation}, got {json.dumps(value)}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """"a.b.c=value" -> (["a", "b", "c"], parsed value)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override {text!r} is not of the form key=value")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply "dotted.key=value" overrides to a raw config dict (a new dict is returned)."""
+    out = json.loads(json.dumps(_normalise(raw)))
+    for text in overrides:
+        path, value = parse_override(text)
+        if path == ["stage"] and isinstance(value, str):
+            out.setdefault("stage", {"preset": value, "overrides": {}})["preset"] = value
+            continue
+        if path[0] == "stage" and len(path) == 2 and path[1] != "preset":
+            path = ["stage", "overrides", path[1]]  # `stage.lr=...` means a stage field
+        node = out
+        for i, key in enumerate(path[:-1]):
+            if tuple(path[: i + 1]) in _FREE_KEY_MAPS:
+                node = node.setdefault(key, {})
+                path = [*path[: i + 1], ".".join(path[i + 1:])]
+                break
+            nxt = node.setdefault(key, {})
+            if not isinstance(nxt, dict):
+                raise UserError(f"override {text!r}: {'.'.join(path[: i + 1])} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw dict of a JSON or TOML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} not found")
+    if path.suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:
+            raise UserError(f"{path}: TOML configs need Python 3.11+; write the config as JSON") from None
+        try:
+            return tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{path}: invalid TOML ({e})") from None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: the config must be a JSON object")
+    return raw
+
+
+def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """Read a config file, apply command-line overrides and validate (errors are `UserError`)."""
+    raw = apply_overrides(read_config_file(path), list(overrides))
+    try:
+        cfg = TrainConfig.from_dict(raw)
+        cfg.build_stage()  # validate the stage now, not after the model is built
+    except ConfigError as e:
+        raise UserError(f"{path}: {e}") from None
+    return cfg
+
+
+__all__ = ["TrainConfig", "ModelSource", "StageSpec", "EvalSettings", "PartOptions", "load_train_config",
+           "apply_overrides", "read_config_file"]
