@@ -49,11 +49,14 @@ class PretokenizeStats:
 
 def load_vq(folder: str | os.PathLike[str], device: torch.device | str = "cpu",
             dtype: torch.dtype | None = torch.float32) -> VQModel:
-    """Only the VQ tokenizer of a checkpoint folder (official or HF layout); nothing else is read."""
+    """Only the VQ tokenizer of a checkpoint folder (official or HF layout) or of a pretrained VQ
+    part (`openjanus train` on the "vq" stage); nothing else is read."""
     from openjanus.checkpoints import read_config
     from openjanus.checkpoints.io import iter_tensors, load_into, weight_files
 
     folder = Path(folder)
+    if (folder / "part.json").is_file() or (folder / "train_state.json").is_file():
+        return _load_vq_part(folder, device, dtype)
     cfg, layout = read_config(folder)
     if layout == "official":
         from openjanus.checkpoints import official as fmt
@@ -66,6 +69,20 @@ def load_vq(folder: str | os.PathLike[str], device: torch.device | str = "cpu",
         vq = VQModel(cfg.vq)
     load_into(vq, tensors, optional=(r"^quantize\.codebook_used$",), device=device, dtype=dtype, source=str(folder))
     return vq.eval().requires_grad_(False)
+
+
+def _load_vq_part(folder: Path, device: torch.device | str, dtype: torch.dtype | None) -> VQModel:
+    from openjanus.config import VQConfig
+    from openjanus.errors import UserError
+    from openjanus.train.parts import _part_source, load_part
+
+    part, config, _ = _part_source(folder)
+    if part != "vq":
+        raise UserError(f"{folder}: a pretrained {part!r} part, not a VQ tokenizer")
+    cfg = VQConfig(**config)
+    vq = VQModel(cfg)
+    load_part(vq, "vq", cfg, folder)
+    return vq.to(device, dtype).eval().requires_grad_(False)
 
 
 def _resolve_vq(model: Any, device: torch.device | str) -> VQModel:

@@ -114,3 +114,20 @@ def test_cli_hook(tiny_checkpoint, tmp_path, capsys):
     args.func(args)
     assert "wrote 5 of 9 records in 1 shard(s)" in capsys.readouterr().out
     assert (tmp_path / "out" / "gen-00000.jsonl").is_file()
+
+
+def test_load_vq_reads_a_pretrained_vq_part(tmp_path):
+    import torch
+
+    from openjanus.config import JanusConfig
+    from openjanus.model.vq import VQModel
+    from openjanus.train.parts import export_part
+    from openjanus.train.pretokenize import load_vq
+
+    cfg = JanusConfig.from_name("tiny").vq
+    torch.manual_seed(0)
+    vq = VQModel(cfg)
+    export_part(dict(vq.state_dict()), "vq", cfg, tmp_path / "vq")
+    loaded = load_vq(tmp_path / "vq")
+    x = torch.rand(2, 3, cfg.image_size, cfg.image_size) * 2 - 1
+    assert torch.equal(loaded.encode(x), vq.eval().encode(x))

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Reproduce the shipped demo model (janus-shapes) from nothing, with the project's own recipe:
+# shapes-world data -> tokenizer -> VQ, SigLIP and text pretraining -> pretokenize -> Stage I, II, III
+# -> export to openjanus/assets/janus-shapes. About 1.5 hours on a 2-core CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_WAIT_POLICY=PASSIVE  # OpenMP spin-waiting wrecks throughput when cores are shared
+D=runs/demo
+
+# 1. Data: the training split of the shapes world (held-out compositions never appear).
+openjanus eval export-dataset --kind t2i -n 80000 --seed 11 --split train --image-size 64 --out $D/data/t2i
+openjanus eval export-dataset --kind und -n 80000 --seed 12 --split train --image-size 64 --out $D/data/und
+openjanus eval export-dataset --kind text -n 40000 --seed 13 --split train --out $D/data/text
+
+# 2. Tokenizer (byte-level BPE with the Janus special tokens) on the world's text plus the chat
+#    system prompt, so that the prompt inference uses costs few tokens (527 ids result).
+python - <<'PY'
+from openjanus.eval.datasets import make_sample
+from openjanus.processing import DEFAULT_SYSTEM_PROMPT, save_tokenizer_dir, train_tokenizer
+texts = [DEFAULT_SYSTEM_PROMPT] * 50
+texts += [make_sample("text", 1, i).record["text"] for i in range(20000)]
+for i in range(5000):
+    turns = make_sample("und", 2, i, 64).record["conversations"]
+    texts += [m["content"].replace("<image_placeholder>\n", "") for m in turns]
+texts += [make_sample("t2i", 3, i, 64).record["caption"] for i in range(5000)]
+save_tokenizer_dir(train_tokenizer(texts, vocab_size=1024), "runs/demo/tokenizer")
+PY
+
+# 3. The parts, from scratch (they can run side by side, one thread each).
+openjanus train configs/demo/vq.json
+OMP_NUM_THREADS=1 openjanus train configs/demo/siglip.json
+OMP_NUM_THREADS=1 openjanus train configs/demo/text.json --override stage.steps=131
+
+# 4. Text-to-image pairs to VQ codes, once (the VQ stays frozen from here on).
+openjanus train pretokenize --model $D/vq/export --data $D/data/t2i --out $D/data/gen-codes
+
+# 5. The Janus-Pro stages.
+openjanus train configs/demo/stage1.json
+openjanus train configs/demo/stage2.json
+openjanus train configs/demo/stage3.json
+
+# 6. Ship: official layout, with the tokenizer and processor files.
+openjanus train export $D/stage3/export --out openjanus/assets/janus-shapes --tokenizer $D/tokenizer
