@@ -16,7 +16,8 @@ from typing import Any
 USAGE = """openjanus train CONFIG [--resume [CKPT]] [--override KEY=VALUE ...]
        openjanus train export CKPT --out DIR [--dtype DTYPE] [--tokenizer DIR]
        openjanus train pretokenize --model DIR --data FILE [FILE ...] --out DIR [...]
-       openjanus train tokenizer --data FILE [FILE ...] --vocab-size N --out DIR"""
+       openjanus train tokenizer --data FILE [FILE ...] --vocab-size N --out DIR
+       openjanus train plot RUN [RUN ...] --out losses.svg"""
 
 DESCRIPTION = """Train a Janus-Pro stage (stage1, stage2, stage3) or pretrain a part (vq, siglip, text)
 from a JSON config; under torchrun the same command trains on many GPUs and nodes.
@@ -83,6 +84,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         cmd_export(_export_parser().parse_args(words[1:]))
     elif words and words[0] == "tokenizer":
         cmd_tokenizer(_tokenizer_parser().parse_args(words[1:]))
+    elif words and words[0] == "plot":
+        from openjanus.train.plot import register_plot
+
+        top = argparse.ArgumentParser(prog="openjanus train")
+        sub = top.add_subparsers(dest="form", required=True)
+        register_plot(sub)
+        parsed = top.parse_args(words)
+        parsed.func(parsed)
     elif words and words[0] == "pretokenize":
         from openjanus.train.pretokenize import register_pretokenize
 

@@ -150,3 +150,19 @@ def test_tokenizer_command(tmp_path) -> None:
 
     tok = JanusTokenizer.from_dir(out)
     assert tok.vocab_size <= 300 and tok.decode(tok.encode("the red fox")) == "the red fox"
+
+
+def test_plot_writes_an_svg_of_the_losses(tmp_path):
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    from openjanus.cli import main
+
+    run = tmp_path / "run"
+    with SummaryWriter(str(run / "tensorboard")) as w:
+        for step in range(1, 6):
+            w.add_scalar("train/loss", 5.0 / step, step)
+            w.add_scalar("loss/gen", 6.0 / step, step)
+    assert main(["train", "plot", str(run), "--out", str(tmp_path / "l.svg")]) == 0
+    svg = (tmp_path / "l.svg").read_text()
+    assert svg.startswith("<svg") and svg.count("<polyline") == 2 and "loss/gen" in svg
