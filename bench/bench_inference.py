@@ -69,7 +69,7 @@ def bench_openjanus(pipe: JanusPipeline, args: argparse.Namespace) -> dict[str, 
 
 def bench_transformers(pipe: JanusPipeline, args: argparse.Namespace) -> dict[str, float] | None:
     try:
-        import transformers  # noqa: F401
+
         from transformers import JanusForConditionalGeneration
         from transformers.utils import logging as hf_logging
     except ImportError:

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from openjanus.errors import UserError
 
 # Prompts shown in the gallery; the last three ask for held-out compositions (see docs/shapes-world.md).
 GALLERY_PROMPTS = (
@@ -120,7 +119,7 @@ def _pct(v: Any) -> str:
 
 def write_report(out: Path, scores: dict[str, Any], cards, qa_rows) -> Path:
     h = html.escape
-    parts = [f"<!doctype html><meta charset=utf-8><title>openjanus demo</title><style>"
+    parts = ["<!doctype html><meta charset=utf-8><title>openjanus demo</title><style>"
              "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}"
              "table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:left}"
              ".g{display:flex;flex-wrap:wrap;gap:12px}.c{border:1px solid #ddd;border-radius:6px;padding:6px}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,23 @@ from openjanus.checkpoints import save_model
 from openjanus.config import JanusConfig
 from openjanus.model.janus import Janus
 from openjanus.processing import save_tokenizer_dir, train_tokenizer
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+def official_key_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """`shared/reference/<name>.keys.txt` (lines `key (d1, d2,)`) as {key: shape}; skips the
+    test when the reference folder is not beside the checkout."""
+    path = REFERENCE / f"{name}.keys.txt"
+    if not path.is_file():
+        pytest.skip(f"reference key list {path} not found")
+    keys = {}
+    for line in path.read_text().splitlines():
+        m = re.fullmatch(r"(\S+) \(([\d, ]*)\)", line.strip())
+        assert m, f"unparsed line {line!r}"
+        keys[m[1]] = tuple(int(d) for d in m[2].replace(" ", "").split(",") if d)
+    return keys
+
 
 CORPUS = [
     "a red circle above a blue square. what is in this picture? a photo of two green stars.",

@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from openjanus.checkpoints.official import LLAMA_DEFAULTS
+from openjanus.checkpoints.keymap import compile_table, rename
 from openjanus.config import ConfigError, JanusConfig, LLMConfig, VisionConfig, VQConfig
 
 MODEL_TYPE = "janus"
@@ -152,31 +153,15 @@ IGNORED_KEYS = (r"\.rotary_emb\.inv_freq$", r"^model\.vision_model\.embeddings\.
 OPTIONAL_KEYS = (r"^und_encoder\.attn_pool\.", r"^gen_tokenizer\.quantize\.codebook_used$")
 
 
-def _compile(table: list[tuple[str, str]]) -> list[tuple[re.Pattern[str], str]]:
-    out = []
-    for src, dst in table:
-        pattern = re.escape(src).replace(re.escape("{i}"), r"(?P<i>\d+)")
-        out.append((re.compile("^" + pattern), dst))
-    return out
-
-
-_TO_HF = _compile(KEY_MAP)
-_FROM_HF = _compile([(b, a) for a, b in KEY_MAP])
-
-
-def _rename(key: str, table: list[tuple[re.Pattern[str], str]]) -> str | None:
-    for pattern, dst in table:
-        m = pattern.match(key)
-        if m:
-            return dst.replace("{i}", m.groupdict().get("i") or "") + key[m.end():]
-    return None
+_TO_HF = compile_table(KEY_MAP)
+_FROM_HF = compile_table([(b, a) for a, b in KEY_MAP])
 
 
 def to_hf_key(key: str) -> str:
     """The HF name of one of our keys (not for `qkv` or `pos_embed`, which change shape)."""
     if key == POS_EMBED[0]:
         return POS_EMBED[1]
-    out = _rename(key, _TO_HF)
+    out = rename(key, _TO_HF)
     if out is None:
         raise KeyError(f"no Hugging Face name for {key!r}")
     return out
@@ -188,7 +173,7 @@ def from_hf_key(key: str) -> str | None:
         return None
     if key == POS_EMBED[1]:
         return POS_EMBED[0]
-    return _rename(key, _FROM_HF) or key  # unknown keys pass through and fail the strict check
+    return rename(key, _FROM_HF) or key  # unknown keys pass through and fail the strict check
 
 
 def map_tensors(items: Iterable[tuple[str, Loader, tuple[int, ...]]],

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
+from openjanus.checkpoints.keymap import compile_table, rename
 from openjanus.config import ConfigError, JanusConfig, LLMConfig, VisionConfig, VQConfig
 
 MODEL_TYPE = "multi_modality"
@@ -66,28 +67,12 @@ IGNORED_KEYS = (r"\.rotary_emb\.inv_freq$",)
 OPTIONAL_KEYS = (r"^und_encoder\.attn_pool\.", r"^gen_tokenizer\.quantize\.codebook_used$")
 
 
-def _compile(table: list[tuple[str, str]]) -> list[tuple[re.Pattern[str], str]]:
-    out = []
-    for src, dst in table:
-        pattern = re.escape(src).replace(re.escape("{i}"), r"(?P<i>\d+)")
-        out.append((re.compile("^" + pattern), dst))
-    return out
-
-
-_TO_OFFICIAL = _compile(KEY_MAP)
-_FROM_OFFICIAL = _compile([(b, a) for a, b in KEY_MAP])
-
-
-def _rename(key: str, table: list[tuple[re.Pattern[str], str]]) -> str | None:
-    for pattern, dst in table:
-        m = pattern.match(key)
-        if m:
-            return dst.replace("{i}", m.groupdict().get("i") or "") + key[m.end():]
-    return None
+_TO_OFFICIAL = compile_table(KEY_MAP)
+_FROM_OFFICIAL = compile_table([(b, a) for a, b in KEY_MAP])
 
 
 def to_official_key(key: str) -> str:
-    out = _rename(key, _TO_OFFICIAL)
+    out = rename(key, _TO_OFFICIAL)
     if out is None:
         raise KeyError(f"no official name for {key!r}")
     return out
@@ -97,7 +82,7 @@ def from_official_key(key: str) -> str | None:
     """Our name for an official key; None for keys that are knowingly ignored."""
     if any(re.search(p, key) for p in IGNORED_KEYS):
         return None
-    return _rename(key, _FROM_OFFICIAL) or key  # unknown keys pass through and fail the strict check
+    return rename(key, _FROM_OFFICIAL) or key  # unknown keys pass through and fail the strict check
 
 
 def map_tensors(items: Iterable[tuple[str, Callable[[], Tensor], tuple[int, ...]]],

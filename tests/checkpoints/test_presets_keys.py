@@ -1,8 +1,5 @@
 """Every preset builds on the meta device; the released presets reproduce the official key lists."""
 
-import re
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -10,16 +7,7 @@ from openjanus.checkpoints import official
 from openjanus.config import PRESETS, JanusConfig
 from openjanus.model.janus import Janus
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
-
-
-def official_keys(name: str) -> dict[str, tuple[int, ...]]:
-    keys = {}
-    for line in (REFERENCE / f"{name}.keys.txt").read_text().splitlines():
-        m = re.fullmatch(r"(\S+) \(([\d, ]*)\)", line.strip())
-        assert m, f"unparsed line {line!r}"
-        keys[m[1]] = tuple(int(d) for d in m[2].replace(" ", "").split(",") if d)
-    return keys
+from conftest import REFERENCE, official_key_shapes
 
 
 def meta_model(name: str) -> Janus:
@@ -39,9 +27,7 @@ def test_every_preset_builds_on_meta(preset):
 @pytest.mark.parametrize("preset,keyfile", [("janus-pro-1b", "janus-pro-1b"), ("janus-1.3b", "janus-pro-1b"),
                                             ("janus-pro-7b", "janus-pro-7b")])
 def test_released_presets_match_official_key_lists(preset, keyfile):
-    if not REFERENCE.is_dir():
-        pytest.skip("shared/reference not beside the checkout")
-    want = official_keys(keyfile)
+    want = official_key_shapes(keyfile)
     got = {official.to_official_key(k): tuple(v.shape) for k, v in meta_model(preset).state_dict().items()}
     assert sorted(set(want) - set(got)) == []
     assert sorted(set(got) - set(want)) == []

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import official_key_shapes
 
 from openjanus.config import JanusConfig, VQConfig
 from openjanus.model.vq import AttnBlock, Downsample, Upsample, VQModel
@@ -15,23 +15,9 @@ from openjanus.model.vq import AttnBlock, Downsample, Upsample, VQModel
 PREFIX = "gen_vision_model."
 
 
-def _keys_file() -> Path:
-    repo = Path(__file__).resolve().parents[2]
-    for base in (repo / "shared", repo.parent / "shared"):
-        path = base / "reference" / "janus-pro-1b.keys.txt"
-        if path.exists():
-            return path
-    pytest.skip("reference key list (shared/reference/janus-pro-1b.keys.txt) not found")
-
-
 def _official_shapes(prefix: str) -> dict[str, tuple[int, ...]]:
-    """Lines look like `name (d1, d2,)`; keep those under `prefix`, with the prefix removed."""
-    shapes = {}
-    for line in _keys_file().read_text().splitlines():
-        name, _, dims = line.partition(" ")
-        if name.startswith(prefix):
-            shapes[name[len(prefix) :]] = tuple(int(d) for d in dims.strip("()").split(",") if d.strip())
-    return shapes
+    """The official Janus-Pro-1B key list under `prefix`, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in official_key_shapes("janus-pro-1b").items() if k.startswith(prefix)}
 
 
 def _tiny() -> VQConfig:
