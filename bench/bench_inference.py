@@ -69,7 +69,6 @@ def bench_openjanus(pipe: JanusPipeline, args: argparse.Namespace) -> dict[str, 
 
 def bench_transformers(pipe: JanusPipeline, args: argparse.Namespace) -> dict[str, float] | None:
     try:
-
         from transformers import JanusForConditionalGeneration
         from transformers.utils import logging as hf_logging
     except ImportError:
