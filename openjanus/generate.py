@@ -98,9 +98,11 @@ class _Decoder:
             self.step_fn = torch.compile(self._step, dynamic=False)
 
     def prefill(self, h: Tensor, positions: Tensor) -> Tensor:
-        slots = torch.arange(h.shape[1], device=h.device)
-        mask = cache_mask(slots, self.key_valid)
-        return self.model.llm(h, positions, mask=mask, cache=self.cache, slots=slots)[:, -1]
+        T = h.shape[1]
+        slots = torch.arange(T, device=h.device)
+        # The prompt fills slots 0..T-1: attend over those only, not the whole preallocated cache.
+        mask = cache_mask(slots, self.key_valid[:, :T])
+        return self.model.llm(h, positions, mask=mask, cache=self.cache, slots=slots, kv_len=T)[:, -1]
 
     def _step(self, h: Tensor, positions: Tensor, slot: Tensor) -> Tensor:
         mask = cache_mask(slot, self.key_valid)

@@ -67,11 +67,15 @@ class KVCache(nn.Module):
     def batch(self) -> int:
         return self.k.shape[1]
 
-    def update(self, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k/v [B, H, T, hd] at `slots` [T]; return the layer's full cache [B, H, S, hd]."""
+    def update(self, layer: int, slots: Tensor, k: Tensor, v: Tensor,
+               kv_len: int | None = None) -> tuple[Tensor, Tensor]:
+        """Write k/v [B, H, T, hd] at `slots` [T]; return the layer's first `kv_len` slots
+        (all S by default) [B, H, kv_len, hd]."""
         self.k[layer].index_copy_(2, slots, k)
         self.v[layer].index_copy_(2, slots, v)
-        return self.k[layer], self.v[layer]
+        if kv_len is None:
+            return self.k[layer], self.v[layer]
+        return self.k[layer][:, :, :kv_len], self.v[layer][:, :, :kv_len]
 
 
 class Attention(nn.Module):
@@ -84,7 +88,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, layer: int,
-                cache: KVCache | None, slots: Tensor | None) -> Tensor:
+                cache: KVCache | None, slots: Tensor | None, kv_len: int | None = None) -> Tensor:
         B, T, _ = x.shape
         # [B, T, H*hd] -> [B, H, T, hd]
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
@@ -92,7 +96,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(layer, slots, k, v)
+            k, v = cache.update(layer, slots, k, v, kv_len)
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -123,8 +127,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, layer: int,
-                cache: KVCache | None, slots: Tensor | None) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, layer, cache, slots)
+                cache: KVCache | None, slots: Tensor | None, kv_len: int | None = None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, layer, cache, slots, kv_len)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -153,13 +157,15 @@ class LLM(nn.Module):
                        device=device or ref.device, dtype=dtype or ref.dtype)
 
     def forward(self, h: Tensor, positions: Tensor, mask: Tensor | None = None,
-                cache: KVCache | None = None, slots: Tensor | None = None) -> Tensor:
+                cache: KVCache | None = None, slots: Tensor | None = None, kv_len: int | None = None) -> Tensor:
         """Run the stack.
 
         h: [B, T, D] input embeddings; positions: [B, T] RoPE positions;
         mask: bool [B, 1, T, S] (True = may attend) or None for plain causal attention
         over the T inputs; cache/slots: write k/v at cache slots [T] and attend over the
-        whole cache (the mask must then cover all S cache slots).
+        whole cache (the mask must then cover all S cache slots), or only its first `kv_len`
+        slots (a prefill that starts at slot 0 needs no more; decode steps keep the full,
+        fixed-shape span).
         """
         if (cache is None) != (slots is None):
             raise ValueError("cache and slots must be given together")
@@ -168,9 +174,10 @@ class LLM(nn.Module):
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, h.dtype)
         for i, layer in enumerate(self.layers):
             if self.checkpoint_activations and self.training:
-                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, mask, i, cache, slots, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, mask, i, cache, slots, kv_len,
+                                                      use_reentrant=False)
             else:
-                h = layer(h, cos, sin, mask, i, cache, slots)
+                h = layer(h, cos, sin, mask, i, cache, slots, kv_len)
         return self.norm(h)
 
 

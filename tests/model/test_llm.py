@@ -84,3 +84,16 @@ def test_rmsnorm_runs_in_fp32_for_bf16_inputs():
     x = torch.randn(1, 3, llm.cfg.dim).to(torch.bfloat16) * 100
     ref = (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + llm.cfg.norm_eps)).to(torch.bfloat16)
     assert torch.equal(llm.norm(x), llm.norm.weight * ref)
+
+
+def test_prefill_over_its_own_slots_equals_full_cache_span():
+    llm = tiny_llm()
+    B, T, S = 2, 6, 20
+    h = torch.randn(B, T, llm.cfg.dim)
+    pos = torch.arange(T).expand(B, T)
+    valid = torch.ones(B, S, dtype=torch.bool)
+    valid[0, :2] = False  # left padding in row 0
+    slots = torch.arange(T)
+    full = llm(h, pos, cache_mask(slots, valid), llm.new_cache(B, S), slots)
+    short = llm(h, pos, cache_mask(slots, valid[:, :T]), llm.new_cache(B, S), slots, kv_len=T)
+    assert_close(short, full, **TOL)
