@@ -314,7 +314,8 @@ def describe_question(scene: Scene, variant: int = 0) -> QA:
 
 
 def scene_questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
-    """Every question kind for a scene (presence with random and adversarial negatives)."""
+    """Every question kind for a scene (presence with random and adversarial negatives, as many
+    negatives as positives)."""
     qas = pope_questions(scene, rng, "random") + pope_questions(scene, rng, "adversarial")
     qas += count_questions(scene, rng) + color_questions(scene) + shape_questions(scene)
     qas += position_questions(scene, rng)
@@ -322,6 +323,13 @@ def scene_questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
     unique: dict[str, QA] = {}
     for qa in qas:  # the two presence sets share their positive questions
         unique.setdefault(qa.question, qa)
+    # After that merge, negatives outnumber positives about 2:1; keep as many of them as there
+    # are positives, so a model trained on these questions learns no "no" prior.
+    present = [qa for qa in unique.values() if qa.kind == "presence" and qa.answer == "yes"]
+    absent = [qa for qa in unique.values() if qa.kind == "presence" and qa.answer == "no"]
+    if len(absent) > len(present):
+        keep = {absent[i].question for i in rng.choice(len(absent), size=len(present), replace=False)}
+        return [qa for qa in unique.values() if qa.kind != "presence" or qa.answer == "yes" or qa.question in keep]
     return list(unique.values())
 
 

@@ -98,3 +98,13 @@ def test_description_score_is_f1_over_pairs():
     a, b = sorted(scene.pairs)
     assert text.description_score(f"a {a[0]} {a[1]}", scene) == 2 * 1 * 0.5 / 1.5
     assert text.description_score("nothing here", scene) == 0.0
+
+
+def test_scene_questions_balance_yes_and_no():
+    answers = Counter()
+    for i in range(200):
+        scene = sample_scene(rng_for(3, i), 64)
+        for qa in text.scene_questions(scene, rng_for(4, i)):
+            if qa.kind in ("presence", "position"):
+                answers[qa.answer] += 1
+    assert answers["yes"] == answers["no"]
