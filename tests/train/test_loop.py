@@ -107,6 +107,7 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path) -> None:
 
 
 def test_eval_hook_logging_and_tensorboard(tmp_path) -> None:
+    pytest.importorskip("tensorboard")
     cfg = build_tiny().cfg
     calls = []
 
