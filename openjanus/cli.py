@@ -14,12 +14,17 @@ from pathlib import Path
 from openjanus.errors import UserError
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """--model, --device and --dtype, shared by every command that loads a model."""
     p.add_argument("--model", default=None,
                    help="checkpoint folder (official or Hugging Face layout), a preset name for random "
                         "weights, or omit for the shipped demo model")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    add_model_flags(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same device: same output)")
 
 

@@ -162,10 +162,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("demo", help="generate images, answer questions and benchmark the demo model")
+    from openjanus.cli import add_model_flags
+
     p.add_argument("--out", required=True, help="output folder (report.html, scores.json, images)")
-    p.add_argument("--model", default=None, help="checkpoint folder or preset; default: the shipped demo model")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    add_model_flags(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-category", type=int, default=6, help="GenEval-style prompts per category")
     p.add_argument("--n-images", type=int, default=40, help="scenes for the understanding benchmark")

@@ -86,3 +86,16 @@ def test_corrupt_image_and_wrong_checkpoint(tiny_checkpoint, tmp_path, capsys):
     assert main(["generate", "--model", str(broken), "--out", str(tmp_path / "o"), "p"]) == 2
     err = capsys.readouterr().err
     assert "missing keys" in err and "llm.layers.2" in err
+
+
+def test_demo_writes_report_and_scores(tiny_checkpoint, tmp_path):
+    import json
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(tiny_checkpoint), "--out", str(out), "--per-category", "1",
+                 "--n-images", "4"]) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    assert set(scores["headline"]) == {"heldout", "train"}
+    assert set(scores["headline"]["heldout"]) == {"generation_overall", "yes_no_accuracy", "counting_accuracy"}
+    page = (out / "report.html").read_text()
+    assert "a photo of a red star" in page and page.count("<img") >= 7 * 4

@@ -20,10 +20,9 @@ def _log(msg: str) -> None:
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="checkpoint folder, a preset name for random weights (e.g. tiny), or omit for the demo model")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    from openjanus.cli import add_model_flags
+
+    add_model_flags(p)
 
 
 def _gen_flags(p: argparse.ArgumentParser) -> None:
