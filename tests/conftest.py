@@ -72,3 +72,23 @@ def tiny_pipeline(tiny_checkpoint):
     from openjanus.pipeline import JanusPipeline
 
     return JanusPipeline.load(str(tiny_checkpoint), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def proc(tiny_checkpoint):
+    """The tiny checkpoint's processor (training-data tests)."""
+    from openjanus.processing import JanusProcessor
+
+    return JanusProcessor.from_dir(tiny_checkpoint, JanusConfig.from_name("tiny"))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny-model numerics on one thread: on a shared, busy CPU the thread pool costs more than
+    it gives."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

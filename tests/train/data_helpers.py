@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from openjanus.config import JanusConfig
@@ -76,15 +73,3 @@ def make_dataset(root: Path, n_und: int = 24, n_text: int = 12, n_gen: int = 24,
     sources = {name: SourceConfig((str(root / name / "*.jsonl"),)) for name in ("und", "text", "gen")}
     settings = {"shuffle_block": 4, "num_workers": 0, "pin_memory": False, **overrides}
     return DataConfig(**sources, **settings)
-
-
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run tiny-model numerics on one thread: on a shared, busy CPU the thread pool's overhead
-    makes these tests several times slower, and they gain nothing from parallelism."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -12,8 +12,6 @@ from data_helpers import (
     CFG,
     gen_record,
     make_dataset,
-    one_torch_thread,
-    processor_for,
     text_record,
     write_jsonl,
     write_png,
@@ -31,15 +29,7 @@ from openjanus.train.data import (
 from openjanus.train.stream import build_train_stream
 
 
-@pytest.fixture(scope="module")
-def proc(tiny_checkpoint):
-    return processor_for(str(tiny_checkpoint))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _source(proc, kind, shards, seq_len=512, **kw) -> SampleSource:

@@ -8,21 +8,13 @@ import pytest
 import torch
 
 from conftest import build_tiny
-from data_helpers import CFG, one_torch_thread, processor_for
+from data_helpers import CFG
 from openjanus.train.batch import IGNORE, training_forward
 from openjanus.train.packing import Packer, pack_rows, packing_efficiency, samples_per_task
 from openjanus.train.sequences import chat_sample, t2i_sample, text_sample
 
 
-@pytest.fixture(scope="module")
-def proc(tiny_checkpoint):
-    return processor_for(str(tiny_checkpoint))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _samples(proc):

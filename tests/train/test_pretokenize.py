@@ -11,17 +11,14 @@ import pytest
 import torch
 
 from conftest import build_tiny
-from data_helpers import CFG, one_torch_thread, processor_for, write_jsonl, write_png
+from data_helpers import CFG, processor_for, write_jsonl, write_png
 from openjanus.images import load_image, preprocess_gen_image
 from openjanus.train.data import DataConfig, DataError, SampleBuilder, SampleSource, SourceConfig, codes_file
 from openjanus.train.pretokenize import load_vq, pretokenize, register_pretokenize
 from openjanus.train.stream import build_train_stream
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _dataset(root):

@@ -9,22 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from data_helpers import CFG, one_torch_thread, processor_for
+from data_helpers import CFG
 from openjanus.processing import format_conversation, preprocess_und_images
 from openjanus.train.batch import IGNORE, TASKS
 from openjanus.train.data import BadRecord, SampleBuilder
 from openjanus.train.sequences import chat_sample, first_sentence, t2i_sample, text_sample, unconditional_prompt
 
 
-@pytest.fixture(scope="module")
-def proc(tiny_checkpoint):
-    return processor_for(str(tiny_checkpoint))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pixels(n: int) -> torch.Tensor:
