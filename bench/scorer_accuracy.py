@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="checkpoint or preset whose VQ round trip is also measured")
     p.add_argument("--device", default="auto")
+    p.add_argument("--background", choices=["plain", "noise", "gradient", "paper"], default=None,
+                   help="every scene on this background kind (default: the world's mix)")
     p.add_argument("--json", default=None, help="write all results here")
     args = p.parse_args(argv)
 
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         rt = vq_roundtrip(JanusPipeline.load(args.model, device=args.device))
     results = {}
     for size in args.sizes:
-        r = measure(n=args.n, image_size=size, strengths=args.strengths, seed=args.seed, roundtrip=rt,
+        r = measure(n=args.n, image_size=size, strengths=args.strengths, seed=args.seed, roundtrip=rt, background=args.background,
                     log=lambda m: print(m, file=sys.stderr))
         results[size] = r
         print(format_table(r))

@@ -146,7 +146,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from openjanus.eval.datasets import export_dataset
 
     m = export_dataset(args.out, args.kind, args.n, shard_size=args.shard_size, image_size=args.image_size,
-                       seed=args.seed, split=args.split, workers=args.workers, log=_log)
+                       seed=args.seed, split=args.split, workers=args.workers, background=args.background,
+                       log=_log)
     print(f"{m['samples']} {m['kind']} samples in {len(m['shards'])} shards: {Path(args.out) / 'manifest.json'}")
 
 
@@ -253,6 +254,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--split", choices=["train", "heldout", "any"], default="train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=pos_int, default=1)
+    p.add_argument("--background", choices=["plain", "noise", "gradient", "paper"], default=None,
+                   help="render every image on this background kind (default: all kinds at random)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
 

@@ -41,7 +41,7 @@ from openjanus.eval.text import (
     scene_questions,
     summary,
 )
-from openjanus.eval.world import check_image_size, render, rng_for
+from openjanus.eval.world import BACKGROUND_KINDS, check_image_size, render, rng_for, with_background
 
 KINDS: tuple[str, ...] = ("t2i", "und", "text")
 IMAGE_TOKEN = "<image_placeholder>"
@@ -57,9 +57,12 @@ class Sample:
     record: dict[str, Any]
 
 
-def t2i_sample(seed: int, index: int, image_size: int = 64, split: str = "train") -> Sample:
+def t2i_sample(
+    seed: int, index: int, image_size: int = 64, split: str = "train", background: str | None = None
+) -> Sample:
     """Image + caption. 70% of captions phrase the scene's GenEval category (any prefix and
-    word order), 15% the summary ('two red circles and a star'), 15% the dense description."""
+    word order), 15% the summary ('two red circles and a star'), 15% the dense description.
+    ``background`` renders every scene on that background kind (captions never mention it)."""
     rng = rng_for(seed, _STREAM["t2i"], _SPLIT_STREAM[split], index)
     tag, spec, scene = sample_t2i_scene(rng, split, image_size)
     u = rng.random()
@@ -71,10 +74,13 @@ def t2i_sample(seed: int, index: int, image_size: int = 64, split: str = "train"
     else:
         caption = describe(scene)
     record = {"caption": caption, "category": tag, "prompt": spec.prompt if spec else None}
-    return Sample(render(scene), record)
+    return Sample(render(with_background(scene, background)), record)
 
 
-def und_sample(seed: int, index: int, image_size: int = 64, split: str = "train", max_turns: int = 4) -> Sample:
+def und_sample(
+    seed: int, index: int, image_size: int = 64, split: str = "train", max_turns: int = 4,
+    background: str | None = None,
+) -> Sample:
     """Image + a conversation of 1..``max_turns`` distinct questions about it, answers exact."""
     rng = rng_for(seed, _STREAM["und"], _SPLIT_STREAM[split], index)
     scene = sample_scene_in_split(rng, split, image_size)
@@ -86,7 +92,7 @@ def und_sample(seed: int, index: int, image_size: int = 64, split: str = "train"
         conv.append({"role": "user", "content": (IMAGE_TOKEN + "\n" if t == 0 else "") + qa.question})
         conv.append({"role": "assistant", "content": qa.answer})
     record = {"conversations": conv, "kinds": [qa.kind for qa in chosen]}
-    return Sample(render(scene), record)
+    return Sample(render(with_background(scene, background)), record)
 
 
 def text_sample(seed: int, index: int, split: str = "train") -> Sample:
@@ -108,12 +114,14 @@ def text_sample(seed: int, index: int, split: str = "train") -> Sample:
     return Sample(None, {"text": text})
 
 
-def make_sample(kind: str, seed: int, index: int, image_size: int = 64, split: str = "train") -> Sample:
-    """Sample ``index`` of a dataset kind."""
+def make_sample(
+    kind: str, seed: int, index: int, image_size: int = 64, split: str = "train", background: str | None = None
+) -> Sample:
+    """Sample ``index`` of a dataset kind (``background``: one background kind for every image)."""
     if kind == "t2i":
-        return t2i_sample(seed, index, image_size, split)
+        return t2i_sample(seed, index, image_size, split, background)
     if kind == "und":
-        return und_sample(seed, index, image_size, split)
+        return und_sample(seed, index, image_size, split, background=background)
     if kind == "text":
         return text_sample(seed, index, split)
     raise UserError(f"unknown dataset kind {kind!r}; kinds are {', '.join(KINDS)}")
@@ -137,9 +145,9 @@ def _shard_name(k: int) -> str:
     return f"shard-{k:05d}"
 
 
-def _write_shard(args: tuple[str, str, int, int, int, int, int, str]) -> tuple[int, int]:
+def _write_shard(args: tuple[str, str, int, int, int, int, int, str, str | None]) -> tuple[int, int]:
     """Write shard k (samples lo..hi) unless it is already complete; returns (k, samples)."""
-    out_s, kind, k, lo, hi, seed, image_size, split = args
+    out_s, kind, k, lo, hi, seed, image_size, split, background = args
     out = Path(out_s)
     final = out / f"{_shard_name(k)}.jsonl"
     if final.exists():
@@ -150,7 +158,7 @@ def _write_shard(args: tuple[str, str, int, int, int, int, int, str]) -> tuple[i
     tmp = out / f"{_shard_name(k)}.jsonl.tmp"
     with tmp.open("w", encoding="utf-8") as f:
         for i in range(lo, hi):
-            s = make_sample(kind, seed, i, image_size, split)
+            s = make_sample(kind, seed, i, image_size, split, background)
             rec: dict[str, Any] = {"id": f"{kind}-{i:09d}"}
             if s.image is not None:
                 rel = f"{_shard_name(k)}/{i:09d}.png"
@@ -171,11 +179,13 @@ def export_dataset(
     seed: int = 0,
     split: str = "train",
     workers: int = 1,
+    background: str | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Write ``n`` samples of a kind in shards of ``shard_size``; returns (and writes) the manifest.
 
     ``workers > 1`` builds shards in parallel processes. Shards already complete are kept.
+    ``background`` puts every image on one background kind (default: all kinds, at random).
     """
     if kind not in KINDS:
         raise UserError(f"unknown dataset kind {kind!r}; kinds are {', '.join(KINDS)}")
@@ -183,6 +193,8 @@ def export_dataset(
         raise UserError(f"unknown split {split!r}; splits are {', '.join(SPLIT_CHOICES)}")
     if n < 1 or shard_size < 1 or workers < 1:
         raise UserError(f"samples, shard size and workers must be >= 1 (got {n}, {shard_size}, {workers})")
+    if background is not None and background not in BACKGROUND_KINDS:
+        raise UserError(f"unknown background {background!r}; kinds are {', '.join(BACKGROUND_KINDS)}")
     try:
         check_image_size(image_size)
     except ValueError as e:
@@ -190,7 +202,7 @@ def export_dataset(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [
-        (str(out), kind, k, lo, min(lo + shard_size, n), seed, image_size, split)
+        (str(out), kind, k, lo, min(lo + shard_size, n), seed, image_size, split, background)
         for k, lo in enumerate(range(0, n, shard_size))
     ]
     done = 0
@@ -214,6 +226,7 @@ def export_dataset(
         "seed": seed,
         "split": split,
         "image_size": image_size if kind != "text" else None,
+        "background": background if kind != "text" else None,
         "heldout_version": HELDOUT_VERSION,
         "image_token": IMAGE_TOKEN if kind == "und" else None,
     }

@@ -38,6 +38,7 @@ from openjanus.eval.world import (
     make_scene,
     render,
     rng_for,
+    with_background,
 )
 
 RoundTrip = Callable[[Image.Image], Image.Image]
@@ -103,8 +104,12 @@ def measure(
     seed: int = 0,
     roundtrip: RoundTrip | None = None,
     log: Callable[[str], None] = lambda _: None,
+    background: str | None = None,
 ) -> dict[str, Any]:
-    """Run the measurement over ``n`` specs; returns a JSON-ready dict of rates and failures."""
+    """Run the measurement over ``n`` specs; returns a JSON-ready dict of rates and failures.
+
+    ``background`` renders every scene on that background kind (default: the world's random mix).
+    """
     conditions: list[tuple[str, Callable[[Image.Image, np.random.Generator], Image.Image]]] = [
         ("clean", lambda im, r: im)
     ]
@@ -124,7 +129,7 @@ def measure(
         tag = TAGS[i % len(TAGS)]
         rng = rng_for(seed, 401, i)
         spec = sample_spec(rng, tag, "any")
-        scene = scene_for_spec(spec, rng, image_size, "any")
+        scene = with_background(scene_for_spec(spec, rng, image_size, "any"), background)
         truth = render(scene)
         for name, f in conditions:
             im = f(truth, rng_for(seed, 402, i, len(name)))
@@ -147,6 +152,7 @@ def measure(
         "n": n,
         "image_size": image_size,
         "seed": seed,
+        "background": background or "mixed",
         "spec_accuracy": {c: spec_ok[c] / n for c, _ in conditions},
         "scene_accuracy": {c: scene_ok[c] / n for c, _ in conditions},
         "spec_accuracy_by_tag": {c: {t: per_tag[c][t] / counts[t] for t in TAGS if counts[t]} for c, _ in conditions},

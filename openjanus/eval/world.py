@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -353,6 +353,15 @@ def sample_background(rng: np.random.Generator, kind: str | None = None) -> Back
         seed=int(rng.integers(0, 2**31 - 1)),
         direction=int(rng.integers(0, 3)),
     )
+
+
+def with_background(scene: Scene, kind: str | None) -> Scene:
+    """The same scene on a background of another kind (colours kept); ``None`` keeps it as is."""
+    if kind is None or kind == scene.background.kind:
+        return scene
+    if kind not in BACKGROUND_KINDS:
+        raise ValueError(f"unknown background kind {kind!r}; kinds are {', '.join(BACKGROUND_KINDS)}")
+    return replace(scene, background=replace(scene.background, kind=kind))
 
 
 def _jitter_rgb(rng: np.random.Generator, color: str) -> tuple[int, int, int]:

@@ -79,12 +79,15 @@ class PartOptions:
     """Settings of the parts' pretraining objectives."""
 
     vq_recon_loss: str = "l2"  # "l2" (LlamaGen) or "l1"
+    vq_restart_every: int = 0  # re-seed codes unused for this many micro-batches (0: never)
     text_tower_layers: int = 2  # SigLIP pretraining: the caption encoder's depth
     caption_len: int = 32  # SigLIP pretraining: captions are cut to this many tokens
 
     def validate(self) -> None:
         if self.vq_recon_loss not in ("l1", "l2"):
             raise ConfigError(f"parts.vq_recon_loss {self.vq_recon_loss!r} must be 'l1' or 'l2'")
+        if self.vq_restart_every < 0:
+            raise ConfigError(f"parts.vq_restart_every {self.vq_restart_every} must be >= 0 (0: never)")
         if self.text_tower_layers < 1 or self.caption_len < 2:
             raise ConfigError(f"parts: text_tower_layers {self.text_tower_layers} must be >= 1 and "
                               f"caption_len {self.caption_len} >= 2")

@@ -605,7 +605,7 @@ def build_objective(task: str, model: nn.Module, cfg: TrainConfig) -> Objective:
     if task == "text":
         return TextObjective(model)
     if task == "vq":
-        return VQObjective(model, recon_loss=cfg.parts.vq_recon_loss)
+        return VQObjective(model, recon_loss=cfg.parts.vq_recon_loss, restart_every=cfg.parts.vq_restart_every)
     return SigLIPObjective(model)
 
 

@@ -78,3 +78,26 @@ def test_parallel_export_matches_serial(tmp_path):
     for k in range(4):
         name = f"shard-{k:05d}.jsonl"
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+
+
+def test_one_background_kind_for_every_image(tmp_path):
+    import numpy as np
+    import pytest
+
+    from openjanus.errors import UserError
+
+    m = datasets.export_dataset(tmp_path / "plain", "t2i", 12, shard_size=6, seed=4, background="plain")
+    assert m["background"] == "plain"
+    recs = list(datasets.read_dataset(tmp_path / "plain"))
+    for i, rec in enumerate(recs):
+        img = np.asarray(Image.open(rec["image"]).convert("RGB"))
+        # The same scene and caption as without the option; only the background differs.
+        mixed = datasets.make_sample("t2i", 4, i)
+        assert rec["caption"] == mixed.record["caption"]
+        corners = img[[0, 0, -1, -1], [0, -1, 0, -1]]
+        assert (corners == corners[0]).all(), f"image {i}: a plain background is one flat colour"
+    # Noise backgrounds are not flat: the option really changes the rendering.
+    noisy = datasets.make_sample("t2i", 4, 0, background="noise").image
+    assert np.asarray(noisy).reshape(-1, 3).std(axis=0).max() > 0
+    with pytest.raises(UserError, match="background"):
+        datasets.export_dataset(tmp_path / "bad", "t2i", 2, background="stripes")

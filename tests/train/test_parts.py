@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from openjanus.config import JanusConfig, VQConfig
+from openjanus.config import ConfigError, JanusConfig, VQConfig
 from openjanus.errors import UserError
 from openjanus.model.janus import Janus
 from openjanus.model.llm import LLM
@@ -94,6 +94,37 @@ def test_vq_pretraining_reduces_loss_and_logs_usage_and_psnr() -> None:
     assert metrics["vq/psnr"][0] / metrics["vq/psnr"][1] > 5.0
     usage = obj.log_metrics()["vq/codebook_usage"]
     assert 0 < usage <= 1  # ids recorded in training mode by the quantizer's rolling window
+
+
+def test_vq_dead_code_restart_moves_unused_codes_onto_latents() -> None:
+    torch.manual_seed(0)
+    model = VQModel(SMALL_VQ)
+    obj = VQObjective(model, restart_every=2)
+    images = _images()
+    with torch.no_grad():
+        used = set(model.encode(images).flatten().tolist())
+    dead = sorted(set(range(SMALL_VQ.codebook_size)) - used)
+    assert dead  # a random init leaves most of a 32-code book unused on one batch
+    before = model.quantize.embedding.weight.detach().clone()
+    obj(images, loss_denominator=1.0)
+    obj(images, loss_denominator=1.0)  # window of 2 complete: restart scheduled, not yet applied
+    torch.testing.assert_close(model.quantize.embedding.weight, before, rtol=0, atol=0)
+    obj(images, loss_denominator=1.0)  # applied before this forward
+    after = model.quantize.embedding.weight.detach()
+    assert obj.restarts == len(dead)
+    moved = (after - before).abs().sum(dim=1) > 0
+    assert moved.nonzero().flatten().tolist() == dead
+    # The new rows are unit latents of the batch (plus 1% noise): each is close to some latent.
+    with torch.no_grad():
+        lat = torch.nn.functional.normalize(model.encode_latents(images).permute(0, 2, 3, 1).reshape(-1, 8), dim=-1)
+    best = (after[dead] @ lat.t()).max(dim=1).values
+    assert bool((best > 0.99).all()), best.min()
+    assert obj.log_metrics()["vq/restarted_codes"] == len(dead)
+
+
+def test_vq_restart_setting_is_validated() -> None:
+    with pytest.raises(ConfigError, match="restart_every"):
+        VQObjective(VQModel(SMALL_VQ), restart_every=-1)
 
 
 def test_siglip_pretraining_reduces_loss() -> None:
