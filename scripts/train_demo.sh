@@ -18,19 +18,9 @@ openjanus eval export-dataset --kind t2i -n 60000 --seed 11 --split train --imag
 openjanus eval export-dataset --kind und -n 60000 --seed 12 --split train --image-size 64 --out $D/data/und
 openjanus eval export-dataset --kind text -n 40000 --seed 13 --split train --out $D/data/text
 
-# 2. Tokenizer (byte-level BPE with the Janus special tokens) on the world's text plus the chat
-#    system prompt, so that the prompt inference uses costs few tokens (527 ids result).
-python - <<'PY'
-from openjanus.eval.datasets import make_sample
-from openjanus.processing import DEFAULT_SYSTEM_PROMPT, save_tokenizer_dir, train_tokenizer
-texts = [DEFAULT_SYSTEM_PROMPT] * 50
-texts += [make_sample("text", 1, i).record["text"] for i in range(20000)]
-for i in range(5000):
-    turns = make_sample("und", 2, i, 64).record["conversations"]
-    texts += [m["content"].replace("<image_placeholder>\n", "") for m in turns]
-texts += [make_sample("t2i", 3, i, 64).record["caption"] for i in range(5000)]
-save_tokenizer_dir(train_tokenizer(texts, vocab_size=1024), "runs/demo/tokenizer")
-PY
+# 2. Tokenizer: the fixed one the shipped model uses (byte-level BPE with the Janus special tokens,
+#    527 ids, made by scripts/make_demo_tokenizer.py; see its docstring for why it is kept fixed).
+mkdir -p $D && cp -r configs/demo/tokenizer $D/tokenizer
 
 # 3. The parts, from scratch (they can run side by side, one thread each).
 openjanus train configs/demo/vq.json        # 900 steps on mixed backgrounds
