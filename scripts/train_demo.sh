@@ -37,4 +37,4 @@ openjanus train configs/demo/stage2.json
 openjanus train configs/demo/stage3.json
 
 # 6. Ship: official layout, with the tokenizer and processor files.
-openjanus train export $D/stage3/export --out openjanus/assets/janus-shapes --tokenizer $D/tokenizer
+openjanus train export $D/stage3 --out openjanus/assets/janus-shapes --tokenizer $D/tokenizer
