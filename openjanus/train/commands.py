@@ -77,6 +77,14 @@ def _tokenizer_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_subcommand(register: Any, words: list[str]) -> None:
+    """Parse `words` with the one subcommand `register` adds, then run it."""
+    top = argparse.ArgumentParser(prog="openjanus train")
+    register(top.add_subparsers(dest="form", required=True))
+    parsed = top.parse_args(words)
+    parsed.func(parsed)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     """Dispatch `openjanus train ...` to run, export or pretokenize."""
     words = list(args.words)
@@ -87,19 +95,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     elif words and words[0] == "plot":
         from openjanus.train.plot import register_plot
 
-        top = argparse.ArgumentParser(prog="openjanus train")
-        sub = top.add_subparsers(dest="form", required=True)
-        register_plot(sub)
-        parsed = top.parse_args(words)
-        parsed.func(parsed)
+        _run_subcommand(register_plot, words)
     elif words and words[0] == "pretokenize":
         from openjanus.train.pretokenize import register_pretokenize
 
-        top = argparse.ArgumentParser(prog="openjanus train")
-        sub = top.add_subparsers(dest="form", required=True)
-        register_pretokenize(sub)
-        parsed = top.parse_args(words)
-        parsed.func(parsed)
+        _run_subcommand(register_pretokenize, words)
     else:
         cmd_run(_run_parser().parse_args(words))
 

@@ -278,26 +278,18 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 # relative to the manifest) or folders of images (no captions). Each source is a file, a glob,
 # a folder of *.jsonl manifests, or a folder of images (searched recursively).
 def _read_records(sources: list[str]) -> list[dict[str, Any]]:
-    import glob
+    """Records of JSONL files, folders and globs (as the Janus data sources resolve them); a
+    folder without *.jsonl files stands for the images in it."""
+    from openjanus.train.data import discover_shards
 
     records: list[dict[str, Any]] = []
     for entry in sources:
         path = Path(entry)
-        if any(c in entry for c in "*?["):
-            files = sorted(Path(m) for m in glob.glob(entry, recursive=True) if Path(m).is_file())
-            if not files:
-                raise UserError(f"data source {entry!r} matches no files")
-        elif path.is_dir():
-            files = sorted(path.glob("*.jsonl"))
-            if not files:
-                images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-                records += [{"image": str(p)} for p in images]
-                continue
-        elif path.is_file():
-            files = [path]
-        else:
-            raise UserError(f"data source {entry!r} is neither a JSONL file, a glob nor a folder")
-        for file in files:
+        if path.is_dir() and not any(path.glob("*.jsonl")):
+            images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            records += [{"image": str(p)} for p in images]
+            continue
+        for file in discover_shards([entry]):
             records += _read_manifest(file)
     return records
 
