@@ -80,8 +80,9 @@ def cmd_pope_shapes(args: argparse.Namespace) -> None:
 def cmd_geneval(args: argparse.Namespace) -> None:
     """Generate for a GenEval evaluation_metadata.jsonl in GenEval's layout (scored here only
     when its classes are world shapes; otherwise run GenEval's evaluate_images.py on --out)."""
-    from openjanus.eval.formats import read_geneval_metadata, read_jsonl
+    from openjanus.eval.formats import read_geneval_metadata
     from openjanus.eval.runners import run_geneval
+    from openjanus.jsonl import read_jsonl
 
     specs = read_geneval_metadata(args.metadata)
     records = read_jsonl(Path(args.metadata), "GenEval metadata")

@@ -44,6 +44,7 @@ from openjanus.eval.text import (
     shape_questions,
 )
 from openjanus.eval.world import SHAPES, Scene, render, rng_for
+from openjanus.jsonl import write_jsonl
 
 
 class GenerationResultLike(Protocol):
@@ -234,7 +235,7 @@ def score_geneval(out: str | Path, title: str = "GenEval (shapes world)", log: L
     index.html into it and returns the report."""
     out = Path(out)
     rows = score_geneval_folder(out, log)
-    formats.write_jsonl(out / "results.jsonl", rows)
+    write_jsonl(out / "results.jsonl", rows)
     present = {r["tag"] for r in rows}
     tags = [t for t in TAGS if t in present] + sorted(present - set(TAGS))
     report = {"benchmark": title, **_geneval_report(rows, tags)}
@@ -369,7 +370,7 @@ def run_pope(
     answers = _answer_all(pipeline, images, texts, batch_size, max_new_tokens, log, f"POPE {name}")
     preds = [formats.pope_label(a) for a in answers]
     metrics = formats.pope_metrics(preds, [q.label for q in qs])
-    formats.write_jsonl(
+    write_jsonl(
         out / f"{name}.answers.jsonl",
         (
             {"question_id": q.question_id, "image": q.image, "prompt": t, "text": a, "answer": a, "pred": p, "label": q.label}
@@ -425,7 +426,7 @@ def build_pope_shapes(out: str | Path, n_images: int = 100, seed: int = 0, image
         scene = sample_scene_in_split(rng, "train" if i % 2 == 0 else "heldout", image_size)
         scenes.append(scene)
         render(scene).save(img_dir / f"{i:05d}.png")
-    formats.write_jsonl(out / "scenes.jsonl", ({"image": f"{i:05d}.png", **s.to_dict()} for i, s in enumerate(scenes)))
+    write_jsonl(out / "scenes.jsonl", ({"image": f"{i:05d}.png", **s.to_dict()} for i, s in enumerate(scenes)))
     popular = _popularity(scenes)
     qid = 0
     pope_files = {}
@@ -452,7 +453,7 @@ def build_pope_shapes(out: str | Path, n_images: int = 100, seed: int = 0, image
             vqa.append({"question_id": len(vqa), "image": f"{i:05d}.png", "kind": qa.kind, "text": qa.question, "answer": qa.answer})
     for cat, items in mme_items.items():
         formats.write_mme_category(out / "mme", cat, items)
-    formats.write_jsonl(out / "vqa.jsonl", vqa)
+    write_jsonl(out / "vqa.jsonl", vqa)
     return {"images": n_images, "pope": {k: str(v) for k, v in pope_files.items()}, "mme": str(out / "mme"),
             "vqa": str(out / "vqa.jsonl"), "image_size": image_size, "seed": seed}
 
@@ -497,7 +498,7 @@ def run_pope_shapes(
         qa = QA(r["kind"], r["text"], r["answer"])
         scene = scenes[r["image"]]
         scored.append({**r, "prediction": a, "score": score_answer(qa, a, scene), "split": split_of_scene(scene)})
-    formats.write_jsonl(out / "vqa.answers.jsonl", scored)
+    write_jsonl(out / "vqa.answers.jsonl", scored)
 
     cats: dict[str, float] = {f"pope_{s}": pope[s]["accuracy"] for s in POPE_SETTINGS}
     for kind in ("count", "color", "shape", "position", "describe"):

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from openjanus.config import ConfigError, JanusConfig, LLMConfig, VisionConfig
 from openjanus.errors import UserError
+from openjanus.jsonl import read_jsonl
 from openjanus.model.llm import Block as LLMBlock
 from openjanus.model.llm import RMSNorm, rope_cos_sin
 from openjanus.model.siglip import AttentionPoolLatent, SigLIPViT
@@ -295,19 +296,13 @@ def _read_records(sources: list[str]) -> list[dict[str, Any]]:
 
 
 def _read_manifest(source: Path) -> list[dict[str, Any]]:
+    # An empty manifest adds nothing; a source with no records at all is reported by the stream.
     records = []
-    for i, line in enumerate(source.read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{source}:{i + 1}: invalid JSON ({e})") from None
-        if not isinstance(rec, dict) or "image" not in rec:
-            raise UserError(f"{source}:{i + 1}: each line needs an 'image' field")
+    for n, rec in enumerate(read_jsonl(source, "manifest", allow_empty=True), 1):
+        if not isinstance(rec.get("image"), str):
+            raise UserError(f"{source} record {n}: each record needs an 'image' field (a path)")
         image = Path(rec["image"])
-        rec = {**rec, "image": str(image if image.is_absolute() else source.parent / image)}
-        records.append(rec)
+        records.append({**rec, "image": str(image if image.is_absolute() else source.parent / image)})
     return records
 
 

@@ -22,6 +22,7 @@ from openjanus.eval.runners import (
 )
 from openjanus.eval.spec import TAGS
 from openjanus.eval.tasks import benchmark_specs
+from openjanus.jsonl import read_jsonl
 
 
 class BlankGenerator:
@@ -98,7 +99,7 @@ def test_real_geneval_metadata_is_generated_in_its_layout(tmp_path):
     meta.write_text("".join(json.dumps(r) + "\n" for r in recs))
     out = tmp_path / "out"
     report = run_geneval(BlankGenerator(), formats.read_geneval_metadata(meta), out,
-                         GenerationSettings(n_per_prompt=2), records=formats.read_jsonl(meta))
+                         GenerationSettings(n_per_prompt=2), records=read_jsonl(meta))
     assert report["scored"] is False
     assert json.loads((out / "00000" / "metadata.jsonl").read_text()) == recs[0]  # extra keys kept
     assert sorted(p.name for p in (out / "00001" / "samples").iterdir()) == ["0000.png", "0001.png"]

@@ -213,3 +213,23 @@ def test_part_data_stream_resumes_and_skips_bad_records(tmp_path) -> None:
     shapes = PartDataStream("siglip", "shapes", rows=2, image_size=32, tokenizer=proc.tokenizer, caption_len=16,
                             image_config=proc.image_config)
     assert next(shapes).caption_mask.sum() > 4
+
+
+def test_part_manifests_resolve_images_and_name_bad_records(tmp_path) -> None:
+    absolute = str(tmp_path / "elsewhere" / "a.png")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "m.jsonl").write_text(f'{{"image": "imgs/0.png"}}\n\n{{"image": {json.dumps(absolute)}}}\n')
+    (sub / "empty.jsonl").write_text("")  # an empty shard adds nothing
+    stream = PartDataStream("vq", str(sub), rows=1, image_size=16)
+    assert [r["image"] for r in stream.records] == [str(sub / "imgs" / "0.png"), absolute]
+
+    (sub / "m.jsonl").write_text('{"image": "0.png"}\n\n{"caption": "no image"}\n')
+    with pytest.raises(UserError, match=r"m\.jsonl record 2: each record needs an 'image' field"):
+        PartDataStream("vq", str(sub), rows=1, image_size=16)
+    (sub / "m.jsonl").write_text('{"image": "0.png"}\n\n{"image": \n')
+    with pytest.raises(UserError, match=r"m\.jsonl:3: not valid JSON"):
+        PartDataStream("vq", str(sub), rows=1, image_size=16)
+    (sub / "m.jsonl").write_text("")
+    with pytest.raises(UserError, match="0 usable records"):
+        PartDataStream("vq", str(sub), rows=1, image_size=16)
