@@ -3,12 +3,14 @@
     python bench/probe_encoder.py                                  # the shipped demo model
     python bench/probe_encoder.py --model runs/demo/siglip/export runs/demo/stage3/export
     python bench/probe_encoder.py --model tiny -n 1500             # a random-weight preset
+    python bench/probe_encoder.py --model runs/demo/siglip/export  # a SigLIP part folder
 
 Renders single-object scenes of the shapes world (random shape, colour, size, place and
 background), runs the understanding path (SigLIP, then the aligner) and fits a multinomial
 logistic regression (L-BFGS, small L2) on the first 2/3 of the scenes, reporting accuracy on
-the rest. Three feature views: the patch under the object's centre, and the mean and the max
-over all patches. Chance is 1/6 for shape and 1/9 for colour. A part that answers shape
+the rest. Feature views: the patch under the object's centre, and the mean and the max over
+all patches, of the encoder and (for whole models) of the aligner's output. A SigLIP part folder
+(`openjanus train export` of a siglip run) is probed inside the `--part-preset` model. Chance is 1/6 for shape and 1/9 for colour. A part that answers shape
 questions at chance in `openjanus eval pope-shapes` but probes well here has the information
 and the LLM is not reading it; one that probes badly here needs a better encoder.
 """
@@ -42,14 +44,30 @@ def probe_accuracy(x, y, n_classes: int, n_train: int) -> float:
         return float(((x[n_train:] @ w + b).argmax(1) == y[n_train:]).float().mean())
 
 
-def probe_model(model: str | None, n: int, seed: int, batch: int = 250) -> dict[str, float]:
+def probe_model(model: str | None, n: int, seed: int, batch: int = 250,
+                part_preset: str = "janus-shapes") -> dict[str, float]:
+    from pathlib import Path
+
+    from openjanus.pipeline import JanusPipeline
+
+    is_part = model is not None and (Path(model) / "part.json").is_file()
+    if is_part:
+        from openjanus.train.parts import load_part_into
+
+        pipe = JanusPipeline.load(part_preset, device="cpu", dtype="float32")
+        load_part_into(pipe.model, "siglip", model)
+    else:
+        pipe = JanusPipeline.load(model, device="cpu", dtype="float32")
+    return probe_pipeline(pipe, n, seed, batch, with_aligner=not is_part)  # a part has no trained aligner
+
+
+def probe_pipeline(pipe, n: int, seed: int, batch: int = 250, with_aligner: bool = True) -> dict[str, float]:
+    """Probe accuracies of a loaded `JanusPipeline` (see the module docstring)."""
     import torch
 
     from openjanus.eval.world import COLOR_NAMES, SHAPES, render, rng_for, sample_scene
-    from openjanus.pipeline import JanusPipeline
     from openjanus.processing import preprocess_und_images
 
-    pipe = JanusPipeline.load(model, device="cpu", dtype="float32")
     net, size = pipe.model, pipe.model.cfg.vision.image_size
     scenes = [sample_scene(rng_for(seed, 7, i), size, n_objects=1) for i in range(n)]
     pixels = preprocess_und_images([render(s) for s in scenes], pipe.processor.image_config)
@@ -58,7 +76,7 @@ def probe_model(model: str | None, n: int, seed: int, batch: int = 250) -> dict[
         ali = torch.cat([net.und_aligner(enc[i : i + batch]) for i in range(0, n, batch)])  # [n, P, d_llm]
     grid = int(round(enc.shape[1] ** 0.5))
     if grid * grid != enc.shape[1]:
-        raise SystemExit(f"{model}: {enc.shape[1]} patch features do not form a square grid")
+        raise SystemExit(f"{pipe.name}: {enc.shape[1]} patch features do not form a square grid")
     centre = []
     for s in scenes:
         x0, y0, x1, y1 = s.objects[0].box
@@ -70,8 +88,9 @@ def probe_model(model: str | None, n: int, seed: int, batch: int = 250) -> dict[
         "encoder/centre": enc[torch.arange(n), idx],
         "encoder/mean": enc.mean(1),
         "encoder/max": enc.amax(1),
-        "aligner/centre": ali[torch.arange(n), idx],
     }
+    if with_aligner:
+        views["aligner/centre"] = ali[torch.arange(n), idx]
     labels = {
         "shape": (torch.tensor([SHAPES.index(s.objects[0].shape) for s in scenes]), len(SHAPES)),
         "colour": (torch.tensor([COLOR_NAMES.index(s.objects[0].color) for s in scenes]), len(COLOR_NAMES)),
@@ -87,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="checkpoint folders or presets (default: the shipped demo model)")
     p.add_argument("-n", type=int, default=3000, help="single-object scenes (2/3 fit, 1/3 scored)")
     p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--part-preset", default="janus-shapes",
+                   help="the model config a SigLIP part folder is loaded into")
     p.add_argument("--json", default=None, help="write all results here")
     args = p.parse_args(argv)
     if args.n < 30:
@@ -94,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for m in args.model:
         name = m or "janus-shapes (shipped)"
-        results[name] = probe_model(m, args.n, args.seed)
+        results[name] = probe_model(m, args.n, args.seed, part_preset=args.part_preset)
         cols = results[name]
         print(f"{name}")
         for k, v in cols.items():
