@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the shipped demo model (janus-shapes) from nothing, with the project's own recipe:
 # shapes-world data -> tokenizer -> VQ, SigLIP and text pretraining -> pretokenize -> Stage I, II, III
-# -> export to openjanus/assets/janus-shapes. About 2.5 hours on a 2-core CPU.
+# -> export to openjanus/assets/janus-shapes. About 4 hours on a 2-core CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE  # OpenMP spin-waiting wrecks throughput when cores are shared
@@ -34,7 +34,7 @@ openjanus train pretokenize --model $D/vq-plain/export --data $D/data/t2i --out 
 # 5. The Janus-Pro stages.
 openjanus train configs/demo/stage1.json
 openjanus train configs/demo/stage2.json
-openjanus train configs/demo/stage3.json
+openjanus train configs/demo/stage3.json  # 4,300 steps, ~2 h; constant lr, so it can stop and --resume
 
 # 6. Ship: official layout, with the tokenizer and processor files.
 openjanus train export $D/stage3 --out openjanus/assets/janus-shapes --tokenizer $D/tokenizer
