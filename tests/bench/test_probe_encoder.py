@@ -45,3 +45,17 @@ def test_a_siglip_part_folder_probes_like_the_model_it_came_from(tmp_path):
     assert alone == encoder_views
     # The comparison can fail: the preset's own encoder probes differently.
     assert probe_encoder.probe_model("tiny", 45, seed=5, part_preset="tiny") != whole
+
+
+def test_supervised_baseline_trains_the_encoder_and_is_probed_without_aligner(tmp_path):
+    from openjanus.pipeline import JanusPipeline
+
+    fresh = JanusPipeline.load("tiny", device="cpu").model.und_encoder.state_dict()
+    trained = probe_encoder.supervised_baseline("tiny", steps=2, seed=0, batch=4).model.und_encoder.state_dict()
+    assert any(not torch.equal(fresh[k], trained[k]) for k in fresh)
+    out = tmp_path / "probe.json"
+    argv = ["--model", "tiny", "-n", "45", "--part-preset", "tiny", "--supervised-baseline", "2", "--json", str(out)]
+    assert probe_encoder.main(argv) == 0
+    rows = json.loads(out.read_text())
+    baseline = rows["tiny encoder, 2 supervised shape steps"]
+    assert sorted(baseline) == sorted(k for k in rows["tiny"] if k.startswith("encoder/"))
