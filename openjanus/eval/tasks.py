@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from openjanus.eval.spec import TAGS, Requirement, Spec
-from openjanus.eval.splits import request_heldout, spec_heldout_reasons
+from openjanus.eval.splits import is_heldout_scene, request_heldout, spec_heldout_reasons
 from openjanus.eval.text import with_prompt
 from openjanus.eval.world import (
     COLOR_NAMES,
@@ -23,6 +23,7 @@ from openjanus.eval.world import (
     Scene,
     make_scene,
     rng_for,
+    with_shapes,
 )
 
 SPLIT_CHOICES: tuple[str, ...] = ("train", "heldout", "any")
@@ -131,6 +132,27 @@ T2I_MIX: dict[str, float] = {
     "color_attr": 0.16,
     "free": 0.14,
 }
+
+
+def shape_group(rng: np.random.Generator, k: int, split: str = "train", image_size: int = 64) -> list[Scene]:
+    """``k`` (2..6) scenes that are one scene but for their shapes: between any two of them every
+    object's shape differs (each member shifts all shapes by its own offset around SHAPES), while
+    boxes, colours and background stay. All belong to ``split``. Contrastive hard negatives:
+    told apart by shape alone."""
+    _check_split(split)
+    if not 2 <= k <= len(SHAPES):
+        raise ValueError(f"a shape group has 2..{len(SHAPES)} scenes, not {k}")
+    for _ in range(MAX_TRIES):
+        base = sample_scene_in_split(rng, split, image_size)
+        idx = [SHAPES.index(o.shape) for o in base.objects]
+        group = []
+        for offset in rng.permutation(len(SHAPES)):
+            scene = with_shapes(base, [SHAPES[(i + int(offset)) % len(SHAPES)] for i in idx])
+            if split == "any" or is_heldout_scene(scene) == (split == "heldout"):
+                group.append(scene)
+                if len(group) == k:
+                    return group
+    raise RuntimeError(f"no {split} shape group of {k} found")  # unreachable with the fixed lists
 
 
 def sample_t2i_scene(rng: np.random.Generator, split: str = "train", image_size: int = 64) -> tuple[str, Spec | None, Scene]:

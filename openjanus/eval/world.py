@@ -364,6 +364,16 @@ def with_background(scene: Scene, kind: str | None) -> Scene:
     return replace(scene, background=replace(scene.background, kind=kind))
 
 
+def with_shapes(scene: Scene, shapes: Sequence[str]) -> Scene:
+    """The same scene with each object's shape replaced (boxes, colours and background kept)."""
+    if len(shapes) != len(scene.objects):
+        raise ValueError(f"{len(shapes)} shapes for {len(scene.objects)} objects")
+    unknown = sorted(set(shapes) - set(SHAPES))
+    if unknown:
+        raise ValueError(f"unknown shape(s) {', '.join(unknown)}; shapes are {', '.join(SHAPES)}")
+    return replace(scene, objects=tuple(replace(o, shape=s) for o, s in zip(scene.objects, shapes)))
+
+
 def _jitter_rgb(rng: np.random.Generator, color: str) -> tuple[int, int, int]:
     base = np.array(COLORS[color])
     return tuple(int(v) for v in np.clip(base + rng.integers(-COLOR_JITTER, COLOR_JITTER + 1, size=3), 0, 255))

@@ -82,12 +82,17 @@ class PartOptions:
     vq_restart_every: int = 0  # re-seed codes unused for this many micro-batches (0: never)
     text_tower_layers: int = 2  # SigLIP pretraining: the caption encoder's depth
     caption_len: int = 32  # SigLIP pretraining: captions are cut to this many tokens
+    # SigLIP pretraining on data.source "shapes": scenes come in groups of this many (2..6) that
+    # differ only in their shapes, so in-batch negatives can be told apart by shape alone (0: off).
+    siglip_shape_groups: int = 0
 
     def validate(self) -> None:
         if self.vq_recon_loss not in ("l1", "l2"):
             raise ConfigError(f"parts.vq_recon_loss {self.vq_recon_loss!r} must be 'l1' or 'l2'")
         if self.vq_restart_every < 0:
             raise ConfigError(f"parts.vq_restart_every {self.vq_restart_every} must be >= 0 (0: never)")
+        if self.siglip_shape_groups != 0 and not 2 <= self.siglip_shape_groups <= 6:
+            raise ConfigError(f"parts.siglip_shape_groups {self.siglip_shape_groups} must be 0 (off) or 2..6")
         if self.text_tower_layers < 1 or self.caption_len < 2:
             raise ConfigError(f"parts: text_tower_layers {self.text_tower_layers} must be >= 1 and "
                               f"caption_len {self.caption_len} >= 2")

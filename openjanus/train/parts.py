@@ -320,12 +320,14 @@ class PartDataStream:
     folders of images (VQ only), or "shapes" (images and captions rendered from the evaluation
     package's shapes world, for trying the pipeline without data). Records are shuffled per
     epoch from `seed`; each rank reads every world_size-th record. Unreadable images are
-    skipped and counted.
+    skipped and counted. With `shape_groups` k (siglip on "shapes" only), consecutive runs of k
+    samples are training-split scenes that differ only in their shapes
+    (`openjanus.eval.tasks.shape_group`), k dividing `rows` so no group straddles two batches.
     """
 
     def __init__(self, task: str, source: str | list[str], rows: int, image_size: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1, tokenizer: Any = None, caption_len: int = 32,
-                 image_config: Any = None) -> None:
+                 image_config: Any = None, shape_groups: int = 0) -> None:
         if task not in ("vq", "siglip"):
             raise ValueError(f"PartDataStream serves the vq and siglip tasks, not {task!r}")
         if task == "siglip" and (tokenizer is None or image_config is None):
@@ -335,6 +337,15 @@ class PartDataStream:
         self.tokenizer, self.caption_len, self.image_config = tokenizer, caption_len, image_config
         sources = [source] if isinstance(source, str) else list(source)
         self.synthetic = sources == ["shapes"]
+        if shape_groups:
+            if task != "siglip" or not self.synthetic:
+                raise UserError("parts.siglip_shape_groups works with the siglip task on data.source 'shapes' "
+                                f"(scenes are re-drawn with other shapes); got the {task} task on {sources}")
+            if rows % shape_groups:
+                raise UserError(f"micro_batch_rows {rows} must be a multiple of parts.siglip_shape_groups "
+                                f"{shape_groups}, so that no group of hard negatives is split between batches")
+        self.shape_groups = shape_groups
+        self._group: tuple[int, list[Any]] | None = None  # (group index, its scenes)
         self.records: list[dict[str, Any]] = [] if self.synthetic else _read_records(sources)
         if not self.synthetic:
             if task == "siglip":
@@ -388,7 +399,10 @@ class PartDataStream:
             from openjanus.eval.text import describe
             from openjanus.eval.world import render, rng_for, sample_scene
 
-            scene = sample_scene(rng_for(self.seed, self.rank, self.index), image_size=self.image_size)
+            if self.shape_groups:
+                scene = self._group_member(self.index)
+            else:
+                scene = sample_scene(rng_for(self.seed, self.rank, self.index), image_size=self.image_size)
             self.index += 1
             self.samples += 1
             return render(scene, self.image_size), describe(scene)
@@ -405,6 +419,16 @@ class PartDataStream:
             return None
         self.samples += 1
         return image, _caption(rec)
+
+    def _group_member(self, index: int) -> Any:
+        from openjanus.eval.tasks import shape_group
+        from openjanus.eval.world import rng_for
+
+        group, member = divmod(index, self.shape_groups)
+        if self._group is None or self._group[0] != group:  # stream 1: apart from ungrouped scenes
+            rng = rng_for(self.seed, self.rank, 1, group)
+            self._group = (group, shape_group(rng, self.shape_groups, "train", self.image_size))
+        return self._group[1][member]
 
     def _collate(self, images: list[Any], captions: list[str | None]) -> Any:
         if self.task == "vq":

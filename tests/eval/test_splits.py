@@ -52,3 +52,22 @@ def test_heldout_specs_and_benchmark_halves():
         mine = [s for s in specs if s.tag == tag]
         assert sum(bool(splits.spec_heldout_reasons(s)) for s in mine) == 3
     assert benchmark_specs(per_category=6, seed=0) == specs  # fixed by the seed
+
+
+def test_shape_groups_differ_only_in_shape_and_stay_in_their_split():
+    import pytest
+
+    from openjanus.eval.tasks import shape_group
+
+    for i in range(40):
+        for split in ("train", "heldout"):
+            group = shape_group(rng_for(7, i), 4, split, 64)
+            assert len(group) == 4
+            assert all(splits.is_heldout_scene(s) == (split == "heldout") for s in group)
+            layout = {tuple((o.color, o.center, o.size) for o in s.objects) + (s.background,) for s in group}
+            assert len(layout) == 1
+            for a in range(4):  # every object's shape differs between any two members
+                for b in range(a + 1, 4):
+                    assert all(x.shape != y.shape for x, y in zip(group[a].objects, group[b].objects))
+    with pytest.raises(ValueError, match="2..6"):
+        shape_group(rng_for(7, 0), 7)

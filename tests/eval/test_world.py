@@ -64,3 +64,16 @@ def test_relations_follow_geneval_geometry():
     assert relations((0, 0, 10, 10), (30, 30, 40, 40)) == {"left of", "above"}
     assert relations((0, 0, 10, 10), (1, 1, 11, 11)) == set()
     assert world.clear_relation((0, 0, 10, 10), (30, 30, 40, 40)) is None
+
+
+def test_with_shapes_keeps_everything_but_the_shapes():
+    scene = sample_scene(rng_for(3, 0), 64, n_objects=2)
+    other = world.with_shapes(scene, ["star", "cross"])
+    assert [o.shape for o in other.objects] == ["star", "cross"]
+    assert [(o.color, o.rgb, o.center, o.size) for o in other.objects] == \
+        [(o.color, o.rgb, o.center, o.size) for o in scene.objects]
+    assert other.background == scene.background
+    with pytest.raises(ValueError, match="3 shapes for 2 objects"):
+        world.with_shapes(scene, ["star", "cross", "circle"])
+    with pytest.raises(ValueError, match="unknown shape"):
+        world.with_shapes(scene, ["star", "hexagon"])

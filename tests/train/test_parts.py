@@ -233,3 +233,42 @@ def test_part_manifests_resolve_images_and_name_bad_records(tmp_path) -> None:
     (sub / "m.jsonl").write_text("")
     with pytest.raises(UserError, match="0 usable records"):
         PartDataStream("vq", str(sub), rows=1, image_size=16)
+
+
+def test_siglip_shape_groups_are_hard_negatives_that_resume(tmp_path) -> None:
+    from openjanus.eval.text import describe
+    from openjanus.train.config import PartOptions
+
+    proc = standin_processor(CFG)
+
+    def stream(rows: int = 6) -> PartDataStream:
+        return PartDataStream("siglip", "shapes", rows=rows, image_size=32, seed=4, tokenizer=proc.tokenizer,
+                              caption_len=32, image_config=proc.image_config, shape_groups=3)
+
+    a = stream()
+    scenes = [a._group_member(i) for i in range(6)]
+    for g in (scenes[:3], scenes[3:]):  # two groups of three: same layout and colours, other shapes
+        assert len({tuple((o.color, o.center, o.size) for o in s.objects) for s in g}) == 1
+        assert len({describe(s) for s in g}) == 3
+    assert [o.color for o in scenes[0].objects] != [o.color for o in scenes[3].objects] or \
+        [o.center for o in scenes[0].objects] != [o.center for o in scenes[3].objects]
+    first = next(a)
+    assert first.pixel_values.shape == (6, 3, 32, 32)
+    state = a.state_dict()
+    rest = [next(a) for _ in range(2)]
+    b = stream()
+    b.load_state_dict(state)
+    for x, y in zip(rest, [next(b) for _ in range(2)]):
+        assert torch.equal(x.pixel_values, y.pixel_values) and torch.equal(x.caption_ids, y.caption_ids)
+
+    with pytest.raises(UserError, match="multiple of parts.siglip_shape_groups"):
+        stream(rows=4)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"image": "x.png", "caption": "a circle"}) + "\n")
+    with pytest.raises(UserError, match="data.source 'shapes'"):
+        PartDataStream("siglip", str(manifest), rows=3, image_size=32, tokenizer=proc.tokenizer,
+                       caption_len=8, image_config=proc.image_config, shape_groups=3)
+    with pytest.raises(ConfigError, match="siglip_shape_groups"):
+        PartOptions(siglip_shape_groups=7).validate()
+    with pytest.raises(ConfigError, match="siglip_shape_groups"):
+        PartOptions(siglip_shape_groups=1).validate()
