@@ -67,40 +67,44 @@ def probe_model(model: str | None, n: int, seed: int, batch: int = 250,
     return probe_pipeline(pipe, n, seed, batch, with_aligner=not is_part)  # a part has no trained aligner
 
 
-def probe_pipeline(pipe, n: int, seed: int, batch: int = 250, with_aligner: bool = True) -> dict[str, float]:
-    """Probe accuracies of a loaded `JanusPipeline` (see the module docstring)."""
+def single_object_scenes(pipe, seed: int, stream: tuple[int, ...], count: int):
+    """``count`` single-object scenes of ``rng_for(seed, *stream, i)``: (scenes, encoder pixels
+    [count, 3, S, S], shape labels [count], colour labels [count])."""
     import torch
 
     from openjanus.eval.world import COLOR_NAMES, SHAPES, render, rng_for, sample_scene
     from openjanus.processing import preprocess_und_images
 
-    net, size = pipe.model, pipe.model.cfg.vision.image_size
-    scenes = [sample_scene(rng_for(seed, 7, i), size, n_objects=1) for i in range(n)]
+    size = pipe.model.cfg.vision.image_size
+    scenes = [sample_scene(rng_for(seed, *stream, i), size, n_objects=1) for i in range(count)]
     pixels = preprocess_und_images([render(s) for s in scenes], pipe.processor.image_config)
+    shapes = torch.tensor([SHAPES.index(s.objects[0].shape) for s in scenes])
+    colours = torch.tensor([COLOR_NAMES.index(s.objects[0].color) for s in scenes])
+    return scenes, pixels, shapes, colours
+
+
+def probe_pipeline(pipe, n: int, seed: int, batch: int = 250, with_aligner: bool = True) -> dict[str, float]:
+    """Probe accuracies of a loaded `JanusPipeline` (see the module docstring)."""
+    import torch
+
+    from openjanus.eval.world import COLOR_NAMES, SHAPES
+
+    net = pipe.model
+    scenes, pixels, shapes, colours = single_object_scenes(pipe, seed, (7,), n)
     with torch.no_grad():
         enc = torch.cat([net.und_encoder(pixels[i : i + batch]) for i in range(0, n, batch)])  # [n, P, D]
-        ali = torch.cat([net.und_aligner(enc[i : i + batch]) for i in range(0, n, batch)])  # [n, P, d_llm]
     grid = int(round(enc.shape[1] ** 0.5))
     if grid * grid != enc.shape[1]:
         raise SystemExit(f"{pipe.name}: {enc.shape[1]} patch features do not form a square grid")
-    centre = []
-    for s in scenes:
-        x0, y0, x1, y1 = s.objects[0].box
-        col = min(int((x0 + x1) / 2 * grid), grid - 1)
-        row = min(int((y0 + y1) / 2 * grid), grid - 1)
-        centre.append(row * grid + col)
-    idx = torch.tensor(centre)
-    views = {
-        "encoder/centre": enc[torch.arange(n), idx],
-        "encoder/mean": enc.mean(1),
-        "encoder/max": enc.amax(1),
-    }
+    # The patch under each object's centre (row-major grid).
+    idx = torch.tensor([min(int(s.objects[0].center[1] * grid), grid - 1) * grid
+                        + min(int(s.objects[0].center[0] * grid), grid - 1) for s in scenes])
+    centre = enc[torch.arange(n), idx]  # [n, D]
+    views = {"encoder/centre": centre, "encoder/mean": enc.mean(1), "encoder/max": enc.amax(1)}
     if with_aligner:
-        views["aligner/centre"] = ali[torch.arange(n), idx]
-    labels = {
-        "shape": (torch.tensor([SHAPES.index(s.objects[0].shape) for s in scenes]), len(SHAPES)),
-        "colour": (torch.tensor([COLOR_NAMES.index(s.objects[0].color) for s in scenes]), len(COLOR_NAMES)),
-    }
+        with torch.no_grad():  # the aligner maps each patch on its own
+            views["aligner/centre"] = net.und_aligner(centre)
+    labels = {"shape": (shapes, len(SHAPES)), "colour": (colours, len(COLOR_NAMES))}
     n_train = (2 * n) // 3
     return {f"{view}/{what}": round(probe_accuracy(x, y, k, n_train), 3)
             for view, x in views.items() for what, (y, k) in labels.items()}
@@ -112,20 +116,17 @@ def supervised_baseline(preset: str, steps: int, seed: int, batch: int = 64):
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from openjanus.eval.world import SHAPES, render, rng_for, sample_scene
+    from openjanus.eval.world import SHAPES
     from openjanus.pipeline import JanusPipeline
-    from openjanus.processing import preprocess_und_images
 
     torch.manual_seed(seed)
     pipe = JanusPipeline.load(preset, device="cpu", dtype="float32")
-    enc, size = pipe.model.und_encoder.train(), pipe.model.cfg.vision.image_size
+    enc = pipe.model.und_encoder.train()
     head = torch.nn.Linear(pipe.model.cfg.vision.dim, len(SHAPES))
     opt = torch.optim.AdamW([*enc.parameters(), *head.parameters()], lr=1e-3)
     for step in tqdm(range(steps), desc="supervised baseline", unit="step"):
         # Scene stream 8 never meets the probe's stream 7.
-        scenes = [sample_scene(rng_for(seed, 8, step, i), size, n_objects=1) for i in range(batch)]
-        x = preprocess_und_images([render(s) for s in scenes], pipe.processor.image_config)
-        y = torch.tensor([SHAPES.index(s.objects[0].shape) for s in scenes])
+        _, x, y, _ = single_object_scenes(pipe, seed, (8, step), batch)
         loss = F.cross_entropy(head(enc(x).amax(1)), y)  # [B, P, D] -> [B, D] -> [B, shapes]
         opt.zero_grad()
         loss.backward()

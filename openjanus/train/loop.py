@@ -627,7 +627,7 @@ def build_data(cfg: TrainConfig, task: str, stage: Stage, model_cfg: JanusConfig
         return PartDataStream(task, source if isinstance(source, list) else str(source), rows=cfg.micro_batch_rows, image_size=image_size, seed=cfg.seed,
                               rank=dist_info.rank, world_size=dist_info.world_size, tokenizer=processor.tokenizer,
                               caption_len=cfg.parts.caption_len, image_config=processor.image_config,
-                              shape_groups=cfg.parts.siglip_shape_groups if task == "siglip" else 0)
+                              shape_groups=cfg.parts.siglip_shape_groups)
     from openjanus.config import ConfigError
     from openjanus.train.stream import build_train_stream
 

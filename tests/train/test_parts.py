@@ -268,6 +268,8 @@ def test_siglip_shape_groups_are_hard_negatives_that_resume(tmp_path) -> None:
     with pytest.raises(UserError, match="data.source 'shapes'"):
         PartDataStream("siglip", str(manifest), rows=3, image_size=32, tokenizer=proc.tokenizer,
                        caption_len=8, image_config=proc.image_config, shape_groups=3)
+    with pytest.raises(UserError, match="siglip task"):  # a VQ run does not drop the option silently
+        PartDataStream("vq", "shapes", rows=3, image_size=32, shape_groups=3)
     with pytest.raises(ConfigError, match="siglip_shape_groups"):
         PartOptions(siglip_shape_groups=7).validate()
     with pytest.raises(ConfigError, match="siglip_shape_groups"):
