@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from openjanus.errors import UserError
+from openjanus.requests import Message
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -35,10 +36,15 @@ def _sampling(p: argparse.ArgumentParser, temperature: float) -> None:
 
 
 def _pipeline(args: argparse.Namespace):
+    from openjanus.engine import EngineConfig
     from openjanus.pipeline import JanusPipeline
 
-    return JanusPipeline.load(args.model, device=args.device, dtype=args.dtype,
+    pipe = JanusPipeline.load(args.model, device=args.device, dtype=args.dtype,
                               roles=getattr(args, "roles", None), seed=args.seed)
+    if getattr(args, "batch_rows", None) is not None or getattr(args, "compile", False):
+        pipe.start_engine(EngineConfig(max_rows=args.batch_rows or EngineConfig.max_rows,
+                                       compile_step=getattr(args, "compile", False)))
+    return pipe
 
 
 # --- chat -------------------------------------------------------------------------------------
@@ -50,27 +56,35 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
     pipe = _pipeline(args)
     images = [load_image(p) for p in args.image]
-    opts = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                top_k=args.top_k, seed=args.seed)
+    opts = dict(max_new_tokens=args.max_new_tokens, sampling=_sampling_params(args), seed=args.seed)
     if args.question:
-        messages = [{"role": "user", "content": " ".join(args.question), "images": images},
-                    {"role": "assistant", "content": ""}]
-        _stream_answer(pipe, messages, images, opts)
+        _stream_answer(pipe, [Message("user", [*images, " ".join(args.question)])], opts)
         return
     _interactive(pipe, images, opts)
 
 
-def _stream_answer(pipe, messages, images, opts) -> str:
-    pieces = []
-    for step in pipe.chat_stream([(messages, images)], **opts):
-        piece = step[0]
-        if not pieces:
-            piece = piece.lstrip()
-        pieces.append(piece)
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+def _sampling_params(args: argparse.Namespace):
+    from openjanus.requests import SamplingParams
+
+    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+
+
+def _stream_answer(pipe, messages, opts) -> str:
+    from openjanus.requests import ChatRequest
+
+    handle = pipe.submit(ChatRequest(messages, **opts))
+    started = False
+    try:
+        for event in handle:
+            piece = event.text if started else event.text.lstrip()
+            started = started or bool(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        handle.cancel()
+        raise
     sys.stdout.write("\n")
-    return "".join(pieces).strip()
+    return handle.result().text
 
 
 def _interactive(pipe, images, opts) -> None:
@@ -78,8 +92,7 @@ def _interactive(pipe, images, opts) -> None:
 
     print("openjanus chat: type a message; /image PATH attaches an image to your next message, "
           "/reset clears the conversation, /quit exits.", file=sys.stderr)
-    history: list[dict] = []
-    all_images: list = []
+    history: list = []
     pending = list(images)
     while True:
         try:
@@ -91,7 +104,7 @@ def _interactive(pipe, images, opts) -> None:
         if line in ("/quit", "/exit"):
             return
         if line == "/reset":
-            history, all_images, pending = [], [], []
+            history, pending = [], []
             continue
         if line.startswith("/image "):
             try:
@@ -99,15 +112,13 @@ def _interactive(pipe, images, opts) -> None:
             except ImageLoadError as e:
                 print(f"error: {e}", file=sys.stderr)
             continue
-        turn = {"role": "user", "content": line, "images": pending}
-        messages = history + [turn, {"role": "assistant", "content": ""}]
+        turn = Message("user", [*pending, line])
         try:
-            answer = _stream_answer(pipe, messages, all_images + pending, opts)
+            answer = _stream_answer(pipe, history + [turn], opts)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             continue
-        history += [turn, {"role": "assistant", "content": answer}]
-        all_images += pending
+        history += [turn, Message("assistant", answer)]
         pending = []
 
 
@@ -115,21 +126,51 @@ def _interactive(pipe, images, opts) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    """Generate images from text prompts; writes image_{i}.png and tokens.npy to --out."""
+    """Generate images from text prompts; writes image_{i}.png, tokens.npy and run.json to --out."""
+    import json
+    import time
+
     import numpy as np
 
-    pipe = _pipeline(args)
+    from openjanus.requests import ImageRequest
+
     out = Path(args.out)
+    written = ("run.json", "tokens.npy")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if not args.overwrite and out.is_dir() and any(
+            p.name in written or (p.name.startswith("image_") and p.suffix == ".png") for p in out.iterdir()):
+        raise UserError(f"{out} already holds the output of a run (image_*.png / tokens.npy / run.json); "
+                        "choose another folder or pass --overwrite")
+    pipe = _pipeline(args)
+    sampling = _sampling_params(args)
+    # Prompt i uses seed + i, so two prompts of one run never share a random stream.
+    requests = [ImageRequest(p, n=args.n, cfg_weight=args.cfg, sampling=sampling, seed=args.seed + i,
+                             jacobi=args.jacobi) for i, p in enumerate(args.prompt)]
+    t0 = time.perf_counter()
+    results = pipe.run(requests, progress=True, desc=f"sampling {args.n * len(requests)} image(s)")
+    seconds = time.perf_counter() - t0
+    # Only now, with everything generated, touch the output folder: a failed run leaves nothing.
     out.mkdir(parents=True, exist_ok=True)
-    result = pipe.generate_images(args.prompt, n_per_prompt=args.n, seed=args.seed, cfg_weight=args.cfg,
-                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                  compile_step=args.compile)
-    images = [im for group in result.images for im in group]
-    for i, im in enumerate(images):
-        im.save(out / f"image_{i}.png")
-    tokens = result.tokens.reshape(len(images), -1).numpy().astype(np.int64)
+    files = []
+    for res in results:
+        for j, im in enumerate(res.images):
+            name = f"image_{len(files)}.png"
+            im.save(out / name)
+            files.append({"file": name, "prompt": res.request.prompt, "seed": res.seed, "index": j})
+    tokens = np.concatenate([r.tokens.numpy() for r in results]).astype(np.int64)
     np.save(out / "tokens.npy", tokens)
-    print(f"wrote {len(images)} image(s) and tokens.npy {list(tokens.shape)} to {out}", file=sys.stderr)
+    run = {
+        "model": pipe.name, "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
+        "prompts": list(args.prompt), "n": args.n, "cfg_weight": args.cfg, "temperature": sampling.temperature,
+        "top_k": sampling.top_k, "top_p": sampling.top_p, "seed": args.seed, "jacobi": args.jacobi,
+        "compile": args.compile, "seconds": round(seconds, 3),
+        "forward_passes": sum(r.cost.forward_passes for r in results),
+        "tokens_per_image": pipe.model.cfg.num_gen_tokens, "images": files,
+    }
+    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    print(f"wrote {len(files)} image(s), tokens.npy {list(tokens.shape)} and run.json to {out} "
+          f"({seconds:.1f} s)", file=sys.stderr)
 
 
 # --- vq ---------------------------------------------------------------------------------------
@@ -208,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling(p, temperature=0.0)
     p.add_argument("question", nargs="*", help="the question; omit for an interactive chat")
     p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer length cap (default: what the context leaves, up to 512)")
     p.add_argument("--roles", choices=["pro", "legacy"], default=None,
                    help="chat roles: pro = <|User|>/<|Assistant|> (Janus-Pro), legacy = User/Assistant (Janus-1.3B)")
     p.set_defaults(func=cmd_chat)
@@ -221,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=1, help="images per prompt")
     p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance weight")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    p.add_argument("--batch-rows", type=int, default=None,
+                   help="LLM rows decoded together (2 per image; default 16): larger n runs in batches of this")
+    p.add_argument("--jacobi", type=int, default=0, help="speculative Jacobi window (0 = off)")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("vq", help="image -> VQ codes -> image, printing the PSNR")
@@ -242,20 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions():
-    """Sub-command groups living next to their code (evaluation, training, serving, demo)."""
-    import importlib
+    """Sub-command groups living next to their code (evaluation, training, demo)."""
+    from openjanus import demo
+    from openjanus.eval import commands as eval_commands
+    from openjanus.train import commands as train_commands
 
-    out = []
-    for module in ("openjanus.eval.commands", "openjanus.train.commands", "openjanus.serve.commands",
-                   "openjanus.demo"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name and module.startswith(e.name):
-                continue  # that part is not present in this install
-            raise
-        out.append(mod.register)
-    return out
+    return [eval_commands.register, train_commands.register, demo.register]
 
 
 def main(argv: list[str] | None = None) -> int:

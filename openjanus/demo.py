@@ -65,18 +65,19 @@ def run_demo(model: str | None, out: Path, device: str | None, dtype: str | None
     from openjanus.eval.text import scene_questions
     from openjanus.eval.world import rng_for
     from openjanus.pipeline import JanusPipeline
+    from openjanus.requests import ImageRequest
 
     t0 = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     pipe = JanusPipeline.load(model, device=device, dtype=dtype, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     log(f"model {pipe.name}: generating the gallery")
-    gallery = pipe.generate_images(list(GALLERY_PROMPTS), n_per_prompt=4, seed=seed, progress=True)
+    gallery = pipe.run([ImageRequest(p, n=4, seed=seed + i) for i, p in enumerate(GALLERY_PROMPTS)], progress=True)
     (out / "gallery").mkdir(exist_ok=True)
     cards = []
-    for i, (prompt, images) in enumerate(zip(GALLERY_PROMPTS, gallery.images)):
+    for i, (prompt, result) in enumerate(zip(GALLERY_PROMPTS, gallery)):
         names = []
-        for j, im in enumerate(images):
+        for j, im in enumerate(result.images):
             name = f"gallery/p{i}_{j}.png"
             im.resize((im.width * 2, im.height * 2)).save(out / name)
             names.append(name)

@@ -1,37 +1,33 @@
-"""The inference engine: sampling, classifier-free guidance, text streaming, image-token sampling.
+"""Decoding on token ids and embeddings: sampling, classifier-free guidance, and the batch
+runner that decodes many jobs together on one static KV cache.
 
-It works on token ids and embeddings only; tokenizers, templates and image preprocessing
-live in `openjanus.processing`. Sampling functions are pure and take a seeded
-`torch.Generator`, so a seed reproduces the same output on the same device.
+Tokenizers, templates and images live at the edge (`openjanus.processing`); requests,
+threads and streaming live in `openjanus.engine`. Sampling functions are pure and take a
+seeded `torch.Generator`; every job has its own, so a job's tokens do not depend on which
+other jobs share its batch.
+
+Rows are never padded: each job's rows start at cache slot 0 and have their own length, so a
+job can join the running batch at any step (its prompt is prefilled on its own rows, then
+its rows take part in the shared decode step) and leave as soon as it is done.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from openjanus.errors import UserError
 from openjanus.model.janus import Janus
 from openjanus.model.llm import KVCache, cache_mask
+from openjanus.processing import unconditional_prompt
+from openjanus.requests import SamplingParams
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """temperature 0 means greedy (argmax); top_k 0/None and top_p 1/None disable those filters."""
-
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+__all__ = ["SamplingParams", "filter_logits", "sample", "cfg_combine", "Job",
+           "BatchRunner", "generate_image_tokens", "generate_text", "round_up"]
 
 
 def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
@@ -51,7 +47,8 @@ def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Ten
 
 
 def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> Tensor:
-    """[B, V] logits -> [B] token ids. Greedy at temperature 0, otherwise one multinomial call."""
+    """[B, V] logits -> [B] token ids. Greedy at temperature 0, otherwise one multinomial call
+    for all B rows (as the official sampler, so a seed gives the official tokens)."""
     if params.temperature == 0:
         return logits.argmax(dim=-1)
     logits = filter_logits(logits / params.temperature, params.top_k, params.top_p)
@@ -65,151 +62,342 @@ def cfg_combine(logits: Tensor, weight: float) -> Tensor:
     return uncond + weight * (cond - uncond)
 
 
-def left_pad(rows: list[list[int]], pad_id: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
-    """Right-align rows into [B, T] ids with a bool mask of real tokens."""
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), T, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, T - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, T - len(r):] = True
-    return ids.to(device), mask.to(device)
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
-def positions_from_mask(mask: Tensor) -> Tensor:
-    """RoPE positions counting real tokens only: [B, T] bool -> [B, T] long (pads get 0)."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
-class _Decoder:
-    """Prefill once, then one fixed-shape step per token on a static KV cache."""
+class NonFiniteLogits(UserError):
+    """The model produced NaN or infinite logits (broken weights, or an overflow in fp16)."""
 
-    def __init__(self, model: Janus, key_valid: Tensor, max_len: int, compile_step: bool) -> None:
+    def __init__(self) -> None:
+        super().__init__("the model produced non-finite logits (NaN or inf): the weights are broken or "
+                         "the dtype overflows; load with --check-finite, or try --dtype float32")
+
+
+@dataclass(eq=False)
+class Job:
+    """Rows of equal length decoded together: an image job has 2 rows per image (conditional,
+    unconditional, interleaved), a text job one row. Jobs are what the runner schedules."""
+
+    kind: Literal["image", "text"]
+    prompt_ids: list[list[int]]  # one list per row, all the same length
+    steps: int  # tokens to sample (image: num_gen_tokens; text: at most max_new_tokens)
+    sampling: SamplingParams
+    generator: torch.Generator | None
+    cfg_weight: float = 1.0  # image jobs
+    eos_id: int | None = None  # text jobs: stop after sampling it
+    image_mask: Tensor | None = None  # text jobs: bool [T], positions the image features fill
+    pixel_values: Tensor | None = None  # text jobs: [n_images, 3, S, S]
+
+    # Filled by the runner.
+    start_row: int = -1
+    done_steps: int = 0
+    forward_passes: int = 0
+    finished: bool = False
+    error: BaseException | None = None
+    tokens: Tensor | None = None  # image: [n, steps] long on the model's device
+    token_ids: list[int] = field(default_factory=list)  # text: sampled ids (EOS included)
+    _nonfinite: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        lengths = {len(r) for r in self.prompt_ids}
+        if len(lengths) != 1 or 0 in lengths:
+            raise ValueError("a job's rows must be non-empty and of equal length")
+        if self.kind == "image" and len(self.prompt_ids) % 2:
+            raise ValueError("an image job has a conditional and an unconditional row per image")
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_ids[0])
+
+    @property
+    def length(self) -> int:
+        """Cache slots this job needs at most."""
+        return self.prompt_len + self.steps
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.start_row, self.start_row + self.n_rows)
+
+    @property
+    def next_slot(self) -> int:
+        """Cache slot (= RoPE position) of the token fed at the next decode step."""
+        return self.prompt_len + self.done_steps - 1
+
+
+class BatchRunner:
+    """Decodes many jobs together on one KV cache of `max_rows` rows.
+
+    `add` prefills a job on free rows at once (it joins at the next `step`); `step` samples one
+    token for every job and feeds them back in one forward pass over the rows in use; finished
+    and removed jobs free their rows at once. The cache grows in length buckets (and in row
+    counts of powers of two) and is reused; attention reads only the slots in use, rounded up
+    to a bucket, so a compiled step compiles once per (rows, bucket), never per prompt length.
+    """
+
+    def __init__(self, model: Janus, max_rows: int = 16, length_bucket: int = 128,
+                 compile_step: bool = False, compile_backend: str | Callable = "inductor") -> None:
+        if max_rows < 2:
+            raise ValueError(f"max_rows must be >= 2 (an image takes two rows), got {max_rows}")
         self.model = model
-        B, T = key_valid.shape
-        self.cache: KVCache = model.llm.new_cache(B, max_len)
-        # Slots written later (generated tokens) are real; causality hides them until written.
-        self.key_valid = torch.ones(B, max_len, dtype=torch.bool, device=key_valid.device)
-        self.key_valid[:, :T] = key_valid
-        self.prompt_len = T
-        self.step_fn: Callable[[Tensor, Tensor, Tensor], Tensor] = self._step
+        self.max_rows = max_rows
+        self.length_bucket = length_bucket
+        self.compile_step = compile_step
+        self.jobs: list[Job] = []
+        self.cache: KVCache | None = None
+        self.hidden: Tensor | None = None  # [rows, D] last hidden state of every row
+        self._step_fn: Callable[[Tensor, Tensor, int], Tensor] = self._decode
         if compile_step:
-            self.step_fn = torch.compile(self._step, dynamic=False)
+            self._step_fn = torch.compile(self._decode, dynamic=False, backend=compile_backend)
 
-    def prefill(self, h: Tensor, positions: Tensor) -> Tensor:
-        T = h.shape[1]
-        slots = torch.arange(T, device=h.device)
-        # The prompt fills slots 0..T-1: attend over those only, not the whole preallocated cache.
-        mask = cache_mask(slots, self.key_valid[:, :T])
-        return self.model.llm(h, positions, mask=mask, cache=self.cache, slots=slots, kv_len=T)[:, -1]
+    @property
+    def device(self) -> torch.device:
+        return self.model.llm.embed.weight.device
 
-    def _step(self, h: Tensor, positions: Tensor, slot: Tensor) -> Tensor:
-        mask = cache_mask(slot, self.key_valid)
-        return self.model.llm(h, positions, mask=mask, cache=self.cache, slots=slot)[:, -1]
+    # --- admission --------------------------------------------------------------------------
 
-    def step(self, h: Tensor, positions: Tensor, index: int) -> Tensor:
-        """Feed one token per row ([B, 1, D]) into cache slot prompt_len + index."""
-        slot = torch.tensor([self.prompt_len + index], device=h.device)
-        return self.step_fn(h, positions, slot)
+    def _free_start(self, n_rows: int) -> int | None:
+        """First row of a free contiguous range of n_rows rows, lowest first."""
+        taken = sorted((j.start_row, j.start_row + j.n_rows) for j in self.jobs)
+        start = 0
+        for a, b in taken:
+            if a - start >= n_rows:
+                break
+            start = max(start, b)
+        return start if start + n_rows <= self.max_rows else None
+
+    def fits(self, job: Job) -> bool:
+        return job.n_rows <= self.max_rows and self._free_start(job.n_rows) is not None
+
+    def _ensure_cache(self, rows: int, length: int) -> None:
+        llm = self.model.llm
+        if length > llm.cfg.max_seq_len:
+            raise UserError(f"the job needs {length} positions but the model has {llm.cfg.max_seq_len}")
+        rows = min(self.max_rows, _pow2_at_least(rows))
+        length = min(llm.cfg.max_seq_len, round_up(length, self.length_bucket))
+        old = self.cache
+        if old is not None and old.batch >= rows and old.max_len >= length:
+            return
+        if old is not None:
+            rows, length = max(rows, old.batch), max(length, old.max_len)
+        new = llm.new_cache(rows, length)
+        hidden = torch.zeros(rows, llm.cfg.dim, device=self.device, dtype=llm.embed.weight.dtype)
+        if old is not None:
+            new.k[:, :old.batch, :, :old.max_len] = old.k
+            new.v[:, :old.batch, :, :old.max_len] = old.v
+            hidden[:old.batch] = self.hidden
+        self.cache, self.hidden = new, hidden
+
+    @torch.inference_mode()
+    def add(self, job: Job) -> None:
+        """Prefill `job` on free rows; it takes part in the next `step`."""
+        start = self._free_start(job.n_rows)
+        if start is None:
+            raise RuntimeError("no free rows for the job; check fits() first")
+        self._ensure_cache(start + job.n_rows, job.length)
+        job.start_row = start
+        device = self.device
+        ids = torch.tensor(job.prompt_ids, dtype=torch.long, device=device)  # [R, T]
+        if job.kind == "text" and job.image_mask is not None and job.pixel_values is not None:
+            pixels = job.pixel_values.to(device)
+            h = self.model.embed_chat(ids, job.image_mask.to(device)[None], pixels)
+        else:
+            h = self.model.embed_text(ids)
+        R, T = ids.shape
+        slots = torch.arange(T, device=device)
+        positions = slots.expand(R, T)
+        mask = cache_mask(slots, torch.ones(R, T, dtype=torch.bool, device=device))
+        # The prompt fills slots 0..T-1 of its own rows: attend over those only.
+        out = self.model.llm(h, positions, mask=mask, cache=self.cache.rows(start, start + R), slots=slots,
+                             kv_len=T)[:, -1]
+        self.hidden[start:start + R] = out
+        if job.kind == "image":
+            job.tokens = torch.empty(R // 2, job.steps, dtype=torch.long, device=device)
+        job._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        job.forward_passes += 1
+        self.jobs.append(job)
+
+    def remove(self, job: Job) -> None:
+        """Take `job` out of the batch (finished or cancelled); its rows are free at once."""
+        if job in self.jobs:
+            self.jobs.remove(job)
+
+    # --- decoding ---------------------------------------------------------------------------
+
+    def _decode(self, h: Tensor, slots: Tensor, kv_len: int) -> Tensor:
+        """One token per row [R, 1, D] at per-row cache `slots` [R] -> hidden [R, D]."""
+        key_idx = torch.arange(kv_len, device=h.device)
+        # Rows are unpadded: a row's keys are exactly the slots up to its own.
+        mask = (key_idx[None, :] <= slots[:, None])[:, None, None]  # [R, 1, 1, kv_len]
+        cache = self.cache.rows(0, h.shape[0])
+        return self.model.llm(h, slots[:, None], mask=mask, cache=cache, slots=slots[:, None], kv_len=kv_len)[:, -1]
+
+    @torch.inference_mode()
+    def step(self) -> list[Job]:
+        """Sample one token for every job, feed the continuing ones back; returns the jobs that
+        finished (done or failed) in this step, already removed from the batch."""
+        model, device = self.model, self.device
+        finished: list[Job] = []
+        feed_rows: list[Tensor] = []
+        feed_h: list[Tensor] = []
+        hidden = self.hidden
+        image_jobs = [j for j in self.jobs if j.kind == "image"]
+        text_jobs = [j for j in self.jobs if j.kind == "text"]
+        if image_jobs:
+            rows = torch.cat([torch.arange(j.rows.start, j.rows.stop) for j in image_jobs]).to(device)
+            logits = model.image_logits(hidden[rows])  # [R, codebook]: one read of the head for all jobs
+            offset = 0
+            codes_fed: list[Tensor] = []
+            rows_fed: list[Tensor] = []
+            for j, lg in zip(image_jobs, logits.split([j.n_rows for j in image_jobs])):
+                offset += j.n_rows
+                guided = cfg_combine(lg, j.cfg_weight)
+                j._nonfinite |= ~torch.isfinite(guided).all()
+                try:
+                    codes = sample(guided, j.sampling, j.generator)  # [n]
+                except RuntimeError:  # multinomial refuses NaN/inf probabilities
+                    j.error = NonFiniteLogits()
+                    finished.append(j)
+                    continue
+                j.tokens[:, j.done_steps] = codes
+                j.done_steps += 1
+                if j.done_steps == j.steps:
+                    if bool(j._nonfinite):
+                        j.error = NonFiniteLogits()
+                    finished.append(j)
+                else:
+                    codes_fed.append(codes.repeat_interleave(2))
+                    rows_fed.append(torch.arange(j.rows.start, j.rows.stop))
+            if codes_fed:
+                feed_h.append(model.embed_image_tokens(torch.cat(codes_fed)))
+                feed_rows.append(torch.cat(rows_fed))
+        if text_jobs:
+            rows = torch.tensor([j.start_row for j in text_jobs], device=device)
+            logits = model.text_logits(hidden[rows]).float()  # [J, vocab]
+            picked: list[Tensor] = []
+            bad = ~torch.isfinite(logits).all(-1)
+            for j, lg in zip(text_jobs, logits.split(1)):
+                try:
+                    picked.append(sample(lg, j.sampling, j.generator))
+                except RuntimeError:
+                    picked.append(torch.zeros(1, dtype=torch.long, device=device))
+            tokens = torch.cat(picked)
+            # The one host sync of a text step: the tokens decide who stops.
+            values, flags = torch.stack([tokens, bad.long()]).tolist()
+            fed_ids: list[int] = []
+            fed_rows: list[int] = []
+            for j, t, b in zip(text_jobs, values, flags):
+                if b:
+                    j.error = NonFiniteLogits()
+                    finished.append(j)
+                    continue
+                j.token_ids.append(t)
+                j.done_steps += 1
+                if j.done_steps == j.steps or t == j.eos_id:
+                    finished.append(j)
+                else:
+                    fed_ids.append(t)
+                    fed_rows.append(j.start_row)
+            if fed_ids:
+                feed_h.append(model.embed_text(torch.tensor(fed_ids, device=device)))
+                feed_rows.append(torch.tensor(fed_rows))
+        for j in finished:
+            j.finished = True
+            self.remove(j)
+        if feed_rows:
+            self._feed(torch.cat(feed_rows).to(device), torch.cat(feed_h))
+        return finished
+
+    def _feed(self, rows: Tensor, h: Tensor) -> None:
+        """Run the shared decode step over rows [0, hi) (rows not in use compute nothing useful
+        but keep the batch a plain slice of the cache)."""
+        live = self.jobs
+        hi = max(j.rows.stop for j in live)
+        if self.compile_step:
+            hi = min(self.cache.batch, _pow2_at_least(hi))  # a few row buckets, not every count
+        slots_host = [0] * hi
+        for j in live:
+            for r in range(j.rows.start, j.rows.stop):
+                slots_host[r] = j.next_slot
+        kv_len = min(self.cache.max_len, round_up(max(slots_host) + 1, self.length_bucket))
+        x = torch.zeros(hi, 1, h.shape[-1], device=h.device, dtype=h.dtype)
+        x[rows, 0] = h
+        slots = torch.tensor(slots_host, device=h.device)
+        self.hidden[:hi] = self._step_fn(x, slots, kv_len)
+        for j in live:
+            j.forward_passes += 1
+
+    def run(self, jobs: Sequence[Job], on_step: Callable[[], None] | None = None) -> None:
+        """Run `jobs` to the end, admitting them in order as rows free up (no threads)."""
+        queue = list(jobs)
+        while queue or self.jobs:
+            while queue and self.fits(queue[0]):
+                self.add(queue.pop(0))
+            if not self.jobs:
+                raise UserError(f"a job of {queue[0].n_rows} rows cannot fit in {self.max_rows} rows")
+            for j in self.step():
+                if j.error is not None:
+                    raise j.error
+            if on_step is not None:
+                on_step()
 
 
-@torch.inference_mode()
+# --- single-batch helpers on the same runner (tests, benchmarks) ------------------------------
+
+
+def image_job(prompt_ids: Sequence[int], pad_id: int, n: int, cfg_weight: float, sampling: SamplingParams,
+              generator: torch.Generator | None, num_tokens: int) -> Job:
+    """The job of `n` images of one prompt: (conditional, unconditional) rows per image."""
+    rows = [list(prompt_ids), unconditional_prompt(prompt_ids, pad_id)] * n
+    return Job("image", rows, num_tokens, sampling, generator, cfg_weight=cfg_weight)
+
+
 def generate_image_tokens(
     model: Janus,
-    prompts: list[list[int]],
+    prompt_ids: Sequence[int],
     pad_id: int,
-    n_per_prompt: int = 1,
+    n: int = 1,
     cfg_weight: float = 5.0,
     sampling: SamplingParams = SamplingParams(),
     generator: torch.Generator | None = None,
     compile_step: bool = False,
-    on_step: Callable[[int], None] | None = None,
 ) -> Tensor:
-    """Sample image tokens with classifier-free guidance.
-
-    prompts: token ids of each prompt, each ending with `<begin_of_image>` (see
-    `JanusProcessor.encode_t2i`). Rows are interleaved (cond, uncond) per image as in the
-    official sampler; an unconditional row is its prompt with everything between the first
-    token (BOS) and the last (`<begin_of_image>`) replaced by `pad_id`, attended normally.
-    Returns [len(prompts) * n_per_prompt, num_gen_tokens] int64 in raster order, grouped
-    by prompt.
-    """
-    if n_per_prompt < 1:
-        raise ValueError(f"n_per_prompt must be >= 1, got {n_per_prompt}")
-    if any(len(p) < 2 for p in prompts):
-        raise ValueError("each prompt needs at least BOS and <begin_of_image>")
-    device = model.llm.embed.weight.device
-    rows: list[list[int]] = []
-    for p in prompts:
-        uncond = [p[0]] + [pad_id] * (len(p) - 2) + [p[-1]]
-        rows += [p, uncond] * n_per_prompt
-    ids, key_valid = left_pad(rows, pad_id, device)  # [2B, T]
-    positions = positions_from_mask(key_valid)
-    n_tokens = model.cfg.num_gen_tokens
-    dec = _Decoder(model, key_valid, ids.shape[1] + n_tokens, compile_step)
-
-    hidden = dec.prefill(model.embed_text(ids), positions)
-    next_pos = positions[:, -1:] + 1  # [2B, 1]
-    out = torch.empty(len(rows) // 2, n_tokens, dtype=torch.long, device=device)
-    for i in range(n_tokens):
-        logits = cfg_combine(model.image_logits(hidden), cfg_weight)
-        codes = sample(logits, sampling, generator)  # [B]
-        out[:, i] = codes
-        if on_step is not None:
-            on_step(i)
-        if i + 1 == n_tokens:
-            break
-        h = model.embed_image_tokens(codes.repeat_interleave(2))[:, None]  # [2B, 1, D]
-        hidden = dec.step(h, next_pos + i, i)
-    return out
+    """Sample `n` images' tokens for one prompt (ids ending with `<begin_of_image>`) with
+    classifier-free guidance: [n, num_gen_tokens] int64 in raster order."""
+    job = image_job(prompt_ids, pad_id, n, cfg_weight, sampling, generator, model.cfg.num_gen_tokens)
+    BatchRunner(model, max_rows=max(2, job.n_rows), compile_step=compile_step).run([job])
+    return job.tokens
 
 
 def generate_text(
     model: Janus,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    eos_id: int,
-    image_mask: Tensor | None = None,
-    pixel_values: Tensor | None = None,
+    prompts: Sequence[Sequence[int]],
+    eos_id: int | None,
     max_new_tokens: int = 512,
     sampling: SamplingParams = SamplingParams(temperature=0.0),
     generator: torch.Generator | None = None,
-    compile_step: bool = False,
-    min_new_tokens: int = 0,
+    image_masks: Sequence[Tensor | None] | None = None,
+    pixel_values: Sequence[Tensor | None] | None = None,
 ) -> Iterator[list[int | None]]:
-    """Stream an answer for each row of a left-padded batch.
-
-    Yields once per step a list with each row's new token id, or None for rows that have
-    already emitted EOS (the EOS itself is yielded). Stops when every row is done or after
-    `max_new_tokens`; EOS is suppressed for the first `min_new_tokens` steps.
-    """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    attention_mask = attention_mask.bool()
-    if image_mask is None:
-        image_mask = torch.zeros_like(attention_mask)
-    total = input_ids.shape[1] + max_new_tokens
-    if total > model.cfg.llm.max_seq_len:
-        raise ValueError(f"prompt ({input_ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) "
-                         f"exceeds the model's {model.cfg.llm.max_seq_len} positions")
-    with torch.inference_mode():
-        positions = positions_from_mask(attention_mask)
-        dec = _Decoder(model, attention_mask, total, compile_step)
-        h = model.embed_chat(input_ids, image_mask, pixel_values)
-        hidden = dec.prefill(h, positions)
-        next_pos = positions[:, -1:] + 1
-        done = [False] * input_ids.shape[0]
-        for i in range(max_new_tokens):
-            logits = model.text_logits(hidden).float()
-            if i < min_new_tokens:
-                logits[:, eos_id] = float("-inf")
-            tokens = sample(logits, sampling, generator)
-            step_out: list[int | None] = []
-            for row, t in enumerate(tokens.tolist()):
-                step_out.append(None if done[row] else t)
-                done[row] = done[row] or t == eos_id
-            yield step_out
-            if all(done) or i + 1 == max_new_tokens:
-                return
-            hidden = dec.step(model.embed_text(tokens[:, None]), next_pos + i, i)
+    """Decode each prompt (one row each, decoded together); yields once per step each row's
+    new token id, or None for rows already done (EOS is yielded, then None)."""
+    jobs = [Job("text", [list(p)], max_new_tokens, sampling, generator, eos_id=eos_id,
+                image_mask=image_masks[i] if image_masks else None,
+                pixel_values=pixel_values[i] if pixel_values else None) for i, p in enumerate(prompts)]
+    runner = BatchRunner(model, max_rows=max(2, len(jobs)))
+    for j in jobs:
+        runner.add(j)
+    while runner.jobs:
+        before = [len(j.token_ids) for j in jobs]
+        for j in runner.step():
+            if j.error is not None:
+                raise j.error
+        yield [j.token_ids[-1] if len(j.token_ids) > b else None for j, b in zip(jobs, before)]

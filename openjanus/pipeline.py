@@ -2,8 +2,10 @@
 harness and the server all use.
 
     pipe = JanusPipeline.load("path/to/Janus-Pro-1B")        # or a preset name, or None for the demo model
-    result = pipe.generate_images(["a red fox in the snow"], n_per_prompt=4, seed=7)
-    answer = pipe.answer([Image.open("photo.jpg")], ["What is in this picture?"])[0]
+    result = pipe.generate(ImageRequest("a red fox in the snow", n=4, seed=7))
+    reply = pipe.generate(ChatRequest.ask("What is in this picture?", ["photo.jpg"]))
+
+Every request goes through `pipe.engine`, which batches the requests of all callers.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from torch import Tensor
 from openjanus.checkpoints import load_model
 from openjanus.config import PRESETS, JanusConfig
 from openjanus.errors import UserError
-from openjanus.generate import SamplingParams, generate_image_tokens, generate_text
+from openjanus.engine import Engine, EngineConfig, RequestHandle
+from openjanus.images import ImageInput, ImageProcessorConfig
 from openjanus.model.janus import Janus
-from openjanus.images import ImageProcessorConfig
-from openjanus.processing import ChatSample, JanusProcessor, JanusTokenizer, Message, train_tokenizer
+from openjanus.processing import JanusProcessor, JanusTokenizer, train_tokenizer
+from openjanus.requests import ChatRequest, ChatResult, ImageRequest, ImageResult
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -84,17 +87,12 @@ def standin_processor(cfg: JanusConfig, roles: str = "pro") -> JanusProcessor:
                           cfg.num_gen_tokens, roles)
 
 
-@dataclass
-class GenerationResult:
-    images: list[list[Image.Image]]  # per prompt, n_per_prompt images
-    tokens: Tensor  # [n_prompts, n_per_prompt, num_gen_tokens] int64, raster order
-
-
 class JanusPipeline:
     def __init__(self, model: Janus, processor: JanusProcessor, name: str = "model") -> None:
         self.model = model.eval()
         self.processor = processor
         self.name = name
+        self._engine: Engine | None = None
 
     # --- construction ---------------------------------------------------------------------
 
@@ -157,51 +155,44 @@ class JanusPipeline:
     def und_image_size(self) -> int:
         return self.model.cfg.vision.image_size
 
-    def generator(self, seed: int | None) -> torch.Generator | None:
-        if seed is None:
-            return None
-        return torch.Generator(device=self.device).manual_seed(seed)
+    # --- requests ------------------------------------------------------------------------
 
-    # --- text-to-image --------------------------------------------------------------------
+    @property
+    def engine(self) -> Engine:
+        """The engine every request of this pipeline goes through (started on first use)."""
+        if self._engine is None:
+            self._engine = Engine(self)
+        return self._engine
 
-    def generate_images(self, prompts: Sequence[str], n_per_prompt: int = 1, seed: int | None = 0,
-                        cfg_weight: float = 5.0, temperature: float = 1.0, top_k: int | None = None,
-                        top_p: float | None = None, progress: bool = True,
-                        compile_step: bool = False) -> GenerationResult:
-        """Sample `n_per_prompt` images for each prompt with classifier-free guidance."""
-        if not prompts:
-            raise UserError("no prompt given")
-        if n_per_prompt < 1:
-            raise UserError(f"the number of images must be >= 1, got {n_per_prompt}")
-        try:
-            sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        tok = self.processor.tokenizer
-        limit = self._max_prompt_len(self.model.cfg.num_gen_tokens)
-        ids = [tok.encode(self.processor.t2i_prompt(p)) for p in prompts]
-        for p, row in zip(prompts, ids):
-            if len(row) > limit:
-                raise UserError(f"prompt {p[:40]!r}... is {len(row)} tokens; this model allows {limit} "
-                                f"before the {self.model.cfg.num_gen_tokens} image tokens")
-        n_tokens = self.model.cfg.num_gen_tokens
-        bar = None
+    def start_engine(self, config: EngineConfig) -> Engine:
+        """Replace the engine by one with `config` (the old one finishes its requests first)."""
+        if self._engine is not None:
+            self._engine.close(cancel=False)
+        self._engine = Engine(self, config)
+        return self._engine
+
+    def submit(self, request: ImageRequest | ChatRequest) -> RequestHandle:
+        """Queue a request on the engine; iterate the handle for progress or text as it comes."""
+        return self.engine.submit(request)
+
+    def generate(self, request: ImageRequest | ChatRequest) -> ImageResult | ChatResult:
+        """Run one request to the end."""
+        return self.engine.submit(request).result()
+
+    def run(self, requests: Sequence[ImageRequest | ChatRequest], progress: bool = False,
+            desc: str = "generating") -> list[ImageResult | ChatResult]:
+        """Submit all `requests` at once (the engine batches them) and return their results in
+        order, with one progress bar over all of them."""
+        handles = [self.engine.submit(r, wait=True) for r in requests]
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=n_tokens, desc=f"sampling {len(prompts) * n_per_prompt} image(s)", unit="tok",
-                       leave=False)
-        try:
-            tokens = generate_image_tokens(
-                self.model, ids, pad_id=self.processor.tokenizer.pad_id, n_per_prompt=n_per_prompt,
-                cfg_weight=cfg_weight, sampling=sampling, generator=self.generator(seed),
-                compile_step=compile_step, on_step=(lambda i: bar.update(1)) if bar else None)
-        finally:
-            if bar is not None:
-                bar.close()
-        images = self.decode_tokens(tokens)
-        grouped = [images[i * n_per_prompt:(i + 1) * n_per_prompt] for i in range(len(prompts))]
-        return GenerationResult(images=grouped, tokens=tokens.view(len(prompts), n_per_prompt, -1).cpu())
+            total = sum(_planned_tokens(h) for h in handles)
+            with tqdm(total=total, desc=desc, unit="tok", leave=False) as bar:
+                while not all(h.done() for h in handles):
+                    handles[0]._done.wait(0.25)
+                    bar.update(sum(_tokens_done(h) for h in handles) - bar.n)
+        return [h.result() for h in handles]
 
     @torch.inference_mode()
     def decode_tokens(self, tokens: Tensor) -> list[Image.Image]:
@@ -224,61 +215,25 @@ class JanusPipeline:
 
     # --- understanding --------------------------------------------------------------------
 
-    def _max_prompt_len(self, new_tokens: int) -> int:
-        return self.model.cfg.llm.max_seq_len - new_tokens
-
-    def _encode_chats(self, chats: Sequence[tuple[Sequence[Message], Sequence[Image.Image]]],
-                      max_new_tokens: int) -> list[ChatSample]:
-        limit = self._max_prompt_len(max_new_tokens)
-        out = []
-        for msgs, imgs in chats:
-            in_messages = any(m.get("images") for m in msgs)
-            try:
-                out.append(self.processor.encode_chat(msgs, None if in_messages else list(imgs), max_len=limit))
-            except ValueError as e:
-                raise UserError(str(e)) from None
-        return out
-
-    def chat_stream(self, chats: Sequence[tuple[Sequence[Message], Sequence[Image.Image]]],
-                    max_new_tokens: int = 512, temperature: float = 0.0, top_p: float | None = None,
-                    top_k: int | None = None, seed: int | None = 0,
-                    min_new_tokens: int = 0) -> Iterator[list[str]]:
-        """Answer several conversations at once, yielding each step's new text per conversation."""
-        try:
-            sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        if max_new_tokens < 1:
-            raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        batch = self.processor.collate(self._encode_chats(chats, max_new_tokens))
-        tok = self.processor.tokenizer
-        decoders = [tok.stream_decoder() for _ in chats]
-        pixels = batch.pixel_values.to(self.device, self.dtype)
-        for step in generate_text(
-                self.model, batch.input_ids.to(self.device), batch.attention_mask.to(self.device),
-                eos_id=tok.eos_id, image_mask=batch.image_mask.to(self.device), pixel_values=pixels,
-                max_new_tokens=max_new_tokens, sampling=sampling, generator=self.generator(seed),
-                min_new_tokens=min_new_tokens):
-            yield ["" if t is None or t == tok.eos_id else d.put(t) for d, t in zip(decoders, step)]
-        tails = [d.flush() for d in decoders]
-        if any(tails):
-            yield tails
-
-    def chat(self, chats: Sequence[tuple[Sequence[Message], Sequence[Image.Image]]], **kwargs) -> list[str]:
-        """Like `chat_stream`, returning the whole answers (stripped)."""
-        parts: list[list[str]] = [[] for _ in chats]
-        for step in self.chat_stream(chats, **kwargs):
-            for acc, piece in zip(parts, step):
-                acc.append(piece)
-        return ["".join(p).strip() for p in parts]
-
-    def answer(self, images: Sequence[Image.Image | Sequence[Image.Image]], questions: Sequence[str],
-               max_new_tokens: int = 32, temperature: float = 0.0, **kwargs) -> list[str]:
-        """Single-turn questions, one per image (or per list of images), answered in one batch."""
+    def answer(self, images: Sequence[ImageInput | Sequence[ImageInput]], questions: Sequence[str],
+               max_new_tokens: int = 32, **request: object) -> list[str]:
+        """Single-turn questions, one per image (a path, bytes, a PIL image, or a list of them),
+        answered together; greedy unless `sampling=` says otherwise."""
         if len(images) != len(questions):
             raise UserError(f"{len(images)} images but {len(questions)} questions")
-        chats = []
-        for im, q in zip(images, questions):
-            ims = [im] if isinstance(im, Image.Image) else list(im)
-            chats.append(([{"role": "user", "content": q, "images": ims}, {"role": "assistant", "content": ""}], []))
-        return self.chat(chats, max_new_tokens=max_new_tokens, temperature=temperature, **kwargs)
+        if not questions:
+            raise UserError("no questions given")
+        requests = [ChatRequest.ask(q, list(im) if isinstance(im, (list, tuple)) else [im],
+                                    max_new_tokens=max_new_tokens, **request)
+                    for im, q in zip(images, questions)]
+        return [r.text for r in self.run(requests)]
+
+
+def _planned_tokens(handle: RequestHandle) -> int:
+    return sum(j.n_rows // (2 if j.kind == "image" else 1) * j.steps for j in handle.jobs)
+
+
+def _tokens_done(handle: RequestHandle) -> int:
+    if handle.done():
+        return _planned_tokens(handle)
+    return sum(j.n_rows // (2 if j.kind == "image" else 1) * j.done_steps for j in handle.jobs)

@@ -20,6 +20,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from .config import ConfigError, JanusConfig
+from .requests import Message
 from .images import (
     CLIP_MEAN,
     CLIP_STD,
@@ -40,8 +41,9 @@ __all__ = [
     # re-exported from openjanus.images so the whole edge of the model imports from one place
     "ImageInput", "ImageLoadError", "ImageProcessorConfig", "load_image", "ensure_rgb", "as_rgb_image",
     "preprocess_und_images", "preprocess_gen_image",
-    "ChatRoles", "ROLE_PRESETS", "Message", "format_conversation", "format_t2i_prompt",
-    "ChatSample", "ChatBatch", "JanusProcessor",
+    "ChatRoles", "ROLE_PRESETS", "Turn", "format_conversation", "format_t2i_prompt", "unconditional_prompt",
+    "expand_image_placeholders",
+    "ChatSample", "ChatBatch", "JanusProcessor", "left_pad", "positions_from_mask",
 ]
 
 # Full-width vertical bars (U+FF5C) and U+2581 lower blocks, exactly as in the DeepSeek vocabulary.
@@ -305,13 +307,12 @@ ROLE_PRESETS: dict[str, ChatRoles] = {
 }
 
 
-class Message(TypedDict, total=False):
-    """One chat turn: `role` ("user", "assistant" or a literal role string), `content`, and
-    optional `images` (PIL images, paths or encoded bytes) for the placeholders of this turn."""
+class Turn(TypedDict):
+    """One turn of the chat template: `role` ("user", "assistant" or a literal role string) and
+    its text, with an `<image_placeholder>` wherever an image goes."""
 
     role: str
     content: str
-    images: Sequence[ImageInput]
 
 
 def _roles(roles: ChatRoles | str) -> ChatRoles:
@@ -319,7 +320,7 @@ def _roles(roles: ChatRoles | str) -> ChatRoles:
 
 
 def format_conversation(
-    messages: Sequence[Message],
+    messages: Sequence[Turn],
     system_prompt: str = DEFAULT_SYSTEM_PROMPT,
     roles: ChatRoles | str = "pro",
     eos_token: str = EOS_TOKEN,
@@ -339,8 +340,44 @@ def format_conversation(
 
 def format_t2i_prompt(prompt: str, roles: ChatRoles | str = "pro", boi_token: str = BOI_TOKEN) -> str:
     """Text-to-image prompt: empty system, the user prompt, an empty assistant turn, then BOI."""
-    turns: list[Message] = [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
+    turns: list[Turn] = [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
     return format_conversation(turns, system_prompt="", roles=roles) + boi_token
+
+
+def unconditional_prompt(prompt_ids: Sequence[int], pad_id: int) -> list[int]:
+    """The CFG-unconditional row of a text-to-image prompt: BOS and the final BOI kept,
+    everything between them pad (the official `tokens[i, 1:-1] = pad_id`). The sampler and
+    the training sequences both use this one definition."""
+    if len(prompt_ids) < 2:
+        raise ValueError("a text-to-image prompt needs at least BOS and <begin_of_image>")
+    return [prompt_ids[0], *[pad_id] * (len(prompt_ids) - 2), prompt_ids[-1]]
+
+
+def expand_image_placeholders(
+    ids: Sequence[int], tokenizer: JanusTokenizer, num_und_tokens: int, n_images: int
+) -> tuple[list[int], list[bool], list[int]]:
+    """Each `<image_placeholder>` id -> BOI + placeholder x num_und_tokens + EOI (the official
+    expansion; inference and training sequences both use this one definition).
+
+    Returns the expanded ids, the mask of positions the image features fill, and for each
+    expanded position the index of the id it came from (-1 for the inserted image tokens).
+    """
+    n_ph = list(ids).count(tokenizer.image_id)
+    if n_ph != n_images:
+        raise ValueError(f"the text has {n_ph} image placeholders but {n_images} images were given")
+    out: list[int] = []
+    mask: list[bool] = []
+    source: list[int] = []
+    for i, t in enumerate(ids):
+        if t == tokenizer.image_id:
+            out += [tokenizer.boi_id, *[tokenizer.image_id] * num_und_tokens, tokenizer.eoi_id]
+            mask += [False, *[True] * num_und_tokens, False]
+            source += [-1] * (num_und_tokens + 2)
+        else:
+            out.append(t)
+            mask.append(False)
+            source.append(i)
+    return out, mask, source
 
 
 # ----------------------------------------------------------------------------- processor
@@ -383,7 +420,10 @@ class ChatBatch:
         )
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-align rows into ids [B, T] and a long mask [B, T] (1 on real tokens). The engine
+    never pads (each row has its own cache positions); batches for other consumers (the
+    transformers peer in the benchmarks, batched forwards in tests) are built here."""
     t = max(len(r) for r in rows)
     ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), t), dtype=torch.long)
@@ -392,6 +432,13 @@ def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
             ids[i, t - len(r) :] = torch.tensor(r, dtype=torch.long)
             mask[i, t - len(r) :] = 1
     return ids, mask
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """RoPE positions of a left-padded batch: real tokens count 0, 1, ...; pads get 1, as
+    transformers' generate derives them (pads are masked, so any value works). [B, T] -> long."""
+    mask = mask.long()
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
 
 class JanusProcessor:
@@ -444,20 +491,8 @@ class JanusProcessor:
     ) -> ChatSample:
         """Encode an already formatted prompt: BOS, then each placeholder id expanded to
         BOI + placeholder x num_und_tokens + EOI. Placeholders must match `images` one to one."""
-        tok = self.tokenizer
-        ids = tok.encode(prompt)
-        n_ph = ids.count(tok.image_id)
-        if n_ph != len(images):
-            raise ValueError(f"the prompt has {n_ph} image placeholders but {len(images)} images were given")
-        expanded: list[int] = []
-        mask: list[bool] = []
-        for t in ids:
-            if t == tok.image_id:
-                expanded += [tok.boi_id, *[tok.image_id] * self.num_und_tokens, tok.eoi_id]
-                mask += [False, *[True] * self.num_und_tokens, False]
-            else:
-                expanded.append(t)
-                mask.append(False)
+        expanded, mask, _ = expand_image_placeholders(
+            self.tokenizer.encode(prompt), self.tokenizer, self.num_und_tokens, len(images))
         if max_len is not None and len(expanded) > max_len:
             raise ValueError(f"prompt is {len(expanded)} tokens, longer than max_len {max_len}")
         pixels = preprocess_und_images([as_rgb_image(im) for im in images], self.image_config)
@@ -466,43 +501,51 @@ class JanusProcessor:
     def encode_chat(
         self,
         messages: Sequence[Message],
-        images: Sequence[ImageInput] | None = None,
-        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        system_prompt: str | None = None,
         max_len: int | None = None,
     ) -> ChatSample:
-        """Format `messages` with the deepseek template and encode them.
+        """Format typed `messages` (images inline in their content) with the deepseek template,
+        ending with an empty assistant turn, and encode them.
 
-        Images come either as `images` (in placeholder order) or per message under "images";
-        not both. A message with attached images but no placeholder in its content gets one
-        "<image_placeholder>\\n" per image prepended to its content.
+        Each image part becomes "<image_placeholder>\n" where it stands, so an image followed
+        by a question gives the official layout. A "system" message, else `system_prompt`,
+        else the official default, is the system prompt.
         """
-        attached = [m for m in messages if m.get("images")]
-        if attached and images:
-            raise ValueError("pass images either in the messages or as `images`, not both")
-        all_images: list[ImageInput] = list(images or [])
-        turns: list[Message] = []
-        for msg in messages:
-            content = msg.get("content", "")
-            own = list(msg.get("images") or [])
-            if own and self.tokenizer.specials.image not in content:
-                content = (self.tokenizer.specials.image + "\n") * len(own) + content
-            all_images += own
-            turns.append({"role": msg["role"], "content": content})
-        prompt = format_conversation(turns, system_prompt, self.roles, self.tokenizer.specials.eos)
-        return self.encode_prompt(prompt, all_images, max_len)
+        system = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
+        turns: list[Turn] = []
+        images: list[ImageInput] = []
+        placeholder = self.tokenizer.specials.image
+        for i, msg in enumerate(messages):
+            text = ""
+            for part in msg.parts:
+                if isinstance(part, str):
+                    text += part
+                else:
+                    text += placeholder + "\n"
+                    images.append(part)
+            if msg.role == "system":
+                if i != 0 or images:
+                    raise ValueError("a system message must come first and hold only text")
+                system = text
+                continue
+            turns.append({"role": msg.role, "content": text})
+        if not turns or turns[-1]["role"] != "user":
+            raise ValueError("the last message must be the user's (the model answers it)")
+        turns.append({"role": "assistant", "content": ""})
+        prompt = format_conversation(turns, system, self.roles, self.tokenizer.specials.eos)
+        return self.encode_prompt(prompt, images, max_len)
 
     def collate(self, samples: Sequence[ChatSample]) -> ChatBatch:
-        """Left-pad samples into a batch. Positions are cumsum(mask) - 1 on real tokens and 1 on
-        pads, as transformers' generate derives them (pads are masked, so any value works)."""
+        """Left-pad samples into a batch (positions: `positions_from_mask`)."""
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
-        ids, attn = _left_pad([s.input_ids for s in samples], self.tokenizer.pad_id)
+        ids, attn = left_pad([s.input_ids for s in samples], self.tokenizer.pad_id)
         t = ids.shape[1]
         image_mask = torch.zeros_like(ids, dtype=torch.bool)
         for i, s in enumerate(samples):
             if s.image_mask:
                 image_mask[i, t - len(s.image_mask) :] = torch.tensor(s.image_mask)
-        positions = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 1)
+        positions = positions_from_mask(attn)
         size = self.image_config.image_size
         pixels = [s.pixel_values for s in samples if s.num_images]
         pixel_values = torch.cat(pixels) if pixels else torch.zeros(0, 3, size, size)
@@ -523,20 +566,7 @@ class JanusProcessor:
         for i, r in enumerate(rows):
             if max_len is not None and len(r) > max_len:
                 raise ValueError(f"prompt {i} is {len(r)} tokens, longer than max_len {max_len}")
-        return _left_pad(rows, self.tokenizer.pad_id)
-
-    def t2i_unconditional(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The CFG unconditional rows: a copy of left-padded `input_ids` [B, T] whose real part,
-        except its first token (BOS) and the last (BOI), is set to pad. Without a mask every
-        position is real, which is the official `tokens[i, 1:-1] = pad_id`."""
-        b, t = input_ids.shape
-        idx = torch.arange(t, device=input_ids.device)
-        if attention_mask is None:
-            start = torch.zeros(b, dtype=torch.long, device=input_ids.device)
-        else:
-            start = t - attention_mask.long().sum(-1)
-        keep = (idx[None, :] == start[:, None]) | (idx[None, :] == t - 1)  # [B, T]
-        return torch.where(keep, input_ids, torch.full_like(input_ids, self.tokenizer.pad_id))
+        return left_pad(rows, self.tokenizer.pad_id)
 
     # -- text out
 

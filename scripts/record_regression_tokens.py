@@ -1,8 +1,10 @@
 """Record greedy and seeded token ids of the inference path, as a regression baseline.
 
-Run once on a known-good commit; `tests/test_regression_tokens.py` checks that the current
-code still produces exactly these ids (fp32, CPU). The cases are plain data below so the
-test and this script agree on them.
+The committed file was recorded at commit aeb7478, before the batching engine, with that
+commit's API (`generate_images`, and `generate_text` on a left-padded batch of the chat
+questions); this script now records the same cases through the engine and gives the same file,
+which `tests/test_regression_tokens.py` checks (fp32, CPU). The cases are plain data below so
+the test and this script agree on them.
 
     python scripts/record_regression_tokens.py > tests/data/regression_tokens.json
 """
@@ -40,30 +42,23 @@ def solid(colour: str, size: int) -> Image.Image:
 
 
 def main() -> None:
+    from openjanus.requests import ChatRequest, ImageRequest, SamplingParams
+
     torch.set_num_threads(2)
     pipes = {}
     out = {"image": [], "chat": []}
     for model, prompts, n, temperature, seed in IMAGE_CASES:
         pipe = pipes.setdefault(model, load(model))
-        res = pipe.generate_images(prompts, n_per_prompt=n, seed=seed, temperature=temperature, progress=False)
-        out["image"].append(res.tokens.tolist())
+        results = [pipe.generate(ImageRequest(p, n=n, seed=seed, sampling=SamplingParams(temperature)))
+                   for p in prompts]
+        out["image"].append([r.tokens.tolist() for r in results])
     for model, questions, colours, max_new in CHAT_CASES:
         pipe = pipes.setdefault(model, load(model))
-        images = [solid(c, pipe.und_image_size) for c in colours]
-        chats = [([{"role": "user", "content": q, "images": [im]}, {"role": "assistant", "content": ""}], [])
-                 for q, im in zip(questions, images)]
-        ids: list[list[int]] = [[] for _ in chats]
-        tok = pipe.processor.tokenizer
-        # Token ids, not text: capture them from the stream of the generation loop.
-        from openjanus.generate import generate_text
-        batch = pipe.processor.collate(pipe._encode_chats(chats, max_new))
-        for step in generate_text(pipe.model, batch.input_ids, batch.attention_mask, tok.eos_id,
-                                  image_mask=batch.image_mask, pixel_values=batch.pixel_values,
-                                  max_new_tokens=max_new):
-            for row, t in enumerate(step):
-                if t is not None:
-                    ids[row].append(t)
-        out["chat"].append(ids)
+        eos = pipe.processor.tokenizer.eos_id
+        requests = [ChatRequest.ask(q, [solid(c, pipe.und_image_size)], max_new_tokens=max_new)
+                    for q, c in zip(questions, colours)]
+        # Token ids as sampled, EOS included when the answer ended with it.
+        out["chat"].append([r.token_ids + ([eos] if r.finish_reason == "stop" else []) for r in pipe.run(requests)])
     json.dump(out, sys.stdout)
 
 

@@ -1,4 +1,5 @@
-"""The inference engine against literal, cache-free re-statements of the reference algorithms."""
+"""The decoding path (`BatchRunner` behind `generate_image_tokens` / `generate_text`) against
+literal, cache-free re-statements of the reference algorithms."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from openjanus.errors import UserError
 from openjanus.generate import (SamplingParams, cfg_combine, filter_logits, generate_image_tokens,
                                 generate_text, sample)
 
@@ -39,7 +41,7 @@ def reference_t2i(model, prompt: list[int], pad_id: int, parallel: int, cfg: flo
 
 def test_image_tokens_equal_reference_sampler(model):
     prompt = [1, 17, 23, 99, 5, 42, 7]
-    ours = generate_image_tokens(model, [prompt], pad_id=3, n_per_prompt=3, cfg_weight=5.0,
+    ours = generate_image_tokens(model, prompt, pad_id=3, n=3, cfg_weight=5.0,
                                  sampling=SamplingParams(temperature=1.0),
                                  generator=torch.Generator().manual_seed(11))
     with torch.no_grad():
@@ -49,7 +51,7 @@ def test_image_tokens_equal_reference_sampler(model):
 
 def test_cfg_weight_one_is_the_conditional_branch(model):
     prompt = [1, 9, 8, 7, 6, 5]
-    guided = generate_image_tokens(model, [prompt], pad_id=3, cfg_weight=1.0, sampling=SamplingParams(0.0))
+    guided = generate_image_tokens(model, prompt, pad_id=3, cfg_weight=1.0, sampling=SamplingParams(0.0))
     # Conditional rows alone, greedy, no unconditional rows anywhere.
     with torch.no_grad():
         h = model.embed_text(torch.tensor([prompt]))
@@ -66,19 +68,10 @@ def test_cfg_weight_one_is_the_conditional_branch(model):
 
 
 def test_seed_reproduces_and_differs(model):
-    run = lambda s: generate_image_tokens(model, [[1, 4, 5, 6]], pad_id=3, n_per_prompt=2,
+    run = lambda s: generate_image_tokens(model, [1, 4, 5, 6], pad_id=3, n=2,
                                           generator=torch.Generator().manual_seed(s))
     assert torch.equal(run(5), run(5))
     assert not torch.equal(run(5), run(6))
-
-
-def test_batched_prompts_equal_one_by_one(model):
-    a, b = [1, 4, 5, 6, 7, 8, 9, 10, 2], [1, 30, 2]
-    greedy = SamplingParams(temperature=0.0)
-    both = generate_image_tokens(model, [a, b], pad_id=3, n_per_prompt=2, sampling=greedy)
-    alone_a = generate_image_tokens(model, [a], pad_id=3, n_per_prompt=2, sampling=greedy)
-    alone_b = generate_image_tokens(model, [b], pad_id=3, n_per_prompt=2, sampling=greedy)
-    assert torch.equal(both, torch.cat([alone_a, alone_b]))
 
 
 def reference_greedy_text(model, ids: list[int], n: int) -> list[int]:
@@ -94,10 +87,7 @@ def reference_greedy_text(model, ids: list[int], n: int) -> list[int]:
 
 def test_text_decode_equals_full_recompute_and_batching(model):
     prompts = [[1, 5, 6, 7, 8, 9, 10, 11], [1, 40], [1, 3, 3, 50, 60]]
-    from openjanus.generate import left_pad
-
-    ids, mask = left_pad(prompts, pad_id=0, device="cpu")
-    steps = list(generate_text(model, ids, mask, eos_id=-1, max_new_tokens=6))
+    steps = list(generate_text(model, prompts, eos_id=None, max_new_tokens=6))
     batched = [[s[i] for s in steps] for i in range(3)]
     with torch.no_grad():
         for row, p in zip(batched, prompts):
@@ -110,19 +100,19 @@ def test_generation_stops_at_eos(model, monkeypatch):
     vocab = model.cfg.llm.vocab_size
 
     def scripted_logits(hidden):
-        # Row 0 emits EOS at step 1, row 1 at step 3.
+        # Called once per step on the rows still running: the first emits EOS at step 2, the
+        # last one left at step 4.
         calls["n"] += 1
         logits = torch.zeros(hidden.shape[0], vocab)
         logits[:, 20] = 1
-        if calls["n"] >= 2:
+        if calls["n"] == 2:
             logits[0, eos] = 5
-        if calls["n"] >= 4:
-            logits[1, eos] = 5
+        if calls["n"] == 4:
+            logits[-1, eos] = 5
         return logits
 
     monkeypatch.setattr(model, "text_logits", scripted_logits)
-    ids = torch.tensor([[1, 2, 3], [1, 4, 5]])
-    steps = list(generate_text(model, ids, torch.ones_like(ids), eos_id=eos, max_new_tokens=10))
+    steps = list(generate_text(model, [[1, 2, 3], [1, 4, 5]], eos_id=eos, max_new_tokens=10))
     assert steps == [[20, 20], [eos, 20], [None, 20], [None, eos]]
 
 
@@ -138,9 +128,9 @@ def test_sampling_filters():
     # top_p 0.8: probs sorted are .63, .23, .09, .05 -> keep the first two (cumulative .86 >= .8)
     kept = filter_logits(logits, top_k=None, top_p=0.8)
     assert torch.isinf(kept).tolist() == [[True, False, False, True]]
-    with pytest.raises(ValueError, match="temperature"):
+    with pytest.raises(UserError, match="temperature"):
         SamplingParams(temperature=-1)
-    with pytest.raises(ValueError, match="top_p"):
+    with pytest.raises(UserError, match="top_p"):
         SamplingParams(top_p=1.5)
 
 
@@ -148,7 +138,7 @@ def test_sampling_filters():
 def test_compiled_decode_step_gives_identical_tokens(model):
     # Compiling takes ~45 s on a 2-core CPU, hence the slow marker (run with -m slow).
     p = [1, 5, 6, 7, 8]
-    eager = generate_image_tokens(model, [p], pad_id=3, n_per_prompt=2, generator=torch.Generator().manual_seed(0))
-    compiled = generate_image_tokens(model, [p], pad_id=3, n_per_prompt=2, generator=torch.Generator().manual_seed(0),
+    eager = generate_image_tokens(model, p, pad_id=3, n=2, generator=torch.Generator().manual_seed(0))
+    compiled = generate_image_tokens(model, p, pad_id=3, n=2, generator=torch.Generator().manual_seed(0),
                                      compile_step=True)
     assert torch.equal(eager, compiled)

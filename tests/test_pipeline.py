@@ -9,6 +9,7 @@ from PIL import Image
 
 from openjanus.errors import UserError
 from openjanus.pipeline import JanusPipeline, tokens_to_pil
+from openjanus.requests import ChatRequest, ImageRequest, Message, SamplingParams
 
 
 def images():
@@ -25,22 +26,23 @@ def test_batched_answers_equal_one_by_one(tiny_pipeline):
 
 
 def test_stream_pieces_join_to_the_answer(tiny_pipeline):
-    chat = [([{"role": "user", "content": "describe", "images": images()[:2]}, {"role": "assistant", "content": ""}], [])]
-    pieces = [step[0] for step in tiny_pipeline.chat_stream(chat, max_new_tokens=8)]
-    assert len(pieces) >= 2
-    assert "".join(pieces).strip() == tiny_pipeline.chat(chat, max_new_tokens=8)[0]
+    request = ChatRequest.ask("describe", images()[:2], max_new_tokens=8)
+    handle = tiny_pipeline.submit(request)
+    events = list(handle)
+    result = handle.result()
+    assert sum(1 for e in events if e.token_ids) == 8 or result.finish_reason == "stop"  # + a final flush
+    assert "".join(e.text for e in events).strip() == result.text
+    assert [t for e in events for t in e.token_ids if t != tiny_pipeline.processor.tokenizer.eos_id] == result.token_ids
+    assert result.text == tiny_pipeline.generate(request).text
 
 
 def test_multi_turn_with_images_in_two_turns(tiny_pipeline):
     a, b = images()[:2]
-    chat = [{"role": "user", "content": "first", "images": [a]}, {"role": "assistant", "content": "ok"},
-            {"role": "user", "content": "second", "images": [b]}, {"role": "assistant", "content": ""}]
-    out = tiny_pipeline.chat([(chat, [])], max_new_tokens=4)
-    assert isinstance(out[0], str)
+    chat = [Message("user", [a, "first"]), Message("assistant", "ok"), Message("user", [b, "second"])]
+    out = tiny_pipeline.generate(ChatRequest(chat, max_new_tokens=4))
+    assert isinstance(out.text, str) and out.prompt_tokens > 2 * tiny_pipeline.model.cfg.num_und_tokens
     with pytest.raises(UserError, match="placeholders"):
-        bad = [{"role": "user", "content": "<image_placeholder> <image_placeholder>", "images": [a]},
-               {"role": "assistant", "content": ""}]
-        tiny_pipeline.chat([(bad, [])], max_new_tokens=2)
+        tiny_pipeline.submit(ChatRequest([Message("user", [a, "<image_placeholder> <image_placeholder>"])]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -64,12 +66,12 @@ def test_uint8_conversion_truncates_like_the_reference():
 
 
 def test_bad_parameters_are_user_errors(tiny_pipeline):
-    with pytest.raises(UserError, match="number of images"):
-        tiny_pipeline.generate_images(["x"], n_per_prompt=0, progress=False)
+    with pytest.raises(UserError, match="images per prompt"):
+        ImageRequest("x", n=0)
     with pytest.raises(UserError, match="temperature"):
-        tiny_pipeline.generate_images(["x"], temperature=-0.5, progress=False)
+        ImageRequest("x", sampling=SamplingParams(temperature=-0.5))
     with pytest.raises(UserError, match="tokens"):
-        tiny_pipeline.generate_images(["word " * 600], progress=False)
+        tiny_pipeline.submit(ImageRequest("word " * 600))
     with pytest.raises(UserError, match="image tokens"):
         tiny_pipeline.decode_tokens(torch.zeros(1, 5, dtype=torch.long))
     with pytest.raises(UserError, match="2 images but 1 questions"):
@@ -78,7 +80,7 @@ def test_bad_parameters_are_user_errors(tiny_pipeline):
 
 def test_preset_pipeline_and_default_model_message(monkeypatch, tmp_path):
     pipe = JanusPipeline.load("tiny", device="cpu")
-    assert pipe.generate_images(["a"], progress=False).tokens.shape == (1, 1, pipe.model.cfg.num_gen_tokens)
+    assert pipe.generate(ImageRequest("a")).tokens.shape == (1, pipe.model.cfg.num_gen_tokens)
     monkeypatch.setattr("openjanus.pipeline.DEMO_MODEL_DIR", tmp_path / "missing")
     with pytest.raises(UserError, match="no --model given"):
         JanusPipeline.load(None)

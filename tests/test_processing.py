@@ -36,7 +36,9 @@ from openjanus.processing import (
     preprocess_und_images,
     save_tokenizer_dir,
     train_tokenizer,
+    unconditional_prompt,
 )
+from openjanus.requests import Message
 
 CORPUS = [
     "A cat sitting on a mat. A dog in the park.",
@@ -199,11 +201,9 @@ def test_template_multi_turn_exact() -> None:
 
 def test_placeholder_expansion(proc: JanusProcessor, cfg: JanusConfig) -> None:
     tok, n = proc.tokenizer, cfg.num_und_tokens
-    msgs = [
-        {"role": "user", "content": "<image_placeholder>\nA<image_placeholder>\nB"},
-        {"role": "assistant", "content": ""},
-    ]
-    s = proc.encode_chat(msgs, images=[rand_image(20, 10), rand_image(5, 9)])
+    msgs = [Message("user", [rand_image(20, 10), "A", rand_image(5, 9), "B"])]
+    s = proc.encode_chat(msgs)
+    assert "<image_placeholder>\nA<image_placeholder>\nB" in s.prompt
     plain = tok.encode(s.prompt)
     assert len(s.input_ids) == len(plain) + 2 * (n + 1)
     assert s.input_ids.count(tok.image_id) == 2 * n
@@ -215,35 +215,29 @@ def test_placeholder_expansion(proc: JanusProcessor, cfg: JanusConfig) -> None:
     assert s.pixel_values.shape == (2, 3, cfg.vision.image_size, cfg.vision.image_size)
 
 
-def test_attached_images_get_placeholders(proc: JanusProcessor) -> None:
-    msgs = [
-        {"role": "user", "content": "What is this?", "images": [rand_image(8, 8), rand_image(9, 4)]},
-        {"role": "assistant", "content": ""},
-    ]
+def test_inline_images_get_placeholders(proc: JanusProcessor) -> None:
+    msgs = [Message("user", [rand_image(8, 8), rand_image(9, 4), "What is this?"])]
     s = proc.encode_chat(msgs)
     assert "<|User|>: <image_placeholder>\n<image_placeholder>\nWhat is this?" in s.prompt
     assert s.num_images == 2
 
 
 def test_placeholder_count_mismatch(proc: JanusProcessor) -> None:
-    msgs = [{"role": "user", "content": "<image_placeholder> hi"}, {"role": "assistant", "content": ""}]
-    with pytest.raises(ValueError, match="1 image placeholders but 2 images"):
-        proc.encode_chat(msgs, images=[rand_image(4, 4), rand_image(4, 4)])
+    # A literal placeholder in the text next to an image part: 2 placeholders for 1 image.
+    msgs = [Message("user", [rand_image(4, 4), "<image_placeholder> hi"])]
+    with pytest.raises(ValueError, match="2 image placeholders but 1 images"):
+        proc.encode_chat(msgs)
     with pytest.raises(ValueError, match="longer than max_len 5"):
-        proc.encode_chat(msgs, images=[rand_image(4, 4)], max_len=5)
+        proc.encode_chat([Message("user", [rand_image(4, 4), "hi"])], max_len=5)
+    with pytest.raises(ValueError, match="last message must be the user's"):
+        proc.encode_chat([Message("user", "hi"), Message("assistant", "hello")])
 
 
 def test_collate_left_padding(proc: JanusProcessor, cfg: JanusConfig) -> None:
     tok, n = proc.tokenizer, cfg.num_und_tokens
-    a = proc.encode_chat([{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}])
-    b = proc.encode_chat(
-        [{"role": "user", "content": "A cat sitting on a mat.", "images": [rand_image(7, 3)]},
-         {"role": "assistant", "content": ""}]
-    )
-    c = proc.encode_chat(
-        [{"role": "user", "content": "two", "images": [rand_image(3, 7, 1), rand_image(5, 5, 2)]},
-         {"role": "assistant", "content": ""}]
-    )
+    a = proc.encode_chat([Message("user", "hi")])
+    b = proc.encode_chat([Message("user", [rand_image(7, 3), "A cat sitting on a mat."])])
+    c = proc.encode_chat([Message("user", [rand_image(3, 7, 1), rand_image(5, 5, 2), "two"])])
     batch = proc.collate([a, b, c])
     lens = [len(s.input_ids) for s in (a, b, c)]
     t = max(lens)
@@ -265,7 +259,7 @@ def test_collate_left_padding(proc: JanusProcessor, cfg: JanusConfig) -> None:
     assert batch.pixel_values.dtype == torch.float32
 
 
-def test_t2i_encoding_and_unconditional(proc: JanusProcessor) -> None:
+def test_t2i_encoding(proc: JanusProcessor) -> None:
     tok = proc.tokenizer
     ids, mask = proc.encode_t2i(["A cat.", "A dog sitting in the park."])
     assert ids.shape == mask.shape and ids.dtype == torch.long
@@ -274,15 +268,10 @@ def test_t2i_encoding_and_unconditional(proc: JanusProcessor) -> None:
     assert ids[0, t - len(short) :].tolist() == short
     assert mask[0].tolist() == [0] * (t - len(short)) + [1] * len(short)
     assert mask[1].all() and ids[:, -1].eq(tok.boi_id).all()
-    uncond = proc.t2i_unconditional(ids, mask)
-    pad0 = t - len(short)
-    assert uncond[0].tolist() == [tok.pad_id] * pad0 + [tok.bos_id] + [tok.pad_id] * (len(short) - 2) + [tok.boi_id]
-    assert uncond[1].tolist() == [tok.bos_id] + [tok.pad_id] * (t - 2) + [tok.boi_id]
-    assert ids[0, t - len(short) :].tolist() == short  # input untouched
-    # Without a mask: exactly the official tokens[i, 1:-1] = pad.
-    official = ids[1:].clone()
-    official[:, 1:-1] = tok.pad_id
-    assert torch.equal(proc.t2i_unconditional(ids[1:]), official)
+    # The unconditional row is exactly the official tokens[i, 1:-1] = pad.
+    official = ids[1].clone()
+    official[1:-1] = tok.pad_id
+    assert unconditional_prompt(ids[1].tolist(), tok.pad_id) == official.tolist()
     with pytest.raises(ValueError, match=r"prompt 1 is \d+ tokens, longer than max_len 12"):
         proc.encode_t2i(["A", "A dog sitting in the park. " * 3], max_len=12)
 

@@ -45,10 +45,7 @@ from openjanus.eval.text import (
 )
 from openjanus.eval.world import SHAPES, Scene, render, rng_for
 from openjanus.jsonl import write_jsonl
-
-
-class GenerationResultLike(Protocol):
-    images: list[list[Image.Image]]
+from openjanus.requests import ImageRequest, ImageResult, SamplingParams
 
 
 class Pipeline(Protocol):
@@ -60,22 +57,13 @@ class Pipeline(Protocol):
     @property
     def und_image_size(self) -> int: ...
 
-    def generate_images(
-        self,
-        prompts: list[str],
-        n_per_prompt: int = 1,
-        seed: int = 0,
-        cfg_weight: float = 5.0,
-        temperature: float = 1.0,
-        progress: bool = True,
-    ) -> GenerationResultLike: ...
+    def run(self, requests: Sequence[ImageRequest]) -> Sequence[ImageResult]: ...
 
     def answer(
         self,
         images: list[Image.Image | list[Image.Image]],
         questions: list[str],
         max_new_tokens: int = 32,
-        temperature: float = 0.0,
     ) -> list[str]: ...
 
 
@@ -102,6 +90,11 @@ class GenerationSettings:
         if self.batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {self.batch_size}")
 
+    def request(self, prompt: str, index: int) -> ImageRequest:
+        """The engine request for prompt `index` of a run (seed + index: reproducible per prompt)."""
+        return ImageRequest(prompt, n=self.n_per_prompt, cfg_weight=self.cfg_weight,
+                            sampling=SamplingParams(temperature=self.temperature), seed=self.seed + index)
+
 
 def is_shapes_spec(spec: Spec) -> bool:
     """True when every class in the spec is a shapes-world shape (so the shapes scorer applies)."""
@@ -122,8 +115,8 @@ def generate_geneval(
 ) -> list[list[Path]]:
     """Generate ``n_per_prompt`` images per spec into GenEval's layout; returns sample paths.
 
-    Prompts go to the model in batches of ``batch_size``; batch b uses seed ``seed + b`` so a
-    run is reproducible batch by batch. ``records`` (same length as specs) are written as
+    Prompts go to the engine ``batch_size`` at a time (it decodes them in shared batches); prompt
+    i uses seed ``seed + i``, so each prompt's images are reproducible on their own. ``records`` (same length as specs) are written as
     metadata instead of the specs, to keep any extra keys of the original file.
     """
     out = Path(out)
@@ -133,22 +126,13 @@ def generate_geneval(
     formats.write_geneval_metadata(out / "evaluation_metadata.jsonl", specs)
     paths: list[list[Path]] = []
     bs = settings.batch_size
-    for b, start in enumerate(range(0, len(specs), bs)):
+    for start in range(0, len(specs), bs):
         chunk = list(specs[start : start + bs])
         log(f"generating prompts {start + 1}-{start + len(chunk)} of {len(specs)}")
-        result = pipeline.generate_images(
-            [s.prompt for s in chunk],
-            n_per_prompt=settings.n_per_prompt,
-            seed=settings.seed + b,
-            cfg_weight=settings.cfg_weight,
-            temperature=settings.temperature,
-            progress=False,
-        )
-        if len(result.images) != len(chunk):
-            raise RuntimeError(f"the model returned {len(result.images)} image groups for {len(chunk)} prompts")
-        for k, (spec, images) in enumerate(zip(chunk, result.images)):
+        results = pipeline.run([settings.request(s.prompt, start + k) for k, s in enumerate(chunk)])
+        for k, (spec, result) in enumerate(zip(chunk, results)):
             meta = records[start + k] if records is not None else spec
-            paths.append(formats.write_geneval_prompt(out, start + k, meta, images))
+            paths.append(formats.write_geneval_prompt(out, start + k, meta, result.images))
     return paths
 
 
@@ -324,7 +308,6 @@ def _answer_all(
             list(images[start : start + batch_size]),
             list(questions[start : start + batch_size]),
             max_new_tokens=max_new_tokens,
-            temperature=0.0,
         )
     if len(answers) != len(questions):
         raise RuntimeError(f"the model returned {len(answers)} answers for {len(questions)} questions")
@@ -558,9 +541,9 @@ def _pope_shapes_html(out: Path, report: dict[str, Any], scored: Sequence[dict[s
 
 @dataclass
 class OracleResult:
-    """The part of a generation result the runners read."""
+    """The part of an image result the runners read."""
 
-    images: list[list[Image.Image]]
+    images: list[Image.Image]
 
 
 class WorldOracle:
@@ -574,16 +557,14 @@ class WorldOracle:
         self.image_size = image_size
         self.und_image_size = image_size
 
-    def generate_images(self, prompts: list[str], n_per_prompt: int = 1, seed: int = 0, cfg_weight: float = 5.0,
-                        temperature: float = 1.0, progress: bool = True) -> OracleResult:
-        images = []
-        for k, p in enumerate(prompts):
-            if p not in self._specs:
-                raise UserError(f"the oracle does not know the prompt {p!r}")
-            images.append([render(scene_for_spec(self._specs[p], rng_for(seed, 301, k, n), self.image_size))
-                           for n in range(n_per_prompt)])
+    def run(self, requests: Sequence[ImageRequest]) -> list[OracleResult]:
+        out = []
+        for r in requests:
+            if r.prompt not in self._specs:
+                raise UserError(f"the oracle does not know the prompt {r.prompt!r}")
+            out.append(OracleResult([render(scene_for_spec(self._specs[r.prompt], rng_for(r.seed, 301, n),
+                                                           self.image_size)) for n in range(r.n)]))
+        return out
 
-        return OracleResult(images)
-
-    def answer(self, images: list[Any], questions: list[str], max_new_tokens: int = 32, temperature: float = 0.0) -> list[str]:
+    def answer(self, images: list[Any], questions: list[str], max_new_tokens: int = 32) -> list[str]:
         raise UserError("the world oracle only generates images")

@@ -164,15 +164,6 @@ def _fit_background(img: np.ndarray) -> np.ndarray:
     return (full @ coef).astype(np.float32)
 
 
-def classify_pixels(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel: colour index (into COLOR_NAMES), BACKGROUND or OTHER; and each colour's alpha.
-
-    ``img`` is float [H, W, 3]; returns labels [H, W] and alpha [H, W, K] in 0..1.2.
-    """
-    bg = _fit_background(img)
-    return _classify_against(img, bg)
-
-
 def _background_ok(bg: np.ndarray) -> bool:
     mean = bg.reshape(-1, 3).mean(0)
     return float(mean.mean()) >= MIN_BACKGROUND_LEVEL and float(mean.max() - mean.min()) <= MAX_BACKGROUND_CHROMA

@@ -89,11 +89,6 @@ def spec_heldout_reasons(spec: Spec) -> list[str]:
     return _reasons(pairs, counts, {r.cls for r in spec.include})  # type: ignore[arg-type]
 
 
-def split_of_spec(spec: Spec) -> str:
-    """'heldout' if the spec asks for a held-out composition, else 'train'."""
-    return "heldout" if spec_heldout_reasons(spec) else "train"
-
-
 def split_of_scene(scene: Scene) -> str:
     """'heldout' if the scene contains a held-out composition, else 'train'."""
     return "heldout" if is_heldout_scene(scene) else "train"

@@ -33,7 +33,7 @@ PLURALS: dict[str, str] = {
 
 # Chosen so that each colour lies far from the segment joining any other colour to a light
 # background: anti-aliased edges and blur mix an object with the background, and the scorer
-# classifies a pixel by the nearest such segment (see scorer._classify_pixels).
+# classifies a pixel by the nearest such segment (see scorer._classify_against).
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 35),
     "orange": (245, 135, 20),

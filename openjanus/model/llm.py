@@ -45,19 +45,22 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + _rotate_half(x) * sin
 
 
-class KVCache(nn.Module):
-    """Preallocated keys/values for every layer, indexed by cache slot.
+class KVCache:
+    """Preallocated keys/values for every layer, indexed by cache slot: k, v [L, B, H, S, hd].
 
-    All rows of a batch share slot indices (left padding keeps them aligned), so each decode
-    step writes one slot with fixed shapes and can be compiled or captured.
+    Each decode step writes one slot per row with fixed shapes, so it can be compiled or
+    captured. Rows may be at different lengths (a request joining a running batch): slots
+    are then given per row.
     """
 
-    def __init__(self, n_layers: int, batch: int, max_len: int, n_kv_heads: int, head_dim: int,
-                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
+    def __init__(self, k: Tensor, v: Tensor) -> None:
+        self.k, self.v = k, v
+
+    @classmethod
+    def allocate(cls, n_layers: int, batch: int, max_len: int, n_kv_heads: int, head_dim: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> KVCache:
         shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
     @property
     def max_len(self) -> int:
@@ -67,12 +70,21 @@ class KVCache(nn.Module):
     def batch(self) -> int:
         return self.k.shape[1]
 
+    def rows(self, start: int, stop: int) -> KVCache:
+        """Rows [start, stop) as a cache sharing this one's memory (writes land here)."""
+        return KVCache(self.k[:, start:stop], self.v[:, start:stop])
+
     def update(self, layer: int, slots: Tensor, k: Tensor, v: Tensor,
                kv_len: int | None = None) -> tuple[Tensor, Tensor]:
-        """Write k/v [B, H, T, hd] at `slots` [T]; return the layer's first `kv_len` slots
-        (all S by default) [B, H, kv_len, hd]."""
-        self.k[layer].index_copy_(2, slots, k)
-        self.v[layer].index_copy_(2, slots, v)
+        """Write k/v [B, H, T, hd] at `slots` ([T] shared by all rows, or [B, T] per row);
+        return the layer's first `kv_len` slots (all S by default) [B, H, kv_len, hd]."""
+        if slots.ndim == 1:
+            self.k[layer].index_copy_(2, slots, k)
+            self.v[layer].index_copy_(2, slots, v)
+        else:
+            index = slots[:, None, :, None].expand_as(k)  # [B, H, T, hd]
+            self.k[layer].scatter_(2, index, k)
+            self.v[layer].scatter_(2, index, v)
         if kv_len is None:
             return self.k[layer], self.v[layer]
         return self.k[layer][:, :, :kv_len], self.v[layer][:, :, :kv_len]
@@ -153,8 +165,8 @@ class LLM(nn.Module):
         if max_len > self.cfg.max_seq_len:
             raise ValueError(f"requested {max_len} cache positions but the model supports {self.cfg.max_seq_len}")
         ref = self.embed.weight
-        return KVCache(self.cfg.n_layers, batch, max_len, self.cfg.n_kv_heads, self.cfg.head_dim,
-                       device=device or ref.device, dtype=dtype or ref.dtype)
+        return KVCache.allocate(self.cfg.n_layers, batch, max_len, self.cfg.n_kv_heads, self.cfg.head_dim,
+                                device=device or ref.device, dtype=dtype or ref.dtype)
 
     def forward(self, h: Tensor, positions: Tensor, mask: Tensor | None = None,
                 cache: KVCache | None = None, slots: Tensor | None = None, kv_len: int | None = None) -> Tensor:
@@ -162,7 +174,8 @@ class LLM(nn.Module):
 
         h: [B, T, D] input embeddings; positions: [B, T] RoPE positions;
         mask: bool [B, 1, T, S] (True = may attend) or None for plain causal attention
-        over the T inputs; cache/slots: write k/v at cache slots [T] and attend over the
+        over the T inputs; cache/slots: write k/v at cache slots ([T], or [B, T] when rows
+        are at different lengths) and attend over the
         whole cache (the mask must then cover all S cache slots), or only its first `kv_len`
         slots (a prefill that starts at slot 0 needs no more; decode steps keep the full,
         fixed-shape span).

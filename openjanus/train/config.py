@@ -48,10 +48,6 @@ class ModelSource:
         if unknown:
             raise ConfigError(f"model.parts: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PART_NAMES)}")
 
-    @property
-    def tokenizer_dir(self) -> str | None:
-        return self.tokenizer or self.checkpoint
-
 
 @dataclass
 class StageSpec:

@@ -44,7 +44,7 @@ from openjanus.config import ConfigError
 from openjanus.errors import UserError
 from openjanus.images import ImageLoadError, load_image, preprocess_gen_image, preprocess_und_images
 from openjanus.model.vq import VQModel
-from openjanus.processing import DEFAULT_SYSTEM_PROMPT, JanusProcessor, Message
+from openjanus.processing import DEFAULT_SYSTEM_PROMPT, JanusProcessor, Turn
 from openjanus.train.batch import TASKS
 from openjanus.train.mixing import derive_seed
 from openjanus.train.sequences import Origin, Sample, chat_sample, first_sentence, t2i_sample, text_sample
@@ -411,7 +411,7 @@ class SampleBuilder:
         except ValueError as e:
             raise BadRecord("bad_schema", str(e)) from None
 
-    def _messages(self, record: Mapping[str, Any]) -> tuple[list[Message], str]:
+    def _messages(self, record: Mapping[str, Any]) -> tuple[list[Turn], str]:
         raw = record["messages"]
         if not isinstance(raw, list) or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in raw
@@ -424,7 +424,7 @@ class SampleBuilder:
             if "system" in record:
                 raise BadRecord("bad_schema", "a system prompt both in 'system' and in 'messages'")
             system, raw = raw[0]["content"], raw[1:]
-        messages: list[Message] = [{"role": m["role"], "content": m["content"]} for m in raw]
+        messages: list[Turn] = [{"role": m["role"], "content": m["content"]} for m in raw]
         while messages and messages[-1]["role"] != "assistant":
             messages.pop()  # a trailing question has no answer to learn from
         for i, m in enumerate(messages):

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from openjanus.processing import JanusProcessor, Message, format_conversation
+from openjanus.processing import JanusProcessor, Turn, expand_image_placeholders, format_conversation, unconditional_prompt
 from openjanus.train.batch import IGNORE, TASKS
 
-__all__ = ["Sample", "Origin", "chat_sample", "text_sample", "t2i_sample", "first_sentence", "unconditional_prompt"]
+__all__ = ["Sample", "Origin", "chat_sample", "text_sample", "t2i_sample", "first_sentence"]
 
 Origin = tuple[str, int, int, int, int]  # (source, epoch, shard index, byte offset, line) of a record
 
@@ -80,25 +80,9 @@ def _text_sample_tensors(
 def _expand_images(
     processor: JanusProcessor, ids: list[int], supervised: list[bool], n_images: int
 ) -> tuple[list[int], list[bool], list[bool]]:
-    # Same expansion as JanusProcessor.encode_prompt: each placeholder -> BOI + N placeholders + EOI.
-    tok = processor.tokenizer
-    n_ph = ids.count(tok.image_id)
-    if n_ph != n_images:
-        raise ValueError(f"the text has {n_ph} image placeholders but {n_images} images were given")
-    out_ids: list[int] = []
-    out_sup: list[bool] = []
-    und: list[bool] = []
-    n = processor.num_und_tokens
-    for t, s in zip(ids, supervised):
-        if t == tok.image_id:
-            out_ids += [tok.boi_id, *[tok.image_id] * n, tok.eoi_id]
-            out_sup += [False] * (n + 2)
-            und += [False, *[True] * n, False]
-        else:
-            out_ids.append(t)
-            out_sup.append(s)
-            und.append(False)
-    return out_ids, out_sup, und
+    # The inference expansion; the inserted image tokens are never supervised.
+    out_ids, und, source = expand_image_placeholders(ids, processor.tokenizer, processor.num_und_tokens, n_images)
+    return out_ids, [s >= 0 and supervised[s] for s in source], und
 
 
 def _empty_pixels(processor: JanusProcessor) -> Tensor:
@@ -108,7 +92,7 @@ def _empty_pixels(processor: JanusProcessor) -> Tensor:
 
 def chat_sample(
     processor: JanusProcessor,
-    messages: Sequence[Message],
+    messages: Sequence[Turn],
     pixel_values: Tensor | None = None,
     system_prompt: str = "",
     task: str = "und",
@@ -170,12 +154,6 @@ def text_sample(
     sup = [False, *[t not in structure for t in body], True]
     ids, sup, und = _expand_images(processor, ids, sup, pixel_values.shape[0])
     return _text_sample_tensors(task, ids, sup, und, pixel_values)
-
-
-def unconditional_prompt(prompt_ids: Sequence[int], pad_id: int) -> list[int]:
-    """The CFG-unconditional prompt: BOS and BOI kept, everything between them pad (exactly the
-    row `openjanus.generate.generate_image_tokens` feeds for the unconditional branch)."""
-    return [prompt_ids[0], *[pad_id] * (len(prompt_ids) - 2), prompt_ids[-1]]
 
 
 def t2i_sample(

@@ -31,9 +31,9 @@ class BlankGenerator:
     def __init__(self):
         self.calls = []
 
-    def generate_images(self, prompts, n_per_prompt=1, seed=0, cfg_weight=5.0, temperature=1.0, progress=True):
-        self.calls.append((list(prompts), n_per_prompt, seed))
-        return OracleResult([[Image.new("RGB", (32, 32), (250, 250, 250)) for _ in range(n_per_prompt)] for _ in prompts])
+    def run(self, requests):
+        self.calls.append([(r.prompt, r.n, r.seed) for r in requests])
+        return [OracleResult([Image.new("RGB", (32, 32), (250, 250, 250)) for _ in range(r.n)]) for r in requests]
 
 
 def _key(im: Image.Image) -> str:
@@ -61,7 +61,7 @@ class TruthAnswerer:
             truth[(img(self.root / "images" / r["image"]), r["text"])] = r["answer"]
         return truth
 
-    def answer(self, images, questions, max_new_tokens=32, temperature=0.0):
+    def answer(self, images, questions, max_new_tokens=32):
         if self.always_yes:
             return ["yes"] * len(questions)
         self.truth = self.truth or self._load()
@@ -86,8 +86,8 @@ def test_geneval_shapes_with_blank_images_scores_zero(tmp_path):
     gen = BlankGenerator()
     report = run_geneval_shapes(gen, tmp_path, per_category=1, settings=GenerationSettings(n_per_prompt=3, seed=5, batch_size=4))
     assert report["overall"] == 0.0
-    assert [c[2] for c in gen.calls] == [5, 6]  # one seed per batch
-    assert sum(len(c[0]) for c in gen.calls) == len(TAGS)
+    assert [len(c) for c in gen.calls] == [4, len(TAGS) - 4]  # batch_size prompts go to the engine together
+    assert [seed for c in gen.calls for _, _, seed in c] == list(range(5, 5 + len(TAGS)))  # one seed per prompt
     assert len(list(tmp_path.glob("*/samples/*.png"))) == 3 * len(TAGS)
 
 
@@ -132,7 +132,7 @@ def test_real_pope_and_mme_files(tmp_path):
     class Says:
         image_size = und_image_size = 32
 
-        def answer(self, images, questions, max_new_tokens=32, temperature=0.0):
+        def answer(self, images, questions, max_new_tokens=32):
             return ["Yes, there is." if "dog" in q else "No, there is not." for q in questions]
 
     m = run_pope(Says(), qfile, imgs, tmp_path / "out")

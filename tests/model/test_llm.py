@@ -4,7 +4,7 @@ import torch
 from torch.testing import assert_close
 
 from openjanus.config import JanusConfig, LLMConfig
-from openjanus.generate import left_pad, positions_from_mask
+from openjanus.processing import left_pad, positions_from_mask
 from openjanus.model.llm import LLM, cache_mask, document_mask
 
 # fp32 on CPU: the cached and uncached paths do the same arithmetic on the same values,
@@ -42,7 +42,8 @@ def test_left_padding_matches_unpadded_row():
     llm = tiny_llm()
     short = torch.randint(0, 100, (4,)).tolist()
     long = torch.randint(0, 100, (9,)).tolist()
-    ids, mask = left_pad([short, long], pad_id=0, device="cpu")
+    ids, mask = left_pad([short, long], pad_id=0)
+    mask = mask.bool()
     pos = positions_from_mask(mask)
     slots = torch.arange(ids.shape[1])
     cache = llm.new_cache(2, ids.shape[1])

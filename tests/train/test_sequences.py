@@ -13,7 +13,10 @@ from data_helpers import CFG
 from openjanus.processing import format_conversation, preprocess_und_images
 from openjanus.train.batch import IGNORE, TASKS
 from openjanus.train.data import BadRecord, SampleBuilder
-from openjanus.train.sequences import chat_sample, first_sentence, t2i_sample, text_sample, unconditional_prompt
+from openjanus.generate import image_job
+from openjanus.processing import unconditional_prompt
+from openjanus.requests import SamplingParams
+from openjanus.train.sequences import chat_sample, first_sentence, t2i_sample, text_sample
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -111,11 +114,11 @@ def test_cfg_dropout_row_is_the_inference_unconditional_row(proc):
     codes = torch.randint(0, CFG.vq.codebook_size, (proc.num_gen_tokens,))
     cond = t2i_sample(proc, "a green star.", codes)
     uncond = t2i_sample(proc, "a green star.", codes, unconditional=True)
-    ids, mask = proc.encode_t2i(["a green star."])
-    p = ids.shape[1]
-    # The sampler's unconditional row: generate_image_tokens' [p[0]] + [pad] * (len - 2) + [p[-1]].
-    assert uncond.input_ids[:p].tolist() == proc.t2i_unconditional(ids, mask)[0].tolist()
-    assert uncond.input_ids[:p].tolist() == unconditional_prompt(ids[0].tolist(), tok.pad_id)
+    ids = tok.encode(proc.t2i_prompt("a green star."))
+    p = len(ids)
+    # The row the sampler feeds for the unconditional branch (the job the engine runs).
+    job = image_job(ids, tok.pad_id, 1, 5.0, SamplingParams(), None, proc.num_gen_tokens)
+    assert uncond.input_ids[:p].tolist() == job.prompt_ids[1]
     assert uncond.input_ids[0] == tok.bos_id and uncond.input_ids[p - 1] == tok.boi_id
     assert (uncond.input_ids[1 : p - 1] == tok.pad_id).all()
     assert torch.equal(uncond.image_targets, cond.image_targets)

@@ -1,0 +1,206 @@
+"""Typed requests and results: what a caller asks the engine for and what it gets back.
+
+Every way of running the model (the Python API, the CLI, the evaluation runners, the HTTP
+server) builds these, so each parameter is named, defaulted and validated once, here.
+Values are checked where they enter: a request that cannot run raises `UserError` when it
+is built, before it reaches the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+from PIL import Image
+from torch import Tensor
+
+from openjanus.errors import UserError
+from openjanus.images import ImageInput
+
+__all__ = [
+    "SamplingParams", "ImageRequest", "ChatRequest", "Message", "ContentPart", "Cost", "ImageResult",
+    "ChatResult", "TextDelta", "ImageProgress", "MAX_SEED",
+]
+
+# torch.Generator.manual_seed takes a signed 64-bit value; larger seeds overflow in C++.
+MAX_SEED = 2**63 - 1
+
+
+def _finite(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, got {value}")
+    return float(value)
+
+
+def _count(name: str, value: int, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise UserError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def check_seed(seed: int | None) -> int | None:
+    """None (a fresh random seed) or an integer in [0, 2**63 - 1]."""
+    return None if seed is None else _count("seed", seed, 0, MAX_SEED)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 means greedy (argmax); top_k 0/None and top_p 1/None disable those filters."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        if _finite("temperature", self.temperature) < 0:
+            raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None:
+            _count("top_k", self.top_k, 0)
+        if self.top_p is not None and not 0 < _finite("top_p", self.top_p) <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """Text-to-image: `n` images of one prompt, sampled with classifier-free guidance.
+
+    The same request with the same seed gives the same tokens, alone or batched with others.
+    `jacobi` > 0 drafts that many tokens per forward pass (speculative Jacobi decoding; the
+    output distribution is that of plain sampling).
+    """
+
+    prompt: str
+    n: int = 1
+    cfg_weight: float = 5.0
+    sampling: SamplingParams = SamplingParams(temperature=1.0)
+    seed: int | None = 0
+    jacobi: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise UserError(f"the prompt must be a string, got {type(self.prompt).__name__}")
+        _count("n (images per prompt)", self.n, 1)
+        _finite("cfg_weight", self.cfg_weight)
+        check_seed(self.seed)
+        _count("jacobi", self.jacobi, 0, 64)
+
+
+# A message's content: plain text, or parts in order where each part is text or an image
+# (a PIL image, a file path or encoded bytes). Images go exactly where they stand in the text.
+ContentPart = Union[str, ImageInput]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Literal["user", "assistant", "system"]
+    content: str | Sequence[ContentPart] = ""
+
+    def __post_init__(self) -> None:
+        if self.role not in ("user", "assistant", "system"):
+            raise UserError(f"message role must be user, assistant or system, got {self.role!r}")
+        if not isinstance(self.content, (str, list, tuple)):
+            raise UserError(f"message content must be a string or a list of parts, got {type(self.content).__name__}")
+
+    @property
+    def parts(self) -> list[ContentPart]:
+        return [self.content] if isinstance(self.content, str) else list(self.content)
+
+    @property
+    def images(self) -> list[ImageInput]:
+        return [p for p in self.parts if not isinstance(p, str)]
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """Answer the last user message of a conversation.
+
+    `max_new_tokens` None fills what the context leaves, up to 512. Generation ends at EOS
+    (unless `stop_at_eos` is False), at any of the `stop` strings (not included in the text),
+    or after `max_new_tokens`.
+    """
+
+    messages: Sequence[Message]
+    max_new_tokens: int | None = None
+    sampling: SamplingParams = SamplingParams(temperature=0.0)
+    seed: int | None = 0
+    stop_at_eos: bool = True
+    stop: tuple[str, ...] = ()
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.messages:
+            raise UserError("a chat request needs at least one message")
+        for m in self.messages:
+            if not isinstance(m, Message):
+                raise UserError(f"messages must be openjanus.Message objects, got {type(m).__name__}")
+        if self.max_new_tokens is not None:
+            _count("max_new_tokens", self.max_new_tokens, 1)
+        check_seed(self.seed)
+        if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
+            raise UserError("stop must be a list of non-empty strings")
+
+    @classmethod
+    def ask(cls, question: str, images: Sequence[ImageInput] = (), **kwargs) -> ChatRequest:
+        """One user turn: the images first, then the question (the official layout)."""
+        return cls([Message("user", [*images, question])], **kwargs)
+
+    @property
+    def images(self) -> list[ImageInput]:
+        return [im for m in self.messages for im in m.images]
+
+
+@dataclass
+class Cost:
+    """What a request cost: wall-clock from submission, time waiting in the queue, and the
+    model forward passes it took part in (a prefill counts one)."""
+
+    seconds: float = 0.0
+    queued_seconds: float = 0.0
+    forward_passes: int = 0
+
+
+@dataclass
+class ImageResult:
+    request: ImageRequest
+    images: list[Image.Image]
+    tokens: Tensor  # [n, num_gen_tokens] int64 VQ codes, raster order, on the CPU
+    seed: int
+    cost: Cost = field(default_factory=Cost)
+
+
+@dataclass
+class ChatResult:
+    request: ChatRequest
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: Literal["stop", "length"]
+    seed: int
+    cost: Cost = field(default_factory=Cost)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New text of a chat request (may be empty while a multi-byte character is incomplete)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ImageProgress:
+    """`steps` of `total` image tokens are sampled for every image of the request."""
+
+    steps: int
+    total: int
