@@ -288,12 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions():
-    """Sub-command groups living next to their code (evaluation, training, demo)."""
+    """Sub-command groups living next to their code (evaluation, training, demo, server).
+
+    The server's module imports FastAPI only inside its command, so a missing `serve` extra
+    shows up as a clear error from `openjanus serve` alone."""
     from openjanus import demo
     from openjanus.eval import commands as eval_commands
+    from openjanus.serve import commands as serve_commands
     from openjanus.train import commands as train_commands
 
-    return [eval_commands.register, train_commands.register, demo.register]
+    return [eval_commands.register, train_commands.register, demo.register, serve_commands.register]
 
 
 def main(argv: list[str] | None = None) -> int:
