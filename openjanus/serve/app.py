@@ -245,12 +245,17 @@ def create_app(pipeline: JanusPipeline, config: ServeConfig | None = None, close
         except Exception as e:
             raise _error_for(e) from None
 
+    def abandon(handle: RequestHandle) -> None:
+        """Cancel an engine request nobody waits for any more (its client left, or the server stops)."""
+        if not handle.done() and not handle.cancelled:
+            handle.cancel()
+            metrics.cancelled.inc()
+
     async def watch(request: Request, handle: RequestHandle) -> None:
         """Cancel the engine request when the client disconnects."""
         while not handle.done():
             if await request.is_disconnected():
-                handle.cancel()
-                metrics.cancelled.inc()
+                abandon(handle)
                 return
             await asyncio.sleep(0.1)
 
@@ -322,8 +327,7 @@ def create_app(pipeline: JanusPipeline, config: ServeConfig | None = None, close
                 raise _error_for(e) from None
             finally:
                 watcher.cancel()
-                if not handle.done():
-                    handle.cancel()
+                abandon(handle)
             count(result)
             return JSONResponse({
                 "id": completion_id, "object": "chat.completion", "created": now, "model": model_id,
@@ -368,8 +372,7 @@ def create_app(pipeline: JanusPipeline, config: ServeConfig | None = None, close
                 yield "data: [DONE]\n\n"
             finally:
                 watcher.cancel()
-                if not handle.done():
-                    handle.cancel()
+                abandon(handle)
 
         return streaming(stream())
 
@@ -407,8 +410,7 @@ def create_app(pipeline: JanusPipeline, config: ServeConfig | None = None, close
                 raise _error_for(e) from None
             finally:
                 watcher.cancel()
-                if not handle.done():
-                    handle.cancel()
+                abandon(handle)
             metrics.tokens.labels("image").inc(result.tokens.numel())
             return JSONResponse({"created": now, "data": [{"b64_json": b} for b in images], "size": native_size,
                                  "output_format": "png"})
@@ -462,8 +464,7 @@ def create_app(pipeline: JanusPipeline, config: ServeConfig | None = None, close
                                event="image_generation.completed")
             finally:
                 watcher.cancel()
-                if not handle.done():
-                    handle.cancel()
+                abandon(handle)
 
         return streaming(stream())
 
