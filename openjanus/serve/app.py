@@ -138,7 +138,7 @@ def _sse(data: Any, event: str | None = None) -> str:
     return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-def _error_for(e: BaseException) -> ApiError:
+def _error_for(e: BaseException, param: str | None = None) -> ApiError:
     """An engine error as an HTTP error; never a traceback or internal detail for the client."""
     if isinstance(e, ApiError):
         return e
@@ -146,8 +146,10 @@ def _error_for(e: BaseException) -> ApiError:
         return ApiError(429, f"the server is busy: {e}", code="rate_limit_exceeded")
     if isinstance(e, UserError):
         msg = str(e)
-        code = "context_length_exceeded" if ("model's" in msg and "positions" in msg) else None
-        return ApiError(400, msg, code=code)
+        # The engine says "... positions" only when a request does not fit the model's context.
+        if "positions" in msg:
+            return ApiError(400, msg, param=param, code="context_length_exceeded")
+        return ApiError(400, msg)
     log.error("request failed", exc_info=e)
     return ApiError(500, "the server failed on this request; see its log", code="internal_error")
 
@@ -235,7 +237,7 @@ def create_app(pipeline: JanusPipeline, config: ServeConfig | None = None, close
             raise ApiError(400, f"{param} is {len(text)} characters; this server takes up to {cfg.max_prompt_chars}",
                            param=param, code="context_length_exceeded")
 
-    async def submit(request: ChatRequest | ImageRequest) -> RequestHandle:
+    async def submit(request: ChatRequest | ImageRequest, param: str) -> RequestHandle:
         try:
             # Encoding (tokens, image preprocessing) happens in submit: keep it off the event loop.
             return await run_in_threadpool(pipeline.submit, request)
@@ -243,7 +245,7 @@ def create_app(pipeline: JanusPipeline, config: ServeConfig | None = None, close
             raise ApiError(429, f"the server is busy ({e}); retry shortly", code="rate_limit_exceeded",
                            headers={"Retry-After": str(cfg.retry_after_s)}) from None
         except Exception as e:
-            raise _error_for(e) from None
+            raise _error_for(e, param) from None
 
     def abandon(handle: RequestHandle) -> None:
         """Cancel an engine request nobody waits for any more (its client left, or the server stops)."""
@@ -305,7 +307,7 @@ def create_app(pipeline: JanusPipeline, config: ServeConfig | None = None, close
                                seed=body.seed, stop=body.stops)
         except UserError as e:
             raise ApiError(400, str(e)) from None
-        handle = await submit(chat)
+        handle = await submit(chat, "messages")
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         now = int(time.time())
 
@@ -397,7 +399,7 @@ def create_app(pipeline: JanusPipeline, config: ServeConfig | None = None, close
                                seed=body.seed)
         except UserError as e:
             raise ApiError(400, str(e)) from None
-        handle = await submit(req)
+        handle = await submit(req, "prompt")
         now = int(time.time())
         if not body.stream:
             watcher = asyncio.create_task(watch(request, handle))

@@ -88,6 +88,9 @@ def decode_image(data: bytes, limits: ImageLimits, param: str) -> Image.Image:
             return ensure_rgb(img).copy()
     except ApiError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # PIL's own, larger bound
+        raise ApiError(413, f"the image has too many pixels ({e}); this server takes up to {limits.max_pixels}",
+                       param=param, code="image_too_large") from None
     except Exception as e:  # PIL raises many types on corrupt data
         reason = " ".join(str(e).split()) or type(e).__name__
         raise ApiError(400, f"the image could not be decoded: {reason}", param=param, code="invalid_image") from None
