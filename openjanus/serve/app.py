@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from openjanus.engine import QueueFull, RequestHandle
+from openjanus.engine import Cancelled, QueueFull, RequestHandle
 from openjanus.errors import UserError
 from openjanus.pipeline import JanusPipeline
 from openjanus.requests import ChatRequest, ImageProgress, ImageRequest, SamplingParams, TextDelta
@@ -142,6 +142,8 @@ def _error_for(e: BaseException, param: str | None = None) -> ApiError:
     """An engine error as an HTTP error; never a traceback or internal detail for the client."""
     if isinstance(e, ApiError):
         return e
+    if isinstance(e, Cancelled):  # by the server: its client left (nobody reads this) or it is shutting down
+        return ApiError(503, "the request was cancelled: the server is shutting down", code="server_shutting_down")
     if isinstance(e, QueueFull):
         return ApiError(429, f"the server is busy: {e}", code="rate_limit_exceeded")
     if isinstance(e, UserError):

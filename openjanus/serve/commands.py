@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import sys
+import threading
 
 from openjanus.errors import UserError
 
@@ -86,10 +88,31 @@ def cmd_serve(args: argparse.Namespace) -> None:
                            max_images=args.max_chat_images, allow_remote=args.allow_remote_images),
         max_prompt_chars=args.max_prompt_chars, max_images_per_request=args.max_images)
     app = create_app(pipe, config, close_engine=True)
-    # uvicorn handles SIGINT/SIGTERM: it stops accepting, gives running requests the grace period,
-    # cancels what is left (each request cancels its engine rows), then the app closes the engine.
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                           timeout_graceful_shutdown=args.shutdown_grace))
+    grace = max(args.shutdown_grace, 0.0)
+    stopping: list[threading.Timer] = []
+
+    class Server(uvicorn.Server):
+        # On SIGINT/SIGTERM uvicorn stops accepting connections and waits for running requests.
+        # Those still running after the grace period are cancelled in the engine, so each ends
+        # its own response cleanly (a stream ends with an error event) instead of being killed.
+        def handle_exit(self, sig: int, frame) -> None:
+            if not stopping:
+                timer = threading.Timer(grace, pipe.engine.close, kwargs={"cancel": True})
+                timer.daemon = True
+                timer.start()
+                stopping.append(timer)
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                   timeout_graceful_shutdown=grace + 10))
     print(f"openjanus: serving {config.model_id or pipe.name} on http://{args.host}:{args.port}/ "
           f"(OpenAI API under /v1)", file=sys.stderr, flush=True)
-    server.run()
+    # uvicorn re-raises the signal that stopped it once it is done; a SIGTERM handled here makes
+    # that a normal exit (status 0) after the clean shutdown above.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for timer in stopping:
+            timer.cancel()
