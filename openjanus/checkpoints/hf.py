@@ -264,15 +264,16 @@ def _rope_theta(tc: dict[str, Any]) -> float:
     # transformers 5 writes rope_parameters; 4.x configs (the published ones) write
     # rope_theta and rope_scaling at the top of text_config.
     params = tc.get("rope_parameters") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"config.json: text_config.rope_parameters={params!r} is not an object")
     if params.get("rope_type", "default") != "default":
         raise ConfigError(f"config.json: text_config.rope_parameters={params!r} is not supported (need plain RoPE)")
     if tc.get("rope_scaling") is not None:
         raise ConfigError(f"config.json: text_config.rope_scaling={tc['rope_scaling']!r} is not supported "
                           "(need plain RoPE)")
-    if not isinstance(params, dict):
-        raise ConfigError(f"config.json: text_config.rope_parameters={params!r} is not an object")
-    theta = params.get("rope_theta", tc.get("rope_theta", LLAMA_DEFAULTS["rope_theta"]))
-    return float(check_float("text_config.rope_theta", theta))
+    if "rope_theta" in params:
+        return float(check_float("text_config.rope_parameters.rope_theta", params["rope_theta"]))
+    return float(check_float("text_config.rope_theta", tc.get("rope_theta", LLAMA_DEFAULTS["rope_theta"])))
 
 
 # Our field -> the transformers config.json's name for it, so that errors name the file's field.
