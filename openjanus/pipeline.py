@@ -269,7 +269,8 @@ class JanusPipeline:
             if len(sample.input_ids) > limit:
                 context = self.model.cfg.llm.max_seq_len
                 room = context - len(sample.input_ids)
-                advice = (f"lower max_new_tokens to at most {room}" if room >= 1 else "shorten the prompt")
+                advice = (f"lower max_new_tokens to at most {room}" if room >= 1
+                          else "shorten the prompt, which alone fills the context")
                 raise UserError(f"prompt is {len(sample.input_ids)} tokens and {max_new_tokens} new tokens were "
                                 f"requested, but the model's context is {context} tokens: {advice}")
             out.append(sample)
