@@ -1,7 +1,8 @@
 """`openjanus` command line: a thin layer of typed functions over `JanusPipeline`.
 
-Every command takes --model (a checkpoint folder, a preset name for random weights, or
-nothing for the shipped demo model), --device, --dtype and --seed. Errors are one line.
+Every command takes --model (a checkpoint folder; janus-shapes or nothing for the shipped demo
+model; a preset name for random weights), --device, --dtype and --seed. Errors are one line
+with exit code 2, usage errors included.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from openjanus.errors import UserError
 
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 
 
 # --- flag types: a bad value is one line from argparse, before any model is loaded ----------
@@ -46,7 +47,6 @@ def int_range(minimum: int, maximum: int | None = None):
     return parse
 
 
-# Seeds go to torch.Generator.manual_seed, which takes a signed 64-bit integer.
 seed_int = int_range(0, MAX_SEED)
 positive_int = int_range(1)
 
