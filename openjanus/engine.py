@@ -272,16 +272,12 @@ class Engine:
             raise UserError(str(e)) from None
         n = len(sample.input_ids)
         room = context - n
-        if request.max_new_tokens is None:
-            max_new = min(DEFAULT_MAX_NEW_TOKENS, room)
-            if max_new < 1:
-                raise UserError(f"the conversation is {n} tokens; the model's context is {context} positions, "
-                                "with no room left for an answer")
-        else:
-            max_new = request.max_new_tokens
-            if max_new > room:
-                raise UserError(f"the conversation is {n} tokens and max_new_tokens is {max_new}: together more "
-                                f"than the model's {context} positions (lower max_new_tokens to <= {max(room, 0)})")
+        max_new = request.max_new_tokens if request.max_new_tokens is not None else min(DEFAULT_MAX_NEW_TOKENS, room)
+        if room < 1 or max_new > room:
+            advice = f"lower max_new_tokens to at most {room}" if room >= 1 else \
+                "shorten the prompt, which alone fills the context"
+            raise UserError(f"prompt is {n} tokens and {max(max_new, 1)} new tokens were requested, but the "
+                            f"model's context is {context} tokens: {advice}")
         limit = self.config.max_cached_tokens
         if limit is not None and n + max_new > limit:
             raise UserError(f"the request needs {n + max_new} cached tokens; the engine allows {limit}")
