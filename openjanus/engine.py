@@ -133,11 +133,17 @@ class RequestHandle:
         return self._done.is_set()
 
     def partial_tokens(self) -> torch.Tensor | None:
-        """Image requests: the tokens sampled so far for the running chunk, [n, steps] on the CPU."""
-        for job in self.jobs:
-            if not job.finished and job.tokens is not None:
-                return job.tokens[:, :job.done_steps].cpu()
-        return None
+        """Image requests: the tokens sampled so far of the images being generated, [n, steps]
+        on the CPU (the running chunk; all images with speculative Jacobi decoding)."""
+        running = [j for j in self.jobs if j.tokens is not None and (not j.finished or _parallel(self.jobs))]
+        if not running or self.done():
+            return None
+        steps = min(j.done_steps for j in running)
+        return torch.cat([j.tokens[:, :steps] for j in running]).cpu()
+
+    def _image_progress(self, job: Job) -> ImageProgress:
+        steps = min(j.done_steps for j in self.jobs) if _parallel(self.jobs) else job.done_steps
+        return ImageProgress(steps, job.steps)
 
     # --- for the worker -------------------------------------------------------------------
 
@@ -145,6 +151,8 @@ class RequestHandle:
         self._events.put(event)
 
     def _finish(self, result: Result | None = None, error: BaseException | None = None) -> None:
+        if self._done.is_set():
+            return
         self._result, self._error = result, error
         self._done.set()
         self._events.put(_DONE)
@@ -154,6 +162,10 @@ class RequestHandle:
         started = self.started if self.started is not None else now
         return Cost(seconds=now - self.submitted, queued_seconds=started - self.submitted,
                     forward_passes=sum(j.forward_passes for j in self.jobs))
+
+
+def _parallel(jobs: list[Job]) -> bool:
+    return any(j.jacobi for j in jobs)
 
 
 class _Chat:
@@ -226,7 +238,8 @@ class Engine:
             if self._waiting >= self.config.max_queue:
                 raise QueueFull(f"the queue is full ({self.config.max_queue} requests waiting)")
             self._waiting += 1
-            self._queue.append((handle, jobs[0]))
+            # Chunks that share one random stream run one after another; Jacobi images at once.
+            self._queue.extend((handle, j) for j in (jobs if _parallel(jobs) else jobs[:1]))
             self._start()
             self._lock.notify_all()
         return handle
@@ -244,8 +257,6 @@ class Engine:
         if request.n > self.config.max_images:
             raise UserError(f"{request.n} images requested; this engine allows up to {self.config.max_images} "
                             "per request")
-        if request.jacobi:
-            raise UserError("speculative Jacobi decoding is not available in this build")
         tok = pipe.processor.tokenizer
         ids = tok.encode(pipe.processor.t2i_prompt(request.prompt))
         limit = cfg.llm.max_seq_len - cfg.num_gen_tokens
@@ -258,6 +269,12 @@ class Engine:
             if per_chunk < 1:
                 raise UserError(f"one image needs {2 * (len(ids) + cfg.num_gen_tokens)} cached tokens; "
                                 f"the engine allows {self.config.max_cached_tokens}")
+        if request.jacobi:
+            # One job per image (each keeps its own window), all running at once; image i draws
+            # from its own stream, so the request's output does not depend on admission order.
+            return [image_job(ids, tok.pad_id, 1, request.cfg_weight, request.sampling,
+                              self._generator((seed + i * 0x9E3779B97F4A7C15) % 2**63), cfg.num_gen_tokens,
+                              jacobi=request.jacobi) for i in range(request.n)]
         generator = self._generator(seed)  # shared by the chunks, which run one after another
         sizes = [min(per_chunk, request.n - s) for s in range(0, request.n, per_chunk)]
         return [image_job(ids, tok.pad_id, k, request.cfg_weight, request.sampling, generator, cfg.num_gen_tokens)
@@ -337,7 +354,7 @@ class Engine:
                 if not self._queue:
                     return
                 handle, job = self._queue[0]
-                if handle.cancelled:
+                if handle.cancelled or handle.done():  # (done: another of its jobs failed)
                     self._queue.popleft()
                     self._waiting -= job is handle.jobs[0]
                     handle._finish(error=Cancelled("the request was cancelled"))
@@ -396,7 +413,7 @@ class Engine:
                     continue
                 if chat is None:
                     if not job.finished:
-                        handle._emit(ImageProgress(job.done_steps, job.steps))
+                        handle._emit(handle._image_progress(job))
                     continue
                 chat.feed(job.token_ids[-1:], eos)
                 if chat.stopped and not job.finished:  # a stop string: leave the batch now
@@ -422,11 +439,12 @@ class Engine:
                                   handle.seed, handle._cost()))
 
     def _finish_image_chunk(self, handle: RequestHandle, job: Job) -> None:
-        handle._emit(ImageProgress(job.done_steps, job.steps))
-        index = handle.jobs.index(job)
-        if index + 1 < len(handle.jobs):
-            with self._lock:  # the next chunk goes first: it continues an earlier request
-                self._queue.appendleft((handle, handle.jobs[index + 1]))
+        handle._emit(handle._image_progress(job))
+        if not all(j.finished for j in handle.jobs):
+            index = handle.jobs.index(job)
+            if not _parallel(handle.jobs) and index + 1 < len(handle.jobs):
+                with self._lock:  # the next chunk goes first: it continues an earlier request
+                    self._queue.appendleft((handle, handle.jobs[index + 1]))
             return
         try:
             tokens = torch.cat([j.tokens for j in handle.jobs]).cpu()
