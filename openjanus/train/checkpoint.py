@@ -47,6 +47,7 @@ class TrainState:
     step: int = 0  # optimiser steps completed
     tokens_seen: int = 0  # real tokens (or image units) over all processes
     extra: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False  # stopped by SIGINT/SIGTERM after a checkpoint (not saved)
 
 
 def checkpoints_root(output_dir: str | Path) -> Path:
@@ -138,7 +139,17 @@ def load_optimizer_state(objective: nn.Module, optimizer: torch.optim.Optimizer,
     """Load a full, name-keyed optimiser state (rank 0's is broadcast with several processes)."""
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    set_optimizer_state_dict(objective, optimizer, state, options=_options(broadcast_from_rank0=dist_info.distributed))
+    # AdamW has no state yet for a parameter that has had no gradient (in one process, e.g. the
+    # understanding aligner before the first image sample), so the load is not strict; and the
+    # state the loader gives such a parameter (a zero-gradient step) is dropped, or its first
+    # real step would be its second and the run would not continue exactly.
+    set_optimizer_state_dict(objective, optimizer, state,
+                             options=_options(broadcast_from_rank0=dist_info.distributed, strict=False))
+    if not dist_info.distributed:  # (with several processes every parameter always has a gradient)
+        saved = set(state.get("state", {}))
+        for name, p in objective.named_parameters():
+            if p in optimizer.state and name not in saved:
+                del optimizer.state[p]
 
 
 # --- save / load ------------------------------------------------------------------------------

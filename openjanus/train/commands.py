@@ -106,14 +106,20 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     """Train from a config file (see docs/training.md)."""
-    from openjanus.train.config import load_train_config
-    from openjanus.train.loop import run_training
-
     import os
+
+    from openjanus.train.config import load_train_config
+    from openjanus.train.loop import EXIT_INTERRUPTED, run_training
 
     cfg = load_train_config(args.config, args.override)
     state = run_training(cfg, resume=args.resume)
-    if os.environ.get("RANK", "0") == "0":
+    main = os.environ.get("RANK", "0") == "0"
+    if state.interrupted:
+        if main:
+            print(f"exit status {EXIT_INTERRUPTED}: interrupted, resumable (openjanus train {args.config} --resume)",
+                  file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED)
+    if main:
         print(f"trained to step {state.step}; checkpoints in {cfg.output_dir}/checkpoints", file=sys.stderr)
 
 

@@ -48,6 +48,10 @@ from openjanus.train.objectives import Metrics, Objective
 from openjanus.train.parallel import DistInfo, all_reduce_sum
 from openjanus.train.stages import Stage
 
+# The exit status of `openjanus train` after SIGINT or SIGTERM stopped the run at a step
+# boundary and wrote its checkpoint: resume with --resume. EX_TEMPFAIL of sysexits.h.
+EXIT_INTERRUPTED = 75
+
 # An evaluation hook gets the (unsharded) model in eval mode and the step; returns metrics.
 EvalHook = Callable[[nn.Module, int], dict[str, float]]
 
@@ -218,13 +222,14 @@ class Trainer:
 
     def fit(self) -> TrainState:
         """Train until the stage's last step (or `stop_at`), the data ends, or SIGTERM/SIGINT
-        (then a checkpoint is written first). Returns the final counters."""
+        (then a checkpoint is written first and `interrupted` is set). Returns the final counters."""
         s = self.settings
         end = min(s.stop_at or self.stage.steps, self.stage.steps)
         bar = self._progress(end)
         window: list[StepStats] = []
+        # The handlers stay until the final checkpoint is written: a signal during it must not
+        # cut it short either.
         handlers = self._install_signal_handlers()
-        finished = False
         try:
             while self.state.step < end:
                 try:
@@ -247,18 +252,28 @@ class Trainer:
                 if self._stop_requested:
                     self._print(bar, f"stop requested: saving at step {step} and exiting")
                     break
-            finished = True
+            if s.output_dir is not None and self._last_saved != self.state.step:
+                self.save()
+            # A signal during the last step or the final save: every process must agree, as
+            # they all take part in the export or none does.
+            self._stop_requested = self._stop_requested or self._agree_stop()
         finally:
             self._restore_signal_handlers(handlers)
             if bar is not None:
                 bar.close()
-        if finished and s.output_dir is not None and self._last_saved != self.state.step:
-            self.save()
-        if finished and s.export_on_finish and s.output_dir is not None and not self._stop_requested:
+        self.state.interrupted = self._stop_requested
+        if self._stop_requested:
+            saved = ", its checkpoint written" if s.output_dir is not None else ""
+            self._print(None, f"interrupted at step {self.state.step}{saved}; continue with --resume")
+        elif s.export_on_finish and s.output_dir is not None:
             self.export()
         if self._writer is not None:
             self._writer.flush()
         return self.state
+
+    def _agree_stop(self) -> bool:
+        stop, = all_reduce_sum([float(self._signal_received)], self.device)
+        return stop > 0
 
     # -- checkpoints
 
@@ -405,6 +420,10 @@ class Trainer:
             if self._signal_received:  # a second signal: stop now
                 raise KeyboardInterrupt
             self._signal_received = True
+            if self.dist.is_main:
+                name = signal.Signals(signum).name
+                print(f"{name}: stopping after this step, once its checkpoint is written "
+                      f"(send it again to stop at once, without a checkpoint)", file=sys.stderr, flush=True)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             old[sig] = signal.signal(sig, request_stop)
@@ -845,6 +864,6 @@ def benchmark_eval_hook(benchmarks: list[str], options: dict[str, Any], processo
     return hook
 
 
-__all__ = ["Trainer", "LoopSettings", "StepStats", "EvalHook", "apply_stage", "build_optimizer", "build_scheduler",
+__all__ = ["EXIT_INTERRUPTED", "Trainer", "LoopSettings", "StepStats", "EvalHook", "apply_stage", "build_optimizer", "build_scheduler",
            "run_training", "derive_grad_accum", "peak_flops", "format_log_line", "open_tensorboard",
            "benchmark_eval_hook", "BENCHMARKS"]

@@ -19,6 +19,7 @@ from its own state and the round-robin starts at the unit whose turn it was.
 from __future__ import annotations
 
 import dataclasses
+import signal
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,18 @@ from openjanus.train.sequences import Sample
 __all__ = ["DataStats", "PackedDataset", "TrainStream", "build_train_stream", "cpu_vq_copy"]
 
 STATE_VERSION = 1
+
+# What a terminal's Ctrl-C, a scheduler's preemption and torchrun send to a whole process group.
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    # A dataloader worker runs this first. SIGINT/SIGTERM sent to the process group reach the
+    # workers too; if they died of it, the main process could not finish its step and write
+    # the checkpoint. The main process decides when to stop and shuts its workers down itself.
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 @dataclass
@@ -274,8 +287,15 @@ class TrainStream:
             self._it = iter(self.dataset)
         else:
             loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                                prefetch_factor=self.prefetch_factor, persistent_workers=False)
-            self._it = iter(loader)
+                                prefetch_factor=self.prefetch_factor, persistent_workers=False,
+                                worker_init_fn=_ignore_stop_signals)
+            # The workers start blocking the stop signals, so none can kill one before it ignores
+            # them; a signal that arrives meanwhile reaches this process when they are unblocked.
+            before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                self._it = iter(loader)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
     def close(self) -> None:
         """Stop the worker processes (a later `next` starts them again from the current state)."""
