@@ -18,7 +18,7 @@ from typing import Any
 
 from openjanus.config import ConfigError, JanusConfig
 from openjanus.errors import UserError
-from openjanus.train.stages import Stage, stage_from_name
+from openjanus.train.stages import STAGES, Stage, stage_from_name
 
 PART_NAMES = ("vq", "siglip", "llm")
 # Maps whose keys may themselves contain dots: the rest of an override path is one key.
@@ -61,7 +61,23 @@ class StageSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> Stage:
-        return stage_from_name(self.preset, **self.overrides)
+        return self.build_with_notes()[0]
+
+    def build_with_notes(self) -> tuple[Stage, list[str]]:
+        """The stage, and notes on values adjusted for it: a warm-up longer than the run (the
+        preset's or the config's, with a quick `-o stage.steps=10`) is cut to the step count."""
+        overrides, notes = dict(self.overrides), []
+        preset = STAGES.get(self.preset, {})
+        steps = overrides.get("steps", preset.get("steps"))
+        warmup = overrides.get("warmup_steps", preset.get("warmup_steps", 0))
+        if _is_int(steps) and _is_int(warmup) and 1 <= steps < warmup:
+            overrides["warmup_steps"] = steps
+            notes.append(f"stage {self.preset!r}: warm-up of {warmup} steps cut to the run's steps={steps}")
+        return stage_from_name(self.preset, **overrides), notes
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass

@@ -302,7 +302,8 @@ class Trainer:
         out = Path(self.settings.output_dir) / "export"
         last = latest_checkpoint(self.settings.output_dir)
         if self.dist.is_main and last is not None:
-            path, notes = export_checkpoint(last, out, tokenizer_dir=self.settings.tokenizer_dir)
+            # The run's own export folder: a resumed run replaces its earlier export's files.
+            path, notes = export_checkpoint(last, out, tokenizer_dir=self.settings.tokenizer_dir, overwrite=True)
             self._log(f"exported {last.name} to {path}")
             for note in notes:
                 self._log(f"note: {note}")
@@ -686,7 +687,9 @@ def run_training(cfg: TrainConfig, resume: str | bool | None = None, eval_hook: 
     dist_info = init_distributed(device, cfg.dist_timeout_minutes)
     main_log = log if dist_info.is_main else (lambda line: None)
     try:
-        stage = cfg.build_stage()
+        stage, notes = cfg.stage.build_with_notes()
+        for note in notes:
+            main_log(f"note: {note}")
         task = stage.task
         model_cfg = cfg.build_model_config()
         out = Path(cfg.output_dir)

@@ -121,3 +121,44 @@ def test_group_signals_with_workers_checkpoint_exit_75_and_resume_exactly(tmp_pa
     assert [s for s, _ in list_checkpoints(run)] == [*stopped_at, steps]
     assert_same_weights(final_weights(run), final_weights(tmp_path / "ref"))
     assert (run / "export" / "config.json").is_file()  # exported once the run finished
+
+
+# --- 2. export never deletes or overwrites what it did not write -------------------------------
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, tiny_checkpoint) -> Path:
+    """A finished 2-step Stage II run of the tiny preset (one process, no workers)."""
+    root = tmp_path_factory.mktemp("short-run")
+    cfg = write_config(root / "cfg.json", tiny_checkpoint, output_dir=str(root / "run"),
+                       data=write_data(root / "data"), stage={"preset": "stage2", "steps": 2, "global_batch": 1})
+    assert main(["train", cfg]) == 0
+    return root / "run"
+
+
+def test_export_into_a_folder_with_other_files(short_run, tmp_path, capsys) -> None:
+    from openjanus.checkpoints import load_model
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    (out / "other-model.safetensors").write_bytes(b"unrelated weights")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["train", "export", str(short_run), "--out", str(out)]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert main(["train", "export", str(short_run), "--out", str(out), "--overwrite"]) == 2
+    assert "other-model.safetensors" in capsys.readouterr().err  # would be loaded with the export
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched, nothing left behind
+    assert not list(tmp_path.glob(".*export-tmp"))
+
+    (out / "other-model.safetensors").unlink()
+    assert main(["train", "export", str(short_run), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "my notes"
+    model = load_model(out)
+    assert model.cfg.llm.dim == CFG.llm.dim
+    # Again, in bf16: the export's own files are replaced, the notes kept.
+    assert main(["train", "export", str(short_run), "--out", str(out), "--overwrite", "--dtype", "bfloat16"]) == 0
+    assert (out / "notes.txt").read_text() == "my notes"
+    assert load_model(out, dtype=torch.float32).cfg == model.cfg
+    weights = read_model_tensors(out)
+    assert all(v.dtype == torch.bfloat16 for v in weights.values() if v.is_floating_point())
