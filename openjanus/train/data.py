@@ -148,7 +148,13 @@ class DataConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"data: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        from openjanus.train.config import check_json_type
+
         kwargs = dict(raw)
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        for name, value in kwargs.items():
+            if name not in TASKS:
+                check_json_type(value, types[name], f"data.{name}")
         for name in TASKS:
             if kwargs.get(name) is not None:
                 kwargs[name] = SourceConfig.from_value(kwargs[name], name)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from openjanus.config import JanusConfig
+from openjanus.config import ConfigError, JanusConfig
 from openjanus.errors import UserError
 from openjanus.train.checkpoint import (
     TrainState,
@@ -43,7 +43,7 @@ from openjanus.train.checkpoint import (
     read_model_tensors,
     save_checkpoint,
 )
-from openjanus.train.config import TrainConfig
+from openjanus.train.config import TrainConfig, check_model_config
 from openjanus.train.objectives import Metrics, Objective
 from openjanus.train.parallel import DistInfo, all_reduce_sum
 from openjanus.train.stages import Stage
@@ -288,9 +288,21 @@ class Trainer:
     def resume(self, folder: str | Path, include_model: bool = True) -> TrainState:
         """Restore everything from a checkpoint folder written by `save` (the model weights too
         unless `include_model` is False, for callers that loaded them already)."""
+        # The optimiser and schedule states come back with the lr, betas, eps and weight decay
+        # they were saved with; this run's stage decides those (a changed one is applied).
+        wanted = [{k: g[k] for k in ("initial_lr", "betas", "eps", "weight_decay")} for g in self.optimizer.param_groups]
         self.state = load_checkpoint(folder, objective=self.objective, optimizer=self.optimizer,
                                      scheduler=self.scheduler, data=self.data, dist_info=self.dist,
                                      include_model=include_model)
+        for group, settings in zip(self.optimizer.param_groups, wanted):
+            group.update(settings)
+        sched = self.scheduler
+        sched.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        # The lr of the next step, computed as LambdaLR.get_lr does (so an unchanged stage gives
+        # the very same floats).
+        for group, base, factor in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base * factor(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         self._last_saved = self.state.step
         return self.state
 
@@ -692,6 +704,10 @@ def run_training(cfg: TrainConfig, resume: str | bool | None = None, eval_hook: 
             main_log(f"note: {note}")
         task = stage.task
         model_cfg = cfg.build_model_config()
+        try:
+            check_model_config(model_cfg, cfg.seq_len, task)
+        except ConfigError as e:
+            raise UserError(str(e)) from None
         out = Path(cfg.output_dir)
         ckpt = _resume_target(out, resume)
         processor = _load_processor(cfg, model_cfg, main_log)
@@ -809,9 +825,14 @@ def _check_compatible(ckpt: Path, task: str, model_cfg: JanusConfig, stage: Stag
     if meta.get("model_config") != _json_roundtrip(model_cfg.to_dict()):
         raise UserError(f"{ckpt} was trained with a different model config; resume with the config it was written with")
     old = meta.get("stage", {})
-    changed = [k for k, v in _json_roundtrip(stage.to_dict()).items() if old.get(k) != v]
+    new = _json_roundtrip(stage.to_dict())
+    if old.get("trainable", new["trainable"]) != new["trainable"]:
+        raise UserError(f"{ckpt} trained {', '.join(old['trainable'])}; this config trains "
+                        f"{', '.join(new['trainable'])}. Resuming cannot change what trains: start a new stage "
+                        f"from the checkpoint instead (model.checkpoint = {str(ckpt)!r}, without --resume)")
+    changed = [f"{k} {old[k]} -> {v}" for k, v in new.items() if k in old and old[k] != v and k != "name"]
     if changed:
-        log(f"note: resuming with changed stage settings: {', '.join(changed)}")
+        log(f"note: resuming with changed stage settings, applied from this step on: {'; '.join(changed)}")
 
 
 def _json_roundtrip(obj: Any) -> Any:

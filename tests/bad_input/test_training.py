@@ -162,3 +162,82 @@ def test_export_into_a_folder_with_other_files(short_run, tmp_path, capsys) -> N
     assert load_model(out, dtype=torch.float32).cfg == model.cfg
     weights = read_model_tensors(out)
     assert all(v.dtype == torch.bfloat16 for v in weights.values() if v.is_floating_point())
+
+
+# --- 4. configs are checked before anything big is built -------------------------------------
+
+
+@pytest.mark.parametrize("override, message", [
+    ("stage.steps=20.7", "stage.steps: expected int, got 20.7"),
+    ("stage.betas=[0.9]", "stage.betas: expected tuple[float, float]"),
+    ("stage.trainable=\"llm\"", "stage.trainable: expected tuple[str, ...]"),
+    ("seq_len=100000", "seq_len 100000 exceeds the model's 512 positions"),
+    ("seq_len=true", "seq_len: expected int, got true"),
+    ("model.overrides.llm.n_layers=100000000", "llm.n_layers 100000000 must lie in [1, 1,024]"),
+    ("model.overrides.llm.n_layers=\"two\"", "model.overrides.llm.n_layers: expected int"),
+    ("model.overrides.llm.dim=65536", "more than this machine's"),
+    ("model.overrides.llm.nlayers=2", "unknown field 'llm.nlayers'"),
+    ("data.num_workers=\"2\"", "data.num_workers: expected int, got \"2\""),
+    ("data.p_uncond=[0.1]", "data.p_uncond: expected float"),
+])
+def test_bad_config_values_are_one_line_errors(tmp_path, capsys, override, message) -> None:
+    cfg = write_config(tmp_path / "c.json", tmp_path, output_dir=str(tmp_path / "run"), data=write_data(tmp_path / "d"))
+    assert main(["train", cfg, "-o", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()  # refused before anything was built or written
+
+
+def test_every_shipped_config_takes_a_quick_step_count(capsys) -> None:
+    from openjanus.train.config import load_train_config
+
+    files = sorted((REPO / "configs").glob("*/*.json"))
+    assert len(files) >= 15
+    for f in files:
+        cfg = load_train_config(f, ["stage.steps=10"])
+        stage, notes = cfg.stage.build_with_notes()
+        assert stage.steps == 10 and stage.warmup_steps <= 10, f
+        if cfg.stage.overrides.get("warmup_steps", 0) > 10:
+            assert notes and "cut to the run's steps=10" in notes[0]
+
+
+def test_shipped_cpu_configs_fit_the_exported_understanding_records(tmp_path, capsys) -> None:
+    # The data and tokenizer of docs/training.md's CPU recipe, at a small scale (a tokenizer
+    # trained on fewer texts makes longer sequences: the check errs on the safe side).
+    from openjanus.processing import JanusProcessor
+    from openjanus.train.config import load_train_config
+    from openjanus.train.data import SampleBuilder
+
+    data = tmp_path / "und"
+    assert main(["eval", "export-dataset", "--kind", "und", "-n", "150", "--image-size", "64", "--out", str(data)]) == 0
+    assert main(["train", "tokenizer", "--data", str(data), "--vocab-size", "1024", "--out", str(tmp_path / "tok")]) == 0
+    model_cfg = JanusConfig.from_name("small")
+    processor = JanusProcessor.from_dir(tmp_path / "tok", model_cfg)
+    shard = sorted(data.glob("*.jsonl"))[0]
+    builder = SampleBuilder("und", processor, 10_000)
+    longest = max(len(builder.build_line(line, shard, random.Random(0))) for line in shard.read_bytes().splitlines())
+    assert longest > 256  # what the configs had
+    for name in ("cpu-stage1", "cpu-stage2", "cpu-stage3"):
+        cfg = load_train_config(REPO / "configs" / "train" / f"{name}.json")
+        assert cfg.seq_len >= longest + 32, (name, longest)
+
+
+# --- 5. resume applies changed optimiser settings, and says so -------------------------------
+
+
+def test_resume_applies_a_changed_lr_and_betas(short_run, tmp_path, tiny_checkpoint, capsys) -> None:
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.json", tiny_checkpoint, output_dir=str(run), data=write_data(tmp_path / "d"),
+                       stage={"preset": "stage2", "steps": 4, "warmup_steps": 0, "global_batch": 1, "lr": 1e-3})
+    assert main(["train", cfg, "-o", "stop_at=2"]) == 0
+    capsys.readouterr()
+    assert main(["train", cfg, "--resume", "-o", "stage.lr=0.0005", "-o", "stage.betas=[0.8, 0.9]"]) == 0
+    err = capsys.readouterr().err
+    assert "applied from this step on: lr 0.001 -> 0.0005; betas [0.9, 0.95] -> [0.8, 0.9]" in err
+    assert "step 3/4 | loss" in err and "lr 5.00e-04" in err.split("step 3/4")[1].splitlines()[0]
+    optim = torch.load(list_checkpoints(run)[-1][1] / "optimizer.pt", weights_only=True)
+    assert {g["lr"] for g in optim["param_groups"]} == {5e-4}
+    assert {tuple(g["betas"]) for g in optim["param_groups"]} == {(0.8, 0.9)}
+
+    assert main(["train", cfg, "--resume", "-o", "stage.steps=6", "-o", "stage=stage3"]) == 2
+    assert "cannot change what trains" in capsys.readouterr().err
