@@ -63,9 +63,16 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     found = []
     for p in root.iterdir():
         m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and (p / "train_state.json").is_file():
+        if m and p.is_dir() and is_complete(p):
             found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether a checkpoint folder holds its state, optimiser and weights files (a folder
+    that lost some of them, e.g. to a prune cut short by older versions, is not a checkpoint)."""
+    return ((folder / "train_state.json").is_file() and (folder / "optimizer.pt").is_file()
+            and any(folder.glob("*.safetensors")))
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -171,8 +178,8 @@ def save_checkpoint(output_dir: str | Path, *, objective: nn.Module, optimizer: 
     optim_state = gather_optimizer_state(objective, optimizer)
     if dist_info.is_main:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        for stale in root.glob(".step_*"):  # left by a kill during an earlier save or prune
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     barrier()
     torch.save(rng_state(), tmp / f"rng_rank{dist_info.rank}.pt")
@@ -189,15 +196,23 @@ def save_checkpoint(output_dir: str | Path, *, objective: nn.Module, optimizer: 
     barrier()
     if dist_info.is_main:
         _fsync_dir(tmp)
-        if final.exists():  # the same step written again (e.g. a final save after a periodic one)
-            shutil.rmtree(final)
+        if final.exists():  # the same step written again (a resumed run passing an older step)
+            _discard(final)
         os.replace(tmp, final)
         _fsync_dir(root)
         if keep_last:
             for _, old in list_checkpoints(output_dir)[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+                _discard(old)
     barrier()
     return final
+
+
+def _discard(folder: Path) -> None:
+    # Renamed to a hidden name first (atomic), so a kill while deleting never leaves a folder
+    # under a step_* name with some of its files gone.
+    doomed = folder.with_name(f".{folder.name}.deleting")
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -390,5 +405,5 @@ def _export_into(folder: Path, out: Path, *, dtype: torch.dtype | None,
     return notes
 
 
-__all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
+__all__ = ["EXPORT_MANIFEST", "is_complete", "TrainState", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
            "export_checkpoint", "read_train_state", "read_model_tensors", "rng_state", "set_rng_state"]

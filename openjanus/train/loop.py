@@ -498,15 +498,21 @@ def format_log_line(step: int, total: int, values: dict[str, float]) -> str:
     return " | ".join(head)
 
 
-def open_tensorboard(logdir: Path) -> Any:
-    """A TensorBoard SummaryWriter; a clear error when the `train` extra is not installed."""
+def require_tensorboard() -> Any:
+    """TensorBoard's SummaryWriter class; a clear error when the `train` extra is not installed."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UserError("TensorBoard logging needs the 'tensorboard' package: pip install 'openjanus[train]', "
-                        "or set \"tensorboard\": false in the config") from None
+                        "or set \"tensorboard\": false in the config (-o tensorboard=false)") from None
+    return SummaryWriter
+
+
+def open_tensorboard(logdir: Path) -> Any:
+    """A TensorBoard SummaryWriter; a clear error when the `train` extra is not installed."""
+    writer = require_tensorboard()
     logdir.mkdir(parents=True, exist_ok=True)
-    return SummaryWriter(str(logdir))
+    return writer(str(logdir))
 
 
 # --- building a run from a TrainConfig --------------------------------------------------------
@@ -693,6 +699,8 @@ def run_training(cfg: TrainConfig, resume: str | bool | None = None, eval_hook: 
     from openjanus.train.parallel import destroy, env_dist_info, init_distributed, shard_model
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    if cfg.tensorboard:
+        require_tensorboard()  # now, not at the first log step after the work
     dist_env = env_dist_info()
     device = _resolve_device(cfg.device, dist_env)
     owns_group = not (dist.is_available() and dist.is_initialized())

@@ -32,7 +32,15 @@ from openjanus.config import ConfigError, JanusConfig
 from openjanus.model.vq import VQModel
 from openjanus.processing import JanusProcessor
 from openjanus.train.batch import TASKS, PackedBatch
-from openjanus.train.data import DataConfig, DataError, SampleBuilder, SampleSource, discover_shards
+from openjanus.train.data import (
+    DataConfig,
+    DataError,
+    SampleBuilder,
+    SampleSource,
+    changed_content_message,
+    content_fingerprint,
+    discover_shards,
+)
 from openjanus.train.mixing import Mixer, parse_ratio
 from openjanus.train.packing import Packer, pack_rows
 from openjanus.train.sequences import Sample
@@ -326,6 +334,13 @@ class TrainStream:
             if state[key] != now:
                 raise DataError(f"cannot resume the data position: {key} was {state[key]}, is now {now} "
                                 "(it decides which records each rank and worker reads)")
+        # Checked here, in this process, so a changed dataset is one clear error rather than a
+        # failure inside a dataloader worker.
+        for name, (shards, _) in d.sources.items():
+            saved = {u["sources"][name].get("content") for u in state["units"].values() if name in u["sources"]}
+            saved.discard(None)  # states written before content was recorded
+            if saved and saved != {content_fingerprint(shards)}:
+                raise DataError(changed_content_message(name, len(shards)))
         self.close()
         self.consumed = int(state["consumed"])
         self._units = {int(k): v for k, v in state["units"].items()}

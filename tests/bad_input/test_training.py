@@ -95,32 +95,70 @@ def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 240) -> 
 # --- 1. SIGINT / SIGTERM to the whole process group, with dataloader workers -------------------
 
 
-def test_group_signals_with_workers_checkpoint_exit_75_and_resume_exactly(tmp_path, tiny_checkpoint) -> None:
-    data = {**write_data(tmp_path / "data"), "num_workers": 2}
-    steps = 30
-    stage = {"preset": "stage2", "steps": steps, "warmup_steps": 1, "global_batch": 1}
-    reference = write_config(tmp_path / "ref.json", tiny_checkpoint, output_dir=str(tmp_path / "ref"), data=data,
-                             stage=stage)
-    assert run_train([reference]).returncode == 0  # in a subprocess too: the same thread count
+STEPS = 30
+STAGE = {"preset": "stage2", "steps": STEPS, "warmup_steps": 1, "global_batch": 1}
 
+
+@pytest.fixture(scope="module")
+def workers_data(tmp_path_factory) -> dict:
+    return {**write_data(tmp_path_factory.mktemp("data") / "d"), "num_workers": 2}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tiny_checkpoint, workers_data) -> Path:
+    """An uninterrupted 30-step run with 2 dataloader workers (in a subprocess, like the runs
+    it is compared with, so the thread count and hence the floats are the same)."""
+    root = tmp_path_factory.mktemp("reference")
+    cfg = write_config(root / "ref.json", tiny_checkpoint, output_dir=str(root / "run"), data=workers_data, stage=STAGE)
+    proc = run_train([cfg])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run"
+
+
+def test_group_signals_with_workers_checkpoint_exit_75_and_resume_exactly(tmp_path, tiny_checkpoint, workers_data,
+                                                                          reference_run) -> None:
     run = tmp_path / "run"
-    cfg = write_config(tmp_path / "run.json", tiny_checkpoint, output_dir=str(run), data=data, stage=stage)
+    cfg = write_config(tmp_path / "run.json", tiny_checkpoint, output_dir=str(run), data=workers_data, stage=STAGE)
     stopped_at = []
     for sig, resume in ((signal.SIGTERM, []), (signal.SIGINT, ["--resume"])):
         proc = start_train([cfg, *resume])
         start = stopped_at[-1] if stopped_at else 0
-        wait_for_line(proc, f"step {start + 2}/{steps}")
+        wait_for_line(proc, f"step {start + 2}/{STEPS}")
         os.killpg(proc.pid, sig)  # the leader, its dataloader workers, everything in the group
         _, err = proc.communicate(timeout=240)
         assert proc.returncode == EXIT_INTERRUPTED, err[-3000:]
         assert "Traceback" not in err and "interrupted, resumable" in err, err[-3000:]
         step = list_checkpoints(run)[-1][0]
-        assert start + 2 <= step < steps  # stopped at a step boundary soon after the signal
+        assert start + 2 <= step < STEPS  # stopped at a step boundary soon after the signal
         stopped_at.append(step)
+    assert not (run / "export").exists()  # an interrupted run is not exported
     assert run_train([cfg, "--resume"]).returncode == 0
-    assert [s for s, _ in list_checkpoints(run)] == [*stopped_at, steps]
-    assert_same_weights(final_weights(run), final_weights(tmp_path / "ref"))
+    assert [s for s, _ in list_checkpoints(run)] == [*stopped_at, STEPS]
+    assert_same_weights(final_weights(run), final_weights(reference_run))
     assert (run / "export" / "config.json").is_file()  # exported once the run finished
+
+
+def test_kill_9_at_random_moments_then_resume_exactly(tmp_path, tiny_checkpoint, workers_data, reference_run) -> None:
+    # A checkpoint every step, so the kills often land inside a save or a prune.
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "run.json", tiny_checkpoint, output_dir=str(run), data=workers_data, stage=STAGE,
+                       checkpoint_every=1, keep_last=2)
+    rng = random.Random()
+    for attempt in range(2):
+        proc = start_train([cfg] + (["--resume"] if list_checkpoints(run) else []))
+        wait_for_line(proc, "| loss")
+        time.sleep(rng.uniform(0.0, 0.3))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+        root = run / "checkpoints"
+        for folder in root.glob("step_*"):  # no half-written or half-pruned checkpoint is visible
+            assert {"train_state.json", "optimizer.pt", "model.safetensors", "data_rank0.pt"} <= \
+                {p.name for p in folder.iterdir()}, (attempt, sorted(p.name for p in folder.iterdir()))
+    proc = run_train([cfg, "--resume"] if list_checkpoints(run) else [cfg])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list_checkpoints(run)[-1][0] == STEPS
+    assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # leftovers cleaned
+    assert_same_weights(final_weights(run), final_weights(reference_run))
 
 
 # --- 2. export never deletes or overwrites what it did not write -------------------------------
@@ -241,3 +279,108 @@ def test_resume_applies_a_changed_lr_and_betas(short_run, tmp_path, tiny_checkpo
 
     assert main(["train", cfg, "--resume", "-o", "stage.steps=6", "-o", "stage=stage3"]) == 2
     assert "cannot change what trains" in capsys.readouterr().err
+
+
+# --- 5b. pruning is atomic; a changed data file is detected on resume --------------------------
+
+
+def test_interrupted_prune_never_leaves_a_checkpoint_without_weights(short_run, tmp_path, tiny_checkpoint,
+                                                                       monkeypatch) -> None:
+    import shutil
+
+    import openjanus.train.checkpoint as ckpt
+
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.json", tiny_checkpoint, output_dir=str(run), data=write_data(tmp_path / "d"),
+                       checkpoint_every=1, keep_last=1)
+    real_rmtree = shutil.rmtree
+
+    def killed_while_deleting(path, ignore_errors=False):
+        path = Path(path)
+        (path / "model.safetensors").unlink()  # what an interrupted rmtree leaves: some files gone
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_while_deleting)
+    assert main(["train", cfg, "-o", "stop_at=2"]) == 130  # "killed" while pruning step 1
+    monkeypatch.setattr(ckpt.shutil, "rmtree", real_rmtree)
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == [".step_00000001.deleting", "step_00000002"]
+    # A folder that lost its weights to an older, non-atomic prune is not taken for a checkpoint.
+    legacy = run / "checkpoints" / "step_00000003"
+    legacy.mkdir()
+    (legacy / "train_state.json").write_text((run / "checkpoints" / "step_00000002" / "train_state.json").read_text())
+    assert [s for s, _ in list_checkpoints(run)] == [2]
+    assert main(["train", cfg, "--resume"]) == 0
+    assert [s for s, _ in list_checkpoints(run)] == [4]
+    assert not (run / "checkpoints" / ".step_00000001.deleting").exists()
+
+
+def test_same_size_edit_of_a_data_file_is_detected_on_resume(tmp_path, tiny_checkpoint, capsys) -> None:
+    data = write_data(tmp_path / "d")
+    cfg = write_config(tmp_path / "c.json", tiny_checkpoint, output_dir=str(tmp_path / "run"), data=data)
+    assert main(["train", cfg, "-o", "stop_at=2"]) == 0
+    text = Path(data["text"])
+    body = text.read_bytes()
+    edited = body.replace(b"the cat sat", b"the dog sat", 1)
+    assert len(edited) == len(body) and edited != body
+    text.write_bytes(edited)
+    capsys.readouterr()
+    assert main(["train", cfg, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "source 'text': the content of its 1 shard(s) changed since the checkpoint" in err
+    assert err.count("\n") == 1
+    text.write_bytes(body)  # restored: resumes
+    assert main(["train", cfg, "--resume"]) == 0
+
+
+# --- issue 13: a missing TensorBoard is reported before training ------------------------------
+
+
+def test_missing_tensorboard_is_reported_before_any_work(tmp_path, tiny_checkpoint, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` now fails
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.json", tiny_checkpoint, output_dir=str(run), data=write_data(tmp_path / "d"),
+                       tensorboard=True)
+    assert main(["train", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'openjanus[train]'" in err and "step 1/" not in err
+    assert not (run / "checkpoints").exists()
+
+
+# --- 3. odd images in a training shard, under a memory cap -----------------------------------
+
+
+def test_thin_and_oversized_images_in_a_training_shard_under_a_memory_cap(tmp_path, tiny_checkpoint) -> None:
+    from memlimit import run_limited
+    from test_images import png_header_only
+
+    root = tmp_path / "d"
+    data = write_data(root)
+    Image.new("RGB", (1_000_000, 1), (200, 30, 10)).save(root / "imgs" / "thin.png")  # 3 KB
+    (root / "imgs" / "huge.png").write_bytes(png_header_only(12_000, 12_000))  # above MAX_IMAGE_PIXELS
+    gen = [{"caption": f"a red circle {i}.", "image": f"imgs/{name}"}
+           for i, name in enumerate(["thin.png", "0.png", "huge.png", "1.png", "thin.png", "2.png"])]
+    (root / "gen-raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gen))
+    und = [{"messages": [{"role": "user", "content": "what is this?"}, {"role": "assistant", "content": "a line."}],
+            "images": [f"imgs/{name}"]} for name in ["thin.png", "huge.png", "0.png"]]
+    (root / "und-odd.jsonl").write_text("".join(json.dumps(r) + "\n" for r in und))
+    data = {**data, "gen": str(root / "gen-raw.jsonl"), "und": str(root / "und-odd.jsonl")}
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.json", tiny_checkpoint, output_dir=str(run), data=data,
+                       stage={"preset": "stage2", "steps": 6, "warmup_steps": 0, "global_batch": 1})
+    # The old preprocessing needed ~16 GB for the thin image; the run itself needs a few hundred MB.
+    proc = run_limited(f"""
+        import sys
+        from openjanus.cli import main
+        sys.exit(main(["train", {cfg!r}]))
+    """, budget_mb=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(list_checkpoints(run)[-1][1] / "data_rank0.pt", weights_only=True)["state"]
+    sources = state["units"]["0"]["sources"]
+    for name, per_epoch in (("gen", 6), ("und", 3)):  # one oversized record per epoch of each source
+        src = sources[name]
+        assert set(src["skipped"]) == {"corrupt_image"}, src["skipped"]
+        bad = src["skipped"]["corrupt_image"]
+        assert src["records"] - src["samples"] == bad and 1 <= bad <= -(-src["records"] // per_epoch), src
+    assert sources["gen"]["samples"] >= 3  # the thin images were cropped and trained on
