@@ -384,3 +384,40 @@ def test_thin_and_oversized_images_in_a_training_shard_under_a_memory_cap(tmp_pa
         bad = src["skipped"]["corrupt_image"]
         assert src["records"] - src["samples"] == bad and 1 <= bad <= -(-src["records"] // per_epoch), src
     assert sources["gen"]["samples"] >= 3  # the thin images were cropped and trained on
+
+
+def test_sigterm_to_torchrun_checkpoints_every_rank_and_resumes(tmp_path, tiny_checkpoint, workers_data) -> None:
+    import shutil
+    import socket
+
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on PATH")
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.json", tiny_checkpoint, output_dir=str(run), data=workers_data,
+                       stage={**STAGE, "steps": 200, "global_batch": 2})
+
+    def torchrun_train(*extra: str) -> subprocess.Popen:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+        return subprocess.Popen([torchrun, "--nproc_per_node", "2", "--master_port", str(port), "-m", "openjanus.cli",
+                                 "train", cfg, *extra], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                env=env, start_new_session=True)
+
+    proc = torchrun_train()
+    wait_for_line(proc, "step 3/200")
+    # torchrun passes the signal on to each rank's process group (the rank and its workers).
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    # Each rank exits 75; torchrun itself reports the signal it got (exit status 1).
+    assert f"exit status {EXIT_INTERRUPTED}: interrupted, resumable" in err, err[-3000:]
+    (step, folder), = list_checkpoints(run)
+    assert 3 <= step < 200
+    assert {p.name for p in folder.glob("*_rank*.pt")} == {"data_rank0.pt", "data_rank1.pt", "rng_rank0.pt",
+                                                           "rng_rank1.pt"}
+    proc = torchrun_train("--resume", "-o", f"stop_at={step + 2}")
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    assert [s for s, _ in list_checkpoints(run)] == [step, step + 2]
