@@ -421,3 +421,20 @@ def test_sigterm_to_torchrun_checkpoints_every_rank_and_resumes(tmp_path, tiny_c
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-3000:]
     assert [s for s, _ in list_checkpoints(run)] == [step, step + 2]
+
+
+def test_part_stream_refuses_changed_records_on_resume(tmp_path) -> None:
+    from openjanus.errors import UserError
+    from openjanus.train.parts import PartDataStream
+
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(tmp_path / f"{i}.png")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"image": f"{i}.png", "caption": f"c{i}"}) + "\n" for i in range(3)))
+    stream = PartDataStream("vq", str(manifest), rows=1, image_size=8)
+    next(stream)
+    state = json.loads(json.dumps(stream.state_dict()))
+    PartDataStream("vq", str(manifest), rows=1, image_size=8).load_state_dict(state)  # same records: fine
+    manifest.write_text(manifest.read_text().replace("c1", "c7"))
+    with pytest.raises(UserError, match="records changed since the checkpoint"):
+        PartDataStream("vq", str(manifest), rows=1, image_size=8).load_state_dict(state)
