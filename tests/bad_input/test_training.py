@@ -95,7 +95,7 @@ def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 240) -> 
 # --- 1. SIGINT / SIGTERM to the whole process group, with dataloader workers -------------------
 
 
-STEPS = 30
+STEPS = 120  # long enough that a signal sent at step 2 always arrives mid-run
 STAGE = {"preset": "stage2", "steps": STEPS, "warmup_steps": 1, "global_batch": 1}
 
 
@@ -106,7 +106,7 @@ def workers_data(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, tiny_checkpoint, workers_data) -> Path:
-    """An uninterrupted 30-step run with 2 dataloader workers (in a subprocess, like the runs
+    """An uninterrupted 120-step run with 2 dataloader workers (in a subprocess, like the runs
     it is compared with, so the thread count and hence the floats are the same)."""
     root = tmp_path_factory.mktemp("reference")
     cfg = write_config(root / "ref.json", tiny_checkpoint, output_dir=str(root / "run"), data=workers_data, stage=STAGE)
