@@ -62,6 +62,18 @@ def cfg_combine(logits: Tensor, weight: float) -> Tensor:
     return uncond + weight * (cond - uncond)
 
 
+def accept_drafts(p_draft: Tensor, q_draft: Tensor, uniform: Tensor) -> Tensor:
+    """Speculative sampling's test: keep a draft drawn from q with probability min(1, p/q).
+    All [k]: the target's and the proposal's probability of each draft, and U(0, 1) draws."""
+    return uniform * q_draft < p_draft
+
+
+def residual(p: Tensor, q: Tensor) -> Tensor:
+    """Where to draw from after a rejection: normalise(max(0, p - q)) (unnormalised here)."""
+    r = (p - q).clamp(min=0)
+    return r if float(r.sum()) > 0 else p  # p == q up to rounding: then p itself
+
+
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
@@ -387,7 +399,7 @@ class BatchRunner:
             else:
                 k = torch.arange(m - 1, device=d.device)
                 u = torch.rand(m - 1, generator=g, device=d.device)
-                ok = u * j._proposals[k, d] < probs[k, d]  # accept with probability min(1, p/q)
+                ok = accept_drafts(probs[k, d], j._proposals[k, d], u)
             for flag in ok.tolist():  # the host decides how many tokens are kept
                 if not flag:
                     break
@@ -396,10 +408,7 @@ class BatchRunner:
         if greedy:
             new = best[accepted:accepted + 1]
         elif accepted < m - 1:
-            residual = (probs[accepted] - j._proposals[accepted]).clamp(min=0)
-            if float(residual.sum()) <= 0:  # p == q up to rounding: p itself is the residual
-                residual = probs[accepted]
-            new = torch.multinomial(residual, 1, generator=g)
+            new = torch.multinomial(residual(probs[accepted], j._proposals[accepted]), 1, generator=g)
         else:
             new = torch.multinomial(probs[m - 1], 1, generator=g)
         tokens = torch.cat([*kept, new])[:j.steps - j.done_steps]

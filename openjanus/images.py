@@ -153,11 +153,6 @@ def open_image(source: str | os.PathLike[str] | bytes | bytearray | Image.Image)
                          "or a PIL image")
 
 
-def as_rgb_image(item: ImageInput) -> Image.Image:
-    """An in-memory image made RGB, or a path / encoded bytes loaded with `load_image`."""
-    return ensure_rgb(item) if isinstance(item, Image.Image) else load_image(item)
-
-
 @dataclass(frozen=True)
 class ImageProcessorConfig:
     """Understanding-path preprocessing parameters (the official VLMImageProcessor's).

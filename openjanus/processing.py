@@ -27,9 +27,9 @@ from .images import (
     ImageInput,
     ImageLoadError,
     ImageProcessorConfig,
-    as_rgb_image,
     ensure_rgb,
     load_image,
+    open_image,
     preprocess_gen_image,
     preprocess_und_images,
 )
@@ -39,7 +39,7 @@ __all__ = [
     "DEFAULT_SYSTEM_PROMPT", "CLIP_MEAN", "CLIP_STD",
     "SpecialTokens", "JanusTokenizer", "StreamDecoder", "train_tokenizer", "save_tokenizer_dir",
     # re-exported from openjanus.images so the whole edge of the model imports from one place
-    "ImageInput", "ImageLoadError", "ImageProcessorConfig", "load_image", "ensure_rgb", "as_rgb_image",
+    "ImageInput", "ImageLoadError", "ImageProcessorConfig", "load_image", "ensure_rgb", "open_image",
     "preprocess_und_images", "preprocess_gen_image",
     "ChatRoles", "ROLE_PRESETS", "Turn", "format_conversation", "format_t2i_prompt", "unconditional_prompt",
     "expand_image_placeholders",
@@ -505,7 +505,7 @@ class JanusProcessor:
             self.tokenizer.encode(prompt), self.tokenizer, self.num_und_tokens, len(images))
         if max_len is not None and len(expanded) > max_len:
             raise ValueError(f"prompt is {len(expanded)} tokens, longer than max_len {max_len}")
-        pixels = preprocess_und_images([as_rgb_image(im) for im in images], self.image_config)
+        pixels = preprocess_und_images([open_image(im) for im in images], self.image_config)
         return ChatSample(expanded, mask, pixels, prompt)
 
     def encode_chat(
