@@ -22,6 +22,7 @@ import random
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
@@ -135,11 +136,13 @@ class RequestHandle:
     def partial_tokens(self) -> torch.Tensor | None:
         """Image requests: the tokens sampled so far of the images being generated, [n, steps]
         on the CPU (the running chunk; all images with speculative Jacobi decoding)."""
-        running = [j for j in self.jobs if j.tokens is not None and (not j.finished or _parallel(self.jobs))]
-        if not running or self.done():
+        # Read each job's tensor once: the worker drops it when the request's tokens are complete.
+        running = [(j.done_steps, t) for j in self.jobs if (t := j.tokens) is not None
+                   and (not j.finished or _parallel(self.jobs))]
+        if not running:
             return None
-        steps = min(j.done_steps for j in running)
-        return torch.cat([j.tokens[:, :steps] for j in running]).cpu()
+        steps = min(s for s, _ in running)
+        return torch.cat([t[:, :steps] for _, t in running]).cpu()
 
     def _image_progress(self, job: Job) -> ImageProgress:
         steps = min(j.done_steps for j in self.jobs) if _parallel(self.jobs) else job.done_steps
@@ -213,6 +216,7 @@ class Engine:
         self._waiting = 0  # requests in the queue (a request's later chunks are not counted)
         self._live: dict[Job, tuple[RequestHandle, _Chat | None]] = {}
         self._thread: threading.Thread | None = None
+        self._post = ThreadPoolExecutor(1, thread_name_prefix="openjanus-vq")
         self._closed = False
         self.steps = 0  # decode steps run so far (for tests and metrics)
 
@@ -328,6 +332,7 @@ class Engine:
             self._lock.notify_all()
         if self._thread is not None:
             self._thread.join()
+        self._post.shutdown(wait=True)
 
     def __enter__(self) -> Engine:
         return self
@@ -446,12 +451,16 @@ class Engine:
                 with self._lock:  # the next chunk goes first: it continues an earlier request
                     self._queue.appendleft((handle, handle.jobs[index + 1]))
             return
-        try:
-            tokens = torch.cat([j.tokens for j in handle.jobs]).cpu()
-            images = self.pipeline.decode_tokens(tokens)
-        except Exception as e:
-            self._fail(handle, e)
-            return
+        tokens = torch.cat([j.tokens for j in handle.jobs]).cpu()
         for j in handle.jobs:
             j.tokens = None  # the CPU copy is the result; free the device memory
+        # VQ decoding runs beside the worker, which goes on decoding the other requests' tokens.
+        self._post.submit(self._decode_images, handle, tokens)
+
+    def _decode_images(self, handle: RequestHandle, tokens: torch.Tensor) -> None:
+        try:
+            images = self.pipeline.decode_tokens(tokens)
+        except Exception as e:  # the request's jobs have already left the batch
+            handle._finish(error=e if isinstance(e, UserError) else RuntimeError(f"VQ decoding failed: {e}"))
+            return
         handle._finish(ImageResult(handle.request, images, tokens, handle.seed, handle._cost()))
