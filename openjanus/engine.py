@@ -341,6 +341,10 @@ class Engine:
         self.close()
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def queue_depth(self) -> int:
         return self._waiting
 

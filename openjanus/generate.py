@@ -202,13 +202,16 @@ class BatchRunner:
         if length > llm.cfg.max_seq_len:
             raise UserError(f"the job needs {length} positions but the model has {llm.cfg.max_seq_len}")
         rows = min(self.max_rows, _pow2_at_least(rows))
-        length = min(llm.cfg.max_seq_len, round_up(length, self.length_bucket))
+        # + 1: the scratch slot at the end, written by rows a pass does not feed (not a position).
+        length = min(llm.cfg.max_seq_len + 1, round_up(length + 1, self.length_bucket))
         old = self.cache
         if old is not None and old.batch >= rows and old.max_len >= length:
             return
         if old is not None:
             rows, length = max(rows, old.batch), max(length, old.max_len)
-        new = llm.new_cache(rows, length)
+        ref = llm.embed.weight
+        new = KVCache.allocate(llm.cfg.n_layers, rows, length, llm.cfg.n_kv_heads, llm.cfg.head_dim,
+                               device=ref.device, dtype=ref.dtype)
         hidden = torch.zeros(rows, llm.cfg.dim, device=self.device, dtype=llm.embed.weight.dtype)
         if old is not None:
             new.k[:, :old.batch, :, :old.max_len] = old.k
@@ -222,7 +225,7 @@ class BatchRunner:
         start = self._free_start(job.n_rows)
         if start is None:
             raise RuntimeError("no free rows for the job; check fits() first")
-        self._ensure_cache(start + job.n_rows, job.length + 1)  # + the scratch slot
+        self._ensure_cache(start + job.n_rows, job.length)
         job.start_row = start
         device = self.device
         ids = torch.tensor(job.prompt_ids, dtype=torch.long, device=device)  # [R, T]

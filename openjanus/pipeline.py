@@ -188,8 +188,9 @@ class JanusPipeline:
 
     @property
     def engine(self) -> Engine:
-        """The engine every request of this pipeline goes through (started on first use)."""
-        if self._engine is None:
+        """The engine every request of this pipeline goes through (started on first use, and
+        again after `close()`)."""
+        if self._engine is None or self._engine.closed:
             self._engine = Engine(self)
         return self._engine
 
