@@ -100,6 +100,7 @@ class RequestHandle:
         self._error: BaseException | None = None
         self._cancel = threading.Event()
         self.jobs: list[Job] = []  # image chunks run one after another; a chat has one job
+        self._decoding = False  # the worker handed its tokens to the VQ decoder
 
     # --- for callers ------------------------------------------------------------------------
 
@@ -401,42 +402,45 @@ class Engine:
                     self._lock.wait()
                 if self._closed and not self._queue and not self.runner.jobs:
                     return
-            self._admit()
-            for job, (handle, _) in list(self._live.items()):
-                if handle.cancelled:
-                    self.runner.remove(job)
-                    del self._live[job]
-                    handle._finish(error=Cancelled("the request was cancelled"))
-            if not self.runner.jobs:
-                continue
             try:
-                finished = self.runner.step()
-            except Exception as e:  # the shared step failed: no request in it can go on
-                for job, (handle, _) in list(self._live.items()):
+                self._iteration()
+            except Exception as e:  # a bug or a device error: end the running requests, keep serving
+                for handle, _ in list(self._live.values()):
                     self._fail(handle, e)
+
+    def _iteration(self) -> None:
+        """Admit what fits, drop cancelled requests, run one step, hand out what it produced."""
+        self._admit()
+        for job, (handle, _) in list(self._live.items()):
+            if handle.cancelled:
+                self.runner.remove(job)
+                del self._live[job]
+                handle._finish(error=Cancelled("the request was cancelled"))
+        if not self.runner.jobs:
+            return
+        finished = self.runner.step()
+        self.steps += 1
+        eos = self.pipeline.processor.tokenizer.eos_id
+        for job, (handle, chat) in list(self._live.items()):
+            if job.error is not None:
                 continue
-            self.steps += 1
-            eos = self.pipeline.processor.tokenizer.eos_id
-            for job, (handle, chat) in list(self._live.items()):
-                if job.error is not None:
-                    continue
-                if chat is None:
-                    if not job.finished:
-                        handle._emit(handle._image_progress(job))
-                    continue
-                chat.feed(job.token_ids[-1:], eos)
-                if chat.stopped and not job.finished:  # a stop string: leave the batch now
-                    self.runner.remove(job)
-                    job.finished = True
-                    finished.append(job)
-            for job in finished:
-                handle, chat = self._live.pop(job)
-                if job.error is not None:
-                    self._fail(handle, job.error)
-                elif chat is not None:
-                    self._finish_chat(handle, chat)
-                else:
-                    self._finish_image_chunk(handle, job)
+            if chat is None:
+                if not job.finished:
+                    handle._emit(handle._image_progress(job))
+                continue
+            chat.feed(job.token_ids[-1:], eos)
+            if chat.stopped and not job.finished:  # a stop string: leave the batch now
+                self.runner.remove(job)
+                job.finished = True
+                finished.append(job)
+        for job in finished:
+            handle, chat = self._live.pop(job)
+            if job.error is not None:
+                self._fail(handle, job.error)
+            elif chat is not None:
+                self._finish_chat(handle, chat)
+            else:
+                self._finish_image_chunk(handle, job)
 
     def _finish_chat(self, handle: RequestHandle, chat: _Chat) -> None:
         chat.flush()
@@ -448,6 +452,8 @@ class Engine:
                                   handle.seed, handle._cost()))
 
     def _finish_image_chunk(self, handle: RequestHandle, job: Job) -> None:
+        if handle.done() or handle._decoding:
+            return  # already decoding (several of its Jacobi images finished in one step)
         handle._emit(handle._image_progress(job))
         if not all(j.finished for j in handle.jobs):
             index = handle.jobs.index(job)
@@ -455,6 +461,7 @@ class Engine:
                 with self._lock:  # the next chunk goes first: it continues an earlier request
                     self._queue.appendleft((handle, handle.jobs[index + 1]))
             return
+        handle._decoding = True
         tokens = torch.cat([j.tokens for j in handle.jobs]).cpu()
         for j in handle.jobs:
             j.tokens = None  # the CPU copy is the result; free the device memory
