@@ -78,6 +78,14 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def _upload(t: Tensor, device: torch.device) -> Tensor:
+    """A small host tensor (row indices, slots) on `device` without waiting for the device:
+    from pinned memory, asynchronously (a plain copy from pageable memory would sync)."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
@@ -276,7 +284,7 @@ class BatchRunner:
         image_jobs = [j for j in self.jobs if j.kind == "image" and not j.jacobi]
         text_jobs = [j for j in self.jobs if j.kind == "text"]
         if image_jobs:
-            rows = torch.cat([torch.arange(j.rows.start, j.rows.stop) for j in image_jobs]).to(device)
+            rows = _upload(torch.cat([torch.arange(j.rows.start, j.rows.stop) for j in image_jobs]), device)
             logits = model.image_logits(hidden[rows])  # [R, codebook]: one read of the head for all jobs
             continuing: list[tuple[Job, Tensor]] = []
             for j, lg in zip(image_jobs, logits.split([j.n_rows for j in image_jobs])):
@@ -345,14 +353,14 @@ class BatchRunner:
         # One forward pass per window length: plain jobs and answers feed one token per row.
         for length in sorted({h.shape[1] for _, _, h in feeds}):
             group = [(j, r, h) for j, r, h in feeds if h.shape[1] == length]
-            out = self._forward(torch.cat([r for _, r, _ in group]).to(device), torch.cat([h for _, _, h in group]),
+            out = self._forward(_upload(torch.cat([r for _, r, _ in group]), device), torch.cat([h for _, _, h in group]),
                                 [j for j, _, _ in group])
             for (j, r, _), oj in zip(group, out.split([len(r) for _, r, _ in group])):
                 j.forward_passes += 1
                 if j.jacobi:
                     j._window = oj
                 else:
-                    self.hidden[r.to(device)] = oj[:, -1]
+                    self.hidden[_upload(r, device)] = oj[:, -1]
         return finished
 
     def _forward(self, rows: Tensor, h: Tensor, jobs: list[Job]) -> Tensor:
@@ -372,7 +380,7 @@ class BatchRunner:
         kv_len = min(self.cache.max_len, round_up(top, self.length_bucket))
         x = torch.zeros(hi, T, h.shape[-1], device=h.device, dtype=h.dtype)
         x[rows] = h
-        return self._step_fn(x, slots.to(h.device), kv_len)[rows]
+        return self._step_fn(x, _upload(slots, h.device), kv_len)[rows]
 
     def _jacobi_tokens(self, j: Job) -> Tensor | None:
         """Verify the drafts of `j`'s last window, keep what is accepted, and return the next

@@ -242,3 +242,17 @@ def test_compiled_step_compiles_once_per_bucket_not_per_prompt_length():
     runner.run([image_job(long_prompt, 3, 1, 5.0, GREEDY, None, model.cfg.num_gen_tokens)])
     assert len(compiles) > counts[-1]
     torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_engine_on_cuda_mixes_equal_alone():
+    from openjanus.pipeline import JanusPipeline
+
+    pipe = JanusPipeline.load(None, device="cuda", dtype="float32")
+    requests = [ImageRequest("a red circle", n=2, seed=1, sampling=GREEDY), ImageRequest("a star", n=1, seed=2),
+                ImageRequest("two squares", n=1, seed=3, jacobi=4, sampling=GREEDY),
+                ChatRequest([Message("user", "hello")], max_new_tokens=5)]
+    alone = outputs([pipe.generate(r) for r in requests])
+    assert outputs(pipe.run(requests)) == alone
+    pipe.engine.close()
