@@ -60,21 +60,26 @@ class EngineConfig:
     """Bounds of the shared batch. An image takes two rows (classifier-free guidance), an answer one.
 
     max_rows: LLM rows decoded together (the KV cache holds this many rows at most).
-    max_cached_tokens: sum over running requests of rows x (prompt + new tokens); None = no cap
-        beyond max_rows.
+    max_cached_tokens: sum over running requests of rows x (prompt + new tokens); None = what
+        `max_cache_gib` of keys and values hold for this model and dtype.
+    max_cache_gib: the KV-cache memory the running requests may reserve when max_cached_tokens
+        is None (the allocation rounds rows up to a power of two and lengths to a bucket).
     max_queue: requests waiting beyond the running ones; more are refused with `QueueFull`.
     max_images: images one request may ask for (larger ones run in chunks of the batch size).
     length_bucket: cache lengths and attention spans round up to multiples of this.
     """
 
-    max_rows: int = 16
+    max_rows: int = 64
     max_cached_tokens: int | None = None
+    max_cache_gib: float = 4.0
     max_queue: int = 256
     max_images: int = 1000
     length_bucket: int = 128
     compile_step: bool = False
 
     def __post_init__(self) -> None:
+        if not 0 < self.max_cache_gib < float("inf"):
+            raise UserError(f"max_cache_gib must be a positive number, got {self.max_cache_gib}")
         for name in ("max_rows", "max_queue", "max_images", "length_bucket"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise UserError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -168,6 +173,13 @@ class RequestHandle:
                     forward_passes=sum(j.forward_passes for j in self.jobs))
 
 
+def _tokens_in(gib: float, model) -> int:
+    """Cache positions (one row, one slot) that `gib` GiB of keys and values hold for `model`."""
+    llm = model.llm.cfg
+    per_token = 2 * llm.n_layers * llm.n_kv_heads * llm.head_dim * model.llm.embed.weight.element_size()
+    return max(1, int(gib * 2**30 // per_token))
+
+
 def _parallel(jobs: list[Job]) -> bool:
     return any(j.jacobi for j in jobs)
 
@@ -210,6 +222,7 @@ class Engine:
     def __init__(self, pipeline: JanusPipeline, config: EngineConfig | None = None) -> None:
         self.pipeline = pipeline
         self.config = config or EngineConfig()
+        self.max_cached_tokens = self.config.max_cached_tokens or _tokens_in(self.config.max_cache_gib, pipeline.model)
         self.runner = BatchRunner(pipeline.model, max_rows=self.config.max_rows,
                                   length_bucket=self.config.length_bucket, compile_step=self.config.compile_step)
         self._lock = threading.Condition()
@@ -268,12 +281,10 @@ class Engine:
         if len(ids) > limit:
             raise UserError(f"the prompt is {len(ids)} tokens; this model allows {limit} before its "
                             f"{cfg.num_gen_tokens} image tokens ({cfg.llm.max_seq_len} positions in all)")
-        per_chunk = self.config.max_rows // 2
-        if self.config.max_cached_tokens is not None:
-            per_chunk = min(per_chunk, self.config.max_cached_tokens // (2 * (len(ids) + cfg.num_gen_tokens)))
-            if per_chunk < 1:
-                raise UserError(f"one image needs {2 * (len(ids) + cfg.num_gen_tokens)} cached tokens; "
-                                f"the engine allows {self.config.max_cached_tokens}")
+        per_image = 2 * (len(ids) + cfg.num_gen_tokens)
+        per_chunk = min(self.config.max_rows // 2, self.max_cached_tokens // per_image)
+        if per_chunk < 1:
+            raise UserError(f"one image needs {per_image} cached tokens; the engine allows {self.max_cached_tokens}")
         if request.jacobi:
             # One job per image (each keeps its own window), all running at once; image i draws
             # from its own stream, so the request's output does not depend on admission order.
@@ -300,8 +311,8 @@ class Engine:
                 "shorten the prompt, which alone fills the context"
             raise UserError(f"prompt is {n} tokens and {max(max_new, 1)} new tokens were requested, but the "
                             f"model's context is {context} tokens: {advice}")
-        limit = self.config.max_cached_tokens
-        if limit is not None and n + max_new > limit:
+        limit = self.max_cached_tokens
+        if n + max_new > limit:
             raise UserError(f"the request needs {n + max_new} cached tokens; the engine allows {limit}")
         job = Job("text", [sample.input_ids], max_new, request.sampling, self._generator(seed),
                   eos_id=pipe.processor.tokenizer.eos_id if request.stop_at_eos else None,
@@ -357,29 +368,42 @@ class Engine:
         return sum(j.n_rows * j.length for j in self.runner.jobs)
 
     def _admit(self) -> None:
-        """Move queued jobs into the batch in arrival order while they fit."""
-        limit = self.config.max_cached_tokens
-        while True:
-            with self._lock:
-                if not self._queue:
-                    return
+        """Move queued jobs into the batch in arrival order while they fit; jobs admitted
+        together are prefilled together."""
+        limit = self.max_cached_tokens
+        admitted: list[tuple[RequestHandle, Job]] = []
+        used = self._used_tokens()
+        with self._lock:
+            while self._queue:
                 handle, job = self._queue[0]
                 if handle.cancelled or handle.done():  # (done: another of its jobs failed)
                     self._queue.popleft()
                     self._waiting -= job is handle.jobs[0]
                     handle._finish(error=Cancelled("the request was cancelled"))
                     continue
-                if not self.runner.fits(job) or (limit is not None and self._used_tokens() + job.n_rows * job.length > limit):
-                    return
+                if not self.runner._fits_with([j for _, j in admitted], job) or used + job.n_rows * job.length > limit:
+                    break
                 self._queue.popleft()
                 self._waiting -= job is handle.jobs[0]
+                used += job.n_rows * job.length
+                admitted.append((handle, job))
+            if admitted:
                 self._lock.notify_all()  # room in the queue for a waiting submitter
+        if not admitted:
+            return
+        now = time.perf_counter()
+        for handle, _ in admitted:
             if handle.started is None:
-                handle.started = time.perf_counter()
-            try:
-                self.runner.add(job)
-            except Exception as e:  # this request's own prefill (e.g. its images): it alone fails
+                handle.started = now
+        try:
+            failed = dict(self.runner.add_all([j for _, j in admitted]))
+        except Exception as e:  # the shared prefill failed: none of these requests can go on
+            for handle, _ in admitted:
                 self._fail(handle, e)
+            return
+        for handle, job in admitted:
+            if job in failed:  # this request's own input (e.g. its images): it alone fails
+                self._fail(handle, failed[job])
                 continue
             chat = None
             if job.kind == "text":

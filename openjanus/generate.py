@@ -13,6 +13,8 @@ its rows take part in the shared decode step) and leave as soon as it is done.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -84,6 +86,25 @@ def _upload(t: Tensor, device: torch.device) -> Tensor:
     if device.type != "cuda":
         return t
     return t.pin_memory().to(device, non_blocking=True)
+
+
+def _free_start(taken: list[tuple[int, int]], n_rows: int, max_rows: int) -> int | None:
+    start = 0
+    for a, b in sorted(taken):
+        if a - start >= n_rows:
+            break
+        start = max(start, b)
+    return start if start + n_rows <= max_rows else None
+
+
+def _first_fit(taken: list[tuple[int, int]], sizes: list[int], max_rows: int) -> bool:
+    """Whether row ranges of `sizes`, placed one after another lowest-first, all fit."""
+    for n in sizes:
+        start = _free_start(taken, n, max_rows)
+        if start is None:
+            return False
+        taken.append((start, start + n))
+    return True
 
 
 def _pow2_at_least(n: int) -> int:
@@ -180,6 +201,8 @@ class BatchRunner:
         self.length_bucket = length_bucket
         self.compile_step = compile_step
         self.jobs: list[Job] = []
+        self.feature_cache = 64  # images whose understanding features are kept
+        self._features: OrderedDict[bytes, Tensor] = OrderedDict()
         self.cache: KVCache | None = None
         self.hidden: Tensor | None = None  # [rows, D] last hidden state of every row
         self._step_fn: Callable[[Tensor, Tensor, int], Tensor] = self._decode
@@ -194,16 +217,20 @@ class BatchRunner:
 
     def _free_start(self, n_rows: int) -> int | None:
         """First row of a free contiguous range of n_rows rows, lowest first."""
-        taken = sorted((j.start_row, j.start_row + j.n_rows) for j in self.jobs)
-        start = 0
-        for a, b in taken:
-            if a - start >= n_rows:
-                break
-            start = max(start, b)
-        return start if start + n_rows <= self.max_rows else None
+        return _free_start([(j.start_row, j.start_row + j.n_rows) for j in self.jobs], n_rows, self.max_rows)
 
     def fits(self, job: Job) -> bool:
-        return job.n_rows <= self.max_rows and self._free_start(job.n_rows) is not None
+        return self._fits_with([], job)
+
+    def _fits_with(self, pending: Sequence[Job], job: Job) -> bool:
+        """Whether `job` finds free rows once the `pending` jobs (not yet added) have theirs."""
+        free = self.max_rows - sum(j.n_rows for j in self.jobs) - sum(j.n_rows for j in pending)
+        if job.n_rows > free:
+            return False
+        if not pending:
+            return self._free_start(job.n_rows) is not None
+        taken = [(j.start_row, j.start_row + j.n_rows) for j in self.jobs]
+        return _first_fit([*taken], [j.n_rows for j in pending] + [job.n_rows], self.max_rows)
 
     def _ensure_cache(self, rows: int, length: int) -> None:
         llm = self.model.llm
@@ -227,36 +254,96 @@ class BatchRunner:
             hidden[:old.batch] = self.hidden
         self.cache, self.hidden = new, hidden
 
-    @torch.inference_mode()
     def add(self, job: Job) -> None:
         """Prefill `job` on free rows; it takes part in the next `step`."""
-        start = self._free_start(job.n_rows)
-        if start is None:
-            raise RuntimeError("no free rows for the job; check fits() first")
-        self._ensure_cache(start + job.n_rows, job.length)
-        job.start_row = start
+        failed = self.add_all([job])
+        if failed:
+            raise failed[0][1]
+
+    @torch.inference_mode()
+    def add_all(self, jobs: Sequence[Job]) -> list[tuple[Job, BaseException]]:
+        """Prefill `jobs` (which must fit together) on free rows. Jobs whose prompts have the
+        same length share one forward pass, as a left-padded batch without padding would.
+        Returns the jobs whose own inputs failed (e.g. an image), with the error; the others
+        take part in the next `step`."""
         device = self.device
-        ids = torch.tensor(job.prompt_ids, dtype=torch.long, device=device)  # [R, T]
-        if job.kind == "text" and job.image_mask is not None and job.pixel_values is not None:
-            pixels = job.pixel_values.to(device)
-            h = self.model.embed_chat(ids, job.image_mask.to(device)[None], pixels)
-        else:
-            h = self.model.embed_text(ids)
-        R, T = ids.shape
+        ready: list[tuple[Job, Tensor]] = []
+        failed: list[tuple[Job, BaseException]] = []
+        for job in jobs:
+            try:
+                ids = torch.tensor(job.prompt_ids, dtype=torch.long, device=device)  # [R, T]
+                h = self.model.embed_text(ids)
+                if job.kind == "text" and job.pixel_values is not None and job.pixel_values.shape[0]:
+                    feats = self._und_features(job.pixel_values)  # [N, P, D]
+                    h = self.model.splice_und_features(h, job.image_mask.to(device)[None], feats)
+            except Exception as e:  # this job's own input: it alone fails
+                failed.append((job, e))
+                continue
+            start = self._free_start(job.n_rows)
+            if start is None:
+                raise RuntimeError("no free rows for the job; check fits() first")
+            self._ensure_cache(start + job.n_rows, job.length)
+            job.start_row = start
+            self.jobs.append(job)  # holds its rows from now on
+            ready.append((job, h))
+        by_length: dict[int, list[tuple[Job, Tensor]]] = {}
+        for job, h in ready:
+            by_length.setdefault(job.prompt_len, []).append((job, h))
+        try:
+            for group in by_length.values():
+                self._prefill([j for j, _ in group], torch.cat([h for _, h in group]))
+        except Exception:
+            for job, _ in ready:
+                self.remove(job)
+            raise
+        return failed
+
+    def _prefill(self, jobs: list[Job], h: Tensor) -> None:
+        """One forward pass over the prompts of `jobs` (all T long), h [R, T, D]."""
+        device = self.device
+        R, T = h.shape[:2]
         slots = torch.arange(T, device=device)
         positions = slots.expand(R, T)
         mask = cache_mask(slots, torch.ones(R, T, dtype=torch.bool, device=device))
+        if len(jobs) == 1:  # write straight into the job's rows
+            cache = self.cache.rows(jobs[0].start_row, jobs[0].start_row + R)
+        else:  # a scratch cache, copied into each job's rows below
+            llm = self.model.llm.cfg
+            cache = KVCache.allocate(llm.n_layers, R, T, llm.n_kv_heads, llm.head_dim, device=device, dtype=h.dtype)
         # The prompt fills slots 0..T-1 of its own rows: attend over those only.
-        out = self.model.llm(h, positions, mask=mask, cache=self.cache.rows(start, start + R), slots=slots,
-                             kv_len=T)[:, -1]
-        self.hidden[start:start + R] = out
-        if job.jacobi:
-            job._window = out[:, None]  # [2, 1, D]: the exact distribution of the first token
-        if job.kind == "image":
-            job.tokens = torch.empty(R // 2, job.steps, dtype=torch.long, device=device)
-        job._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        job.forward_passes += 1
-        self.jobs.append(job)
+        out = self.model.llm(h, positions, mask=mask, cache=cache, slots=slots, kv_len=T)[:, -1]
+        offset = 0
+        for job in jobs:
+            rows, mine = job.rows, slice(offset, offset + job.n_rows)
+            offset += job.n_rows
+            if len(jobs) > 1:
+                self.cache.k[:, rows, :, :T] = cache.k[:, mine]
+                self.cache.v[:, rows, :, :T] = cache.v[:, mine]
+            self.hidden[rows] = out[mine]
+            if job.jacobi:
+                job._window = out[mine][:, None]  # [2, 1, D]: the exact distribution of the first token
+            if job.kind == "image":
+                job.tokens = torch.empty(job.n_rows // 2, job.steps, dtype=torch.long, device=device)
+            job._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+            job.forward_passes += 1
+
+    def _und_features(self, pixels: Tensor) -> Tensor:
+        """Understanding features [N, P, D] of preprocessed images [N, 3, S, S], each image
+        encoded on its own (so its features never depend on what it was batched with) and
+        remembered by content: a conversation re-sends its images every turn, and benchmarks
+        ask many questions about one image."""
+        out = []
+        dtype = self.model.llm.embed.weight.dtype
+        for image in pixels:
+            key = hashlib.sha1(image.contiguous().view(torch.uint8).cpu().numpy().tobytes()).digest()
+            feats = self._features.pop(key, None)
+            if feats is None:
+                feats = self.model.encode_und_images(image[None].to(self.device, dtype))[0]
+            self._features[key] = feats  # most recently used last
+            while len(self._features) > self.feature_cache:
+                self._features.popitem(last=False)
+            out.append(feats)
+        return torch.stack(out)
 
     def remove(self, job: Job) -> None:
         """Take `job` out of the batch (finished or cancelled); its rows are free at once."""
@@ -443,8 +530,11 @@ class BatchRunner:
         """Run `jobs` to the end, admitting them in order as rows free up (no threads)."""
         queue = list(jobs)
         while queue or self.jobs:
-            while queue and self.fits(queue[0]):
-                self.add(queue.pop(0))
+            admitted = []
+            while queue and self._fits_with(admitted, queue[0]):
+                admitted.append(queue.pop(0))
+            for _, error in self.add_all(admitted):
+                raise error
             if not self.jobs:
                 raise UserError(f"a job of {queue[0].n_rows} rows cannot fit in {self.max_rows} rows")
             for j in self.step():

@@ -219,9 +219,10 @@ class JanusPipeline:
 
             total = sum(_planned_tokens(h) for h in handles)
             with tqdm(total=total, desc=desc, unit="tok", leave=False) as bar:
-                while not all(h.done() for h in handles):
-                    handles[0]._done.wait(0.25)
-                    bar.update(sum(_tokens_done(h) for h in handles) - bar.n)
+                for h in handles:  # poll four times a second while the next unfinished one runs
+                    while not h._done.wait(0.25):
+                        bar.update(sum(_tokens_done(h) for h in handles) - bar.n)
+                bar.update(total - bar.n)
         return [h.result() for h in handles]
 
     @torch.inference_mode()

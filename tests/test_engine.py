@@ -129,15 +129,19 @@ def test_cancelled_and_failing_requests_leave_the_others_untouched(pipe, monkeyp
         pipe.submit(ChatRequest([Message("user", [b"not an image", "what is it?"])]))
 
     # A failure inside the worker (here: this request's image encoder) ends that request only.
-    real = pipe.model.embed_chat
+    real = pipe.model.encode_und_images
 
-    def flaky(ids, mask, pixels):
-        if pixels is not None and pixels.shape[0] == 3:
+    def flaky(pixels):
+        if (pixels[:, 0] > 0.9).all() and (pixels[:, 1] < -0.9).all():  # the magenta image
             raise RuntimeError("encoder exploded")
-        return real(ids, mask, pixels)
+        return real(pixels)
 
-    monkeypatch.setattr(pipe.model, "embed_chat", flaky)
-    bad = pipe.submit(ChatRequest.ask("three images", colour_images(pipe.und_image_size), max_new_tokens=4))
+    monkeypatch.setattr(pipe.model, "encode_und_images", flaky)
+    from PIL import Image
+
+    magenta = Image.new("RGB", (pipe.und_image_size,) * 2, (255, 0, 255))
+    bad = pipe.submit(ChatRequest.ask("three images", [*colour_images(pipe.und_image_size)[:2], magenta],
+                                      max_new_tokens=4))
     handles = [pipe.submit(r) for r in keep]
     with pytest.raises(RuntimeError, match="encoder exploded"):
         bad.result()

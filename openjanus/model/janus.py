@@ -78,12 +78,17 @@ class Janus(nn.Module):
         which is exactly the official scatter. The caller's tensors are not modified.
         """
         h = self.embed_text(input_ids)
-        n_slots = int(image_mask.sum())
         if pixel_values is None or pixel_values.shape[0] == 0:
+            n_slots = int(image_mask.sum())
             if n_slots:
                 raise ValueError(f"{n_slots} image positions but no images were given")
             return h
-        feats = self.encode_und_images(pixel_values.to(h.dtype))  # [N, P, D]
+        return self.splice_und_features(h, image_mask, self.encode_und_images(pixel_values.to(h.dtype)))
+
+    def splice_und_features(self, h: Tensor, image_mask: Tensor, feats: Tensor) -> Tensor:
+        """A copy of embeddings `h` [B, T, D] with understanding features `feats` [N, P, D]
+        written, in order, at the `image_mask` positions (the official scatter)."""
+        n_slots = int(image_mask.sum())
         if feats.shape[0] * feats.shape[1] != n_slots:
             raise ValueError(
                 f"{feats.shape[0]} images x {feats.shape[1]} tokens do not fill {n_slots} image positions"
