@@ -363,12 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions():
-    """Sub-command groups living next to their code (evaluation, training, demo)."""
+    """Sub-command groups living next to their code (evaluation, training, serving, demo); the
+    serve extra's packages are imported only when `openjanus serve` runs."""
     from openjanus import demo
     from openjanus.eval import commands as eval_commands
+    from openjanus.serve import commands as serve_commands
     from openjanus.train import commands as train_commands
 
-    return [eval_commands.register, train_commands.register, demo.register]
+    return [eval_commands.register, train_commands.register, serve_commands.register, demo.register]
 
 
 def main(argv: list[str] | None = None) -> int:

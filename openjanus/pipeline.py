@@ -191,7 +191,7 @@ class JanusPipeline:
         """The engine every request of this pipeline goes through (started on first use, and
         again after `close()`)."""
         if self._engine is None or self._engine.closed:
-            self._engine = Engine(self)
+            self._engine = Engine(self, self._engine.config if self._engine is not None else None)
         return self._engine
 
     def start_engine(self, config: EngineConfig) -> Engine:
