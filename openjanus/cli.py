@@ -79,6 +79,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "(tiny, small, janus-pro-1b, ...)")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: weight-only int8 LLM and heads (per-channel scales; bf16 activations on CPU)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -106,7 +108,8 @@ def _pipeline(args: argparse.Namespace):
 
     pipe = JanusPipeline.load(args.model, device=args.device, dtype=args.dtype,
                               roles=getattr(args, "roles", None), seed=args.seed,
-                              check_finite=getattr(args, "check_finite", False))
+                              check_finite=getattr(args, "check_finite", False),
+                              quantize=getattr(args, "quantize", None))
     if getattr(args, "batch_rows", None) is not None or getattr(args, "compile", False):
         pipe.start_engine(EngineConfig(max_rows=args.batch_rows or EngineConfig.max_rows,
                                        compile_step=getattr(args, "compile", False)))

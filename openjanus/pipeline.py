@@ -28,6 +28,7 @@ from openjanus.engine import Engine, EngineConfig, RequestHandle
 from openjanus.images import ImageInput, ImageProcessorConfig
 from openjanus.model.janus import Janus
 from openjanus.processing import JanusProcessor, JanusTokenizer, train_tokenizer
+from openjanus.quantize import quantize_model
 from openjanus.requests import ChatRequest, ChatResult, ImageRequest, ImageResult
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -126,12 +127,19 @@ class JanusPipeline:
     @classmethod
     def load(cls, model: str | Path | None = None, device: str | torch.device | None = None,
              dtype: str | torch.dtype | None = None, roles: str | None = None, seed: int = 0,
-             check_finite: bool = False) -> JanusPipeline:
+             check_finite: bool = False, quantize: str | None = None) -> JanusPipeline:
         """A checkpoint folder, the shipped demo model (None or "janus-shapes"), or a preset name
         (random weights, for tests and benchmarks; says so once on stderr).
 
-        `check_finite` refuses a checkpoint with NaN or inf weights, naming the first such tensor.
+        `check_finite` refuses a checkpoint with NaN or inf weights, naming the first such tensor;
+        `quantize="int8"` stores the LLM's and the heads' weights as int8 (`openjanus.quantize`).
         """
+        pipe = cls._load(model, device, dtype, roles, seed, check_finite)
+        quantize_model(pipe.model, quantize)
+        return pipe
+
+    @classmethod
+    def _load(cls, model, device, dtype, roles, seed, check_finite) -> JanusPipeline:
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         source = resolve_model_source(model)
