@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from openjanus.engine import EngineConfig
 from openjanus.pipeline import JanusPipeline, resolve_device, resolve_dtype
+from openjanus.requests import ChatRequest, ImageRequest, Message
 
 PROMPT = "a red circle above a blue square, watercolor"
 QUESTION = "Describe this picture in detail."
@@ -49,17 +51,16 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
 def bench_openjanus(pipe: JanusPipeline, args: argparse.Namespace) -> dict[str, float]:
     dev = pipe.device
     n_tok = pipe.model.cfg.num_gen_tokens
-    t2i = timed(lambda: pipe.generate_images([PROMPT], n_per_prompt=args.parallel, seed=0, progress=False,
-                                             compile_step=args.compile), dev, args.repeats)
+    if args.compile:
+        pipe.start_engine(EngineConfig(compile_step=True))
+    t2i = timed(lambda: pipe.generate(ImageRequest(PROMPT, n=args.parallel, seed=0)), dev, args.repeats)
     image = Image.new("RGB", (pipe.und_image_size, pipe.und_image_size), (120, 30, 200))
-    chat = [([{"role": "user", "content": QUESTION, "images": [image]}, {"role": "assistant", "content": ""}], [])]
 
     def prefill_only() -> None:
-        next(iter(pipe.chat_stream(chat, max_new_tokens=1)))
+        pipe.generate(ChatRequest.ask(QUESTION, [image], max_new_tokens=1))
 
-    def full_answer() -> None:
-        for _ in pipe.chat_stream(chat, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens):
-            pass
+    def full_answer() -> None:  # exactly new_tokens tokens: EOS does not end it
+        pipe.generate(ChatRequest.ask(QUESTION, [image], max_new_tokens=args.new_tokens, stop_at_eos=False))
 
     prefill = timed(prefill_only, dev, args.repeats)
     answer = timed(full_answer, dev, args.repeats)
@@ -104,8 +105,7 @@ def bench_transformers(pipe: JanusPipeline, args: argparse.Namespace) -> dict[st
                         generation_mode="image", generation_config=gen_cfg)
 
     image = Image.new("RGB", (pipe.und_image_size, pipe.und_image_size), (120, 30, 200))
-    sample = pipe.processor.encode_chat([{"role": "user", "content": QUESTION, "images": [image]},
-                                         {"role": "assistant", "content": ""}])
+    sample = pipe.processor.encode_chat([Message("user", [image, QUESTION])])
     ids = torch.tensor([sample.input_ids], device=dev)
     pixels = sample.pixel_values.to(dev, dtype)
 
