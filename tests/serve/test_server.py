@@ -84,9 +84,9 @@ def test_images_and_image_streaming(server):
     assert len(res.data) == 2
     images = [Image.open(io.BytesIO(base64.b64decode(d.b64_json))) for d in res.data]
     assert all(im.size == (64, 64) for im in images)
-    with httpx.stream("POST", server.url + "/v1/images/generations", timeout=120,
-                      json={"prompt": "a red circle", "n": 2, "seed": 3, "stream": True, "partial_images": 2}) as r:
-        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    stream = c.images.generate(model="m", prompt="a red circle", n=2, stream=True, partial_images=2,
+                               extra_body={"seed": 3})
+    events = [e.model_dump() for e in stream]
     kinds = [e["type"] for e in events]
     assert kinds.count("image_generation.completed") == 2
     assert 1 <= kinds.count("image_generation.partial_image") <= 4
