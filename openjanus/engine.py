@@ -244,7 +244,7 @@ class Engine:
         if isinstance(request, ImageRequest):
             jobs = self._image_jobs(request, seed)
         elif isinstance(request, ChatRequest):
-            jobs = [self._chat_job(request, seed, handle)]
+            jobs = [self._chat_job(request, seed)]
         else:
             raise UserError(f"unknown request type {type(request).__name__}")
         handle.jobs = jobs
@@ -296,7 +296,7 @@ class Engine:
         return [image_job(ids, tok.pad_id, k, request.cfg_weight, request.sampling, generator, cfg.num_gen_tokens)
                 for k in sizes]
 
-    def _chat_job(self, request: ChatRequest, seed: int, handle: RequestHandle) -> Job:
+    def _chat_job(self, request: ChatRequest, seed: int) -> Job:
         pipe, cfg = self.pipeline, self.pipeline.model.cfg
         context = cfg.llm.max_seq_len
         try:

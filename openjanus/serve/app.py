@@ -7,7 +7,6 @@ Fields, object names and status codes follow OpenAI's API reference; errors have
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import io

@@ -3,7 +3,6 @@ refuses empty input and bad request values with one clear `UserError`."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
