@@ -51,3 +51,42 @@ def test_quantized_model_generates_and_mostly_agrees_greedily():
     out = generate_image_tokens(model, prompt, 3, n=2, sampling=greedy)
     assert out.shape == ref.shape
     assert out[:, 0].tolist() == ref[:, 0].tolist()  # the first token: no earlier difference to amplify
+
+
+@pytest.mark.parametrize("in_features", [256, 300])  # 300: torch's int8 kernel needs a multiple of 16
+@pytest.mark.parametrize("rows", [1, 2, 4, 16, 17, 40])
+def test_int8_cpu_paths_equal_the_dequantised_product(rows, in_features):
+    # Every CPU path (torch's int8 kernel for few rows, bf16 GEMM on converted weights for many)
+    # and the generic path of other devices compute x @ (q * scale).T within bf16 rounding.
+    torch.manual_seed(0)
+    q = Int8Linear(nn.Linear(in_features, 520).bfloat16())
+    x = torch.randn(rows, in_features).bfloat16()
+    exact = x.float() @ (q.weight.float() * q.scale[:, None]).t() + q.bias.float()
+    out = q(x).float()
+    # bf16 rounding of the scale and of the result: relative 2^-8 each, on sum |x w|.
+    mag = x.float().abs() @ (q.weight.float() * q.scale[:, None]).abs().t()
+    assert ((out - exact).abs() <= 2 ** -7 * mag + 2 ** -7 * exact.abs() + 1e-2).all()
+
+
+@pytest.mark.parametrize("fmt", ["bfloat16", "bfloat16+int8"])
+def test_low_precision_models_generate(fmt):
+    model = build_tiny(seed=5)
+    prompt = [1, 5, 6, 7, 8, 9]
+    greedy = SamplingParams(temperature=0.0)
+    ref = generate_image_tokens(model, prompt, 3, n=2, sampling=greedy)
+    model = model.to(torch.bfloat16)
+    if "int8" in fmt:
+        quantize_model(model, "int8")
+    out = generate_image_tokens(model, prompt, 3, n=2, sampling=greedy)
+    assert out.shape == ref.shape
+    assert ((0 <= out) & (out < model.cfg.vq.codebook_size)).all()
+    assert out[:, 0].tolist() == ref[:, 0].tolist()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_int8_linear_cuda_matches_cpu():
+    torch.manual_seed(0)
+    q = Int8Linear(nn.Linear(256, 300).bfloat16())
+    x = torch.randn(8, 256).bfloat16()
+    assert_close(q.cuda()(x.cuda()).float().cpu(), q.cpu()(x).float(), rtol=2e-2, atol=5e-2)

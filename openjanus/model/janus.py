@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from openjanus.config import JanusConfig
 from openjanus.model.llm import LLM
+from openjanus.model.linear import Linear
 from openjanus.model.siglip import SigLIPViT
 from openjanus.model.vq import VQModel
 
@@ -25,8 +26,8 @@ class Aligner(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_dim, out_dim)
-        self.fc2 = nn.Linear(out_dim, out_dim)
+        self.fc1 = Linear(in_dim, out_dim)
+        self.fc2 = Linear(out_dim, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
@@ -37,8 +38,8 @@ class GenHead(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, n_codes: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim, hidden_dim)
-        self.out = nn.Linear(hidden_dim, n_codes)
+        self.proj = Linear(dim, hidden_dim)
+        self.out = Linear(hidden_dim, n_codes)
 
     def forward(self, h: Tensor) -> Tensor:
         return self.out(F.gelu(self.proj(h)))
