@@ -42,7 +42,7 @@ class Int8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features)  # [M, in]
         if x.device.type == "cpu":
             # bf16 activations; the result returns to the caller's dtype.
-            xb, scale = x2.to(torch.bfloat16), self.scale.to(torch.bfloat16)
+            xb, scale = x2.to(torch.bfloat16).contiguous(), self.scale.to(torch.bfloat16)
             if x2.shape[0] <= PACK_ROWS and self.in_features % 16 == 0:
                 y = torch._weight_int8pack_mm(xb, self.weight, scale)
             else:

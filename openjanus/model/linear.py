@@ -27,7 +27,9 @@ class Linear(nn.Linear):
         if w.dtype in (torch.bfloat16, torch.float16) and w.device.type == "cpu" and x.dtype == w.dtype:
             rows = x.numel() // x.shape[-1]
             if 0 < rows <= FEW_ROWS:
-                out = torch.mm(w, x.reshape(rows, x.shape[-1]).t()).t()  # [rows, out]: weights read once
+                # [out, rows] -> [rows, out]; the copy to row-major is tiny and keeps later ops
+                # (and kernels that need contiguous rows) on the usual layout.
+                out = torch.mm(w, x.reshape(rows, x.shape[-1]).t()).t().contiguous()
                 if self.bias is not None:
                     out = out + self.bias
                 return out.reshape(*x.shape[:-1], w.shape[0])
