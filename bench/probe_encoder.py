@@ -51,7 +51,7 @@ def probe_accuracy(x, y, n_classes: int, n_train: int) -> float:
 
 
 def probe_model(model: str | None, n: int, seed: int, batch: int = 250,
-                part_preset: str = "janus-shapes") -> dict[str, float]:
+                part_preset: str = "janus-shapes-arch") -> dict[str, float]:
     from pathlib import Path
 
     from openjanus.pipeline import JanusPipeline
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="checkpoint folders or presets (default: the shipped demo model)")
     p.add_argument("-n", type=int, default=3000, help="single-object scenes (2/3 fit, 1/3 scored)")
     p.add_argument("--seed", type=int, default=5)
-    p.add_argument("--part-preset", default="janus-shapes",
+    p.add_argument("--part-preset", default="janus-shapes-arch",
                    help="the model config a SigLIP part folder is loaded into")
     p.add_argument("--supervised-baseline", type=int, default=0, metavar="STEPS",
                    help="also probe a fresh encoder trained STEPS steps on shape labels")

@@ -8,13 +8,20 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["JanusPipeline", "GenerationResult", "JanusConfig", "Janus", "load_model", "save_model",
-           "JanusProcessor"]
+__all__ = ["JanusPipeline", "Engine", "EngineConfig", "ImageRequest", "ChatRequest", "Message", "SamplingParams",
+           "ImageResult", "ChatResult", "JanusConfig", "Janus", "load_model", "save_model", "JanusProcessor"]
 __version__ = "0.1.0"
 
 _WHERE = {
     "JanusPipeline": "openjanus.pipeline",
-    "GenerationResult": "openjanus.pipeline",
+    "Engine": "openjanus.engine",
+    "EngineConfig": "openjanus.engine",
+    "ImageRequest": "openjanus.requests",
+    "ChatRequest": "openjanus.requests",
+    "Message": "openjanus.requests",
+    "SamplingParams": "openjanus.requests",
+    "ImageResult": "openjanus.requests",
+    "ChatResult": "openjanus.requests",
     "JanusConfig": "openjanus.config",
     "Janus": "openjanus.model.janus",
     "load_model": "openjanus.checkpoints",

@@ -1,7 +1,8 @@
 """`openjanus` command line: a thin layer of typed functions over `JanusPipeline`.
 
-Every command takes --model (a checkpoint folder, a preset name for random weights, or
-nothing for the shipped demo model), --device, --dtype and --seed. Errors are one line.
+Every command takes --model (a checkpoint folder; janus-shapes or nothing for the shipped demo
+model; a preset name for random weights), --device, --dtype and --seed. Errors are one line
+with exit code 2, usage errors included.
 """
 
 from __future__ import annotations
@@ -12,27 +13,93 @@ import sys
 from pathlib import Path
 
 from openjanus.errors import UserError
-from openjanus.requests import Message
+from openjanus.requests import MAX_SEED, Message
+
+
+
+# --- flag types: a bad value is one line from argparse, before any model is loaded ----------
+
+
+def finite_float(text: str) -> float:
+    """A float flag that must be a finite number (no nan, inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def int_range(minimum: int, maximum: int | None = None):
+    """An integer flag type that must lie in [minimum, maximum]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"must be >= {minimum}" if maximum is None else f"must be in [{minimum}, {maximum}]"
+            raise argparse.ArgumentTypeError(f"{bound}, got {text}")
+        return value
+
+    return parse
+
+
+seed_int = int_range(0, MAX_SEED)
+positive_int = int_range(1)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default in --help, except where there is none (None, False, [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's parser: defaults in --help, usage errors on one line (exit code 2)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     """--model, --device and --dtype, shared by every command that loads a model."""
     p.add_argument("--model", default=None,
-                   help="checkpoint folder (official or Hugging Face layout), a preset name for random "
-                        "weights, or omit for the shipped demo model")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+                   help="checkpoint folder (official or Hugging Face layout), janus-shapes (the shipped "
+                        "demo model, also used when omitted), or a preset name for RANDOM weights "
+                        "(tiny, small, janus-pro-1b, ...)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: weight-only int8 LLM and heads (per-channel scales; bf16 activations on CPU)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     add_model_flags(p)
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same device: same output)")
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="random seed in [0, 2**63 - 1] (same seed, same device: same output)")
+
+
+def _check_finite_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check-finite", action="store_true",
+                   help="refuse a checkpoint whose weights hold NaN or inf, naming the first such tensor")
 
 
 def _sampling(p: argparse.ArgumentParser, temperature: float) -> None:
-    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--temperature", type=finite_float, default=temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int_range(0), default=None,
+                   help="sample from the k most likely tokens only (0 = off)")
+    p.add_argument("--top-p", type=finite_float, default=None,
+                   help="sample from the smallest set of tokens whose probability reaches p, in (0, 1]")
 
 
 def _pipeline(args: argparse.Namespace):
@@ -40,7 +107,9 @@ def _pipeline(args: argparse.Namespace):
     from openjanus.pipeline import JanusPipeline
 
     pipe = JanusPipeline.load(args.model, device=args.device, dtype=args.dtype,
-                              roles=getattr(args, "roles", None), seed=args.seed)
+                              roles=getattr(args, "roles", None), seed=args.seed,
+                              check_finite=getattr(args, "check_finite", False),
+                              quantize=getattr(args, "quantize", None))
     if getattr(args, "batch_rows", None) is not None or getattr(args, "compile", False):
         pipe.start_engine(EngineConfig(max_rows=args.batch_rows or EngineConfig.max_rows,
                                        compile_step=getattr(args, "compile", False)))
@@ -111,6 +180,11 @@ def _interactive(pipe, images, opts) -> None:
                 pending.append(load_image(line[len("/image "):].strip()))
             except ImageLoadError as e:
                 print(f"error: {e}", file=sys.stderr)
+            continue
+        if line.startswith("/"):
+            # A mistyped command must not reach the model as a message.
+            print(f"error: unknown command {line.split()[0]!r}; commands: /image PATH, /reset, /quit",
+                  file=sys.stderr)
             continue
         turn = Message("user", [*pending, line])
         try:
@@ -204,16 +278,12 @@ def cmd_info(args: argparse.Namespace) -> None:
     import torch
 
     from openjanus.checkpoints import read_config
-    from openjanus.config import PRESETS, JanusConfig
+    from openjanus.config import JanusConfig
     from openjanus.model.janus import Janus
-    from openjanus.pipeline import DEMO_MODEL_DIR, resolve_device, resolve_dtype
+    from openjanus.pipeline import resolve_device, resolve_dtype, resolve_model_source
 
-    source = args.model
-    if source is None:
-        source = DEMO_MODEL_DIR
-        if not (DEMO_MODEL_DIR / "config.json").is_file():
-            raise UserError("no --model given and no demo model is installed")
-    if isinstance(source, str) and source in PRESETS and not Path(source).exists():
+    source = resolve_model_source(args.model)
+    if isinstance(source, str):
         cfg = JanusConfig.from_name(source)
     else:
         cfg, layout = read_config(source)
@@ -241,15 +311,19 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="openjanus", description=__doc__.splitlines()[0])
+    from openjanus import __version__
+
+    parser = _Parser(prog="openjanus", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("chat", help="ask about images (interactive without a question)")
     _common(p)
     _sampling(p, temperature=0.0)
+    _check_finite_flag(p)
     p.add_argument("question", nargs="*", help="the question; omit for an interactive chat")
     p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
-    p.add_argument("--max-new-tokens", type=int, default=None,
+    p.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help="answer length cap (default: what the context leaves, up to 512)")
     p.add_argument("--roles", choices=["pro", "legacy"], default=None,
                    help="chat roles: pro = <|User|>/<|Assistant|> (Janus-Pro), legacy = User/Assistant (Janus-1.3B)")
@@ -260,26 +334,30 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling(p, temperature=1.0)
     p.add_argument("prompt", nargs="+", help="one or more prompts")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("-n", type=int, default=1, help="images per prompt")
-    p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance weight")
+    _check_finite_flag(p)
+    p.add_argument("-n", type=positive_int, default=1, help="images per prompt")
+    p.add_argument("--cfg", type=finite_float, default=5.0, help="classifier-free guidance weight")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
-    p.add_argument("--batch-rows", type=int, default=None,
-                   help="LLM rows decoded together (2 per image; default 16): larger n runs in batches of this")
-    p.add_argument("--jacobi", type=int, default=0, help="speculative Jacobi window (0 = off)")
+    p.add_argument("--batch-rows", type=int_range(2), default=None,
+                   help="LLM rows decoded together (2 per image; default 64, fewer when 4 GiB of KV cache cannot hold them): larger n runs in batches of this")
+    p.add_argument("--jacobi", type=int_range(0, 64), default=0, help="speculative Jacobi window (0 = off)")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("vq", help="image -> VQ codes -> image, printing the PSNR")
     _common(p)
-    p.add_argument("image")
+    _check_finite_flag(p)
+    p.add_argument("image", help="image file")
     p.add_argument("--out", default=None, help="write the reconstruction here")
     p.set_defaults(func=cmd_vq)
 
     p = sub.add_parser("info", help="parameter counts and memory")
     _common(p)
-    p.add_argument("--batch", type=int, default=1, help="images (or sequences with --seq-len) for the KV-cache estimate")
-    p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens assumed for image generation")
-    p.add_argument("--seq-len", type=int, default=None, help="estimate the KV cache for plain sequences of this length")
+    p.add_argument("--batch", type=positive_int, default=1,
+                   help="images (or sequences with --seq-len) for the KV-cache estimate")
+    p.add_argument("--prompt-len", type=positive_int, default=64, help="prompt tokens assumed for image generation")
+    p.add_argument("--seq-len", type=positive_int, default=None,
+                   help="estimate the KV cache for plain sequences of this length")
     p.set_defaults(func=cmd_info)
 
     for register in _extensions():
@@ -288,16 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions():
-    """Sub-command groups living next to their code (evaluation, training, demo, server).
-
-    The server's module imports FastAPI only inside its command, so a missing `serve` extra
-    shows up as a clear error from `openjanus serve` alone."""
+    """Sub-command groups living next to their code (evaluation, training, serving, demo); the
+    serve extra's packages are imported only when `openjanus serve` runs."""
     from openjanus import demo
     from openjanus.eval import commands as eval_commands
     from openjanus.serve import commands as serve_commands
     from openjanus.train import commands as train_commands
 
-    return [eval_commands.register, train_commands.register, demo.register, serve_commands.register]
+    return [eval_commands.register, train_commands.register, serve_commands.register, demo.register]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,12 +7,55 @@ stored twice. Presets are plain override tables; ``JanusConfig.from_name`` build
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from openjanus.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration value is missing, inconsistent or unsupported."""
+
+
+class FieldError(ConfigError):
+    """One field has the wrong type or is out of range; `field` names it so that a file parser
+    can say it in the file's own words (see `renamed_fields`)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def check_int(name: str, value: Any, minimum: int | None = 1) -> int:
+    """`value` if it is an integer (not a bool) >= `minimum`, else a FieldError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise FieldError(name, f"must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise FieldError(name, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def check_float(name: str, value: Any, positive: bool = True) -> float:
+    """`value` if it is a finite number (> 0 when `positive`, else >= 0), else a FieldError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise FieldError(name, f"must be a finite number, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise FieldError(name, f"must be {'> 0' if positive else '>= 0'}, got {value}")
+    return value
+
+
+@contextmanager
+def renamed_fields(names: Mapping[str, str], prefix: str = "") -> Iterator[None]:
+    """Re-raise a FieldError under the name a file gives the field (`names`, else `prefix` + ours)."""
+    try:
+        yield
+    except FieldError as e:
+        raise FieldError(names.get(e.field, prefix + e.field), e.problem) from None
 
 
 @dataclass(frozen=True)
@@ -30,6 +73,10 @@ class LLMConfig:
     max_seq_len: int = 16384
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
+            check_int(f"llm.{name}", getattr(self, name))
+        check_float("llm.norm_eps", self.norm_eps)
+        check_float("llm.rope_theta", self.rope_theta)
         if self.dim % self.n_heads:
             raise ConfigError(f"LLM dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
@@ -56,6 +103,10 @@ class VisionConfig:
     select_layer: int = -1
 
     def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size", "dim", "n_layers", "n_heads", "mlp_dim"):
+            check_int(f"vision.{name}", getattr(self, name))
+        check_float("vision.norm_eps", self.norm_eps)
+        check_int("vision.select_layer", self.select_layer, minimum=None)
         if self.image_size % self.patch_size:
             raise ConfigError(
                 f"vision image_size {self.image_size} is not divisible by patch_size {self.patch_size}"
@@ -96,7 +147,16 @@ class VQConfig:
     commit_beta: float = 0.25
 
     def __post_init__(self) -> None:
+        for name in ("image_size", "codebook_size", "codebook_dim", "base_channels", "z_channels",
+                     "num_res_blocks", "norm_groups"):
+            check_int(f"vq.{name}", getattr(self, name))
+        check_float("vq.commit_beta", self.commit_beta, positive=False)
+        if isinstance(self.channel_mult, (str, bytes)) or not isinstance(self.channel_mult, (list, tuple)) \
+                or not self.channel_mult:
+            raise FieldError("vq.channel_mult", f"must be a non-empty list of integers, got {self.channel_mult!r}")
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        for i, m in enumerate(self.channel_mult):
+            check_int(f"vq.channel_mult[{i}]", m)
         if self.image_size % self.downsample:
             raise ConfigError(
                 f"VQ image_size {self.image_size} is not divisible by the downsampling factor {self.downsample}"
@@ -134,8 +194,14 @@ class JanusConfig:
     name: str = "custom"
 
     def __post_init__(self) -> None:
+        for part, cls in (("llm", LLMConfig), ("vision", VisionConfig), ("vq", VQConfig)):
+            if not isinstance(getattr(self, part), cls):
+                raise FieldError(part, f"must be a {cls.__name__}, got {getattr(self, part)!r}")
         if self.gen_head_dim is None:
             object.__setattr__(self, "gen_head_dim", self.llm.dim)
+        check_int("gen_head_dim", self.gen_head_dim)
+        if not isinstance(self.name, str):
+            raise FieldError("name", f"must be a string, got {self.name!r}")
 
     @property
     def num_und_tokens(self) -> int:
@@ -152,19 +218,31 @@ class JanusConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JanusConfig:
-        return cls(
-            llm=LLMConfig(**d.get("llm", {})),
-            vision=VisionConfig(**d.get("vision", {})),
-            vq=VQConfig(**d.get("vq", {})),
-            gen_head_dim=d.get("gen_head_dim"),
-            name=d.get("name", "custom"),
-        )
+        """The inverse of `to_dict`; unknown fields and wrong types raise ConfigError naming them."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a Janus config must be an object, got {type(d).__name__}")
+        unknown = sorted(set(d) - {"llm", "vision", "vq", "gen_head_dim", "name"})
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        parts = {}
+        for part, part_cls in (("llm", LLMConfig), ("vision", VisionConfig), ("vq", VQConfig)):
+            values = d.get(part, {})
+            if not isinstance(values, dict):
+                raise FieldError(part, f"must be an object, got {values!r}")
+            known = {f.name for f in dataclasses.fields(part_cls)}
+            unknown = sorted(set(values) - known)
+            if unknown:
+                raise ConfigError(f"unknown {part} field(s): {', '.join(map(str, unknown))}")
+            parts[part] = part_cls(**values)
+        return cls(**parts, gen_head_dim=d.get("gen_head_dim"), name=d.get("name", "custom"))
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> JanusConfig:
         """Build a preset; `overrides` use "part.field" keys, e.g. ``{"llm.n_layers": 2}``."""
         if name not in PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+            hint = (f"; {name!r} is the shipped demo model, its architecture preset is {name + '-arch'!r}"
+                    if name + "-arch" in PRESETS else "")
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}{hint}")
         table = {**PRESETS[name], **overrides}
         parts: dict[str, dict[str, Any]] = {"llm": {}, "vision": {}, "vq": {}}
         top: dict[str, Any] = {"name": name}
@@ -220,8 +298,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vq.z_channels": 32,
         "vq.num_res_blocks": 1,
     },
-    # The shipped demo model (trained on the shapes world, see README): 64 px on both visual paths.
-    "janus-shapes": {
+    # The architecture of the shipped demo model janus-shapes (trained on the shapes world, see
+    # README): 64 px on both visual paths. The name "janus-shapes" itself means the trained model.
+    "janus-shapes-arch": {
         "llm.vocab_size": 576,
         "llm.dim": 256,
         "llm.n_layers": 6,

@@ -22,6 +22,7 @@ import random
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
@@ -59,21 +60,26 @@ class EngineConfig:
     """Bounds of the shared batch. An image takes two rows (classifier-free guidance), an answer one.
 
     max_rows: LLM rows decoded together (the KV cache holds this many rows at most).
-    max_cached_tokens: sum over running requests of rows x (prompt + new tokens); None = no cap
-        beyond max_rows.
+    max_cached_tokens: sum over running requests of rows x (prompt + new tokens); None = what
+        `max_cache_gib` of keys and values hold for this model and dtype.
+    max_cache_gib: the KV-cache memory the running requests may reserve when max_cached_tokens
+        is None (the allocation rounds rows up to a power of two and lengths to a bucket).
     max_queue: requests waiting beyond the running ones; more are refused with `QueueFull`.
     max_images: images one request may ask for (larger ones run in chunks of the batch size).
     length_bucket: cache lengths and attention spans round up to multiples of this.
     """
 
-    max_rows: int = 16
+    max_rows: int = 64
     max_cached_tokens: int | None = None
+    max_cache_gib: float = 4.0
     max_queue: int = 256
     max_images: int = 1000
     length_bucket: int = 128
     compile_step: bool = False
 
     def __post_init__(self) -> None:
+        if not 0 < self.max_cache_gib < float("inf"):
+            raise UserError(f"max_cache_gib must be a positive number, got {self.max_cache_gib}")
         for name in ("max_rows", "max_queue", "max_images", "length_bucket"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise UserError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -99,6 +105,7 @@ class RequestHandle:
         self._error: BaseException | None = None
         self._cancel = threading.Event()
         self.jobs: list[Job] = []  # image chunks run one after another; a chat has one job
+        self._decoding = False  # the worker handed its tokens to the VQ decoder
 
     # --- for callers ------------------------------------------------------------------------
 
@@ -133,11 +140,19 @@ class RequestHandle:
         return self._done.is_set()
 
     def partial_tokens(self) -> torch.Tensor | None:
-        """Image requests: the tokens sampled so far for the running chunk, [n, steps] on the CPU."""
-        for job in self.jobs:
-            if not job.finished and job.tokens is not None:
-                return job.tokens[:, :job.done_steps].cpu()
-        return None
+        """Image requests: the tokens sampled so far of the images being generated, [n, steps]
+        on the CPU (the running chunk; all images with speculative Jacobi decoding)."""
+        # Read each job's tensor once: the worker drops it when the request's tokens are complete.
+        running = [(j.done_steps, t) for j in self.jobs if (t := j.tokens) is not None
+                   and (not j.finished or _parallel(self.jobs))]
+        if not running:
+            return None
+        steps = min(s for s, _ in running)
+        return torch.cat([t[:, :steps] for _, t in running]).cpu()
+
+    def _image_progress(self, job: Job) -> ImageProgress:
+        steps = min(j.done_steps for j in self.jobs) if _parallel(self.jobs) else job.done_steps
+        return ImageProgress(steps, job.steps)
 
     # --- for the worker -------------------------------------------------------------------
 
@@ -145,6 +160,8 @@ class RequestHandle:
         self._events.put(event)
 
     def _finish(self, result: Result | None = None, error: BaseException | None = None) -> None:
+        if self._done.is_set():
+            return
         self._result, self._error = result, error
         self._done.set()
         self._events.put(_DONE)
@@ -154,6 +171,17 @@ class RequestHandle:
         started = self.started if self.started is not None else now
         return Cost(seconds=now - self.submitted, queued_seconds=started - self.submitted,
                     forward_passes=sum(j.forward_passes for j in self.jobs))
+
+
+def _tokens_in(gib: float, model) -> int:
+    """Cache positions (one row, one slot) that `gib` GiB of keys and values hold for `model`."""
+    llm = model.llm.cfg
+    per_token = 2 * llm.n_layers * llm.n_kv_heads * llm.head_dim * model.llm.embed.weight.element_size()
+    return max(1, int(gib * 2**30 // per_token))
+
+
+def _parallel(jobs: list[Job]) -> bool:
+    return any(j.jacobi for j in jobs)
 
 
 class _Chat:
@@ -194,6 +222,7 @@ class Engine:
     def __init__(self, pipeline: JanusPipeline, config: EngineConfig | None = None) -> None:
         self.pipeline = pipeline
         self.config = config or EngineConfig()
+        self.max_cached_tokens = self.config.max_cached_tokens or _tokens_in(self.config.max_cache_gib, pipeline.model)
         self.runner = BatchRunner(pipeline.model, max_rows=self.config.max_rows,
                                   length_bucket=self.config.length_bucket, compile_step=self.config.compile_step)
         self._lock = threading.Condition()
@@ -201,6 +230,7 @@ class Engine:
         self._waiting = 0  # requests in the queue (a request's later chunks are not counted)
         self._live: dict[Job, tuple[RequestHandle, _Chat | None]] = {}
         self._thread: threading.Thread | None = None
+        self._post = ThreadPoolExecutor(1, thread_name_prefix="openjanus-vq")
         self._closed = False
         self.steps = 0  # decode steps run so far (for tests and metrics)
 
@@ -214,7 +244,7 @@ class Engine:
         if isinstance(request, ImageRequest):
             jobs = self._image_jobs(request, seed)
         elif isinstance(request, ChatRequest):
-            jobs = [self._chat_job(request, seed, handle)]
+            jobs = [self._chat_job(request, seed)]
         else:
             raise UserError(f"unknown request type {type(request).__name__}")
         handle.jobs = jobs
@@ -226,7 +256,8 @@ class Engine:
             if self._waiting >= self.config.max_queue:
                 raise QueueFull(f"the queue is full ({self.config.max_queue} requests waiting)")
             self._waiting += 1
-            self._queue.append((handle, jobs[0]))
+            # Chunks that share one random stream run one after another; Jacobi images at once.
+            self._queue.extend((handle, j) for j in (jobs if _parallel(jobs) else jobs[:1]))
             self._start()
             self._lock.notify_all()
         return handle
@@ -244,26 +275,28 @@ class Engine:
         if request.n > self.config.max_images:
             raise UserError(f"{request.n} images requested; this engine allows up to {self.config.max_images} "
                             "per request")
-        if request.jacobi:
-            raise UserError("speculative Jacobi decoding is not available in this build")
         tok = pipe.processor.tokenizer
         ids = tok.encode(pipe.processor.t2i_prompt(request.prompt))
         limit = cfg.llm.max_seq_len - cfg.num_gen_tokens
         if len(ids) > limit:
             raise UserError(f"the prompt is {len(ids)} tokens; this model allows {limit} before its "
                             f"{cfg.num_gen_tokens} image tokens ({cfg.llm.max_seq_len} positions in all)")
-        per_chunk = self.config.max_rows // 2
-        if self.config.max_cached_tokens is not None:
-            per_chunk = min(per_chunk, self.config.max_cached_tokens // (2 * (len(ids) + cfg.num_gen_tokens)))
-            if per_chunk < 1:
-                raise UserError(f"one image needs {2 * (len(ids) + cfg.num_gen_tokens)} cached tokens; "
-                                f"the engine allows {self.config.max_cached_tokens}")
+        per_image = 2 * (len(ids) + cfg.num_gen_tokens)
+        per_chunk = min(self.config.max_rows // 2, self.max_cached_tokens // per_image)
+        if per_chunk < 1:
+            raise UserError(f"one image needs {per_image} cached tokens; the engine allows {self.max_cached_tokens}")
+        if request.jacobi:
+            # One job per image (each keeps its own window), all running at once; image i draws
+            # from its own stream, so the request's output does not depend on admission order.
+            return [image_job(ids, tok.pad_id, 1, request.cfg_weight, request.sampling,
+                              self._generator((seed + i * 0x9E3779B97F4A7C15) % 2**63), cfg.num_gen_tokens,
+                              jacobi=request.jacobi) for i in range(request.n)]
         generator = self._generator(seed)  # shared by the chunks, which run one after another
         sizes = [min(per_chunk, request.n - s) for s in range(0, request.n, per_chunk)]
         return [image_job(ids, tok.pad_id, k, request.cfg_weight, request.sampling, generator, cfg.num_gen_tokens)
                 for k in sizes]
 
-    def _chat_job(self, request: ChatRequest, seed: int, handle: RequestHandle) -> Job:
+    def _chat_job(self, request: ChatRequest, seed: int) -> Job:
         pipe, cfg = self.pipeline, self.pipeline.model.cfg
         context = cfg.llm.max_seq_len
         try:
@@ -272,18 +305,14 @@ class Engine:
             raise UserError(str(e)) from None
         n = len(sample.input_ids)
         room = context - n
-        if request.max_new_tokens is None:
-            max_new = min(DEFAULT_MAX_NEW_TOKENS, room)
-            if max_new < 1:
-                raise UserError(f"the conversation is {n} tokens; the model's context is {context} positions, "
-                                "with no room left for an answer")
-        else:
-            max_new = request.max_new_tokens
-            if max_new > room:
-                raise UserError(f"the conversation is {n} tokens and max_new_tokens is {max_new}: together more "
-                                f"than the model's {context} positions (lower max_new_tokens to <= {max(room, 0)})")
-        limit = self.config.max_cached_tokens
-        if limit is not None and n + max_new > limit:
+        max_new = request.max_new_tokens if request.max_new_tokens is not None else min(DEFAULT_MAX_NEW_TOKENS, room)
+        if room < 1 or max_new > room:
+            advice = f"lower max_new_tokens to at most {room}" if room >= 1 else \
+                "shorten the prompt, which alone fills the context"
+            raise UserError(f"prompt is {n} tokens and {max(max_new, 1)} new tokens were requested, but the "
+                            f"model's context is {context} tokens: {advice}")
+        limit = self.max_cached_tokens
+        if n + max_new > limit:
             raise UserError(f"the request needs {n + max_new} cached tokens; the engine allows {limit}")
         job = Job("text", [sample.input_ids], max_new, request.sampling, self._generator(seed),
                   eos_id=pipe.processor.tokenizer.eos_id if request.stop_at_eos else None,
@@ -315,12 +344,17 @@ class Engine:
             self._lock.notify_all()
         if self._thread is not None:
             self._thread.join()
+        self._post.shutdown(wait=True)
 
     def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def queue_depth(self) -> int:
@@ -334,29 +368,42 @@ class Engine:
         return sum(j.n_rows * j.length for j in self.runner.jobs)
 
     def _admit(self) -> None:
-        """Move queued jobs into the batch in arrival order while they fit."""
-        limit = self.config.max_cached_tokens
-        while True:
-            with self._lock:
-                if not self._queue:
-                    return
+        """Move queued jobs into the batch in arrival order while they fit; jobs admitted
+        together are prefilled together."""
+        limit = self.max_cached_tokens
+        admitted: list[tuple[RequestHandle, Job]] = []
+        used = self._used_tokens()
+        with self._lock:
+            while self._queue:
                 handle, job = self._queue[0]
-                if handle.cancelled:
+                if handle.cancelled or handle.done():  # (done: another of its jobs failed)
                     self._queue.popleft()
                     self._waiting -= job is handle.jobs[0]
                     handle._finish(error=Cancelled("the request was cancelled"))
                     continue
-                if not self.runner.fits(job) or (limit is not None and self._used_tokens() + job.n_rows * job.length > limit):
-                    return
+                if not self.runner._fits_with([j for _, j in admitted], job) or used + job.n_rows * job.length > limit:
+                    break
                 self._queue.popleft()
                 self._waiting -= job is handle.jobs[0]
+                used += job.n_rows * job.length
+                admitted.append((handle, job))
+            if admitted:
                 self._lock.notify_all()  # room in the queue for a waiting submitter
+        if not admitted:
+            return
+        now = time.perf_counter()
+        for handle, _ in admitted:
             if handle.started is None:
-                handle.started = time.perf_counter()
-            try:
-                self.runner.add(job)
-            except Exception as e:  # this request's own prefill (e.g. its images): it alone fails
+                handle.started = now
+        try:
+            failed = dict(self.runner.add_all([j for _, j in admitted]))
+        except Exception as e:  # the shared prefill failed: none of these requests can go on
+            for handle, _ in admitted:
                 self._fail(handle, e)
+            return
+        for handle, job in admitted:
+            if job in failed:  # this request's own input (e.g. its images): it alone fails
+                self._fail(handle, failed[job])
                 continue
             chat = None
             if job.kind == "text":
@@ -379,42 +426,45 @@ class Engine:
                     self._lock.wait()
                 if self._closed and not self._queue and not self.runner.jobs:
                     return
-            self._admit()
-            for job, (handle, _) in list(self._live.items()):
-                if handle.cancelled:
-                    self.runner.remove(job)
-                    del self._live[job]
-                    handle._finish(error=Cancelled("the request was cancelled"))
-            if not self.runner.jobs:
-                continue
             try:
-                finished = self.runner.step()
-            except Exception as e:  # the shared step failed: no request in it can go on
-                for job, (handle, _) in list(self._live.items()):
+                self._iteration()
+            except Exception as e:  # a bug or a device error: end the running requests, keep serving
+                for handle, _ in list(self._live.values()):
                     self._fail(handle, e)
+
+    def _iteration(self) -> None:
+        """Admit what fits, drop cancelled requests, run one step, hand out what it produced."""
+        self._admit()
+        for job, (handle, _) in list(self._live.items()):
+            if handle.cancelled:
+                self.runner.remove(job)
+                del self._live[job]
+                handle._finish(error=Cancelled("the request was cancelled"))
+        if not self.runner.jobs:
+            return
+        finished = self.runner.step()
+        self.steps += 1
+        eos = self.pipeline.processor.tokenizer.eos_id
+        for job, (handle, chat) in list(self._live.items()):
+            if job.error is not None:
                 continue
-            self.steps += 1
-            eos = self.pipeline.processor.tokenizer.eos_id
-            for job, (handle, chat) in list(self._live.items()):
-                if job.error is not None:
-                    continue
-                if chat is None:
-                    if not job.finished:
-                        handle._emit(ImageProgress(job.done_steps, job.steps))
-                    continue
-                chat.feed(job.token_ids[-1:], eos)
-                if chat.stopped and not job.finished:  # a stop string: leave the batch now
-                    self.runner.remove(job)
-                    job.finished = True
-                    finished.append(job)
-            for job in finished:
-                handle, chat = self._live.pop(job)
-                if job.error is not None:
-                    self._fail(handle, job.error)
-                elif chat is not None:
-                    self._finish_chat(handle, chat)
-                else:
-                    self._finish_image_chunk(handle, job)
+            if chat is None:
+                if not job.finished:
+                    handle._emit(handle._image_progress(job))
+                continue
+            chat.feed(job.token_ids[-1:], eos)
+            if chat.stopped and not job.finished:  # a stop string: leave the batch now
+                self.runner.remove(job)
+                job.finished = True
+                finished.append(job)
+        for job in finished:
+            handle, chat = self._live.pop(job)
+            if job.error is not None:
+                self._fail(handle, job.error)
+            elif chat is not None:
+                self._finish_chat(handle, chat)
+            else:
+                self._finish_image_chunk(handle, job)
 
     def _finish_chat(self, handle: RequestHandle, chat: _Chat) -> None:
         chat.flush()
@@ -426,18 +476,26 @@ class Engine:
                                   handle.seed, handle._cost()))
 
     def _finish_image_chunk(self, handle: RequestHandle, job: Job) -> None:
-        handle._emit(ImageProgress(job.done_steps, job.steps))
-        index = handle.jobs.index(job)
-        if index + 1 < len(handle.jobs):
-            with self._lock:  # the next chunk goes first: it continues an earlier request
-                self._queue.appendleft((handle, handle.jobs[index + 1]))
+        if handle.done() or handle._decoding:
+            return  # already decoding (several of its Jacobi images finished in one step)
+        handle._emit(handle._image_progress(job))
+        if not all(j.finished for j in handle.jobs):
+            index = handle.jobs.index(job)
+            if not _parallel(handle.jobs) and index + 1 < len(handle.jobs):
+                with self._lock:  # the next chunk goes first: it continues an earlier request
+                    self._queue.appendleft((handle, handle.jobs[index + 1]))
             return
-        try:
-            tokens = torch.cat([j.tokens for j in handle.jobs]).cpu()
-            images = self.pipeline.decode_tokens(tokens)
-        except Exception as e:
-            self._fail(handle, e)
-            return
+        handle._decoding = True
+        tokens = torch.cat([j.tokens for j in handle.jobs]).cpu()
         for j in handle.jobs:
             j.tokens = None  # the CPU copy is the result; free the device memory
+        # VQ decoding runs beside the worker, which goes on decoding the other requests' tokens.
+        self._post.submit(self._decode_images, handle, tokens)
+
+    def _decode_images(self, handle: RequestHandle, tokens: torch.Tensor) -> None:
+        try:
+            images = self.pipeline.decode_tokens(tokens)
+        except Exception as e:  # the request's jobs have already left the batch
+            handle._finish(error=e if isinstance(e, UserError) else RuntimeError(f"VQ decoding failed: {e}"))
+            return
         handle._finish(ImageResult(handle.request, images, tokens, handle.seed, handle._cost()))

@@ -13,6 +13,8 @@ its rows take part in the shared decode step) and leave as soon as it is done.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -62,8 +64,47 @@ def cfg_combine(logits: Tensor, weight: float) -> Tensor:
     return uncond + weight * (cond - uncond)
 
 
+def accept_drafts(p_draft: Tensor, q_draft: Tensor, uniform: Tensor) -> Tensor:
+    """Speculative sampling's test: keep a draft drawn from q with probability min(1, p/q).
+    All [k]: the target's and the proposal's probability of each draft, and U(0, 1) draws."""
+    return uniform * q_draft < p_draft
+
+
+def residual(p: Tensor, q: Tensor) -> Tensor:
+    """Where to draw from after a rejection: normalise(max(0, p - q)) (unnormalised here)."""
+    r = (p - q).clamp(min=0)
+    return r if float(r.sum()) > 0 else p  # p == q up to rounding: then p itself
+
+
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def _upload(t: Tensor, device: torch.device) -> Tensor:
+    """A small host tensor (row indices, slots) on `device` without waiting for the device:
+    from pinned memory, asynchronously (a plain copy from pageable memory would sync)."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _free_start(taken: list[tuple[int, int]], n_rows: int, max_rows: int) -> int | None:
+    start = 0
+    for a, b in sorted(taken):
+        if a - start >= n_rows:
+            break
+        start = max(start, b)
+    return start if start + n_rows <= max_rows else None
+
+
+def _first_fit(taken: list[tuple[int, int]], sizes: list[int], max_rows: int) -> bool:
+    """Whether row ranges of `sizes`, placed one after another lowest-first, all fit."""
+    for n in sizes:
+        start = _free_start(taken, n, max_rows)
+        if start is None:
+            return False
+        taken.append((start, start + n))
+    return True
 
 
 def _pow2_at_least(n: int) -> int:
@@ -92,6 +133,7 @@ class Job:
     eos_id: int | None = None  # text jobs: stop after sampling it
     image_mask: Tensor | None = None  # text jobs: bool [T], positions the image features fill
     pixel_values: Tensor | None = None  # text jobs: [n_images, 3, S, S]
+    jacobi: int = 0  # image jobs of one image: draft this many tokens per forward pass (0 = off)
 
     # Filled by the runner.
     start_row: int = -1
@@ -102,6 +144,11 @@ class Job:
     tokens: Tensor | None = None  # image: [n, steps] long on the model's device
     token_ids: list[int] = field(default_factory=list)  # text: sampled ids (EOS included)
     _nonfinite: Tensor | None = None
+    # Speculative Jacobi state: hidden states of the last window [2, m, D], its draft tokens [m-1]
+    # and the distributions they were drawn from [m-1, V] (None when greedy).
+    _window: Tensor | None = None
+    _drafts: Tensor | None = None
+    _proposals: Tensor | None = None
 
     def __post_init__(self) -> None:
         lengths = {len(r) for r in self.prompt_ids}
@@ -109,6 +156,8 @@ class Job:
             raise ValueError("a job's rows must be non-empty and of equal length")
         if self.kind == "image" and len(self.prompt_ids) % 2:
             raise ValueError("an image job has a conditional and an unconditional row per image")
+        if self.jacobi and (self.kind != "image" or self.n_rows != 2):
+            raise ValueError("speculative Jacobi decoding runs one image per job")
 
     @property
     def n_rows(self) -> int:
@@ -129,7 +178,7 @@ class Job:
 
     @property
     def next_slot(self) -> int:
-        """Cache slot (= RoPE position) of the token fed at the next decode step."""
+        """Cache slot (= RoPE position) of the (first) token fed at the next decode step."""
         return self.prompt_len + self.done_steps - 1
 
 
@@ -152,6 +201,8 @@ class BatchRunner:
         self.length_bucket = length_bucket
         self.compile_step = compile_step
         self.jobs: list[Job] = []
+        self.feature_cache = 64  # images whose understanding features are kept
+        self._features: OrderedDict[bytes, Tensor] = OrderedDict()
         self.cache: KVCache | None = None
         self.hidden: Tensor | None = None  # [rows, D] last hidden state of every row
         self._step_fn: Callable[[Tensor, Tensor, int], Tensor] = self._decode
@@ -166,29 +217,36 @@ class BatchRunner:
 
     def _free_start(self, n_rows: int) -> int | None:
         """First row of a free contiguous range of n_rows rows, lowest first."""
-        taken = sorted((j.start_row, j.start_row + j.n_rows) for j in self.jobs)
-        start = 0
-        for a, b in taken:
-            if a - start >= n_rows:
-                break
-            start = max(start, b)
-        return start if start + n_rows <= self.max_rows else None
+        return _free_start([(j.start_row, j.start_row + j.n_rows) for j in self.jobs], n_rows, self.max_rows)
 
     def fits(self, job: Job) -> bool:
-        return job.n_rows <= self.max_rows and self._free_start(job.n_rows) is not None
+        return self._fits_with([], job)
+
+    def _fits_with(self, pending: Sequence[Job], job: Job) -> bool:
+        """Whether `job` finds free rows once the `pending` jobs (not yet added) have theirs."""
+        free = self.max_rows - sum(j.n_rows for j in self.jobs) - sum(j.n_rows for j in pending)
+        if job.n_rows > free:
+            return False
+        if not pending:
+            return self._free_start(job.n_rows) is not None
+        taken = [(j.start_row, j.start_row + j.n_rows) for j in self.jobs]
+        return _first_fit([*taken], [j.n_rows for j in pending] + [job.n_rows], self.max_rows)
 
     def _ensure_cache(self, rows: int, length: int) -> None:
         llm = self.model.llm
         if length > llm.cfg.max_seq_len:
             raise UserError(f"the job needs {length} positions but the model has {llm.cfg.max_seq_len}")
         rows = min(self.max_rows, _pow2_at_least(rows))
-        length = min(llm.cfg.max_seq_len, round_up(length, self.length_bucket))
+        # + 1: the scratch slot at the end, written by rows a pass does not feed (not a position).
+        length = min(llm.cfg.max_seq_len + 1, round_up(length + 1, self.length_bucket))
         old = self.cache
         if old is not None and old.batch >= rows and old.max_len >= length:
             return
         if old is not None:
             rows, length = max(rows, old.batch), max(length, old.max_len)
-        new = llm.new_cache(rows, length)
+        ref = llm.embed.weight
+        new = KVCache.allocate(llm.cfg.n_layers, rows, length, llm.cfg.n_kv_heads, llm.cfg.head_dim,
+                               device=ref.device, dtype=ref.dtype)
         hidden = torch.zeros(rows, llm.cfg.dim, device=self.device, dtype=llm.embed.weight.dtype)
         if old is not None:
             new.k[:, :old.batch, :, :old.max_len] = old.k
@@ -196,34 +254,96 @@ class BatchRunner:
             hidden[:old.batch] = self.hidden
         self.cache, self.hidden = new, hidden
 
-    @torch.inference_mode()
     def add(self, job: Job) -> None:
         """Prefill `job` on free rows; it takes part in the next `step`."""
-        start = self._free_start(job.n_rows)
-        if start is None:
-            raise RuntimeError("no free rows for the job; check fits() first")
-        self._ensure_cache(start + job.n_rows, job.length)
-        job.start_row = start
+        failed = self.add_all([job])
+        if failed:
+            raise failed[0][1]
+
+    @torch.inference_mode()
+    def add_all(self, jobs: Sequence[Job]) -> list[tuple[Job, BaseException]]:
+        """Prefill `jobs` (which must fit together) on free rows. Jobs whose prompts have the
+        same length share one forward pass, as a left-padded batch without padding would.
+        Returns the jobs whose own inputs failed (e.g. an image), with the error; the others
+        take part in the next `step`."""
         device = self.device
-        ids = torch.tensor(job.prompt_ids, dtype=torch.long, device=device)  # [R, T]
-        if job.kind == "text" and job.image_mask is not None and job.pixel_values is not None:
-            pixels = job.pixel_values.to(device)
-            h = self.model.embed_chat(ids, job.image_mask.to(device)[None], pixels)
-        else:
-            h = self.model.embed_text(ids)
-        R, T = ids.shape
+        ready: list[tuple[Job, Tensor]] = []
+        failed: list[tuple[Job, BaseException]] = []
+        for job in jobs:
+            try:
+                ids = torch.tensor(job.prompt_ids, dtype=torch.long, device=device)  # [R, T]
+                h = self.model.embed_text(ids)
+                if job.kind == "text" and job.pixel_values is not None and job.pixel_values.shape[0]:
+                    feats = self._und_features(job.pixel_values)  # [N, P, D]
+                    h = self.model.splice_und_features(h, job.image_mask.to(device)[None], feats)
+            except Exception as e:  # this job's own input: it alone fails
+                failed.append((job, e))
+                continue
+            start = self._free_start(job.n_rows)
+            if start is None:
+                raise RuntimeError("no free rows for the job; check fits() first")
+            self._ensure_cache(start + job.n_rows, job.length)
+            job.start_row = start
+            self.jobs.append(job)  # holds its rows from now on
+            ready.append((job, h))
+        by_length: dict[int, list[tuple[Job, Tensor]]] = {}
+        for job, h in ready:
+            by_length.setdefault(job.prompt_len, []).append((job, h))
+        try:
+            for group in by_length.values():
+                self._prefill([j for j, _ in group], torch.cat([h for _, h in group]))
+        except Exception:
+            for job, _ in ready:
+                self.remove(job)
+            raise
+        return failed
+
+    def _prefill(self, jobs: list[Job], h: Tensor) -> None:
+        """One forward pass over the prompts of `jobs` (all T long), h [R, T, D]."""
+        device = self.device
+        R, T = h.shape[:2]
         slots = torch.arange(T, device=device)
         positions = slots.expand(R, T)
         mask = cache_mask(slots, torch.ones(R, T, dtype=torch.bool, device=device))
+        if len(jobs) == 1:  # write straight into the job's rows
+            cache = self.cache.rows(jobs[0].start_row, jobs[0].start_row + R)
+        else:  # a scratch cache, copied into each job's rows below
+            llm = self.model.llm.cfg
+            cache = KVCache.allocate(llm.n_layers, R, T, llm.n_kv_heads, llm.head_dim, device=device, dtype=h.dtype)
         # The prompt fills slots 0..T-1 of its own rows: attend over those only.
-        out = self.model.llm(h, positions, mask=mask, cache=self.cache.rows(start, start + R), slots=slots,
-                             kv_len=T)[:, -1]
-        self.hidden[start:start + R] = out
-        if job.kind == "image":
-            job.tokens = torch.empty(R // 2, job.steps, dtype=torch.long, device=device)
-        job._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        job.forward_passes += 1
-        self.jobs.append(job)
+        out = self.model.llm(h, positions, mask=mask, cache=cache, slots=slots, kv_len=T)[:, -1]
+        offset = 0
+        for job in jobs:
+            rows, mine = job.rows, slice(offset, offset + job.n_rows)
+            offset += job.n_rows
+            if len(jobs) > 1:
+                self.cache.k[:, rows, :, :T] = cache.k[:, mine]
+                self.cache.v[:, rows, :, :T] = cache.v[:, mine]
+            self.hidden[rows] = out[mine]
+            if job.jacobi:
+                job._window = out[mine][:, None]  # [2, 1, D]: the exact distribution of the first token
+            if job.kind == "image":
+                job.tokens = torch.empty(job.n_rows // 2, job.steps, dtype=torch.long, device=device)
+            job._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+            job.forward_passes += 1
+
+    def _und_features(self, pixels: Tensor) -> Tensor:
+        """Understanding features [N, P, D] of preprocessed images [N, 3, S, S], each image
+        encoded on its own (so its features never depend on what it was batched with) and
+        remembered by content: a conversation re-sends its images every turn, and benchmarks
+        ask many questions about one image."""
+        out = []
+        dtype = self.model.llm.embed.weight.dtype
+        for image in pixels:
+            key = hashlib.sha1(image.contiguous().view(torch.uint8).cpu().numpy().tobytes()).digest()
+            feats = self._features.pop(key, None)
+            if feats is None:
+                feats = self.model.encode_und_images(image[None].to(self.device, dtype))[0]
+            self._features[key] = feats  # most recently used last
+            while len(self._features) > self.feature_cache:
+                self._features.popitem(last=False)
+            out.append(feats)
+        return torch.stack(out)
 
     def remove(self, job: Job) -> None:
         """Take `job` out of the batch (finished or cancelled); its rows are free at once."""
@@ -232,33 +352,29 @@ class BatchRunner:
 
     # --- decoding ---------------------------------------------------------------------------
 
-    def _decode(self, h: Tensor, slots: Tensor, kv_len: int) -> Tensor:
-        """One token per row [R, 1, D] at per-row cache `slots` [R] -> hidden [R, D]."""
-        key_idx = torch.arange(kv_len, device=h.device)
-        # Rows are unpadded: a row's keys are exactly the slots up to its own.
-        mask = (key_idx[None, :] <= slots[:, None])[:, None, None]  # [R, 1, 1, kv_len]
-        cache = self.cache.rows(0, h.shape[0])
-        return self.model.llm(h, slots[:, None], mask=mask, cache=cache, slots=slots[:, None], kv_len=kv_len)[:, -1]
+    def _decode(self, x: Tensor, slots: Tensor, kv_len: int) -> Tensor:
+        """Tokens [R, T, D] at per-row cache `slots` [R, T] -> hidden [R, T, D]."""
+        key_idx = torch.arange(kv_len, device=x.device)
+        # Rows are unpadded: a query's keys are exactly its row's slots up to its own.
+        mask = (key_idx[None, None, :] <= slots[:, :, None])[:, None]  # [R, 1, T, kv_len]
+        cache = self.cache.rows(0, x.shape[0])
+        return self.model.llm(x, slots, mask=mask, cache=cache, slots=slots, kv_len=kv_len)
 
     @torch.inference_mode()
     def step(self) -> list[Job]:
-        """Sample one token for every job, feed the continuing ones back; returns the jobs that
-        finished (done or failed) in this step, already removed from the batch."""
+        """Sample the next token(s) of every job and feed the continuing ones back; returns the
+        jobs that finished (done or failed) in this step, already removed from the batch."""
         model, device = self.model, self.device
         finished: list[Job] = []
-        feed_rows: list[Tensor] = []
-        feed_h: list[Tensor] = []
+        feeds: list[tuple[Job, Tensor, Tensor]] = []  # (job, rows, embeddings [rows, T, D])
         hidden = self.hidden
-        image_jobs = [j for j in self.jobs if j.kind == "image"]
+        image_jobs = [j for j in self.jobs if j.kind == "image" and not j.jacobi]
         text_jobs = [j for j in self.jobs if j.kind == "text"]
         if image_jobs:
-            rows = torch.cat([torch.arange(j.rows.start, j.rows.stop) for j in image_jobs]).to(device)
+            rows = _upload(torch.cat([torch.arange(j.rows.start, j.rows.stop) for j in image_jobs]), device)
             logits = model.image_logits(hidden[rows])  # [R, codebook]: one read of the head for all jobs
-            offset = 0
-            codes_fed: list[Tensor] = []
-            rows_fed: list[Tensor] = []
+            continuing: list[tuple[Job, Tensor]] = []
             for j, lg in zip(image_jobs, logits.split([j.n_rows for j in image_jobs])):
-                offset += j.n_rows
                 guided = cfg_combine(lg, j.cfg_weight)
                 j._nonfinite |= ~torch.isfinite(guided).all()
                 try:
@@ -274,11 +390,11 @@ class BatchRunner:
                         j.error = NonFiniteLogits()
                     finished.append(j)
                 else:
-                    codes_fed.append(codes.repeat_interleave(2))
-                    rows_fed.append(torch.arange(j.rows.start, j.rows.stop))
-            if codes_fed:
-                feed_h.append(model.embed_image_tokens(torch.cat(codes_fed)))
-                feed_rows.append(torch.cat(rows_fed))
+                    continuing.append((j, codes.repeat_interleave(2)))
+            if continuing:
+                h = model.embed_image_tokens(torch.cat([c for _, c in continuing]))[:, None]  # [R, 1, D]
+                for (j, _), hj in zip(continuing, h.split([j.n_rows for j, _ in continuing])):
+                    feeds.append((j, torch.arange(j.rows.start, j.rows.stop), hj))
         if text_jobs:
             rows = torch.tensor([j.start_row for j in text_jobs], device=device)
             logits = model.text_logits(hidden[rows]).float()  # [J, vocab]
@@ -292,8 +408,7 @@ class BatchRunner:
             tokens = torch.cat(picked)
             # The one host sync of a text step: the tokens decide who stops.
             values, flags = torch.stack([tokens, bad.long()]).tolist()
-            fed_ids: list[int] = []
-            fed_rows: list[int] = []
+            going: list[tuple[Job, int]] = []
             for j, t, b in zip(text_jobs, values, flags):
                 if b:
                     j.error = NonFiniteLogits()
@@ -304,43 +419,122 @@ class BatchRunner:
                 if j.done_steps == j.steps or t == j.eos_id:
                     finished.append(j)
                 else:
-                    fed_ids.append(t)
-                    fed_rows.append(j.start_row)
-            if fed_ids:
-                feed_h.append(model.embed_text(torch.tensor(fed_ids, device=device)))
-                feed_rows.append(torch.tensor(fed_rows))
+                    going.append((j, t))
+            if going:
+                h = model.embed_text(torch.tensor([t for _, t in going], device=device))[:, None, None]
+                feeds += [(j, torch.tensor([j.start_row]), hj) for (j, _), hj in zip(going, h)]
+        for j in [j for j in self.jobs if j.jacobi]:
+            try:
+                window = self._jacobi_tokens(j)
+            except RuntimeError:
+                j.error = NonFiniteLogits()
+                window = None
+            if window is None:
+                finished.append(j)
+            else:
+                h = model.embed_image_tokens(window)  # [L, D]
+                feeds.append((j, torch.arange(j.rows.start, j.rows.stop), h[None].expand(2, -1, -1)))
         for j in finished:
             j.finished = True
             self.remove(j)
-        if feed_rows:
-            self._feed(torch.cat(feed_rows).to(device), torch.cat(feed_h))
+        # One forward pass per window length: plain jobs and answers feed one token per row.
+        for length in sorted({h.shape[1] for _, _, h in feeds}):
+            group = [(j, r, h) for j, r, h in feeds if h.shape[1] == length]
+            out = self._forward(_upload(torch.cat([r for _, r, _ in group]), device), torch.cat([h for _, _, h in group]),
+                                [j for j, _, _ in group])
+            for (j, r, _), oj in zip(group, out.split([len(r) for _, r, _ in group])):
+                j.forward_passes += 1
+                if j.jacobi:
+                    j._window = oj
+                else:
+                    self.hidden[_upload(r, device)] = oj[:, -1]
         return finished
 
-    def _feed(self, rows: Tensor, h: Tensor) -> None:
-        """Run the shared decode step over rows [0, hi) (rows not in use compute nothing useful
-        but keep the batch a plain slice of the cache)."""
-        live = self.jobs
-        hi = max(j.rows.stop for j in live)
+    def _forward(self, rows: Tensor, h: Tensor, jobs: list[Job]) -> Tensor:
+        """Feed `h` [N, T, D] to `rows` [N] (of `jobs`, at their next slots) in one pass over the
+        cache rows [0, hi): rows not fed write only the scratch slot at the end of the cache and
+        their output is dropped, so the batch stays a plain slice of the cache. -> [N, T, D]."""
+        hi = max(j.rows.stop for j in self.jobs)
         if self.compile_step:
             hi = min(self.cache.batch, _pow2_at_least(hi))  # a few row buckets, not every count
-        slots_host = [0] * hi
-        for j in live:
-            for r in range(j.rows.start, j.rows.stop):
-                slots_host[r] = j.next_slot
-        kv_len = min(self.cache.max_len, round_up(max(slots_host) + 1, self.length_bucket))
-        x = torch.zeros(hi, 1, h.shape[-1], device=h.device, dtype=h.dtype)
-        x[rows, 0] = h
-        slots = torch.tensor(slots_host, device=h.device)
-        self.hidden[:hi] = self._step_fn(x, slots, kv_len)
-        for j in live:
-            j.forward_passes += 1
+        T = h.shape[1]
+        scratch = self.cache.max_len - 1
+        slots = torch.full((hi, T), scratch, dtype=torch.long)
+        top = 0
+        for j in jobs:
+            slots[j.rows] = torch.arange(j.next_slot, j.next_slot + T)
+            top = max(top, j.next_slot + T)
+        kv_len = min(self.cache.max_len, round_up(top, self.length_bucket))
+        x = torch.zeros(hi, T, h.shape[-1], device=h.device, dtype=h.dtype)
+        x[rows] = h
+        return self._step_fn(x, _upload(slots, h.device), kv_len)[rows]
+
+    def _jacobi_tokens(self, j: Job) -> Tensor | None:
+        """Verify the drafts of `j`'s last window, keep what is accepted, and return the next
+        window to feed (the new exact token, then fresh drafts), or None when the image is done.
+
+        Speculative Jacobi decoding (arXiv 2410.01699): the window's outputs give, in order, the
+        exact distribution p of each draft's position as long as every draft before it was
+        accepted. A draft x drawn from q is accepted with probability min(1, p(x)/q(x)); at the
+        first rejection the token is drawn from normalise(max(0, p - q)), so every kept token is
+        distributed exactly as plain sampling would draw it. Greedy: a draft is kept iff it is
+        the argmax. Drafts for the next window come from the outputs past the rejection.
+        """
+        model, g = self.model, j.generator
+        m = j._window.shape[1]
+        logits = model.image_logits(j._window.reshape(2 * m, -1)).view(2, m, -1)  # [cond/uncond, m, V]
+        guided = logits[1] + j.cfg_weight * (logits[0] - logits[1])  # [m, V], as cfg_combine
+        j._nonfinite |= ~torch.isfinite(guided).all()
+        greedy = j.sampling.temperature == 0
+        probs = None if greedy else torch.softmax(
+            filter_logits(guided / j.sampling.temperature, j.sampling.top_k, j.sampling.top_p), dim=-1)
+        best = guided.argmax(-1) if greedy else None
+        accepted = 0
+        if m > 1:
+            d = j._drafts  # [m-1], draft k checked against output k
+            if greedy:
+                ok = best[:m - 1] == d
+            else:
+                k = torch.arange(m - 1, device=d.device)
+                u = torch.rand(m - 1, generator=g, device=d.device)
+                ok = accept_drafts(probs[k, d], j._proposals[k, d], u)
+            for flag in ok.tolist():  # the host decides how many tokens are kept
+                if not flag:
+                    break
+                accepted += 1
+        kept = [j._drafts[:accepted]] if accepted else []
+        if greedy:
+            new = best[accepted:accepted + 1]
+        elif accepted < m - 1:
+            new = torch.multinomial(residual(probs[accepted], j._proposals[accepted]), 1, generator=g)
+        else:
+            new = torch.multinomial(probs[m - 1], 1, generator=g)
+        tokens = torch.cat([*kept, new])[:j.steps - j.done_steps]
+        j.tokens[0, j.done_steps:j.done_steps + len(tokens)] = tokens
+        j.done_steps += len(tokens)
+        if j.done_steps == j.steps:
+            if bool(j._nonfinite):
+                raise RuntimeError("non-finite logits")
+            return None
+        # Fresh drafts: from the outputs past the rejected position, then the last output again.
+        n_drafts = min(j.jacobi, j.steps - j.done_steps)
+        src = torch.clamp(torch.arange(accepted + 1, accepted + 1 + n_drafts), max=m - 1).to(guided.device)
+        if greedy:
+            j._drafts = best[src]
+        else:
+            j._proposals = probs[src]  # [n_drafts, V]
+            j._drafts = torch.multinomial(j._proposals, 1, generator=g).squeeze(-1)
+        return torch.cat([new, j._drafts])
 
     def run(self, jobs: Sequence[Job], on_step: Callable[[], None] | None = None) -> None:
         """Run `jobs` to the end, admitting them in order as rows free up (no threads)."""
         queue = list(jobs)
         while queue or self.jobs:
-            while queue and self.fits(queue[0]):
-                self.add(queue.pop(0))
+            admitted = []
+            while queue and self._fits_with(admitted, queue[0]):
+                admitted.append(queue.pop(0))
+            for _, error in self.add_all(admitted):
+                raise error
             if not self.jobs:
                 raise UserError(f"a job of {queue[0].n_rows} rows cannot fit in {self.max_rows} rows")
             for j in self.step():
@@ -354,10 +548,10 @@ class BatchRunner:
 
 
 def image_job(prompt_ids: Sequence[int], pad_id: int, n: int, cfg_weight: float, sampling: SamplingParams,
-              generator: torch.Generator | None, num_tokens: int) -> Job:
+              generator: torch.Generator | None, num_tokens: int, jacobi: int = 0) -> Job:
     """The job of `n` images of one prompt: (conditional, unconditional) rows per image."""
     rows = [list(prompt_ids), unconditional_prompt(prompt_ids, pad_id)] * n
-    return Job("image", rows, num_tokens, sampling, generator, cfg_weight=cfg_weight)
+    return Job("image", rows, num_tokens, sampling, generator, cfg_weight=cfg_weight, jacobi=jacobi)
 
 
 def generate_image_tokens(
@@ -369,12 +563,18 @@ def generate_image_tokens(
     sampling: SamplingParams = SamplingParams(),
     generator: torch.Generator | None = None,
     compile_step: bool = False,
+    jacobi: int = 0,
 ) -> Tensor:
     """Sample `n` images' tokens for one prompt (ids ending with `<begin_of_image>`) with
-    classifier-free guidance: [n, num_gen_tokens] int64 in raster order."""
-    job = image_job(prompt_ids, pad_id, n, cfg_weight, sampling, generator, model.cfg.num_gen_tokens)
-    BatchRunner(model, max_rows=max(2, job.n_rows), compile_step=compile_step).run([job])
-    return job.tokens
+    classifier-free guidance: [n, num_gen_tokens] int64 in raster order. With `jacobi`, each
+    image is its own job (they all draw from `generator`, in turn)."""
+    if jacobi:
+        jobs = [image_job(prompt_ids, pad_id, 1, cfg_weight, sampling, generator, model.cfg.num_gen_tokens, jacobi)
+                for _ in range(n)]
+    else:
+        jobs = [image_job(prompt_ids, pad_id, n, cfg_weight, sampling, generator, model.cfg.num_gen_tokens)]
+    BatchRunner(model, max_rows=2 * n, compile_step=compile_step).run(jobs)
+    return torch.cat([j.tokens for j in jobs])
 
 
 def generate_text(

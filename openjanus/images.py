@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,12 @@ import torch
 from PIL import Image
 
 from .config import ConfigError
+from .errors import UserError
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "ImageInput", "ImageLoadError", "ImageProcessorConfig",
-    "load_image", "ensure_rgb", "preprocess_und_images", "preprocess_gen_image",
+    "CLIP_MEAN", "CLIP_STD", "MAX_IMAGE_PIXELS", "GEN_RESIZE_MAX_PIXELS", "ImageInput", "ImageLoadError",
+    "ImageProcessorConfig", "load_image", "open_image", "check_image_size", "ensure_rgb", "preprocess_und_images",
+    "preprocess_gen_image",
 ]
 
 # What the official image processor falls back to when preprocessor_config.json omits a key.
@@ -32,23 +35,57 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ImageLoadError(ValueError):
-    """An image file or byte string could not be read or decoded."""
+# The largest image accepted, in pixels (8192 x 8192), checked from the file header before
+# decoding. Loading an accepted image as RGB then took at most 14 bytes per pixel when measured
+# (8 for 8-bit RGB/RGBA/CMYK: PIL keeps RGB in 4 bytes and the loader copies it; 13.6 for
+# 32-bit grey), under 1 GB at the limit, and both preprocessing paths below need a bounded
+# amount more, whatever the aspect ratio.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+# The generation path resizes the short side first. Above this many pixels in that resized
+# image (an extreme aspect ratio: 1,000,000 x 1 would need 1.5e11) it resamples only the
+# centre square that the crop keeps.
+GEN_RESIZE_MAX_PIXELS = 1 << 24
+
+# Rows converted at a time from 16/32-bit grey, so the float temporaries stay small.
+_CONVERT_CHUNK_PIXELS = 1 << 20
+
+
+class ImageLoadError(UserError, ValueError):
+    """An image file or byte string could not be read or decoded, or is too large."""
 
 
 ImageInput = Union[Image.Image, str, os.PathLike, bytes, bytearray]
 
 
+def check_image_size(width: int, height: int, name: str = "image") -> None:
+    """Refuse an empty image or one above `MAX_IMAGE_PIXELS` (raises ImageLoadError)."""
+    if width < 1 or height < 1:
+        raise ImageLoadError(f"{name} is empty ({width} x {height} pixels)")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageLoadError(f"{name} is {width} x {height} = {width * height:,} pixels, above the limit of "
+                             f"{MAX_IMAGE_PIXELS:,} (openjanus.images.MAX_IMAGE_PIXELS); downscale it first")
+
+
 def _wide_gray_to_rgb(img: Image.Image) -> Image.Image:
     # PIL's own conversion clips 16/32-bit grey at 255 (a 16-bit photo turns white); scale instead.
-    a = np.asarray(img).astype(np.float64)
+    a = np.asarray(img)
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if img.mode.startswith("I;16") or (lo >= 0 and 255 < hi <= 65535):
-        a = np.rint(a / 257.0)  # 65535 -> 255 exactly
-    elif lo < 0 or hi > 255:
-        # 32-bit data outside any standard range: stretch min..max over 0..255.
-        a = np.rint((a - lo) / (hi - lo) * 255.0) if hi > lo else np.clip(a, 0, 255)
-    return Image.fromarray(a.astype(np.uint8)).convert("RGB")
+    out = np.empty(a.shape, dtype=np.uint8)
+    rows = max(1, _CONVERT_CHUNK_PIXELS // max(1, a.shape[1] if a.ndim > 1 else 1))
+    for r in range(0, a.shape[0], rows):
+        part = a[r : r + rows]
+        if img.mode.startswith("I;16") or (lo >= 0 and 255 < hi <= 65535):
+            # round(v / 257) in integers: v / 257 is never exactly k + 1/2 (257 is odd), so this
+            # equals np.rint(v / 257.0) and 65535 -> 255 exactly, without float64 copies.
+            out[r : r + rows] = (part.astype(np.int64) + 128) // 257
+        elif lo < 0 or hi > 255:
+            # 32-bit data outside any standard range: stretch min..max over 0..255.
+            f = part.astype(np.float64)
+            out[r : r + rows] = np.rint((f - lo) / (hi - lo) * 255.0) if hi > lo else np.clip(f, 0, 255)
+        else:
+            out[r : r + rows] = part
+    return Image.fromarray(out).convert("RGB")
 
 
 def ensure_rgb(img: Image.Image) -> Image.Image:
@@ -77,19 +114,43 @@ def load_image(source: str | os.PathLike[str] | bytes | bytearray) -> Image.Imag
     else:
         name, fp = os.fspath(source), os.fspath(source)
     try:
-        with Image.open(fp) as img:
+        with warnings.catch_warnings():
+            # PIL warns from ~89M pixels; `check_image_size` refuses those with its own message.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+        with img:
+            check_image_size(*img.size, name=f"image {name}")  # from the header, before decoding
             img.load()  # decode now: open() is lazy and truncated data only fails here
             rgb = ensure_rgb(img)
             # Closing the file also frees an image that was not converted, so keep a copy.
             return rgb.copy() if rgb is img else rgb
+    except ImageLoadError:
+        raise
     except Exception as e:  # PIL raises a zoo of types on corrupt input (OSError, SyntaxError, ...)
         reason = " ".join(str(e).split()) or type(e).__name__
         raise ImageLoadError(f"cannot read image {name}: {reason}") from e
 
 
-def as_rgb_image(item: ImageInput) -> Image.Image:
-    """An in-memory image made RGB, or a path / encoded bytes loaded with `load_image`."""
-    return ensure_rgb(item) if isinstance(item, Image.Image) else load_image(item)
+def open_image(source: str | os.PathLike[str] | bytes | bytearray | Image.Image) -> Image.Image:
+    """Any image input as an RGB PIL image: a path (str or PathLike), encoded bytes, or a PIL
+    image (converted with `ensure_rgb`). Empty input, unsupported types and images above
+    `MAX_IMAGE_PIXELS` raise ImageLoadError with a one-line message."""
+    if isinstance(source, Image.Image):
+        check_image_size(*source.size)
+        return ensure_rgb(source)
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageLoadError("cannot read image <0 bytes>: the data is empty")
+        return load_image(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if isinstance(path, bytes) or not path:
+            raise ImageLoadError(f"cannot read image {path!r}: give a non-empty path string")
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise ImageLoadError(f"cannot read image {path}: the file is empty")
+        return load_image(path)
+    raise ImageLoadError(f"cannot read an image from a {type(source).__name__}; give a path, encoded bytes "
+                         "or a PIL image")
 
 
 @dataclass(frozen=True)
@@ -201,8 +262,15 @@ def preprocess_gen_image(img: Image.Image, size: int) -> torch.Tensor:
         tw, th = size, max(size, round(h * size / w))
     else:
         tw, th = max(size, round(w * size / h)), size
-    img = img.resize((tw, th), Image.Resampling.BICUBIC)
     left, top = (tw - size) // 2, (th - size) // 2
-    img = img.crop((left, top, left + size, top + size))
+    if tw * th <= GEN_RESIZE_MAX_PIXELS:
+        img = img.resize((tw, th), Image.Resampling.BICUBIC)
+        img = img.crop((left, top, left + size, top + size))
+    else:
+        # An extreme aspect ratio: resample only the source region the crop keeps, with the
+        # same scale factors, instead of building the whole resized strip.
+        sx, sy = w / tw, h / th
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        img = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
     x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # [H,W,3] -> [3,H,W]
     return x.float() / 127.5 - 1.0

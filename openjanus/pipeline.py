@@ -11,8 +11,8 @@ Every request goes through `pipe.engine`, which batches the requests of all call
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +27,40 @@ from openjanus.engine import Engine, EngineConfig, RequestHandle
 from openjanus.images import ImageInput, ImageProcessorConfig
 from openjanus.model.janus import Janus
 from openjanus.processing import JanusProcessor, JanusTokenizer, train_tokenizer
+from openjanus.quantize import quantize_model
 from openjanus.requests import ChatRequest, ChatResult, ImageRequest, ImageResult
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
-# The demo model shipped with the package (see the README); used when no model is named.
-DEMO_MODEL_DIR = Path(__file__).parent / "assets" / "janus-shapes"
+# The demo model shipped with the package (see the README); used when no model is named, and
+# when the model is named by its name (its architecture alone is the preset "janus-shapes-arch").
+DEMO_MODEL_NAME = "janus-shapes"
+DEMO_MODEL_DIR = Path(__file__).parent / "assets" / DEMO_MODEL_NAME
+
+# Preset names whose "random weights" notice was printed already (once per process).
+_RANDOM_NOTICE_SHOWN: set[str] = set()
+
+
+def resolve_model_source(model: str | Path | None) -> Path | str:
+    """What `--model` names: a checkpoint folder (Path) or a preset name (str).
+
+    An existing folder wins over a name; None and "janus-shapes" mean the shipped demo model.
+    """
+    if model is not None and Path(model).exists():
+        if not Path(model).is_dir():
+            raise UserError(f"model {str(model)!r} is a file; pass the checkpoint folder that holds config.json")
+        return Path(model)
+    if model is None or model == DEMO_MODEL_NAME:
+        if not (DEMO_MODEL_DIR / "config.json").is_file():
+            what = "no --model given and the" if model is None else "the"
+            raise UserError(f"{what} demo model {DEMO_MODEL_NAME} is not installed ({DEMO_MODEL_DIR}); "
+                            "pass --model DIR or a preset name")
+        return DEMO_MODEL_DIR
+    if isinstance(model, str) and model in PRESETS:
+        return model
+    raise UserError(f"model {str(model)!r} is neither a checkpoint folder nor a known name "
+                    f"({', '.join([DEMO_MODEL_NAME] + sorted(PRESETS))})")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -98,25 +125,34 @@ class JanusPipeline:
 
     @classmethod
     def load(cls, model: str | Path | None = None, device: str | torch.device | None = None,
-             dtype: str | torch.dtype | None = None, roles: str | None = None, seed: int = 0) -> JanusPipeline:
-        """A checkpoint folder, a preset name (random weights, for tests and benchmarks), or None
-        for the shipped demo model."""
+             dtype: str | torch.dtype | None = None, roles: str | None = None, seed: int = 0,
+             check_finite: bool = False, quantize: str | None = None) -> JanusPipeline:
+        """A checkpoint folder, the shipped demo model (None or "janus-shapes"), or a preset name
+        (random weights, for tests and benchmarks; says so once on stderr).
+
+        `check_finite` refuses a checkpoint with NaN or inf weights, naming the first such tensor;
+        `quantize="int8"` stores the LLM's and the heads' weights as int8 (`openjanus.quantize`).
+        """
+        pipe = cls._load(model, device, dtype, roles, seed, check_finite)
+        quantize_model(pipe.model, quantize)
+        return pipe
+
+    @classmethod
+    def _load(cls, model, device, dtype, roles, seed, check_finite) -> JanusPipeline:
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        if model is None:
-            if not (DEMO_MODEL_DIR / "config.json").is_file():
-                raise UserError("no --model given and no demo model is installed; pass --model DIR or a preset name")
-            model = DEMO_MODEL_DIR
-        if isinstance(model, str) and model in PRESETS and not Path(model).exists():
-            return cls.from_preset(model, device=dev, dtype=dt, seed=seed, roles=roles)
-        folder = Path(model)
-        if not folder.is_dir():
-            raise UserError(f"model {str(model)!r} is neither a checkpoint folder nor a preset "
-                            f"({', '.join(sorted(PRESETS))})")
-        net = load_model(folder, device=dev, dtype=dt)
-        processor = JanusProcessor.from_dir(folder, net.cfg, roles=roles or "pro")
+        source = resolve_model_source(model)
+        if isinstance(source, str):
+            if source not in _RANDOM_NOTICE_SHOWN:
+                _RANDOM_NOTICE_SHOWN.add(source)
+                print(f"note: {source!r} is a preset: RANDOM weights and a stand-in tokenizer, so outputs are "
+                      f"noise (for tests and benchmarks); omit --model for the trained demo model",
+                      file=sys.stderr)
+            return cls.from_preset(source, device=dev, dtype=dt, seed=seed, roles=roles)
+        net = load_model(source, device=dev, dtype=dt, check_finite=check_finite)
+        processor = JanusProcessor.from_dir(source, net.cfg, roles=roles or "pro")
         cls._check_vocab(net, processor)
-        return cls(net, processor, name=folder.name)
+        return cls(net, processor, name=source.name)
 
     @classmethod
     def from_preset(cls, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -159,9 +195,10 @@ class JanusPipeline:
 
     @property
     def engine(self) -> Engine:
-        """The engine every request of this pipeline goes through (started on first use)."""
-        if self._engine is None:
-            self._engine = Engine(self)
+        """The engine every request of this pipeline goes through (started on first use, and
+        again after `close()`)."""
+        if self._engine is None or self._engine.closed:
+            self._engine = Engine(self, self._engine.config if self._engine is not None else None)
         return self._engine
 
     def start_engine(self, config: EngineConfig) -> Engine:
@@ -189,9 +226,10 @@ class JanusPipeline:
 
             total = sum(_planned_tokens(h) for h in handles)
             with tqdm(total=total, desc=desc, unit="tok", leave=False) as bar:
-                while not all(h.done() for h in handles):
-                    handles[0]._done.wait(0.25)
-                    bar.update(sum(_tokens_done(h) for h in handles) - bar.n)
+                for h in handles:  # poll four times a second while the next unfinished one runs
+                    while not h._done.wait(0.25):
+                        bar.update(sum(_tokens_done(h) for h in handles) - bar.n)
+                bar.update(total - bar.n)
         return [h.result() for h in handles]
 
     @torch.inference_mode()

@@ -27,9 +27,9 @@ from .images import (
     ImageInput,
     ImageLoadError,
     ImageProcessorConfig,
-    as_rgb_image,
     ensure_rgb,
     load_image,
+    open_image,
     preprocess_gen_image,
     preprocess_und_images,
 )
@@ -39,7 +39,7 @@ __all__ = [
     "DEFAULT_SYSTEM_PROMPT", "CLIP_MEAN", "CLIP_STD",
     "SpecialTokens", "JanusTokenizer", "StreamDecoder", "train_tokenizer", "save_tokenizer_dir",
     # re-exported from openjanus.images so the whole edge of the model imports from one place
-    "ImageInput", "ImageLoadError", "ImageProcessorConfig", "load_image", "ensure_rgb", "as_rgb_image",
+    "ImageInput", "ImageLoadError", "ImageProcessorConfig", "load_image", "ensure_rgb", "open_image",
     "preprocess_und_images", "preprocess_gen_image",
     "ChatRoles", "ROLE_PRESETS", "Turn", "format_conversation", "format_t2i_prompt", "unconditional_prompt",
     "expand_image_placeholders",
@@ -97,7 +97,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
         raise ConfigError(f"cannot parse {path}: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} does not hold a JSON object")
@@ -154,17 +154,27 @@ class JanusTokenizer:
                     return s
             return default
 
+        def tag(key: str, default: str) -> str:
+            value = proc_cfg.get(key, default)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{root / 'processor_config.json'}: {key} must be a token string, got {value!r}")
+            return value
+
         specials = SpecialTokens(
             bos=pick("bos_token", BOS_TOKEN),
             eos=pick("eos_token", EOS_TOKEN),
-            pad=proc_cfg.get("pad_tag", PAD_TOKEN),
-            image=proc_cfg.get("image_tag", IMAGE_TOKEN),
-            boi=proc_cfg.get("image_start_tag", BOI_TOKEN),
-            eoi=proc_cfg.get("image_end_tag", EOI_TOKEN),
+            pad=tag("pad_tag", PAD_TOKEN),
+            image=tag("image_tag", IMAGE_TOKEN),
+            boi=tag("image_start_tag", BOI_TOKEN),
+            eoi=tag("image_end_tag", EOI_TOKEN),
         )
         # LlamaTokenizerFast (the official class) defaults this to False.
         clean_up = bool(tok_cfg.get("clean_up_tokenization_spaces", False))
-        return cls(Tokenizer.from_file(str(tok_file)), specials, clean_up)
+        try:
+            tokenizer = Tokenizer.from_file(str(tok_file))
+        except Exception as e:  # the tokenizers library raises a bare Exception ("EOF while parsing ...")
+            raise ConfigError(f"{tok_file}: cannot read the tokenizer ({e})") from None
+        return cls(tokenizer, specials, clean_up)
 
     @property
     def vocab_size(self) -> int:
@@ -495,7 +505,7 @@ class JanusProcessor:
             self.tokenizer.encode(prompt), self.tokenizer, self.num_und_tokens, len(images))
         if max_len is not None and len(expanded) > max_len:
             raise ValueError(f"prompt is {len(expanded)} tokens, longer than max_len {max_len}")
-        pixels = preprocess_und_images([as_rgb_image(im) for im in images], self.image_config)
+        pixels = preprocess_und_images([open_image(im) for im in images], self.image_config)
         return ChatSample(expanded, mask, pixels, prompt)
 
     def encode_chat(

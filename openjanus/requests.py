@@ -9,8 +9,10 @@ is built, before it reaches the model.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Union
 
 from PIL import Image
@@ -92,8 +94,9 @@ class ImageRequest:
         _count("jacobi", self.jacobi, 0, 64)
 
 
-# A message's content: plain text, or parts in order where each part is text or an image
-# (a PIL image, a file path or encoded bytes). Images go exactly where they stand in the text.
+# A message's content: plain text, or parts in order where each part is text (a str) or an
+# image (a PIL image, a pathlib.Path or encoded bytes; a str is always text here). Images go
+# exactly where they stand in the text.
 ContentPart = Union[str, ImageInput]
 
 
@@ -148,8 +151,20 @@ class ChatRequest:
 
     @classmethod
     def ask(cls, question: str, images: Sequence[ImageInput] = (), **kwargs) -> ChatRequest:
-        """One user turn: the images first, then the question (the official layout)."""
-        return cls([Message("user", [*images, question])], **kwargs)
+        """One user turn: the images first, then the question (the official layout). Here each
+        image may also be a path string."""
+        if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
+            raise UserError("images must be a list (of paths, bytes or PIL images)")
+        parts: list[ContentPart] = []
+        for im in images:
+            if isinstance(im, str):
+                if not im:
+                    raise UserError("an image path is empty")
+                im = Path(im)
+            parts.append(im)
+        if not isinstance(question, str):
+            raise UserError(f"the question must be a string, got {type(question).__name__}")
+        return cls([Message("user", [*parts, question])], **kwargs)
 
     @property
     def images(self) -> list[ImageInput]:

@@ -3,6 +3,9 @@
 # shapes-world data -> tokenizer -> VQ, SigLIP and text pretraining -> pretokenize -> Stage I, II, III
 # -> export to openjanus/assets/janus-shapes. About 4 hours on a 2-core CPU.
 set -euo pipefail
+# Ctrl-C or SIGTERM stops a training step at its next step boundary, writes a checkpoint and exits
+# with status 75 (interrupted, resumable), so `set -e` stops the script there instead of exporting
+# an unfinished run: rerun that command with --resume, then the rest of the script.
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE  # OpenMP spin-waiting wrecks throughput when cores are shared
 D=runs/demo

@@ -32,9 +32,11 @@ def read_config(folder: str | Path) -> tuple[JanusConfig, str]:
     if not path.is_file():
         raise CheckpointError(f"{folder}: not a checkpoint folder (no config.json)")
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {_json_kind(raw)}")
     model_type = raw.get("model_type")
     try:
         if model_type == official.MODEL_TYPE:
@@ -44,14 +46,24 @@ def read_config(folder: str | Path) -> tuple[JanusConfig, str]:
 
             return hf.config_from_hf(raw, name=folder.name), "hf"
     except ConfigError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+        raise CheckpointError(f"{path}: {str(e).removeprefix('config.json: ')}") from None
     raise CheckpointError(f"{path}: model_type {model_type!r} is not a Janus checkpoint "
                           f"(expected {official.MODEL_TYPE!r} or 'janus')")
 
 
+def _json_kind(value: object) -> str:
+    """How a JSON value reads to a user: 'a list', 'null', 'a string', ..."""
+    names = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
 def load_model(folder: str | Path, device: torch.device | str = "cpu",
-               dtype: torch.dtype | None = None) -> Janus:
-    """Load a checkpoint folder of either layout; floating tensors are cast to `dtype` if given."""
+               dtype: torch.dtype | None = None, check_finite: bool = False) -> Janus:
+    """Load a checkpoint folder of either layout; floating tensors are cast to `dtype` if given.
+
+    `check_finite` refuses, naming it, the first tensor that holds NaN or inf (a corrupt or
+    diverged checkpoint would otherwise load and fail only when sampling).
+    """
     folder = Path(folder)
     cfg, layout = read_config(folder)
     if layout == "official":
@@ -62,7 +74,8 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu",
     optional = fmt.OPTIONAL_KEYS
     with torch.device("meta"):
         model = Janus(cfg)
-    load_into(model, tensors, optional=optional, device=device, dtype=dtype, source=str(folder))
+    load_into(model, tensors, optional=optional, device=device, dtype=dtype, source=str(folder),
+              check_finite=check_finite)
     return model.eval()
 
 

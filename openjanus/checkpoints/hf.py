@@ -49,7 +49,8 @@ from torch import Tensor
 
 from openjanus.checkpoints.official import LLAMA_DEFAULTS
 from openjanus.checkpoints.keymap import compile_table, rename
-from openjanus.config import ConfigError, JanusConfig, LLMConfig, VisionConfig, VQConfig
+from openjanus.config import (ConfigError, JanusConfig, LLMConfig, VisionConfig, VQConfig, FieldError, check_float,
+                              check_int, renamed_fields)
 
 MODEL_TYPE = "janus"
 ARCHITECTURE = "JanusForConditionalGeneration"
@@ -263,12 +264,41 @@ def _rope_theta(tc: dict[str, Any]) -> float:
     # transformers 5 writes rope_parameters; 4.x configs (the published ones) write
     # rope_theta and rope_scaling at the top of text_config.
     params = tc.get("rope_parameters") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"config.json: text_config.rope_parameters={params!r} is not an object")
     if params.get("rope_type", "default") != "default":
         raise ConfigError(f"config.json: text_config.rope_parameters={params!r} is not supported (need plain RoPE)")
     if tc.get("rope_scaling") is not None:
         raise ConfigError(f"config.json: text_config.rope_scaling={tc['rope_scaling']!r} is not supported "
                           "(need plain RoPE)")
-    return float(params.get("rope_theta", tc.get("rope_theta", LLAMA_DEFAULTS["rope_theta"])))
+    if "rope_theta" in params:
+        return float(check_float("text_config.rope_parameters.rope_theta", params["rope_theta"]))
+    return float(check_float("text_config.rope_theta", tc.get("rope_theta", LLAMA_DEFAULTS["rope_theta"])))
+
+
+# Our field -> the transformers config.json's name for it, so that errors name the file's field.
+FIELD_NAMES: dict[str, str] = {
+    "llm.vocab_size": "text_config.vocab_size",
+    "llm.dim": "text_config.hidden_size",
+    "llm.n_layers": "text_config.num_hidden_layers",
+    "llm.n_heads": "text_config.num_attention_heads",
+    "llm.n_kv_heads": "text_config.num_key_value_heads",
+    "llm.ffn_dim": "text_config.intermediate_size",
+    "llm.norm_eps": "text_config.rms_norm_eps",
+    "llm.max_seq_len": "text_config.max_position_embeddings",
+    "vision.image_size": "vision_config.image_size",
+    "vision.patch_size": "vision_config.patch_size",
+    "vision.dim": "vision_config.hidden_size",
+    "vision.n_layers": "vision_config.num_hidden_layers",
+    "vision.n_heads": "vision_config.num_attention_heads",
+    "vision.norm_eps": "vision_config.layer_norm_eps",
+    "vq.codebook_size": "vq_config.num_embeddings",
+    "vq.codebook_dim": "vq_config.embed_dim",
+    "vq.base_channels": "vq_config.base_channels",
+    "vq.z_channels": "vq_config.latent_channels",
+    "vq.num_res_blocks": "vq_config.num_res_blocks",
+    "vq.commit_beta": "vq_config.beta",
+}
 
 
 def config_from_hf(raw: dict[str, Any], name: str = "custom") -> JanusConfig:
@@ -279,6 +309,11 @@ def config_from_hf(raw: dict[str, Any], name: str = "custom") -> JanusConfig:
     """
     if raw.get("model_type") != MODEL_TYPE:
         raise ConfigError(f"config.json: model_type is {raw.get('model_type')!r}, expected {MODEL_TYPE!r}")
+    with renamed_fields(FIELD_NAMES):
+        return _config_from_hf_blocks(raw, name)
+
+
+def _config_from_hf_blocks(raw: dict[str, Any], name: str) -> JanusConfig:
     parts = {}
     for part in ("text_config", "vision_config", "vq_config"):
         block = raw.get(part) or {}
@@ -299,6 +334,8 @@ def config_from_hf(raw: dict[str, Any], name: str = "custom") -> JanusConfig:
             ffn_dim=tc["intermediate_size"], norm_eps=tc["rms_norm_eps"], rope_theta=_rope_theta(tc),
             max_seq_len=tc["max_position_embeddings"],
         )
+    except FieldError:
+        raise
     except ConfigError as e:
         raise ConfigError(f"config.json: text_config: {e}") from None
     if tc.get("head_dim") not in (None, llm.head_dim):
@@ -309,7 +346,9 @@ def config_from_hf(raw: dict[str, Any], name: str = "custom") -> JanusConfig:
     for field, want in (("hidden_act", "gelu"), ("num_channels", 3), ("attention_bias", True),
                         ("use_qk_norm", False), ("depth", 2), ("projection_dim", llm.dim)):
         _require(vc, "vision_config", field, want)
-    mlp_dim = int(vc["hidden_size"] * vc["mlp_ratio"])  # how transformers sizes the MLP
+    # how transformers sizes the MLP
+    mlp_dim = int(check_int("vision_config.hidden_size", vc["hidden_size"])
+                  * check_float("vision_config.mlp_ratio", vc["mlp_ratio"]))
     try:
         vision = VisionConfig(
             image_size=_square(vc["image_size"], "vision_config.image_size"),
@@ -317,6 +356,8 @@ def config_from_hf(raw: dict[str, Any], name: str = "custom") -> JanusConfig:
             dim=vc["hidden_size"], n_layers=vc["num_hidden_layers"], n_heads=vc["num_attention_heads"],
             mlp_dim=mlp_dim, norm_eps=vc["layer_norm_eps"], select_layer=-1,
         )
+    except FieldError:
+        raise
     except ConfigError as e:
         raise ConfigError(f"config.json: vision_config: {e}") from None
 
@@ -328,6 +369,8 @@ def config_from_hf(raw: dict[str, Any], name: str = "custom") -> JanusConfig:
     mult = qc["channel_multiplier"]
     if not isinstance(mult, (list, tuple)) or not mult:
         raise ConfigError(f"config.json: vq_config.channel_multiplier={mult!r} is not a list")
+    for i, m in enumerate(mult):
+        check_int(f"vq_config.channel_multiplier[{i}]", m)
     # transformers decodes a grid of (vision image_size / patch_size)^2 codes whatever the
     # VQ's own settings, so the VQ's image size follows from the vision grid.
     try:
@@ -337,6 +380,8 @@ def config_from_hf(raw: dict[str, Any], name: str = "custom") -> JanusConfig:
             z_channels=qc["latent_channels"], num_res_blocks=qc["num_res_blocks"],
             norm_groups=HF_NORM_GROUPS, commit_beta=qc["beta"],
         )
+    except FieldError:
+        raise
     except ConfigError as e:
         raise ConfigError(f"config.json: vq_config: {e}") from None
     return JanusConfig(llm=llm, vision=vision, vq=vq, gen_head_dim=llm.dim, name=name)

@@ -29,11 +29,7 @@ def weight_files(folder: Path) -> list[Path]:
     for index_name in (SAFE_INDEX, BIN_INDEX):
         index = folder / index_name
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise CheckpointError(f"{index}: not a valid shard index ({e})") from None
-            files = sorted({folder / f for f in weight_map.values()})
+            files = _shards(index, folder)
             missing = [f.name for f in files if not f.is_file()]
             if missing:
                 raise CheckpointError(f"{index} lists shards that are missing: {', '.join(missing)}")
@@ -43,6 +39,28 @@ def weight_files(folder: Path) -> list[Path]:
         if files:
             return files
     raise CheckpointError(f"{folder}: no *.safetensors or *.bin weight files found")
+
+
+def _shards(index: Path, folder: Path) -> list[Path]:
+    """The shard files a `*.index.json` names; each must be a plain file name inside `folder`."""
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{index}: not a valid shard index ({e})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: not a valid shard index (needs a non-empty 'weight_map' object)")
+    files = set()
+    for key, name in weight_map.items():
+        if not isinstance(name, str) or not name:
+            raise CheckpointError(f"{index}: weight_map[{key!r}] is {name!r}, not a file name")
+        # Shard names are relative paths that stay in the folder (`../x` and `/x` are refused).
+        # Checked on the name, not the resolved path: the hub's cache links shards to blobs elsewhere.
+        parts = Path(os.path.normpath(name)).parts
+        if Path(name).is_absolute() or not parts or parts[0] == ".." or Path(name).drive:
+            raise CheckpointError(f"{index}: weight_map[{key!r}] points outside the checkpoint folder ({name!r})")
+        files.add(folder / name)
+    return sorted(files)
 
 
 def iter_tensors(files: list[Path]) -> Iterator[tuple[str, Callable[[], Tensor], tuple[int, ...]]]:
@@ -78,12 +96,15 @@ def _load_bin(path: Path) -> dict[str, Tensor]:
 
 def load_into(model: nn.Module, tensors: dict[str, tuple[Callable[[], Tensor], tuple[int, ...]]],
               optional: tuple[str, ...] = (), device: torch.device | str = "cpu",
-              dtype: torch.dtype | None = None, source: str = "checkpoint") -> None:
+              dtype: torch.dtype | None = None, source: str = "checkpoint",
+              check_finite: bool = False) -> None:
     """Strictly load lazily-read tensors (already in the model's names) into a meta-built model.
 
     Every problem (missing keys, unexpected keys, shape mismatches) is collected and raised
     together in one error. Keys matching a regex in `optional` may be absent: they are
     zero-filled (weights the forward pass never reads, such as SigLIP's attention pool).
+    A floating-point weight stored with an integer dtype is refused; `check_finite` also
+    refuses the first tensor holding NaN or inf (after the cast to `dtype`).
     """
     expected = model.state_dict(keep_vars=True)
     missing = [k for k in expected if k not in tensors and not any(re.search(p, k) for p in optional)]
@@ -108,13 +129,27 @@ def load_into(model: nn.Module, tensors: dict[str, tuple[Callable[[], Tensor], t
             t = tensors[key][0]()
         else:
             t = torch.zeros(ref.shape, dtype=ref.dtype)
+        if ref.is_floating_point() and not t.is_floating_point():
+            raise CheckpointError(f"{source}: tensor {key} has dtype {str(t.dtype).removeprefix('torch.')}; "
+                                  "the model needs floating point")
+        stored = t
         if t.is_floating_point() and dtype is not None:
             t = t.to(dtype)
+        if check_finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(_non_finite(source, key, stored, t))
         state[key] = t.to(device)
     model.load_state_dict(state, strict=True, assign=True)
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftover:
         raise CheckpointError(f"{source}: tensors left uninitialised after loading: {', '.join(leftover[:8])}")
+
+
+def _non_finite(source: str, key: str, stored: Tensor, cast: Tensor) -> str:
+    n_nan, n_inf = int(torch.isnan(stored).sum()), int(torch.isinf(stored).sum())
+    if n_nan or n_inf:
+        return f"{source}: tensor {key} holds non-finite values ({n_nan} NaN, {n_inf} inf of {stored.numel()})"
+    return (f"{source}: tensor {key} overflows {str(cast.dtype).removeprefix('torch.')} "
+            f"(values up to {stored.abs().max().item():.3g}); load it in a wider dtype")
 
 
 def save_tensors(state: dict[str, Tensor], folder: Path, max_shard_bytes: int = 4 * 2**30,

@@ -14,7 +14,8 @@ from typing import Any
 from torch import Tensor
 
 from openjanus.checkpoints.keymap import compile_table, rename
-from openjanus.config import ConfigError, JanusConfig, LLMConfig, VisionConfig, VQConfig
+from openjanus.config import (ConfigError, JanusConfig, LLMConfig, VisionConfig, VQConfig, FieldError,
+                              renamed_fields)
 
 MODEL_TYPE = "multi_modality"
 
@@ -99,6 +100,25 @@ def map_tensors(items: Iterable[tuple[str, Callable[[], Tensor], tuple[int, ...]
 # --- config.json ------------------------------------------------------------------------------
 
 
+# Our field -> the official config.json's name for it, so that errors name the file's field.
+FIELD_NAMES: dict[str, str] = {
+    "llm.vocab_size": "language_config.vocab_size",
+    "llm.dim": "language_config.hidden_size",
+    "llm.n_layers": "language_config.num_hidden_layers",
+    "llm.n_heads": "language_config.num_attention_heads",
+    "llm.n_kv_heads": "language_config.num_key_value_heads",
+    "llm.ffn_dim": "language_config.intermediate_size",
+    "llm.norm_eps": "language_config.rms_norm_eps",
+    "llm.rope_theta": "language_config.rope_theta",
+    "llm.max_seq_len": "language_config.max_position_embeddings",
+    "vision.image_size": "vision_config.params.image_size",
+    "vision.select_layer": "vision_config.params.select_layer",
+    "vq.codebook_size": "gen_vision_config.params.image_token_size",
+    "vq.codebook_dim": "gen_vision_config.params.n_embed",
+    "gen_head_dim": "gen_head_config.params.image_token_embed",
+}
+
+
 def _params(cfg: dict[str, Any], part: str, expected_cls: tuple[str, ...]) -> dict[str, Any]:
     block = cfg.get(part)
     if not isinstance(block, dict):
@@ -106,7 +126,10 @@ def _params(cfg: dict[str, Any], part: str, expected_cls: tuple[str, ...]) -> di
     cls = block.get("cls")
     if cls not in expected_cls:
         raise ConfigError(f"config.json: {part}.cls is {cls!r}; supported: {', '.join(expected_cls)}")
-    return dict(block.get("params") or {})
+    params = block.get("params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"config.json: {part}.params must be an object, got {params!r}")
+    return dict(params)
 
 
 def _check_mlp(params: dict[str, Any], part: str, in_dim: int, out_dim: int) -> None:
@@ -123,10 +146,22 @@ def config_from_official(cfg: dict[str, Any], name: str = "custom") -> JanusConf
         raise ConfigError(f"config.json: model_type is {cfg.get('model_type')!r}, expected {MODEL_TYPE!r}")
     if "openjanus" in cfg:
         # Our own small models: the official blocks describe the layout, this the exact sizes.
-        janus = JanusConfig.from_dict(cfg["openjanus"])
-        return janus
+        try:
+            with renamed_fields({}, prefix="openjanus."):
+                return JanusConfig.from_dict(cfg["openjanus"])
+        except FieldError:
+            raise
+        except ConfigError as e:
+            raise ConfigError(f"config.json: openjanus block: {e}") from None
+    with renamed_fields(FIELD_NAMES):
+        return _config_from_official_blocks(cfg, name)
 
-    lc = {**LLAMA_DEFAULTS, **cfg.get("language_config", {})}
+
+def _config_from_official_blocks(cfg: dict[str, Any], name: str) -> JanusConfig:
+    language_config = cfg.get("language_config", {})
+    if not isinstance(language_config, dict):
+        raise ConfigError(f"config.json: language_config must be an object, got {language_config!r}")
+    lc = {**LLAMA_DEFAULTS, **language_config}
     for field, want in (("hidden_act", "silu"), ("rope_scaling", None), ("attention_bias", False),
                         ("mlp_bias", False), ("tie_word_embeddings", False)):
         if lc.get(field) != want:

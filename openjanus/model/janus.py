@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from openjanus.config import JanusConfig
 from openjanus.model.llm import LLM
+from openjanus.model.linear import Linear
 from openjanus.model.siglip import SigLIPViT
 from openjanus.model.vq import VQModel
 
@@ -25,8 +26,8 @@ class Aligner(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_dim, out_dim)
-        self.fc2 = nn.Linear(out_dim, out_dim)
+        self.fc1 = Linear(in_dim, out_dim)
+        self.fc2 = Linear(out_dim, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
@@ -37,8 +38,8 @@ class GenHead(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, n_codes: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim, hidden_dim)
-        self.out = nn.Linear(hidden_dim, n_codes)
+        self.proj = Linear(dim, hidden_dim)
+        self.out = Linear(hidden_dim, n_codes)
 
     def forward(self, h: Tensor) -> Tensor:
         return self.out(F.gelu(self.proj(h)))
@@ -78,12 +79,17 @@ class Janus(nn.Module):
         which is exactly the official scatter. The caller's tensors are not modified.
         """
         h = self.embed_text(input_ids)
-        n_slots = int(image_mask.sum())
         if pixel_values is None or pixel_values.shape[0] == 0:
+            n_slots = int(image_mask.sum())
             if n_slots:
                 raise ValueError(f"{n_slots} image positions but no images were given")
             return h
-        feats = self.encode_und_images(pixel_values.to(h.dtype))  # [N, P, D]
+        return self.splice_und_features(h, image_mask, self.encode_und_images(pixel_values.to(h.dtype)))
+
+    def splice_und_features(self, h: Tensor, image_mask: Tensor, feats: Tensor) -> Tensor:
+        """A copy of embeddings `h` [B, T, D] with understanding features `feats` [N, P, D]
+        written, in order, at the `image_mask` positions (the official scatter)."""
+        n_slots = int(image_mask.sum())
         if feats.shape[0] * feats.shape[1] != n_slots:
             raise ValueError(
                 f"{feats.shape[0]} images x {feats.shape[1]} tokens do not fill {n_slots} image positions"

@@ -34,6 +34,33 @@ def _swish(x: Tensor) -> Tensor:
     return x * torch.sigmoid(x)
 
 
+# Elements per chunk of an in-place swish: small enough (1 MB in fp32) that the sigmoid
+# temporary is served from the allocator's cache instead of fresh, page-faulting memory.
+_SWISH_CHUNK = 1 << 18
+
+
+def _swish_(x: Tensor) -> Tensor:
+    """`_swish` overwriting `x` (a fresh intermediate the caller owns) when no gradient is
+    needed. Full-size decoder activations are ~75 MB, and every fresh tensor of that size
+    costs page faults.
+
+    Bit-identical to `_swish`: CPU kernels round differently in their vector body and their
+    scalar tail, so chunks are used only where chunks and the whole tensor split (across
+    threads too) at multiples of the vector width, i.e. all elements take the vector path.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _swish(x)
+    n = x.numel()
+    if x.is_contiguous() and n % _SWISH_CHUNK == 0 and n % (64 * torch.get_num_threads()) == 0:
+        flat = x.view(-1)
+        for i in range(0, n, _SWISH_CHUNK):
+            part = flat[i:i + _SWISH_CHUNK]
+            part.mul_(torch.sigmoid(part))
+    else:
+        x.mul_(torch.sigmoid(x))
+    return x
+
+
 class ResnetBlock(nn.Module):
     # Dropout is 0 in VQ-16, so it is left out (it holds no weights).
     def __init__(self, in_ch: int, out_ch: int, groups: int) -> None:
@@ -45,11 +72,13 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(_swish(self.norm1(x)))
-        h = self.conv2(_swish(self.norm2(h)))
+        h = self.conv1(_swish_(self.norm1(x)))
+        h = self.conv2(_swish_(self.norm2(h)))
         if self.nin_shortcut is not None:
             x = self.nin_shortcut(x)
-        return x + h
+        if torch.is_grad_enabled() and (h.requires_grad or x.requires_grad):
+            return x + h
+        return h.add_(x)  # h is ours; x + h == h + x exactly
 
 
 class AttnBlock(nn.Module):
@@ -173,7 +202,7 @@ class Encoder(nn.Module):
         for level in self.conv_blocks:
             h = level(h)
         h = self.mid(h)
-        return self.conv_out(_swish(self.norm_out(h)))
+        return self.conv_out(_swish_(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -203,7 +232,7 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(z))
         for level in self.conv_blocks:
             h = level(h)
-        return self.conv_out(_swish(self.norm_out(h)))
+        return self.conv_out(_swish_(self.norm_out(h)))
 
 
 class VectorQuantizer(nn.Module):

@@ -1,17 +1,5 @@
-"""An OpenAI-compatible HTTP server and web page over a `JanusPipeline` (needs the `serve` extra).
+"""`openjanus serve`: an OpenAI-compatible HTTP server and a web page over the engine.
 
-    from openjanus.serve import create_app, ServeConfig
-
-Importing this package needs nothing beyond the core; the app (FastAPI) loads on first use,
-so `openjanus --help` works without the extra.
+Needs the `serve` extra (`pip install -e ".[serve]"`); `create_app` builds the ASGI app for a
+pipeline, so tests run it in-process or on a socket.
 """
-
-__all__ = ["ServeConfig", "create_app"]
-
-
-def __getattr__(name: str):
-    if name in __all__:
-        from openjanus.serve import app
-
-        return getattr(app, name)
-    raise AttributeError(f"module 'openjanus.serve' has no attribute {name!r}")

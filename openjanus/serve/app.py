@@ -1,486 +1,507 @@
-"""The HTTP server: an OpenAI-compatible API and a web page over one `JanusPipeline`.
+"""The ASGI app: OpenAI's chat-completions and image-generation endpoints, a web page and
+Prometheus metrics, every request an engine request (so concurrent callers share batches).
 
-    app = create_app(JanusPipeline.load(None))       # then: uvicorn.run(app, host="127.0.0.1")
-
-Every HTTP request becomes one engine request, so concurrent clients share batches. The engine
-is blocking and runs on its own thread; each request's events reach the event loop through a
-small pump thread (`_events`), and a watcher cancels the engine request when its client goes
-away. Errors have OpenAI's shape, {"error": {"message", "type", "param", "code"}}, and a bad
-request fails alone, before it reaches the shared batch.
+Fields, object names and status codes follow OpenAI's API reference; errors have its shape
+`{"error": {"message", "type", "param", "code"}}` and never carry a traceback.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hmac
+import base64
+import binascii
+import io
 import json
-import logging
-import os
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.concurrency import run_in_threadpool
+from PIL import Image
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from openjanus.engine import Cancelled, QueueFull, RequestHandle
+from openjanus.engine import QueueFull, RequestHandle
 from openjanus.errors import UserError
+from openjanus.images import ImageLoadError
 from openjanus.pipeline import JanusPipeline
-from openjanus.requests import ChatRequest, ImageProgress, ImageRequest, SamplingParams, TextDelta
-from openjanus.serve.convert import ImageLimits, blank_below, partial_image_tokens, png_b64, to_messages
-from openjanus.serve.schemas import ApiError, ChatCompletionRequest, ImageGenerationRequest, parse_body
+from openjanus.requests import (ChatRequest, ImageProgress, ImageRequest, MAX_SEED, Message, SamplingParams,
+                                TextDelta)
 
-__all__ = ["ServeConfig", "create_app"]
-
-log = logging.getLogger("openjanus.serve")
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC = Path(__file__).parent / "static"
+IMAGE_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif"}
 
 
 @dataclass(frozen=True)
-class ServeConfig:
-    """What the server accepts. `api_key` None: no key needed (OPENJANUS_API_KEY is read by the CLI)."""
+class ServeSettings:
+    """Limits of the server (the engine's own caps bound batch and queue)."""
 
-    model_id: str | None = None  # the id clients name in `model`; default: the pipeline's name
+    model_id: str = "janus"
     api_key: str | None = None
-    max_body_bytes: int = 16 * 2**20
-    images: ImageLimits = field(default_factory=ImageLimits)
-    max_prompt_chars: int = 16_000  # chat text and image prompts, before tokenising
-    max_images_per_request: int = 4  # `n` of /v1/images/generations
-    default_guidance: float = 5.0
-    retry_after_s: int = 1  # the Retry-After of a 429
+    max_body_bytes: int = 20 * 2**20
+    max_image_pixels: int = 16_000_000  # decoded size; refuses decompression bombs
+    max_images_per_request: int = 8  # in one chat request
+    max_prompt_chars: int = 4000
+    max_n: int = 8  # images per generation request
+    allow_remote_images: bool = False  # http(s) image URLs are refused unless set
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers or {}
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class _Metrics:
-    """Prometheus metrics in a registry of the app's own (tests build many apps in one process)."""
-
-    def __init__(self, pipeline: JanusPipeline) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter("openjanus_http_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
-        self.latency = Histogram("openjanus_request_seconds", "Time from request to the last byte of the answer",
-                                 ["endpoint"], registry=r,
-                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
-        self.tokens = Counter("openjanus_generated_tokens", "Tokens generated (text tokens, image tokens)", ["kind"],
-                              registry=r)
-        self.prompt_tokens = Counter("openjanus_prompt_tokens", "Prompt tokens of finished chat requests", registry=r)
-        self.cancelled = Counter("openjanus_cancelled_requests", "Engine requests cancelled (client gone, shutdown)",
-                                 registry=r)
-        Gauge("openjanus_queue_depth", "Requests waiting for room in the batch", registry=r).set_function(
-            lambda: pipeline.engine.queue_depth)
-        Gauge("openjanus_running_requests", "Requests decoding in the batch", registry=r).set_function(
-            lambda: pipeline.engine.running)
+    def __init__(self, registry: CollectorRegistry, pipe: JanusPipeline) -> None:
+        self.requests = Counter("openjanus_requests", "HTTP API requests", ["endpoint", "status"], registry=registry)
+        self.tokens = Counter("openjanus_generated_tokens", "Tokens generated", ["kind"], registry=registry)
+        self.images = Counter("openjanus_generated_images", "Images generated", registry=registry)
+        queue = Gauge("openjanus_queue_depth", "Requests waiting for room in the batch", registry=registry)
+        queue.set_function(lambda: pipe.engine.queue_depth)
+        running = Gauge("openjanus_running_requests", "Requests in the running batch", registry=registry)
+        running.set_function(lambda: pipe.engine.running)
 
 
-_ENDPOINTS = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/images/generations")
+# --- parsing ------------------------------------------------------------------------------------
 
 
-class _CountRequests:
-    """ASGI middleware: count every answer by endpoint and status, and time it."""
-
-    def __init__(self, app, metrics: _Metrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        endpoint = path if path in _ENDPOINTS else ("/" if path == "/" or path.startswith("/static/") else "other")
-        started, status = time.perf_counter(), 500
-
-        async def send_counted(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_counted)
-        finally:
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+def _field(body: dict, name: str, kinds: type | tuple[type, ...], default: Any = None) -> Any:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise APIError(400, f"'{name}' must be of type {_names(kinds)}, got a boolean", param=name)
+    if not isinstance(value, kinds):
+        raise APIError(400, f"'{name}' must be of type {_names(kinds)}, got {type(value).__name__}", param=name)
+    return value
 
 
-_END = object()
+def _names(kinds: type | tuple[type, ...]) -> str:
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    return " or ".join({int: "integer", float: "number", str: "string", bool: "boolean", list: "array",
+                        dict: "object"}.get(k, k.__name__) for k in kinds)
 
 
-async def _events(handle: RequestHandle) -> AsyncIterator[Any]:
-    """The handle's events on the event loop, fed by a thread that blocks on the handle."""
-    loop = asyncio.get_running_loop()
-    q: asyncio.Queue = asyncio.Queue()
-
-    def pump() -> None:
-        try:
-            for event in handle:
-                loop.call_soon_threadsafe(q.put_nowait, event)
-        except RuntimeError:  # the loop closed under us (server stopped): the handle is cancelled
-            return
-        try:
-            loop.call_soon_threadsafe(q.put_nowait, _END)
-        except RuntimeError:
-            pass
-
-    threading.Thread(target=pump, name="openjanus-serve-pump", daemon=True).start()
-    while (event := await q.get()) is not _END:
-        yield event
+def _number(body: dict, name: str, low: float, high: float, default: float | None) -> float | None:
+    value = _field(body, name, (int, float), default)
+    if value is not None and not low <= value <= high:
+        raise APIError(400, f"'{name}' must be between {low} and {high}, got {value}", param=name)
+    return value
 
 
-def _sse(data: Any, event: str | None = None) -> str:
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n"
+def _seed(body: dict) -> int | None:
+    seed = _field(body, "seed", int)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise APIError(400, f"'seed' must be between 0 and {MAX_SEED}, got {seed}", param="seed")
+    return seed
 
 
-def _error_for(e: BaseException, param: str | None = None) -> ApiError:
-    """An engine error as an HTTP error; never a traceback or internal detail for the client."""
-    if isinstance(e, ApiError):
-        return e
-    if isinstance(e, Cancelled):  # by the server: its client left (nobody reads this) or it is shutting down
-        return ApiError(503, "the request was cancelled: the server is shutting down", code="server_shutting_down")
-    if isinstance(e, QueueFull):
-        return ApiError(429, f"the server is busy: {e}", code="rate_limit_exceeded")
-    if isinstance(e, UserError):
-        msg = str(e)
-        # The engine says "... positions" only when a request does not fit the model's context.
-        if "positions" in msg:
-            return ApiError(400, msg, param=param, code="context_length_exceeded")
-        return ApiError(400, msg)
-    log.error("request failed", exc_info=e)
-    return ApiError(500, "the server failed on this request; see its log", code="internal_error")
+def _decode_image(url: str, settings: ServeSettings, param: str) -> Image.Image:
+    if url.startswith(("http://", "https://")):
+        if not settings.allow_remote_images:
+            raise APIError(400, "image URLs over http(s) are not fetched by this server; send the image inline "
+                                "as a data: URL (data:image/png;base64,...)", param=param, code="remote_image_refused")
+        raise APIError(400, "fetching remote images is not implemented; send a data: URL", param=param)
+    if not url.startswith("data:") or ";base64," not in url:
+        raise APIError(400, "an image must be a data: URL with base64 content (data:image/png;base64,...)",
+                       param=param, code="invalid_image_url")
+    mime = url[5:url.index(";")].lower()
+    if mime not in IMAGE_TYPES:
+        raise APIError(400, f"image type {mime!r} is not supported; send PNG, JPEG, WebP or GIF", param=param,
+                       code="invalid_image_format")
+    try:
+        raw = base64.b64decode(url[url.index(";base64,") + 8:], validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, "the image's base64 data is corrupt", param=param, code="invalid_image") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as probe:  # reads the header only
+            w, h = probe.size
+    except Exception:
+        raise APIError(400, "the image cannot be read (corrupt or not an image)", param=param,
+                       code="invalid_image") from None
+    if w * h > settings.max_image_pixels:
+        raise APIError(413, f"the image is {w} x {h} pixels, above this server's limit of "
+                            f"{settings.max_image_pixels:,}", param=param, code="image_too_large")
+    try:
+        from openjanus.images import open_image
+
+        return open_image(raw)
+    except ImageLoadError as e:
+        raise APIError(400, str(e), param=param, code="invalid_image") from None
 
 
-def create_app(pipeline: JanusPipeline, config: ServeConfig | None = None, close_engine: bool = False) -> FastAPI:
-    """A FastAPI app serving `pipeline` (its engine batches all requests).
+def _messages(body: dict, settings: ServeSettings) -> list[Message]:
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise APIError(400, "'messages' must be a non-empty array", param="messages")
+    out: list[Message] = []
+    n_images = 0
+    for i, m in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise APIError(400, f"{where} must be an object", param=where)
+        role = m.get("role")
+        if role == "developer":
+            role = "system"
+        if role not in ("system", "user", "assistant"):
+            raise APIError(400, f"{where}.role must be system, developer, user or assistant, got {role!r}",
+                           param=f"{where}.role")
+        content = m.get("content")
+        if content is None and role == "assistant":
+            content = ""
+        if isinstance(content, str):
+            out.append(Message(role, content))
+            continue
+        if not isinstance(content, list):
+            raise APIError(400, f"{where}.content must be a string or an array of content parts",
+                           param=f"{where}.content")
+        parts: list[Any] = []
+        for k, part in enumerate(content):
+            p = f"{where}.content[{k}]"
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif kind == "image_url":
+                ref = part.get("image_url")
+                url = ref.get("url") if isinstance(ref, dict) else ref
+                if not isinstance(url, str):
+                    raise APIError(400, f"{p}.image_url.url must be a string", param=f"{p}.image_url")
+                n_images += 1
+                if n_images > settings.max_images_per_request:
+                    raise APIError(400, f"at most {settings.max_images_per_request} images per request",
+                                   param=p)
+                parts.append(_decode_image(url, settings, f"{p}.image_url"))
+            else:
+                raise APIError(400, f"{p} must be a text part or an image_url part", param=p)
+        out.append(Message(role, parts))
+    return out
 
-    `close_engine`: cancel the engine's requests and stop it when the app shuts down (the CLI
-    owns its pipeline; tests that share one do not).
-    """
-    cfg = config or ServeConfig()
-    model_id = cfg.model_id or pipeline.name
-    model_cfg = pipeline.model.cfg
-    native_size = f"{pipeline.image_size}x{pipeline.image_size}"
+
+def _chat_request(body: dict, settings: ServeSettings) -> ChatRequest:
+    messages = _messages(body, settings)
+    if _field(body, "n", int, 1) != 1:
+        raise APIError(400, "only n = 1 is supported", param="n")
+    max_tokens = _field(body, "max_completion_tokens", int) or _field(body, "max_tokens", int)
+    if max_tokens is not None and max_tokens < 1:
+        raise APIError(400, "'max_tokens' must be at least 1", param="max_tokens")
+    temperature = _number(body, "temperature", 0, 2, 1.0)
+    top_p = _number(body, "top_p", 0, 1, None)
+    if top_p == 0:
+        raise APIError(400, "'top_p' must be greater than 0", param="top_p")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or len(stop) > 4
+                             or not all(isinstance(s, str) and s for s in stop)):
+        raise APIError(400, "'stop' must be a string or an array of up to 4 non-empty strings", param="stop")
+    return ChatRequest(messages, max_new_tokens=max_tokens, sampling=SamplingParams(temperature, top_p=top_p),
+                       seed=_seed(body), stop=tuple(stop or ()))
+
+
+def _image_request(body: dict, pipe: JanusPipeline, settings: ServeSettings) -> ImageRequest:
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise APIError(400, "'prompt' must be a non-empty string", param="prompt")
+    if len(prompt) > settings.max_prompt_chars:
+        raise APIError(400, f"'prompt' is {len(prompt)} characters; the limit is {settings.max_prompt_chars}",
+                       param="prompt", code="prompt_too_long")
+    n = _field(body, "n", int, 1)
+    if not 1 <= n <= settings.max_n:
+        raise APIError(400, f"'n' must be between 1 and {settings.max_n}, got {n}", param="n")
+    native = f"{pipe.image_size}x{pipe.image_size}"
+    size = _field(body, "size", str, "auto")
+    if size not in ("auto", native):
+        raise APIError(400, f"size {size!r} is not supported: this model generates {native} images (or use 'auto')",
+                       param="size", code="unsupported_size")
+    fmt = _field(body, "response_format", str, "b64_json")
+    if fmt != "b64_json":
+        raise APIError(400, "only response_format 'b64_json' is supported (the server keeps no files)",
+                       param="response_format")
+    output = _field(body, "output_format", str, "png")
+    if output != "png":
+        raise APIError(400, "only output_format 'png' is supported", param="output_format")
+    sampling = SamplingParams(_number(body, "temperature", 0, 2, 1.0), top_k=_field(body, "top_k", int),
+                              top_p=_number(body, "top_p", 0, 1, None) or None)
+    return ImageRequest(prompt, n=n, cfg_weight=_number(body, "guidance_scale", 0, 100, 5.0), sampling=sampling,
+                        seed=_seed(body), jacobi=_field(body, "jacobi", int, 0))
+
+
+def _png(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# --- the app --------------------------------------------------------------------------------------
+
+
+def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> FastAPI:
+    """The server for `pipe` (its engine batches every request)."""
+    settings = settings or ServeSettings(model_id=pipe.name)
+    registry = CollectorRegistry()
+    metrics = _Metrics(registry, pipe)
     created = int(time.time())
-    metrics = _Metrics(pipeline)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        pipe.engine  # started before the first request
         yield
-        if close_engine:
-            await run_in_threadpool(pipeline.engine.close, True)
+        await anyio.to_thread.run_sync(lambda: pipe.engine.close(cancel=True))
 
-    app = FastAPI(title="openjanus", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.pipeline, app.state.config, app.state.metrics = pipeline, cfg, metrics
-    app.add_middleware(_CountRequests, metrics=metrics)
+    app = FastAPI(title="openjanus", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.pipeline, app.state.settings, app.state.registry = pipe, settings, registry
 
-    # --- errors ---------------------------------------------------------------------------
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        endpoint = request.url.path
+        if request.url.path.startswith("/v1/"):
+            if settings.api_key is not None:
+                auth = request.headers.get("authorization", "")
+                if auth != f"Bearer {settings.api_key}":
+                    metrics.requests.labels(endpoint, "401").inc()
+                    return _error(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
+                                  "invalid_request_error", code="invalid_api_key")
+            length = request.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+                metrics.requests.labels(endpoint, "413").inc()
+                return _error(413, f"the request body is {int(length):,} bytes; the limit is "
+                                   f"{settings.max_body_bytes:,}", "invalid_request_error", code="body_too_large")
+        try:
+            response = await call_next(request)
+        except Exception:  # never a traceback to the client
+            response = _error(500, "internal server error", "server_error")
+        if endpoint.startswith("/v1/"):
+            metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        return response
 
-    def error_response(err: ApiError) -> JSONResponse:
-        return JSONResponse(err.body, status_code=err.status, headers=err.headers)
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError):
+        return _error(e.status, e.message, e.kind, e.param, e.code, e.headers)
 
-    @app.exception_handler(ApiError)
-    async def on_api_error(request: Request, err: ApiError) -> JSONResponse:
-        return error_response(err)
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, e: QueueFull):
+        return _error(429, str(e), "rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, e: UserError):
+        return _error(400, str(e), "invalid_request_error")
 
     @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        if err.status_code == 404:
-            message = f"Invalid URL ({request.method} {request.url.path})"
-        elif err.status_code == 405:
-            message = f"Method {request.method} is not allowed on {request.url.path}"
-        else:
-            message = str(err.detail)
-        return error_response(ApiError(err.status_code, message))
+    async def http_error(request: Request, e: StarletteHTTPException):
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return _error(e.status_code, str(e.detail), kind)
 
     @app.exception_handler(Exception)
-    async def on_crash(request: Request, err: Exception) -> JSONResponse:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=err)
-        return error_response(ApiError(500, "the server failed on this request; see its log", code="internal_error"))
+    async def server_error(request: Request, e: Exception):
+        return _error(500, "internal server error", "server_error")
 
-    # --- helpers --------------------------------------------------------------------------
-
-    def authorize(request: Request) -> None:
-        if cfg.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        if not header:
-            raise ApiError(401, "You didn't provide an API key: send 'Authorization: Bearer KEY'.")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), cfg.api_key.encode()):
-            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
-
-    async def read_body(request: Request) -> bytes:
-        limit = cfg.max_body_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"the request body is {declared} bytes; this server takes up to {limit}",
-                           code="request_too_large")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, f"the request body is over {limit} bytes", code="request_too_large")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def check_model(name: str | None) -> None:
-        if name is not None and name != model_id:
-            raise ApiError(404, f"The model '{name}' does not exist; this server serves '{model_id}'",
-                           param="model", code="model_not_found")
-
-    def check_chars(text: str, param: str) -> None:
-        if len(text) > cfg.max_prompt_chars:
-            raise ApiError(400, f"{param} is {len(text)} characters; this server takes up to {cfg.max_prompt_chars}",
-                           param=param, code="context_length_exceeded")
-
-    async def submit(request: ChatRequest | ImageRequest, param: str) -> RequestHandle:
+    async def read_json(request: Request) -> dict:
+        body = b""
+        async for chunk in request.stream():  # bounded even without a Content-Length
+            body += chunk
+            if len(body) > settings.max_body_bytes:
+                raise APIError(413, f"the request body is over the limit of {settings.max_body_bytes:,} bytes",
+                               code="body_too_large")
         try:
-            # Encoding (tokens, image preprocessing) happens in submit: keep it off the event loop.
-            return await run_in_threadpool(pipeline.submit, request)
-        except QueueFull as e:
-            raise ApiError(429, f"the server is busy ({e}); retry shortly", code="rate_limit_exceeded",
-                           headers={"Retry-After": str(cfg.retry_after_s)}) from None
-        except Exception as e:
-            raise _error_for(e, param) from None
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise APIError(400, "the request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise APIError(400, "the request body must be a JSON object")
+        return data
 
-    def abandon(handle: RequestHandle) -> None:
-        """Cancel an engine request nobody waits for any more (its client left, or the server stops)."""
-        if not handle.done() and not handle.cancelled:
-            handle.cancel()
-            metrics.cancelled.inc()
+    async def submit(request_obj) -> RequestHandle:
+        return await anyio.to_thread.run_sync(pipe.engine.submit, request_obj)
 
-    async def watch(request: Request, handle: RequestHandle) -> None:
-        """Cancel the engine request when the client disconnects."""
+    async def wait(handle: RequestHandle, request: Request):
+        """The handle's result; a client that goes away cancels its rows in the engine."""
         while not handle.done():
             if await request.is_disconnected():
-                abandon(handle)
+                handle.cancel()
+                break
+            await anyio.to_thread.run_sync(handle._done.wait, 0.2)
+        return handle.result()
+
+    async def events(handle: RequestHandle) -> AsyncIterator[Any]:
+        iterator = iter(handle)
+        done = object()
+        while True:
+            event = await anyio.to_thread.run_sync(next, iterator, done)
+            if event is done:
                 return
-            await asyncio.sleep(0.1)
+            yield event
 
-    def streaming(body: AsyncIterator[str]) -> StreamingResponse:
-        return StreamingResponse(body, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    # --- endpoints ---------------------------------------------------------------------------
 
-    # --- endpoints ------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
 
     @app.get("/health")
-    async def health() -> JSONResponse:
-        return JSONResponse({"status": "ok", "model": model_id})
+    async def health():
+        return {"status": "ok", "model": settings.model_id}
 
-    @app.get("/metrics")
-    async def prometheus(request: Request) -> Response:
-        authorize(request)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    def model_object() -> dict[str, Any]:
-        return {"id": model_id, "object": "model", "created": created, "owned_by": "openjanus"}
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
-    async def list_models(request: Request) -> JSONResponse:
-        authorize(request)
-        return JSONResponse({"object": "list", "data": [model_object()]})
+    async def models():
+        return {"object": "list", "data": [{"id": settings.model_id, "object": "model", "created": created,
+                                           "owned_by": "openjanus"}]}
 
-    @app.get("/v1/models/{name:path}")
-    async def get_model(name: str, request: Request) -> JSONResponse:
-        authorize(request)
-        check_model(name)
-        return JSONResponse(model_object())
+    @app.get("/v1/models/{model_id}")
+    async def model(model_id: str):
+        if model_id != settings.model_id:
+            raise APIError(404, f"the model {model_id!r} does not exist; this server serves {settings.model_id!r}",
+                           param="model", code="model_not_found", kind="not_found_error")
+        return {"id": settings.model_id, "object": "model", "created": created, "owned_by": "openjanus"}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        authorize(request)
-        body = parse_body(ChatCompletionRequest, await read_body(request))
-        body.check()
-        check_model(body.model)
-        for i, m in enumerate(body.messages):
-            texts = [m.content] if isinstance(m.content, str) else [getattr(p, "text", "") for p in m.content or []]
-            check_chars("".join(texts), f"messages.[{i}].content")
-        messages = await run_in_threadpool(to_messages, body.messages, cfg.images)
-        temperature = 1.0 if body.temperature is None else body.temperature
+    async def chat_completions(request: Request):
+        body = await read_json(request)
+        chat = _chat_request(body, settings)
+        handle = await submit(chat)
+        cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        model_id = settings.model_id
+        if body.get("stream"):
+            options = body.get("stream_options") or {}
+            usage_wanted = isinstance(options, dict) and bool(options.get("include_usage"))
+            return StreamingResponse(_chat_stream(handle, cid, now, model_id, usage_wanted),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        result = await wait(handle, request)
+        metrics.tokens.labels("text").inc(result.completion_tokens)
+        return {
+            "id": cid, "object": "chat.completion", "created": now, "model": model_id, "system_fingerprint": None,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text, "refusal": None,
+                                                 "annotations": []},
+                         "logprobs": None, "finish_reason": result.finish_reason}],
+            "usage": _usage(result),
+        }
+
+    async def _chat_stream(handle: RequestHandle, cid: str, now: int, model_id: str,
+                           usage_wanted: bool) -> AsyncIterator[bytes]:
+        def chunk(delta: dict, finish: str | None = None, usage: dict | None = None, choices: bool = True) -> bytes:
+            body = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": model_id,
+                    "system_fingerprint": None,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+                    if choices else []}
+            if usage_wanted:
+                body["usage"] = usage
+            return f"data: {json.dumps(body)}\n\n".encode()
+
         try:
-            chat = ChatRequest(messages, max_new_tokens=body.max_completion_tokens or body.max_tokens,
-                               sampling=SamplingParams(temperature=temperature, top_p=body.top_p),
-                               seed=body.seed, stop=body.stops)
-        except UserError as e:
-            raise ApiError(400, str(e)) from None
-        handle = await submit(chat, "messages")
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        now = int(time.time())
-
-        def usage(result) -> dict[str, int]:
-            return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                    "total_tokens": result.prompt_tokens + result.completion_tokens}
-
-        def count(result) -> None:
-            metrics.tokens.labels("text").inc(result.completion_tokens)
-            metrics.prompt_tokens.inc(result.prompt_tokens)
-
-        if not body.stream:
-            watcher = asyncio.create_task(watch(request, handle))
-            try:
-                async for _ in _events(handle):
-                    pass
-                result = handle.result()
-            except Exception as e:
-                raise _error_for(e) from None
-            finally:
-                watcher.cancel()
-                abandon(handle)
-            count(result)
-            return JSONResponse({
-                "id": completion_id, "object": "chat.completion", "created": now, "model": model_id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text, "refusal": None,
-                                                     "annotations": []},
-                             "logprobs": None, "finish_reason": result.finish_reason}],
-                "usage": usage(result), "system_fingerprint": None,
-            })
-
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-        def chunk(delta: dict, finish_reason: str | None = None) -> dict[str, Any]:
-            out = {"id": completion_id, "object": "chat.completion.chunk", "created": now, "model": model_id,
-                   "system_fingerprint": None,
-                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
-            if include_usage:
-                out["usage"] = None
-            return out
-
-        async def stream() -> AsyncIterator[str]:
-            watcher = asyncio.create_task(watch(request, handle))
-            try:
-                yield _sse(chunk({"role": "assistant", "content": "", "refusal": None}))
-                started = False
-                async for event in _events(handle):
-                    if not isinstance(event, TextDelta):
-                        continue
-                    text = event.text if started else event.text.lstrip()  # the answer starts at its first word
+            yield chunk({"role": "assistant", "content": "", "refusal": None})
+            started = False
+            async for event in events(handle):
+                if isinstance(event, TextDelta) and event.text:
+                    text = event.text if started else event.text.lstrip()
+                    started = started or bool(text)
                     if text:
-                        started = True
-                        yield _sse(chunk({"content": text}))
-                try:
-                    result = handle.result()
-                except Exception as e:
-                    yield _sse(_error_for(e).body)
-                    return
-                count(result)
-                yield _sse(chunk({}, result.finish_reason))
-                if include_usage:
-                    yield _sse({"id": completion_id, "object": "chat.completion.chunk", "created": now,
-                                "model": model_id, "system_fingerprint": None, "choices": [], "usage": usage(result)})
-                yield "data: [DONE]\n\n"
-            finally:
-                watcher.cancel()
-                abandon(handle)
-
-        return streaming(stream())
+                        yield chunk({"content": text})
+            try:
+                result = handle.result()
+            except UserError as e:
+                err = {"error": {"message": str(e), "type": "invalid_request_error", "param": None, "code": None}}
+                yield f"data: {json.dumps(err)}\n\n".encode()
+                return
+            metrics.tokens.labels("text").inc(result.completion_tokens)
+            yield chunk({}, result.finish_reason)
+            if usage_wanted:
+                yield chunk({}, usage=_usage(result), choices=False)
+            yield b"data: [DONE]\n\n"
+        finally:
+            handle.cancel()  # no-op when finished; a client that left frees its rows
 
     @app.post("/v1/images/generations")
-    async def images_generations(request: Request) -> Response:
-        authorize(request)
-        body = parse_body(ImageGenerationRequest, await read_body(request))
-        body.check()
-        check_model(body.model)
-        check_chars(body.prompt, "prompt")
-        if body.size not in (None, "auto", native_size):
-            raise ApiError(400, f"size {body.size!r} is not supported; this model makes {native_size} images "
-                                f"(or pass 'auto')", param="size", code="invalid_size")
-        n = 1 if body.n is None else body.n
-        if not 1 <= n <= cfg.max_images_per_request:
-            raise ApiError(400, f"n must be between 1 and {cfg.max_images_per_request}, got {n}", param="n")
+    async def image_generations(request: Request):
+        body = await read_json(request)
+        image_request = _image_request(body, pipe, settings)
+        partial = _field(body, "partial_images", int, 0)
+        if not 0 <= partial <= 3:
+            raise APIError(400, "'partial_images' must be between 0 and 3", param="partial_images")
+        handle = await submit(image_request)
+        size = f"{pipe.image_size}x{pipe.image_size}"
+        if body.get("stream"):
+            return StreamingResponse(_image_stream(handle, partial, size), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        result = await wait(handle, request)
+        metrics.images.inc(len(result.images))
+        metrics.tokens.labels("image").inc(result.tokens.numel())
+        return {"created": int(time.time()), "data": [{"b64_json": _png(im), "revised_prompt": None}
+                                                      for im in result.images],
+                "output_format": "png", "size": size}
+
+    async def _image_stream(handle: RequestHandle, partial: int, size: str) -> AsyncIterator[bytes]:
+        def event(kind: str, payload: dict) -> bytes:
+            body = {"type": kind, "created_at": int(time.time()), "size": size, "quality": "auto",
+                    "background": "opaque", "output_format": "png", **payload}
+            return f"event: {kind}\ndata: {json.dumps(body)}\n\n".encode()
+
         try:
-            req = ImageRequest(body.prompt, n=n,
-                               cfg_weight=cfg.default_guidance if body.guidance_scale is None else body.guidance_scale,
-                               sampling=SamplingParams(temperature=1.0 if body.temperature is None else body.temperature,
-                                                       top_k=body.top_k, top_p=body.top_p),
-                               seed=body.seed)
-        except UserError as e:
-            raise ApiError(400, str(e)) from None
-        handle = await submit(req, "prompt")
-        now = int(time.time())
-        if not body.stream:
-            watcher = asyncio.create_task(watch(request, handle))
-            try:
-                async for _ in _events(handle):
-                    pass
-                result = handle.result()
-                images = await run_in_threadpool(lambda: [png_b64(im) for im in result.images])
-            except Exception as e:
-                raise _error_for(e) from None
-            finally:
-                watcher.cancel()
-                abandon(handle)
-            metrics.tokens.labels("image").inc(result.tokens.numel())
-            return JSONResponse({"created": now, "data": [{"b64_json": b} for b in images], "size": native_size,
-                                 "output_format": "png"})
-
-        partials = body.partial_images or 0
-        total = model_cfg.num_gen_tokens
-        prompt_tokens = len(pipeline.processor.tokenizer.encode(pipeline.processor.t2i_prompt(body.prompt)))
-        common = {"size": native_size, "quality": "auto", "background": "opaque", "output_format": "png"}
-
-        def render_partials(chunk_offset: int) -> list[tuple[int, str]]:
-            tokens = handle.partial_tokens()  # [rows of the running chunk, steps so far]
-            if tokens is None or tokens.shape[1] == 0:
-                return []
-            grid, fraction = partial_image_tokens(tokens, total)
-            images = pipeline.decode_tokens(grid)
-            return [(chunk_offset + i, png_b64(blank_below(im, fraction))) for i, im in enumerate(images)]
-
-        async def stream() -> AsyncIterator[str]:
-            watcher = asyncio.create_task(watch(request, handle))
-            try:
-                # Partial images at evenly spaced points of each chunk's decoding (chunks: see Engine).
-                targets = [total * (k + 1) // (partials + 1) for k in range(partials)]
-                per_chunk = max(1, handle.jobs[0].n_rows // 2) if handle.jobs else n
-                chunk_index, last_steps, sent = 0, 0, 0
-                async for event in _events(handle):
-                    if not isinstance(event, ImageProgress):
+            marks = [(k + 1) / (partial + 1) for k in range(partial)]  # fractions of the tokens
+            sent = 0
+            async for ev in events(handle):
+                if not isinstance(ev, ImageProgress) or sent >= partial or ev.steps >= ev.total:
+                    continue
+                if ev.steps / ev.total >= marks[sent]:
+                    tokens = handle.partial_tokens()
+                    if tokens is None or tokens.shape[1] == 0:
                         continue
-                    if event.steps < last_steps:  # the next chunk of a large request started
-                        chunk_index, sent = chunk_index + 1, 0
-                    last_steps = event.steps
-                    if sent < len(targets) and event.steps >= targets[sent] and event.steps < event.total:
-                        rendered = await run_in_threadpool(render_partials, chunk_index * per_chunk)
-                        for index, b64 in rendered:
-                            yield _sse({"type": "image_generation.partial_image", "b64_json": b64,
-                                        "created_at": int(time.time()), **common, "partial_image_index": sent,
-                                        "index": index}, event="image_generation.partial_image")
-                        sent += 1
-                try:
-                    result = handle.result()
-                    images = await run_in_threadpool(lambda: [png_b64(im) for im in result.images])
-                except Exception as e:
-                    yield _sse(_error_for(e).body, event="error")
-                    return
-                metrics.tokens.labels("image").inc(result.tokens.numel())
-                for index, b64 in enumerate(images):
-                    yield _sse({"type": "image_generation.completed", "b64_json": b64, "created_at": int(time.time()),
-                                **common, "index": index,
-                                "usage": {"input_tokens": prompt_tokens,
-                                          "input_tokens_details": {"image_tokens": 0, "text_tokens": prompt_tokens},
-                                          "output_tokens": total, "total_tokens": prompt_tokens + total}},
-                               event="image_generation.completed")
-            finally:
-                watcher.cancel()
-                abandon(handle)
+                    images = await anyio.to_thread.run_sync(_decode_partial, pipe, tokens)
+                    for im in images:
+                        yield event("image_generation.partial_image", {"b64_json": _png(im),
+                                                                       "partial_image_index": sent})
+                    sent += 1
+            try:
+                result = handle.result()
+            except UserError as e:
+                yield f"event: error\ndata: {json.dumps({'type': 'error', 'error': {'message': str(e)}})}\n\n".encode()
+                return
+            metrics.images.inc(len(result.images))
+            metrics.tokens.labels("image").inc(result.tokens.numel())
+            for im in result.images:
+                yield event("image_generation.completed", {"b64_json": _png(im),
+                                                           "usage": {"input_tokens": 0, "output_tokens":
+                                                                     result.tokens.shape[1], "total_tokens":
+                                                                     result.tokens.shape[1]}})
+        finally:
+            handle.cancel()
 
-        return streaming(stream())
-
-    # --- the web page ---------------------------------------------------------------------
-
-    @app.get("/")
-    async def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
-
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
 
-def api_key_from_env() -> str | None:
-    return os.environ.get("OPENJANUS_API_KEY") or None
+def _usage(result) -> dict:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens}
+
+
+def _decode_partial(pipe: JanusPipeline, tokens) -> list[Image.Image]:
+    """Decode the rows sampled so far: the missing raster positions repeat the last row sampled."""
+    import torch
+
+    n, steps = tokens.shape
+    total, grid = pipe.model.cfg.num_gen_tokens, pipe.model.cfg.vq.grid
+    full = torch.empty(n, total, dtype=tokens.dtype)
+    full[:, :steps] = tokens
+    last_row = tokens[:, max(0, (steps // grid - 1) * grid):][:, :grid]
+    if last_row.shape[1] < grid:
+        last_row = tokens[:, -1:].expand(n, grid)
+    for start in range(steps, total, grid):
+        stop = min(total, start + grid)
+        full[:, start:stop] = last_row[:, :stop - start]
+    return pipe.decode_tokens(full)

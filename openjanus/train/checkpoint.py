@@ -47,6 +47,7 @@ class TrainState:
     step: int = 0  # optimiser steps completed
     tokens_seen: int = 0  # real tokens (or image units) over all processes
     extra: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False  # stopped by SIGINT/SIGTERM after a checkpoint (not saved)
 
 
 def checkpoints_root(output_dir: str | Path) -> Path:
@@ -62,9 +63,16 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     found = []
     for p in root.iterdir():
         m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and (p / "train_state.json").is_file():
+        if m and p.is_dir() and is_complete(p):
             found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether a checkpoint folder holds its state, optimiser and weights files (a folder
+    that lost some of them, e.g. to a prune cut short by older versions, is not a checkpoint)."""
+    return ((folder / "train_state.json").is_file() and (folder / "optimizer.pt").is_file()
+            and any(folder.glob("*.safetensors")))
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -138,7 +146,17 @@ def load_optimizer_state(objective: nn.Module, optimizer: torch.optim.Optimizer,
     """Load a full, name-keyed optimiser state (rank 0's is broadcast with several processes)."""
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    set_optimizer_state_dict(objective, optimizer, state, options=_options(broadcast_from_rank0=dist_info.distributed))
+    # AdamW has no state yet for a parameter that has had no gradient (in one process, e.g. the
+    # understanding aligner before the first image sample), so the load is not strict; and the
+    # state the loader gives such a parameter (a zero-gradient step) is dropped, or its first
+    # real step would be its second and the run would not continue exactly.
+    set_optimizer_state_dict(objective, optimizer, state,
+                             options=_options(broadcast_from_rank0=dist_info.distributed, strict=False))
+    if not dist_info.distributed:  # (with several processes every parameter always has a gradient)
+        saved = set(state.get("state", {}))
+        for name, p in objective.named_parameters():
+            if p in optimizer.state and name not in saved:
+                del optimizer.state[p]
 
 
 # --- save / load ------------------------------------------------------------------------------
@@ -160,8 +178,8 @@ def save_checkpoint(output_dir: str | Path, *, objective: nn.Module, optimizer: 
     optim_state = gather_optimizer_state(objective, optimizer)
     if dist_info.is_main:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        for stale in root.glob(".step_*"):  # left by a kill during an earlier save or prune
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     barrier()
     torch.save(rng_state(), tmp / f"rng_rank{dist_info.rank}.pt")
@@ -178,15 +196,23 @@ def save_checkpoint(output_dir: str | Path, *, objective: nn.Module, optimizer: 
     barrier()
     if dist_info.is_main:
         _fsync_dir(tmp)
-        if final.exists():  # the same step written again (e.g. a final save after a periodic one)
-            shutil.rmtree(final)
+        if final.exists():  # the same step written again (a resumed run passing an older step)
+            _discard(final)
         os.replace(tmp, final)
         _fsync_dir(root)
         if keep_last:
             for _, old in list_checkpoints(output_dir)[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+                _discard(old)
     barrier()
     return final
+
+
+def _discard(folder: Path) -> None:
+    # Renamed to a hidden name first (atomic), so a kill while deleting never leaves a folder
+    # under a step_* name with some of its files gone.
+    doomed = folder.with_name(f".{folder.name}.deleting")
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -262,21 +288,91 @@ def load_checkpoint(folder: str | Path, *, objective: nn.Module, optimizer: torc
 # --- export -----------------------------------------------------------------------------------
 
 
+# An export folder lists the files it wrote here, so that a later export with `overwrite`
+# replaces exactly those and leaves everything else in the folder alone.
+EXPORT_MANIFEST = ".openjanus-export.json"
+# Files that a loader would take for (part of) the model's weights.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
+
+
+def _export_manifest(out: Path) -> set[str]:
+    try:
+        return set(json.loads((out / EXPORT_MANIFEST).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _check_export_target(out: Path, overwrite: bool, source: Path) -> None:
+    # Before any work: an existing folder is only written into with `overwrite`.
+    if out.exists() and not out.is_dir():
+        raise UserError(f"export: {out} exists and is not a folder")
+    if out.resolve() == source.resolve():
+        raise UserError(f"export: {out} is the checkpoint being exported; choose another folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        names = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise UserError(f"export: {out} is not empty ({len(names)} entries: {shown}); pass --overwrite to replace "
+                        f"the files an export writes (the others are kept), or choose another folder")
+
+
+def _publish(staging: Path, out: Path) -> list[str]:
+    """Move the files of a finished export from `staging` into `out`, each with an atomic
+    rename; remove what an earlier export there wrote and this one did not; keep the rest.
+    Refuses (before moving anything) when `out` holds weight files no export wrote."""
+    new = sorted(p.name for p in staging.iterdir())
+    old = _export_manifest(out) if out.is_dir() else set()
+    foreign = sorted(p.name for p in out.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES)
+                     and p.name not in old and p.name not in new) if out.is_dir() else []
+    if foreign:
+        raise UserError(f"export: {out} holds weight files that no export wrote ({', '.join(foreign[:3])}); a "
+                        f"loader would mix them with the export's; move them away or choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in new:
+        os.replace(staging / name, out / name)
+    for name in sorted(old - set(new)):
+        if "/" not in name and name != EXPORT_MANIFEST:
+            (out / name).unlink(missing_ok=True)
+    tmp = out / f"{EXPORT_MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"files": new}, indent=1))
+    os.replace(tmp, out / EXPORT_MANIFEST)
+    return new
+
+
 def export_checkpoint(folder: str | Path, out: str | Path, *, dtype: torch.dtype | None = None,
-                      tokenizer_dir: str | Path | None = None) -> tuple[Path, list[str]]:
+                      tokenizer_dir: str | Path | None = None, overwrite: bool = False) -> tuple[Path, list[str]]:
     """Export a training checkpoint for inference; returns (out folder, notes for the user).
 
     Janus checkpoints become the official deepseek layout (loadable by `openjanus chat` and
     `openjanus generate` when tokenizer files are present); part checkpoints become part
-    folders for `model.parts` of a later run.
+    folders for `model.parts` of a later run. A non-empty `out` is refused unless `overwrite`;
+    even then only the files an export writes are replaced (each atomically, after the whole
+    export was written next to it) and other files are kept.
     """
+    folder, out = Path(folder), Path(out)
+    _check_export_target(out, overwrite, folder)
+    staging = out.parent / f".{out.name}.export-tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        notes = _export_into(folder, staging, dtype=dtype, tokenizer_dir=tokenizer_dir)
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    notes = [n.replace(str(staging), str(out)) for n in notes]
+    return out, notes
+
+
+def _export_into(folder: Path, out: Path, *, dtype: torch.dtype | None,
+                 tokenizer_dir: str | Path | None) -> list[str]:
     from openjanus.checkpoints import save_model
     from openjanus.checkpoints.io import iter_tensors, load_into, weight_files
     from openjanus.config import JanusConfig
     from openjanus.model.janus import Janus
     from openjanus.train.parts import PART_OF_TASK, export_part, part_config
 
-    folder, out = Path(folder), Path(out)
     meta = read_train_state(folder)
     task = meta["task"]
     cfg = JanusConfig.from_dict(meta["model_config"])
@@ -290,7 +386,7 @@ def export_checkpoint(folder: str | Path, out: str | Path, *, dtype: torch.dtype
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         export_part(state, part, part_config(cfg, part), out)
         notes.append(f"use it with model.parts.{part} = {str(out)!r} in a Janus stage config")
-        return out, notes
+        return notes
     tensors = {k: (loader, shape) for k, loader, shape in iter_tensors(weight_files(folder))}
     with torch.device("meta"):
         model = Janus(cfg)
@@ -306,8 +402,8 @@ def export_checkpoint(folder: str | Path, out: str | Path, *, dtype: torch.dtype
     if not (out / "tokenizer.json").is_file():
         notes.append(f"no tokenizer files were copied: put tokenizer.json (and processor_config.json) into "
                      f"{out} or pass --tokenizer DIR before using it with `openjanus chat/generate`")
-    return out, notes
+    return notes
 
 
-__all__ = ["TrainState", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
+__all__ = ["EXPORT_MANIFEST", "is_complete", "TrainState", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
            "export_checkpoint", "read_train_state", "read_model_tensors", "rng_state", "set_rng_state"]

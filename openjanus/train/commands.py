@@ -1,7 +1,7 @@
 """`openjanus train`: run a training config, export a checkpoint, pretokenize T2I data.
 
     openjanus train CONFIG [--resume [CKPT]] [--override KEY=VALUE ...]
-    openjanus train export CKPT --out DIR [--dtype bfloat16] [--tokenizer DIR]
+    openjanus train export CKPT --out DIR [--dtype bfloat16] [--tokenizer DIR] [--overwrite]
     openjanus train pretokenize --model DIR --data FILES --out DIR
     openjanus train tokenizer --data FILES --vocab-size N --out DIR
     torchrun --nproc_per_node 8 -m openjanus.cli train CONFIG      # many GPUs / nodes
@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 USAGE = """openjanus train CONFIG [--resume [CKPT]] [--override KEY=VALUE ...]
-       openjanus train export CKPT --out DIR [--dtype DTYPE] [--tokenizer DIR]
+       openjanus train export CKPT --out DIR [--dtype DTYPE] [--tokenizer DIR] [--overwrite]
        openjanus train pretokenize --model DIR --data FILE [FILE ...] --out DIR [...]
        openjanus train tokenizer --data FILE [FILE ...] --vocab-size N --out DIR
        openjanus train plot RUN [RUN ...] --out losses.svg"""
@@ -62,6 +62,8 @@ def _export_parser() -> argparse.ArgumentParser:
                    help="weights dtype of the export (the official releases are bfloat16)")
     p.add_argument("--tokenizer", default=None,
                    help="folder whose tokenizer/processor files are copied (default: the run's model.tokenizer)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="export into a non-empty folder: replace the files an export writes, keep the others")
     return p
 
 
@@ -106,14 +108,20 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     """Train from a config file (see docs/training.md)."""
-    from openjanus.train.config import load_train_config
-    from openjanus.train.loop import run_training
-
     import os
+
+    from openjanus.train.config import load_train_config
+    from openjanus.train.loop import EXIT_INTERRUPTED, run_training
 
     cfg = load_train_config(args.config, args.override)
     state = run_training(cfg, resume=args.resume)
-    if os.environ.get("RANK", "0") == "0":
+    main = os.environ.get("RANK", "0") == "0"
+    if state.interrupted:
+        if main:
+            print(f"exit status {EXIT_INTERRUPTED}: interrupted, resumable (openjanus train {args.config} --resume)",
+                  file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED)
+    if main:
         print(f"trained to step {state.step}; checkpoints in {cfg.output_dir}/checkpoints", file=sys.stderr)
 
 
@@ -133,7 +141,8 @@ def cmd_export(args: argparse.Namespace) -> None:
             raise UserError(f"{folder} is neither a training checkpoint nor a run folder with checkpoints")
         folder = latest
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    out, notes = export_checkpoint(folder, args.out, dtype=dtype, tokenizer_dir=args.tokenizer)
+    out, notes = export_checkpoint(folder, args.out, dtype=dtype, tokenizer_dir=args.tokenizer,
+                                   overwrite=args.overwrite)
     print(f"exported {folder} to {out}", file=sys.stderr)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

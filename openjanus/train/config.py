@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from openjanus.config import ConfigError, JanusConfig
 from openjanus.errors import UserError
-from openjanus.train.stages import Stage, stage_from_name
+from openjanus.train.stages import STAGES, Stage, stage_from_name
 
 PART_NAMES = ("vq", "siglip", "llm")
 # Maps whose keys may themselves contain dots: the rest of an override path is one key.
@@ -57,7 +58,27 @@ class StageSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> Stage:
-        return stage_from_name(self.preset, **self.overrides)
+        return self.build_with_notes()[0]
+
+    def build_with_notes(self) -> tuple[Stage, list[str]]:
+        """The stage, and notes on values adjusted for it: a warm-up longer than the run (the
+        preset's or the config's, with a quick `-o stage.steps=10`) is cut to the step count."""
+        fields = {f.name: f.type for f in dataclasses.fields(Stage)}
+        for key, value in self.overrides.items():
+            if key in fields:
+                check_json_type(value, fields[key], f"stage.{key}")
+        overrides, notes = dict(self.overrides), []
+        preset = STAGES.get(self.preset, {})
+        steps = overrides.get("steps", preset.get("steps"))
+        warmup = overrides.get("warmup_steps", preset.get("warmup_steps", 0))
+        if _is_int(steps) and _is_int(warmup) and 1 <= steps < warmup:
+            overrides["warmup_steps"] = steps
+            notes.append(f"stage {self.preset!r}: warm-up of {warmup} steps cut to the run's steps={steps}")
+        return stage_from_name(self.preset, **overrides), notes
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -197,22 +218,44 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
-# Field annotations (strings under `from __future__ import annotations`) -> accepted JSON types.
-_JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "int | None": (int, type(None)),
-    "str | None": (str, type(None)), "list[str]": (list,), "dict[str, Any]": (dict,), "dict[str, str]": (dict,),
-}
+def check_json_type(value: Any, annotation: Any, where: str) -> None:
+    """Raise ConfigError unless `value` (as read from JSON) fits the field annotation: ints
+    are not floats or booleans, floats take ints, tuples are lists of the right length and kind."""
+    if not _fits(value, str(annotation).replace(" ", "")):
+        raise ConfigError(f"{where}: expected {annotation}, got {json.dumps(value)}")
+
+
+def _fits(value: Any, ann: str) -> bool:
+    if "|" in ann and "[" not in ann.split("|")[0]:
+        head, _, rest = ann.partition("|")
+        return _fits(value, head) or _fits(value, rest)
+    if ann == "None":
+        return value is None
+    if ann == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if ann == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ann == "bool":
+        return isinstance(value, bool)
+    if ann == "str":
+        return isinstance(value, str)
+    if ann.startswith("tuple[") and ann.endswith("]"):
+        items = ann[len("tuple["):-1].split(",")
+        if not isinstance(value, (list, tuple)):
+            return False
+        if items[-1] == "...":
+            return all(_fits(v, items[0]) for v in value)
+        return len(value) == len(items) and all(_fits(v, t) for v, t in zip(value, items))
+    if ann.startswith("list["):
+        inner = ann[len("list["):-1]
+        return isinstance(value, list) and all(_fits(v, inner) for v in value)
+    if ann.startswith("dict["):
+        return isinstance(value, dict)
+    return True  # a nested section or a type JSON cannot express: checked where it is built
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> None:
-    allowed = _JSON_TYPES.get(str(annotation))
-    if allowed is None:
-        return
-    # JSON true/false are ints to Python; a count given as `true` is a mistake.
-    if isinstance(value, bool) and bool not in allowed:
-        allowed = ()
-    if not isinstance(value, allowed):
-        raise ConfigError(f"{where}: expected {annotation}, got {json.dumps(value)}")
+    check_json_type(value, annotation, where)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -274,16 +317,85 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+# Sizes beyond these are typing mistakes, not models (Janus-Pro-7B: 30 layers x 4096, 102,400
+# ids); they are refused before anything is allocated.
+MODEL_BOUNDS: dict[str, int] = {
+    "llm.n_layers": 1024, "llm.dim": 65536, "llm.n_heads": 1024, "llm.n_kv_heads": 1024, "llm.ffn_dim": 262144,
+    "llm.vocab_size": 1 << 22, "llm.max_seq_len": 1 << 20, "vision.n_layers": 1024, "vision.dim": 65536,
+    "vision.n_heads": 1024, "vision.mlp_dim": 262144, "vision.image_size": 4096, "vision.patch_size": 4096,
+    "vq.image_size": 4096, "vq.codebook_size": 1 << 22, "vq.codebook_dim": 65536, "vq.base_channels": 4096,
+    "vq.z_channels": 65536, "vq.num_res_blocks": 64, "vq.norm_groups": 4096,
+}
+
+
+def _check_model_overrides(overrides: dict[str, Any]) -> None:
+    from openjanus.config import LLMConfig, VisionConfig, VQConfig
+
+    parts = {"llm": LLMConfig, "vision": VisionConfig, "vq": VQConfig}
+    top = {f.name: f.type for f in dataclasses.fields(JanusConfig) if f.name not in parts}
+    for key, value in overrides.items():
+        part, _, name = key.partition(".")
+        fields = {f.name: f.type for f in dataclasses.fields(parts[part])} if part in parts and name else top
+        name = name if part in parts and name else key
+        if name not in fields:
+            raise ConfigError(f"model.overrides: unknown field {key!r}")
+        check_json_type(value, fields[name], f"model.overrides.{key}")
+
+
+def estimate_parameters(cfg: JanusConfig) -> int:
+    """Parameters of the LLM, the SigLIP tower, the adaptors and the heads (the VQ, a few
+    tens of millions at most within MODEL_BOUNDS, left out): a cheap upper-bound check."""
+    llm, vis = cfg.llm, cfg.vision
+    kv = llm.n_kv_heads * llm.head_dim
+    per_layer = 2 * llm.dim * llm.dim + 2 * llm.dim * kv + 3 * llm.dim * llm.ffn_dim + 2 * llm.dim
+    vision = vis.depth * (4 * vis.dim * vis.dim + 2 * vis.dim * vis.mlp_dim) + vis.num_patches * vis.dim
+    heads = 2 * llm.vocab_size * llm.dim + llm.dim * cfg.gen_head_dim + cfg.gen_head_dim * cfg.vq.codebook_size
+    adaptors = 2 * vis.dim * llm.dim + 2 * llm.dim * llm.dim + cfg.vq.codebook_size * cfg.vq.codebook_dim
+    return llm.n_layers * per_layer + vision + heads + adaptors
+
+
+def check_model_config(cfg: JanusConfig, seq_len: int, task: str) -> None:
+    """Sizes within MODEL_BOUNDS, the whole fp32 model within this host's memory (rank 0
+    builds it on the CPU), and seq_len within the LLM's positions (for the LLM tasks)."""
+    for key, bound in MODEL_BOUNDS.items():
+        part, _, name = key.partition(".")
+        value = getattr(getattr(cfg, part), name)
+        if not 1 <= value <= bound:
+            raise ConfigError(f"model {key} {value} must lie in [1, {bound:,}]")
+    if len(cfg.vq.channel_mult) > 8 or any(not 1 <= m <= 64 for m in cfg.vq.channel_mult):
+        raise ConfigError(f"model vq.channel_mult {list(cfg.vq.channel_mult)} must have at most 8 values in [1, 64]")
+    params = estimate_parameters(cfg)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 0
+    if ram and 4 * params > ram:
+        raise ConfigError(f"the model has about {params / 1e9:.1f}B parameters, {4 * params / 2**30:,.0f} GiB in "
+                          f"fp32, more than this machine's {ram / 2**30:,.0f} GiB of memory (rank 0 builds it whole)")
+    if task in ("janus", "text") and seq_len > cfg.llm.max_seq_len:
+        raise ConfigError(f"seq_len {seq_len} exceeds the model's {cfg.llm.max_seq_len} positions "
+                          f"(llm.max_seq_len); lower seq_len")
+
+
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
-    """Read a config file, apply command-line overrides and validate (errors are `UserError`)."""
+    """Read a config file, apply command-line overrides and validate everything that can be
+    checked before a model is built: types of every field, the stage, the data settings, model
+    sizes and seq_len against the model (errors are `UserError`)."""
+    from openjanus.train.data import DataConfig
+
     raw = apply_overrides(read_config_file(path), list(overrides))
     try:
         cfg = TrainConfig.from_dict(raw)
-        cfg.build_stage()  # validate the stage now, not after the model is built
+        stage = cfg.build_stage()  # validate the stage now, not after the model is built
+        if stage.task in ("janus", "text"):
+            DataConfig.from_dict(cfg.data)
+        if cfg.model.preset is not None:  # (a checkpoint's config is read and checked when the run starts)
+            _check_model_overrides(cfg.model.overrides)
+            check_model_config(cfg.build_model_config(), cfg.seq_len, stage.task)
     except ConfigError as e:
         raise UserError(f"{path}: {e}") from None
     return cfg
 
 
-__all__ = ["TrainConfig", "ModelSource", "StageSpec", "EvalSettings", "PartOptions", "load_train_config",
+__all__ = ["MODEL_BOUNDS", "check_json_type", "check_model_config", "estimate_parameters", "TrainConfig", "ModelSource", "StageSpec", "EvalSettings", "PartOptions", "load_train_config",
            "apply_overrides", "read_config_file"]

@@ -51,7 +51,8 @@ from openjanus.train.sequences import Origin, Sample, chat_sample, first_sentenc
 
 __all__ = [
     "REASONS", "BadRecord", "DataError", "SourceConfig", "DataConfig", "discover_shards", "Cursor",
-    "ShardReader", "SampleBuilder", "SampleSource", "codes_file", "load_record_images",
+    "ShardReader", "SampleBuilder", "SampleSource", "codes_file", "load_record_images", "content_fingerprint",
+    "FINGERPRINT_BLOCK",
 ]
 
 log = logging.getLogger("openjanus.train.data")
@@ -148,7 +149,13 @@ class DataConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"data: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        from openjanus.train.config import check_json_type
+
         kwargs = dict(raw)
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        for name, value in kwargs.items():
+            if name not in TASKS:
+                check_json_type(value, types[name], f"data.{name}")
         for name in TASKS:
             if kwargs.get(name) is not None:
                 kwargs[name] = SourceConfig.from_value(kwargs[name], name)
@@ -187,6 +194,30 @@ def discover_shards(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
                 seen.add(key)
                 out.append(f)
     return out
+
+
+# What a resume compares of each shard besides its name and size: these many bytes at its start,
+# middle and end. An edit that keeps the size and touches none of them goes unnoticed.
+FINGERPRINT_BLOCK = 4096
+
+
+def content_fingerprint(shards: Sequence[Path]) -> str:
+    """A digest of the shards' names, sizes and their first, middle and last FINGERPRINT_BLOCK
+    bytes: cheap (three small reads per shard), and it catches the usual same-size edits."""
+    h = hashlib.blake2b(digest_size=8)
+    for p in shards:
+        size = p.stat().st_size
+        h.update(repr((p.name, size)).encode())
+        with open(p, "rb") as f:
+            for at in sorted({0, max(0, size // 2 - FINGERPRINT_BLOCK // 2), max(0, size - FINGERPRINT_BLOCK)}):
+                f.seek(at)
+                h.update(f.read(FINGERPRINT_BLOCK))
+    return h.hexdigest()
+
+
+def changed_content_message(name: str, n_shards: int) -> str:
+    return (f"source {name!r}: the content of its {n_shards} shard(s) changed since the checkpoint (same names and "
+            f"sizes, different bytes); cannot resume the data position")
 
 
 @dataclass
@@ -598,6 +629,11 @@ class SampleSource(IterableDataset):
         listing = [(p.name, p.stat().st_size) for p in self.shards]
         return hashlib.blake2b(repr(listing).encode(), digest_size=8).hexdigest()
 
+    @functools.cached_property
+    def content_fingerprint(self) -> str:
+        """`content_fingerprint` of this source's shards."""
+        return content_fingerprint(self.shards)
+
     # -- reading
 
     def next(self) -> Sample:
@@ -687,6 +723,7 @@ class SampleSource(IterableDataset):
         """The exact position (plus counters), as plain JSON-able data."""
         return {
             "shards": self.fingerprint,
+            "content": self.content_fingerprint,
             "start": dataclasses.asdict(self._start) if self._start is not None else None,
             "next": dataclasses.asdict(self._next),
             "block_no": self._block_no,
@@ -705,6 +742,8 @@ class SampleSource(IterableDataset):
         if state["shards"] != self.fingerprint:
             raise DataError(f"source {self.name!r}: the data files changed since the checkpoint (names or sizes "
                             f"of the {len(self.shards)} shard(s)); cannot resume the data position")
+        if state.get("content", self.content_fingerprint) != self.content_fingerprint:  # (older states: none)
+            raise DataError(changed_content_message(self.name, len(self.shards)))
         self._reset_position()
         self.counters = _SourceCounters(int(state["records"]), int(state["samples"]), dict(state["skipped"]))
         self._epoch_records, self._epoch_samples = int(state["epoch_records"]), int(state["epoch_samples"])

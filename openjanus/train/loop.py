@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from openjanus.config import JanusConfig
+from openjanus.config import ConfigError, JanusConfig
 from openjanus.errors import UserError
 from openjanus.train.checkpoint import (
     TrainState,
@@ -43,10 +43,14 @@ from openjanus.train.checkpoint import (
     read_model_tensors,
     save_checkpoint,
 )
-from openjanus.train.config import TrainConfig
+from openjanus.train.config import TrainConfig, check_model_config
 from openjanus.train.objectives import Metrics, Objective
 from openjanus.train.parallel import DistInfo, all_reduce_sum
 from openjanus.train.stages import Stage
+
+# The exit status of `openjanus train` after SIGINT or SIGTERM stopped the run at a step
+# boundary and wrote its checkpoint: resume with --resume. EX_TEMPFAIL of sysexits.h.
+EXIT_INTERRUPTED = 75
 
 # An evaluation hook gets the (unsharded) model in eval mode and the step; returns metrics.
 EvalHook = Callable[[nn.Module, int], dict[str, float]]
@@ -218,13 +222,14 @@ class Trainer:
 
     def fit(self) -> TrainState:
         """Train until the stage's last step (or `stop_at`), the data ends, or SIGTERM/SIGINT
-        (then a checkpoint is written first). Returns the final counters."""
+        (then a checkpoint is written first and `interrupted` is set). Returns the final counters."""
         s = self.settings
         end = min(s.stop_at or self.stage.steps, self.stage.steps)
         bar = self._progress(end)
         window: list[StepStats] = []
+        # The handlers stay until the final checkpoint is written: a signal during it must not
+        # cut it short either.
         handlers = self._install_signal_handlers()
-        finished = False
         try:
             while self.state.step < end:
                 try:
@@ -247,18 +252,28 @@ class Trainer:
                 if self._stop_requested:
                     self._print(bar, f"stop requested: saving at step {step} and exiting")
                     break
-            finished = True
+            if s.output_dir is not None and self._last_saved != self.state.step:
+                self.save()
+            # A signal during the last step or the final save: every process must agree, as
+            # they all take part in the export or none does.
+            self._stop_requested = self._stop_requested or self._agree_stop()
         finally:
             self._restore_signal_handlers(handlers)
             if bar is not None:
                 bar.close()
-        if finished and s.output_dir is not None and self._last_saved != self.state.step:
-            self.save()
-        if finished and s.export_on_finish and s.output_dir is not None and not self._stop_requested:
+        self.state.interrupted = self._stop_requested
+        if self._stop_requested:
+            saved = ", its checkpoint written" if s.output_dir is not None else ""
+            self._print(None, f"interrupted at step {self.state.step}{saved}; continue with --resume")
+        elif s.export_on_finish and s.output_dir is not None:
             self.export()
         if self._writer is not None:
             self._writer.flush()
         return self.state
+
+    def _agree_stop(self) -> bool:
+        stop, = all_reduce_sum([float(self._signal_received)], self.device)
+        return stop > 0
 
     # -- checkpoints
 
@@ -273,9 +288,21 @@ class Trainer:
     def resume(self, folder: str | Path, include_model: bool = True) -> TrainState:
         """Restore everything from a checkpoint folder written by `save` (the model weights too
         unless `include_model` is False, for callers that loaded them already)."""
+        # The optimiser and schedule states come back with the lr, betas, eps and weight decay
+        # they were saved with; this run's stage decides those (a changed one is applied).
+        wanted = [{k: g[k] for k in ("initial_lr", "betas", "eps", "weight_decay")} for g in self.optimizer.param_groups]
         self.state = load_checkpoint(folder, objective=self.objective, optimizer=self.optimizer,
                                      scheduler=self.scheduler, data=self.data, dist_info=self.dist,
                                      include_model=include_model)
+        for group, settings in zip(self.optimizer.param_groups, wanted):
+            group.update(settings)
+        sched = self.scheduler
+        sched.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        # The lr of the next step, computed as LambdaLR.get_lr does (so an unchanged stage gives
+        # the very same floats).
+        for group, base, factor in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base * factor(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         self._last_saved = self.state.step
         return self.state
 
@@ -287,7 +314,8 @@ class Trainer:
         out = Path(self.settings.output_dir) / "export"
         last = latest_checkpoint(self.settings.output_dir)
         if self.dist.is_main and last is not None:
-            path, notes = export_checkpoint(last, out, tokenizer_dir=self.settings.tokenizer_dir)
+            # The run's own export folder: a resumed run replaces its earlier export's files.
+            path, notes = export_checkpoint(last, out, tokenizer_dir=self.settings.tokenizer_dir, overwrite=True)
             self._log(f"exported {last.name} to {path}")
             for note in notes:
                 self._log(f"note: {note}")
@@ -405,6 +433,10 @@ class Trainer:
             if self._signal_received:  # a second signal: stop now
                 raise KeyboardInterrupt
             self._signal_received = True
+            if self.dist.is_main:
+                name = signal.Signals(signum).name
+                print(f"{name}: stopping after this step, once its checkpoint is written "
+                      f"(send it again to stop at once, without a checkpoint)", file=sys.stderr, flush=True)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             old[sig] = signal.signal(sig, request_stop)
@@ -466,15 +498,21 @@ def format_log_line(step: int, total: int, values: dict[str, float]) -> str:
     return " | ".join(head)
 
 
-def open_tensorboard(logdir: Path) -> Any:
-    """A TensorBoard SummaryWriter; a clear error when the `train` extra is not installed."""
+def require_tensorboard() -> Any:
+    """TensorBoard's SummaryWriter class; a clear error when the `train` extra is not installed."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UserError("TensorBoard logging needs the 'tensorboard' package: pip install 'openjanus[train]', "
-                        "or set \"tensorboard\": false in the config") from None
+                        "or set \"tensorboard\": false in the config (-o tensorboard=false)") from None
+    return SummaryWriter
+
+
+def open_tensorboard(logdir: Path) -> Any:
+    """A TensorBoard SummaryWriter; a clear error when the `train` extra is not installed."""
+    writer = require_tensorboard()
     logdir.mkdir(parents=True, exist_ok=True)
-    return SummaryWriter(str(logdir))
+    return writer(str(logdir))
 
 
 # --- building a run from a TrainConfig --------------------------------------------------------
@@ -661,15 +699,23 @@ def run_training(cfg: TrainConfig, resume: str | bool | None = None, eval_hook: 
     from openjanus.train.parallel import destroy, env_dist_info, init_distributed, shard_model
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    if cfg.tensorboard:
+        require_tensorboard()  # now, not at the first log step after the work
     dist_env = env_dist_info()
     device = _resolve_device(cfg.device, dist_env)
     owns_group = not (dist.is_available() and dist.is_initialized())
     dist_info = init_distributed(device, cfg.dist_timeout_minutes)
     main_log = log if dist_info.is_main else (lambda line: None)
     try:
-        stage = cfg.build_stage()
+        stage, notes = cfg.stage.build_with_notes()
+        for note in notes:
+            main_log(f"note: {note}")
         task = stage.task
         model_cfg = cfg.build_model_config()
+        try:
+            check_model_config(model_cfg, cfg.seq_len, task)
+        except ConfigError as e:
+            raise UserError(str(e)) from None
         out = Path(cfg.output_dir)
         ckpt = _resume_target(out, resume)
         processor = _load_processor(cfg, model_cfg, main_log)
@@ -787,9 +833,14 @@ def _check_compatible(ckpt: Path, task: str, model_cfg: JanusConfig, stage: Stag
     if meta.get("model_config") != _json_roundtrip(model_cfg.to_dict()):
         raise UserError(f"{ckpt} was trained with a different model config; resume with the config it was written with")
     old = meta.get("stage", {})
-    changed = [k for k, v in _json_roundtrip(stage.to_dict()).items() if old.get(k) != v]
+    new = _json_roundtrip(stage.to_dict())
+    if old.get("trainable", new["trainable"]) != new["trainable"]:
+        raise UserError(f"{ckpt} trained {', '.join(old['trainable'])}; this config trains "
+                        f"{', '.join(new['trainable'])}. Resuming cannot change what trains: start a new stage "
+                        f"from the checkpoint instead (model.checkpoint = {str(ckpt)!r}, without --resume)")
+    changed = [f"{k} {old[k]} -> {v}" for k, v in new.items() if k in old and old[k] != v and k != "name"]
     if changed:
-        log(f"note: resuming with changed stage settings: {', '.join(changed)}")
+        log(f"note: resuming with changed stage settings, applied from this step on: {'; '.join(changed)}")
 
 
 def _json_roundtrip(obj: Any) -> Any:
@@ -845,6 +896,6 @@ def benchmark_eval_hook(benchmarks: list[str], options: dict[str, Any], processo
     return hook
 
 
-__all__ = ["Trainer", "LoopSettings", "StepStats", "EvalHook", "apply_stage", "build_optimizer", "build_scheduler",
+__all__ = ["EXIT_INTERRUPTED", "Trainer", "LoopSettings", "StepStats", "EvalHook", "apply_stage", "build_optimizer", "build_scheduler",
            "run_training", "derive_grad_accum", "peak_flops", "format_log_line", "open_tensorboard",
            "benchmark_eval_hook", "BENCHMARKS"]

@@ -357,13 +357,26 @@ class PartDataStream:
         self._order: np.ndarray | None = None
 
     # -- resumable position
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index, "bad_records": self.bad_records, "samples": self.samples}
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "index": self.index, "bad_records": self.bad_records, "samples": self.samples,
+                "records": self._records_digest()}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("records", self._records_digest()) != self._records_digest():  # (older states: none)
+            raise UserError(f"the data source's records changed since the checkpoint (now {len(self.records)}: "
+                            "image paths or captions differ); cannot resume the data position")
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
         self.bad_records, self.samples = int(state["bad_records"]), int(state["samples"])
         self._order = None
+
+    def _records_digest(self) -> str:
+        # The record list (image paths and captions) decides what each position means; the
+        # image files themselves are not read for this.
+        if getattr(self, "_digest", None) is None:
+            import hashlib
+
+            self._digest = hashlib.blake2b(repr(self.records).encode(), digest_size=8).hexdigest()
+        return self._digest
 
     def stats(self) -> dict[str, float]:
         return {"data/bad_records": float(self.bad_records), "data/epoch": float(self.epoch)}

@@ -19,6 +19,7 @@ from its own state and the round-robin starts at the unit whose turn it was.
 from __future__ import annotations
 
 import dataclasses
+import signal
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,15 @@ from openjanus.config import ConfigError, JanusConfig
 from openjanus.model.vq import VQModel
 from openjanus.processing import JanusProcessor
 from openjanus.train.batch import TASKS, PackedBatch
-from openjanus.train.data import DataConfig, DataError, SampleBuilder, SampleSource, discover_shards
+from openjanus.train.data import (
+    DataConfig,
+    DataError,
+    SampleBuilder,
+    SampleSource,
+    changed_content_message,
+    content_fingerprint,
+    discover_shards,
+)
 from openjanus.train.mixing import Mixer, parse_ratio
 from openjanus.train.packing import Packer, pack_rows
 from openjanus.train.sequences import Sample
@@ -39,6 +48,18 @@ from openjanus.train.sequences import Sample
 __all__ = ["DataStats", "PackedDataset", "TrainStream", "build_train_stream", "cpu_vq_copy"]
 
 STATE_VERSION = 1
+
+# What a terminal's Ctrl-C, a scheduler's preemption and torchrun send to a whole process group.
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    # A dataloader worker runs this first. SIGINT/SIGTERM sent to the process group reach the
+    # workers too; if they died of it, the main process could not finish its step and write
+    # the checkpoint. The main process decides when to stop and shuts its workers down itself.
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 @dataclass
@@ -274,8 +295,15 @@ class TrainStream:
             self._it = iter(self.dataset)
         else:
             loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                                prefetch_factor=self.prefetch_factor, persistent_workers=False)
-            self._it = iter(loader)
+                                prefetch_factor=self.prefetch_factor, persistent_workers=False,
+                                worker_init_fn=_ignore_stop_signals)
+            # The workers start blocking the stop signals, so none can kill one before it ignores
+            # them; a signal that arrives meanwhile reaches this process when they are unblocked.
+            before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                self._it = iter(loader)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
     def close(self) -> None:
         """Stop the worker processes (a later `next` starts them again from the current state)."""
@@ -306,6 +334,13 @@ class TrainStream:
             if state[key] != now:
                 raise DataError(f"cannot resume the data position: {key} was {state[key]}, is now {now} "
                                 "(it decides which records each rank and worker reads)")
+        # Checked here, in this process, so a changed dataset is one clear error rather than a
+        # failure inside a dataloader worker.
+        for name, (shards, _) in d.sources.items():
+            saved = {u["sources"][name].get("content") for u in state["units"].values() if name in u["sources"]}
+            saved.discard(None)  # states written before content was recorded
+            if saved and saved != {content_fingerprint(shards)}:
+                raise DataError(changed_content_message(name, len(shards)))
         self.close()
         self.consumed = int(state["consumed"])
         self._units = {int(k): v for k, v in state["units"].items()}

@@ -98,3 +98,19 @@ def test_prefill_over_its_own_slots_equals_full_cache_span():
     full = llm(h, pos, cache_mask(slots, valid), llm.new_cache(B, S), slots)
     short = llm(h, pos, cache_mask(slots, valid[:, :T]), llm.new_cache(B, S), slots, kv_len=T)
     assert_close(short, full, **TOL)
+
+
+def test_grouped_attention_is_bit_identical_to_repeated_heads(monkeypatch):
+    # The fast path (SDPA reading grouped heads) and the fallback (repeat the cache) must give the
+    # same bits: fp32 reference outputs are compared exactly against the official code.
+    import openjanus.model.llm as llm_mod
+
+    llm = tiny_llm(n_heads=4, n_kv_heads=2)
+    h = torch.randn(2, 9, llm.cfg.dim)
+    pos = torch.arange(9).expand(2, 9)
+    slots = torch.arange(9)
+    mask = cache_mask(slots, torch.ones(2, 9, dtype=torch.bool))
+    fast = llm(h, pos, mask, llm.new_cache(2, 16), slots, kv_len=9)
+    monkeypatch.setattr(llm_mod, "_SDPA_GQA", False)
+    slow = llm(h, pos, mask, llm.new_cache(2, 16), slots, kv_len=9)
+    assert_close(fast, slow, rtol=0, atol=0)

@@ -1,35 +1,27 @@
-"""Fixtures for the server's tests: a tiny random-weight pipeline, the app on a real socket
-(uvicorn in a thread, loopback, a free port) and the official `openai` client pointed at it."""
+"""Fixtures: the demo model behind a real server on a free loopback port."""
 
 from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed")
-pytest.importorskip("openai", reason="the dev extra (openai client) is not installed")
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e '.[dev]')")
 
 from openjanus.engine import EngineConfig  # noqa: E402
 from openjanus.pipeline import JanusPipeline  # noqa: E402
-from openjanus.serve import ServeConfig, create_app  # noqa: E402
-from serve_helpers import running  # noqa: E402
+from openjanus.serve.app import ServeSettings  # noqa: E402
+
+from serve import Server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def pipe() -> JanusPipeline:
-    p = JanusPipeline.load("tiny")
-    p.start_engine(EngineConfig(max_rows=8, max_queue=64))
-    yield p
-    p.engine.close()
+def demo_pipe():
+    pipe = JanusPipeline.load(None, device="cpu", dtype="float32")
+    pipe.start_engine(EngineConfig(max_rows=32, max_queue=64))
+    return pipe
 
 
-@pytest.fixture(scope="session")
-def base_url(pipe):
-    with running(create_app(pipe, ServeConfig(max_images_per_request=64))) as url:
-        yield url
-
-
-@pytest.fixture()
-def client(base_url):
-    import openai
-
-    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+@pytest.fixture(scope="module")
+def server(demo_pipe):
+    with Server(demo_pipe, ServeSettings(model_id="janus-shapes", max_body_bytes=2 * 2**20,
+                                         max_image_pixels=1_000_000)) as s:
+        yield s

@@ -74,8 +74,9 @@ def test_fsdp_two_processes_match_one(tmp_path) -> None:
     ref = {k: v.detach() for k, v in single.objective.model.state_dict().items()}
     got = read_model_tensors(list_checkpoints(out)[-1][1])
     # Reduce-scatter sums the two halves in another order than one backward does: equal up to
-    # fp32 rounding, amplified slightly by Adam's normalisation over three steps.
-    assert_params_close(got, ref, rtol=1e-5, atol=2e-6)
+    # fp32 rounding, amplified by Adam's normalisation over three steps (an element whose
+    # gradient is near zero moved 5e-6 apart in one run, against updates of ~2e-3 per step).
+    assert_params_close(got, ref, rtol=1e-5, atol=2e-5)
 
 
 def test_torchrun_cli_two_processes(tmp_path, tiny_checkpoint) -> None:
