@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import io
 import json
+import logging
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,13 +29,14 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from openjanus.engine import QueueFull, RequestHandle
+from openjanus.engine import Cancelled, QueueFull, RequestHandle
 from openjanus.errors import UserError
 from openjanus.images import ImageLoadError
 from openjanus.pipeline import JanusPipeline
 from openjanus.requests import (ChatRequest, ImageProgress, ImageRequest, MAX_SEED, Message, SamplingParams,
                                 TextDelta)
 
+log = logging.getLogger("openjanus.serve")
 STATIC = Path(__file__).parent / "static"
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif"}
 
@@ -48,7 +52,9 @@ class ServeSettings:
     max_images_per_request: int = 8  # in one chat request
     max_prompt_chars: int = 4000
     max_n: int = 8  # images per generation request
-    allow_remote_images: bool = False  # http(s) image URLs are refused unless set
+    allow_remote_images: bool = False  # http(s) image URLs are refused unless set (then fetched, bounded)
+    max_image_bytes: int = 10 * 2**20  # one image, encoded (a data: URL or a fetched file)
+    remote_timeout_s: float = 10.0
 
 
 class APIError(Exception):
@@ -115,7 +121,7 @@ def _decode_image(url: str, settings: ServeSettings, param: str) -> Image.Image:
         if not settings.allow_remote_images:
             raise APIError(400, "image URLs over http(s) are not fetched by this server; send the image inline "
                                 "as a data: URL (data:image/png;base64,...)", param=param, code="remote_image_refused")
-        raise APIError(400, "fetching remote images is not implemented; send a data: URL", param=param)
+        return _image_from_bytes(_fetch_image(url, settings, param), settings, param)
     if not url.startswith("data:") or ";base64," not in url:
         raise APIError(400, "an image must be a data: URL with base64 content (data:image/png;base64,...)",
                        param=param, code="invalid_image_url")
@@ -123,13 +129,39 @@ def _decode_image(url: str, settings: ServeSettings, param: str) -> Image.Image:
     if mime not in IMAGE_TYPES:
         raise APIError(400, f"image type {mime!r} is not supported; send PNG, JPEG, WebP or GIF", param=param,
                        code="invalid_image_format")
+    data = url[url.index(";base64,") + 8:]
+    if len(data) > settings.max_image_bytes * 4 // 3 + 4:
+        raise APIError(413, f"the image is over this server's limit of {settings.max_image_bytes:,} bytes",
+                       param=param, code="image_too_large")
     try:
-        raw = base64.b64decode(url[url.index(";base64,") + 8:], validate=True)
+        raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise APIError(400, "the image's base64 data is corrupt", param=param, code="invalid_image") from None
+    return _image_from_bytes(raw, settings, param)
+
+
+def _fetch_image(url: str, settings: ServeSettings, param: str) -> bytes:
+    """An http(s) image, read up to the size limit (runs on a worker thread, never the event loop)."""
+    try:
+        with urllib.request.urlopen(url, timeout=settings.remote_timeout_s) as response:  # noqa: S310 (http(s) only)
+            raw = response.read(settings.max_image_bytes + 1)
+    except Exception as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise APIError(400, f"the image at {url} could not be fetched: {reason}", param=param,
+                       code="invalid_image_url") from None
+    if len(raw) > settings.max_image_bytes:
+        raise APIError(413, f"the image at {url} is over this server's limit of {settings.max_image_bytes:,} bytes",
+                       param=param, code="image_too_large")
+    return raw
+
+
+def _image_from_bytes(raw: bytes, settings: ServeSettings, param: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(raw)) as probe:  # reads the header only
             w, h = probe.size
+    except Image.DecompressionBombError as e:  # PIL's own ceiling, far above ours: a bomb
+        raise APIError(413, f"the image is too large to decode ({e}); this server's limit is "
+                            f"{settings.max_image_pixels:,} pixels", param=param, code="image_too_large") from None
     except Exception:
         raise APIError(400, "the image cannot be read (corrupt or not an image)", param=param,
                        code="invalid_image") from None
@@ -191,7 +223,20 @@ def _messages(body: dict, settings: ServeSettings) -> list[Message]:
     return out
 
 
+# OpenAI options this server cannot honour. Refused when set to anything but "off", so a client
+# never gets an answer that silently ignored what it asked for.
+_UNSUPPORTED_CHAT = {"tools": (None, []), "functions": (None, []), "tool_choice": (None, "none"),
+                     "function_call": (None, "none"), "logprobs": (None, False), "top_logprobs": (None, 0),
+                     "logit_bias": (None, {}), "frequency_penalty": (None, 0, 0.0),
+                     "presence_penalty": (None, 0, 0.0), "audio": (None,), "prediction": (None,),
+                     "modalities": (None, ["text"]), "response_format": (None, {"type": "text"})}
+
+
 def _chat_request(body: dict, settings: ServeSettings) -> ChatRequest:
+    """The engine request for a chat body (decodes its images: run it on a worker thread)."""
+    for name, off in _UNSUPPORTED_CHAT.items():
+        if name in body and body[name] not in off:
+            raise APIError(400, f"'{name}' is not supported by this server", param=name, code="unsupported_parameter")
     messages = _messages(body, settings)
     if _field(body, "n", int, 1) != 1:
         raise APIError(400, "only n = 1 is supported", param="n")
@@ -271,7 +316,7 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
         if request.url.path.startswith("/v1/"):
             if settings.api_key is not None:
                 auth = request.headers.get("authorization", "")
-                if auth != f"Bearer {settings.api_key}":
+                if not hmac.compare_digest(auth.encode(), f"Bearer {settings.api_key}".encode()):
                     metrics.requests.labels(endpoint, "401").inc()
                     return _error(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
                                   "invalid_request_error", code="invalid_api_key")
@@ -295,6 +340,11 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, e: QueueFull):
         return _error(429, str(e), "rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
+
+    @app.exception_handler(Cancelled)
+    async def cancelled(request: Request, e: Cancelled):  # the server is shutting down (or the client left)
+        return _error(503, "the request was cancelled: the server is shutting down", "server_error",
+                      code="server_shutting_down")
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, e: UserError):
@@ -374,7 +424,7 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await read_json(request)
-        chat = _chat_request(body, settings)
+        chat = await anyio.to_thread.run_sync(_chat_request, body, settings)  # decodes (or fetches) images
         handle = await submit(chat)
         cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         model_id = settings.model_id
@@ -415,9 +465,8 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
                         yield chunk({"content": text})
             try:
                 result = handle.result()
-            except UserError as e:
-                err = {"error": {"message": str(e), "type": "invalid_request_error", "param": None, "code": None}}
-                yield f"data: {json.dumps(err)}\n\n".encode()
+            except Exception as e:
+                yield f"data: {json.dumps(_stream_error(e))}\n\n".encode()
                 return
             metrics.tokens.labels("text").inc(result.completion_tokens)
             yield chunk({}, result.finish_reason)
@@ -469,8 +518,8 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
                     sent += 1
             try:
                 result = handle.result()
-            except UserError as e:
-                yield f"event: error\ndata: {json.dumps({'type': 'error', 'error': {'message': str(e)}})}\n\n".encode()
+            except Exception as e:
+                yield f"event: error\ndata: {json.dumps({'type': 'error', **_stream_error(e)})}\n\n".encode()
                 return
             metrics.images.inc(len(result.images))
             metrics.tokens.labels("image").inc(result.tokens.numel())
@@ -483,6 +532,18 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
             handle.cancel()
 
     return app
+
+
+def _stream_error(e: Exception) -> dict:
+    """The error that ends a stream after its headers went out, in OpenAI's shape (no internals)."""
+    if isinstance(e, Cancelled):
+        error = ("the request was cancelled: the server is shutting down", "server_error", "server_shutting_down")
+    elif isinstance(e, UserError):
+        error = (str(e), "invalid_request_error", None)
+    else:
+        log.error("a streamed request failed", exc_info=e)
+        error = ("internal server error", "server_error", None)
+    return {"error": {"message": error[0], "type": error[1], "param": None, "code": error[2]}}
 
 
 def _usage(result) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import threading
 
 from openjanus.errors import UserError
 
@@ -22,12 +24,16 @@ def register(sub) -> None:
     p.add_argument("--max-queue", type=int_range(1), default=256, help="requests waiting beyond the batch; more get 429")
     p.add_argument("--batch-rows", type=int_range(2), default=64, help="LLM rows decoded together (2 per image)")
     p.add_argument("--max-body-mb", type=int_range(1), default=20, help="request body limit")
-    p.add_argument("--allow-remote-images", action="store_true", help="accept http(s) image URLs (not fetched yet)")
+    p.add_argument("--allow-remote-images", action="store_true",
+                   help="fetch http(s) image URLs in chat messages (bounded in size and time; off: data: URLs only)")
+    p.add_argument("--shutdown-grace", type=float, default=30.0,
+                   help="on SIGTERM/Ctrl-C, seconds running requests get to finish before they are cancelled")
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    """Load the model, then serve it until SIGTERM / Ctrl-C (running requests are cancelled cleanly)."""
+    """Load the model, then serve it until SIGTERM / Ctrl-C: running requests get --shutdown-grace
+    seconds to finish, then are cancelled cleanly."""
     try:
         import uvicorn
 
@@ -45,5 +51,30 @@ def cmd_serve(args: argparse.Namespace) -> None:
                              api_key=args.api_key or os.environ.get("OPENJANUS_API_KEY") or None,
                              max_body_bytes=args.max_body_mb * 2**20, max_n=args.max_n,
                              allow_remote_images=args.allow_remote_images)
-    uvicorn.run(create_app(pipe, settings), host=args.host, port=args.port, timeout_graceful_shutdown=30,
-                log_level="info")
+    if args.shutdown_grace < 0:
+        raise UserError(f"--shutdown-grace must be >= 0, got {args.shutdown_grace}")
+    grace, stopping = args.shutdown_grace, []
+
+    class Server(uvicorn.Server):
+        # On SIGTERM/SIGINT uvicorn stops accepting connections and waits for the running requests.
+        # Those still running after the grace period are cancelled in the engine, so each one ends
+        # its own response (a 503, or a stream's error event) instead of uvicorn killing its task.
+        def handle_exit(self, sig: int, frame) -> None:
+            if not stopping:
+                timer = threading.Timer(grace, pipe.engine.close, kwargs={"cancel": True})
+                timer.daemon = True
+                timer.start()
+                stopping.append(timer)
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(create_app(pipe, settings), host=args.host, port=args.port,
+                                   timeout_graceful_shutdown=grace + 10, log_level="info"))
+    # uvicorn re-raises the signal that stopped it once it is done; handling SIGTERM here makes the
+    # end of a clean shutdown a normal exit (status 0) rather than death by signal.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for timer in stopping:
+            timer.cancel()

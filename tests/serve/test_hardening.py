@@ -1,0 +1,146 @@
+"""Edges of the server on the tiny preset (fast): decompression bombs, fetched image URLs when
+allowed, refused OpenAI options, failures after a stream has started, requests cancelled by a
+shutdown. Each answer keeps OpenAI's error shape and never shows internals."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import io
+import json
+import threading
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from openjanus.engine import EngineConfig
+from openjanus.pipeline import JanusPipeline
+from openjanus.serve.app import ServeSettings
+
+from serve import Server
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def ask(question: str, url: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": question}]}]
+
+
+def data_url(raw: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(raw).decode()
+
+
+def error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert "Traceback" not in response.text
+    err = response.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    return err
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    pipe = JanusPipeline.load("tiny")
+    pipe.start_engine(EngineConfig(max_rows=4, max_queue=16))
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A loopback HTTP server with a small image and one over the size limit."""
+    root = tmp_path_factory.mktemp("www")
+    (root / "red.png").write_bytes(png(Image.new("RGB", (40, 40), (220, 20, 20))))
+    noise = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+    (root / "big.png").write_bytes(png(Image.fromarray(noise)))  # ~270 kB of incompressible pixels
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+    httpd.shutdown()
+
+
+def test_a_decompression_bomb_is_413(tiny):
+    bomb = png(Image.new("1", (20000, 20000)))  # 400 megapixels in a few tens of kB
+    assert len(bomb) < 100_000
+    with Server(tiny, ServeSettings(model_id="tiny")) as s:
+        err = error(httpx.post(s.url + "/v1/chat/completions", json={"messages": ask("?", data_url(bomb))}), 413)
+        assert err["code"] == "image_too_large" and err["param"] == "messages[0].content[0].image_url"
+
+
+def test_image_urls_are_refused_unless_allowed_then_fetched_within_limits(tiny, files):
+    base, root = files
+    body = {"messages": ask("what colour?", f"{base}/red.png"), "temperature": 0, "max_tokens": 8}
+    with Server(tiny, ServeSettings(model_id="tiny")) as s:
+        assert error(httpx.post(s.url + "/v1/chat/completions", json=body), 400)["code"] == "remote_image_refused"
+    with Server(tiny, ServeSettings(model_id="tiny", allow_remote_images=True, max_image_bytes=100_000)) as s:
+        fetched = httpx.post(s.url + "/v1/chat/completions", json=body, timeout=30).json()
+        inline = httpx.post(s.url + "/v1/chat/completions", timeout=30, json={
+            **body, "messages": ask("what colour?", data_url((root / "red.png").read_bytes()))}).json()
+        assert fetched["choices"][0]["message"] == inline["choices"][0]["message"]
+        assert fetched["usage"] == inline["usage"]
+        big = error(httpx.post(s.url + "/v1/chat/completions", json={"messages": ask("?", f"{base}/big.png")}), 413)
+        assert big["code"] == "image_too_large"
+        missing = error(httpx.post(s.url + "/v1/chat/completions", json={"messages": ask("?", f"{base}/no.png")}), 400)
+        assert missing["code"] == "invalid_image_url" and "404" in missing["message"]
+
+
+def test_options_the_server_cannot_honour_are_refused_not_dropped(tiny):
+    with Server(tiny, ServeSettings(model_id="tiny")) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
+        tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+        for option in ({"tools": [tool]}, {"logprobs": True}, {"response_format": {"type": "json_object"}},
+                       {"presence_penalty": 0.5}):
+            with pytest.raises(openai.BadRequestError) as info:
+                client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=2, **option)
+            assert info.value.code == "unsupported_parameter" and info.value.param == next(iter(option))
+        ok = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                            response_format={"type": "text"}, presence_penalty=0, tools=[])
+        assert ok.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_failure_after_the_stream_started_ends_it_with_an_error_event(tiny, monkeypatch):
+    def broken(tokens):
+        raise RuntimeError("secret internals /srv/model")
+
+    with Server(tiny, ServeSettings(model_id="tiny")) as s:
+        monkeypatch.setattr(tiny, "decode_tokens", broken)
+        with httpx.stream("POST", s.url + "/v1/images/generations", timeout=30,
+                          json={"prompt": "x", "stream": True}) as r:
+            assert r.status_code == 200
+            text = r.read().decode()
+        assert "secret" not in text and "Traceback" not in text
+        last = [line for line in text.splitlines() if line.startswith("data: ")][-1]
+        event = json.loads(last[6:])
+        assert event["type"] == "error" and event["error"]["type"] == "server_error"
+        assert set(event["error"]) == {"message", "type", "param", "code"}
+        monkeypatch.undo()
+        assert httpx.post(s.url + "/v1/images/generations", json={"prompt": "x"}, timeout=30).status_code == 200
+
+
+def test_requests_cancelled_by_a_shutdown_are_503():
+    pipe = JanusPipeline.load("tiny")
+    engine = pipe.start_engine(EngineConfig(max_rows=2, max_queue=4))
+    with Server(pipe, ServeSettings(model_id="tiny", max_n=1000)) as s:
+        result: dict = {}
+
+        def long():
+            result["r"] = httpx.post(s.url + "/v1/images/generations", json={"prompt": "x", "n": 1000}, timeout=60)
+
+        worker = threading.Thread(target=long)
+        worker.start()
+        while engine.running == 0:
+            threading.Event().wait(0.01)
+        engine.close(cancel=True)  # what `openjanus serve` does when the shutdown grace runs out
+        worker.join(30)
+        assert error(result["r"], 503)["code"] == "server_shutting_down"
