@@ -523,11 +523,14 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
                 return
             metrics.images.inc(len(result.images))
             metrics.tokens.labels("image").inc(result.tokens.numel())
+            processor = pipe.processor
+            prompt_tokens = len(processor.tokenizer.encode(processor.t2i_prompt(handle.request.prompt)))
+            image_tokens = result.tokens.shape[1]  # per image
+            usage = {"input_tokens": prompt_tokens,
+                     "input_tokens_details": {"image_tokens": 0, "text_tokens": prompt_tokens},
+                     "output_tokens": image_tokens, "total_tokens": prompt_tokens + image_tokens}
             for im in result.images:
-                yield event("image_generation.completed", {"b64_json": _png(im),
-                                                           "usage": {"input_tokens": 0, "output_tokens":
-                                                                     result.tokens.shape[1], "total_tokens":
-                                                                     result.tokens.shape[1]}})
+                yield event("image_generation.completed", {"b64_json": _png(im), "usage": usage})
         finally:
             handle.cancel()
 

@@ -144,3 +144,15 @@ def test_requests_cancelled_by_a_shutdown_are_503():
         engine.close(cancel=True)  # what `openjanus serve` does when the shutdown grace runs out
         worker.join(30)
         assert error(result["r"], 503)["code"] == "server_shutting_down"
+
+
+def test_image_stream_usage_counts_the_prompt(tiny):
+    with Server(tiny, ServeSettings(model_id="tiny")) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
+        events = list(client.images.generate(prompt="a red circle", stream=True, extra_body={"seed": 1}))
+    usage = events[-1].usage
+    prompt = len(tiny.processor.tokenizer.encode(tiny.processor.t2i_prompt("a red circle")))
+    assert (usage.input_tokens, usage.input_tokens_details.text_tokens, usage.input_tokens_details.image_tokens) == (
+        prompt, prompt, 0)
+    assert usage.output_tokens == tiny.model.cfg.num_gen_tokens
+    assert usage.total_tokens == prompt + usage.output_tokens
