@@ -3,6 +3,7 @@ image and gets an answer, and generates images and sees them. `.ci/run` installs
 
 from __future__ import annotations
 
+import base64
 import shutil
 
 import pytest
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no system chromium (ap
 def page(server):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone screen
+        page = browser.new_page(viewport={"width": 390, "height": 844}, accept_downloads=True)  # a phone screen
         page.goto(server.url + "/")
         yield page
         browser.close()
@@ -43,11 +44,18 @@ def test_generate_images_and_see_them(page):
     page.fill("#image-prompt", "a red circle")
     page.fill("#image-n", "3")
     page.fill("#image-seed", "4")
+    page.evaluate("""() => { window.srcChanges = 0;
+        new MutationObserver(ms => { window.srcChanges += ms.filter(m => m.attributeName === 'src').length; })
+          .observe(document.getElementById('gallery'), {subtree: true, attributes: true}); }""")
     page.click("#image-go")
     page.wait_for_selector("#gallery figure.final >> nth=2", timeout=60_000)
+    assert page.evaluate("window.srcChanges") == 3 * 2 + 3  # two partial images each were shown, then the results
     sources = page.eval_on_selector_all("#gallery figure.final img", "els => els.map(e => e.src)")
     assert len(sources) == 3 and all(s.startswith("data:image/png;base64,") for s in sources)
     widths = page.eval_on_selector_all("#gallery figure.final img", "els => els.map(e => e.naturalWidth)")
     assert widths == [64, 64, 64]
     assert page.locator("#gallery a[download]").count() == 3
+    with page.expect_download() as download:
+        page.click("#gallery a[download] >> nth=2")
+    assert open(download.value.path(), "rb").read() == base64.b64decode(sources[2].split(",", 1)[1])
     assert "3 image(s)" in page.locator("#image-status").inner_text()

@@ -156,3 +156,29 @@ def test_image_stream_usage_counts_the_prompt(tiny):
         prompt, prompt, 0)
     assert usage.output_tokens == tiny.model.cfg.num_gen_tokens
     assert usage.total_tokens == prompt + usage.output_tokens
+
+
+def test_a_really_full_queue_is_429_with_retry_after_and_frees_up():
+    from openjanus.requests import ImageRequest
+
+    pipe = JanusPipeline.load("tiny")
+    engine = pipe.start_engine(EngineConfig(max_rows=2, max_queue=1))
+    with Server(pipe, ServeSettings(model_id="tiny")) as s:
+        running = pipe.submit(ImageRequest("fill the batch", n=500, seed=0))  # one image at a time, for seconds
+        while engine.running == 0:
+            threading.Event().wait(0.01)
+        waiting = pipe.submit(ImageRequest("wait in the queue", seed=0))
+        assert engine.queue_depth == 1
+        r = httpx.post(s.url + "/v1/images/generations", json={"prompt": "one more"})
+        assert error(r, 429)["type"] == "rate_limit_error" and r.headers["retry-after"] == "1"
+        running.cancel()
+        waiting.cancel()
+        assert httpx.post(s.url + "/v1/images/generations", json={"prompt": "now"}, timeout=30).status_code == 200
+
+
+def test_a_chunked_body_over_the_limit_is_413(tiny):
+    with Server(tiny, ServeSettings(model_id="tiny", max_body_bytes=100_000)) as s:
+        chunks = (b'{"prompt": "' + b"x" * 30_000 for _ in range(5))  # no Content-Length: counted as it arrives
+        r = httpx.post(s.url + "/v1/images/generations", content=chunks)
+        assert error(r, 413)["code"] == "body_too_large"
+        assert httpx.get(s.url + "/health").status_code == 200
