@@ -352,8 +352,9 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
-        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-        return _error(e.status_code, str(e.detail), kind)
+        if e.status_code in (404, 405):  # OpenAI's words for a path or method it does not serve
+            return _error(e.status_code, f"Invalid URL ({request.method} {request.url.path})", "invalid_request_error")
+        return _error(e.status_code, str(e.detail), "invalid_request_error")
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, e: Exception):

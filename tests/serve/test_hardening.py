@@ -182,3 +182,32 @@ def test_a_chunked_body_over_the_limit_is_413(tiny):
         r = httpx.post(s.url + "/v1/images/generations", content=chunks)
         assert error(r, 413)["code"] == "body_too_large"
         assert httpx.get(s.url + "/health").status_code == 200
+
+
+def test_unknown_paths_and_methods_name_the_url(tiny):
+    with Server(tiny, ServeSettings(model_id="tiny")) as s:
+        assert error(httpx.post(s.url + "/v1/nothing", json={}), 404)["message"] == "Invalid URL (POST /v1/nothing)"
+        assert error(httpx.get(s.url + "/v1/chat/completions"), 405)["message"] == (
+            "Invalid URL (GET /v1/chat/completions)")
+
+
+def test_bad_requests_do_not_disturb_a_running_one(tiny):
+    body = {"prompt": "a yellow circle", "n": 2, "seed": 9, "stream": True, "partial_images": 1}
+    with Server(tiny, ServeSettings(model_id="tiny")) as s:
+        alone = httpx.post(s.url + "/v1/images/generations", json={**body, "stream": False}, timeout=30).json()
+        result: dict = {}
+
+        def good():
+            with httpx.stream("POST", s.url + "/v1/images/generations", json=body, timeout=30) as r:
+                result["events"] = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+
+        worker = threading.Thread(target=good)
+        worker.start()
+        bad = [{"messages": []}, {"messages": ask("?", "data:image/png;base64,@@")},
+               {"messages": ask("?", data_url(b"not an image"))}, {"messages": [{"role": "user", "content": "x" * 5000}]},
+               {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6}]
+        for b in bad * 3:
+            assert httpx.post(s.url + "/v1/chat/completions", json=b, timeout=30).status_code == 400
+        worker.join(30)
+    done = [e["b64_json"] for e in result["events"] if e["type"] == "image_generation.completed"]
+    assert done == [d["b64_json"] for d in alone["data"]]
