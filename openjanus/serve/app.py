@@ -375,8 +375,22 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
             raise APIError(400, "the request body must be a JSON object")
         return data
 
+    live: set[RequestHandle] = set()  # this app's requests in the engine (pruned as they finish)
+
     async def submit(request_obj) -> RequestHandle:
-        return await anyio.to_thread.run_sync(pipe.engine.submit, request_obj)
+        handle = await anyio.to_thread.run_sync(pipe.engine.submit, request_obj)
+        live.difference_update([h for h in live if h.done()])
+        live.add(handle)
+        return handle
+
+    def cancel_running() -> None:
+        """Cancel every request of this app still in the engine (a shutdown's grace ran out).
+        Each handle is cancelled itself, wherever the engine holds it (queue, batch, or between
+        two chunks of a large image request), so each response ends at once."""
+        for handle in list(live):
+            handle.cancel()
+
+    app.state.cancel_running = cancel_running
 
     async def wait(handle: RequestHandle, request: Request):
         """The handle's result; a client that goes away cancels its rows in the engine."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import threading
 
 from openjanus.errors import UserError
@@ -61,13 +62,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
         # its own response (a 503, or a stream's error event) instead of uvicorn killing its task.
         def handle_exit(self, sig: int, frame) -> None:
             if not stopping:
-                timer = threading.Timer(grace, pipe.engine.close, kwargs={"cancel": True})
+                timer = threading.Timer(grace, cancel_the_rest)
                 timer.daemon = True
                 timer.start()
                 stopping.append(timer)
             super().handle_exit(sig, frame)
 
-    server = Server(uvicorn.Config(create_app(pipe, settings), host=args.host, port=args.port,
+    app = create_app(pipe, settings)
+
+    def cancel_the_rest() -> None:
+        app.state.cancel_running()  # first the requests themselves, then the engine
+        try:
+            pipe.engine.close(cancel=True)
+        except Exception as e:  # the requests are cancelled already; the app's shutdown closes it again
+            print(f"warning: closing the engine failed: {type(e).__name__}: {e}", file=sys.stderr)
+
+    server = Server(uvicorn.Config(app, host=args.host, port=args.port,
                                    timeout_graceful_shutdown=grace + 10, log_level="info"))
     # uvicorn re-raises the signal that stopped it once it is done; handling SIGTERM here makes the
     # end of a clean shutdown a normal exit (status 0) rather than death by signal.

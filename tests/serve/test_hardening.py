@@ -128,7 +128,8 @@ def test_a_failure_after_the_stream_started_ends_it_with_an_error_event(tiny, mo
         assert httpx.post(s.url + "/v1/images/generations", json={"prompt": "x"}, timeout=30).status_code == 200
 
 
-def test_requests_cancelled_by_a_shutdown_are_503():
+@pytest.mark.parametrize("how", ["the app's requests", "the engine"])
+def test_requests_cancelled_by_a_shutdown_are_503(how):
     pipe = JanusPipeline.load("tiny")
     engine = pipe.start_engine(EngineConfig(max_rows=2, max_queue=4))
     with Server(pipe, ServeSettings(model_id="tiny", max_n=1000)) as s:
@@ -141,7 +142,12 @@ def test_requests_cancelled_by_a_shutdown_are_503():
         worker.start()
         while engine.running == 0:
             threading.Event().wait(0.01)
-        engine.close(cancel=True)  # what `openjanus serve` does when the shutdown grace runs out
+        # What `openjanus serve` does when the shutdown grace runs out: cancel the app's own
+        # requests (wherever the engine holds them), then close the engine.
+        if how == "the engine":
+            engine.close(cancel=True)
+        else:
+            s.server.config.app.state.cancel_running()
         worker.join(30)
         assert error(result["r"], 503)["code"] == "server_shutting_down"
 
