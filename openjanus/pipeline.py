@@ -26,6 +26,7 @@ from openjanus.errors import UserError
 from openjanus.engine import Engine, EngineConfig, RequestHandle
 from openjanus.images import ImageInput, ImageProcessorConfig
 from openjanus.model.janus import Janus
+from openjanus.model.llm import fuse_projections
 from openjanus.processing import JanusProcessor, JanusTokenizer, train_tokenizer
 from openjanus.quantize import quantize_model
 from openjanus.requests import ChatRequest, ChatResult, ImageRequest, ImageResult
@@ -86,6 +87,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+def prepare_for_inference(model: Janus, quantize: str | None = None) -> Janus:
+    """Fuse the LLM's projections (bf16/fp16 or quantized weights: one fp32 rounding of the
+    official code is kept as it is) and quantize the LLM and heads if asked; in place."""
+    if model.llm.embed.weight.dtype != torch.float32 or quantize not in (None, "none"):
+        fuse_projections(model.llm)
+    return quantize_model(model, quantize)
+
+
 def tokens_to_pil(images: Tensor) -> list[Image.Image]:
     """Decoded images [P, 3, H, W] in about [-1, 1] -> PIL, truncating to uint8 as the official code does."""
     arr = images.float().cpu().numpy().transpose(0, 2, 3, 1)  # [P, H, W, 3]
@@ -134,7 +143,7 @@ class JanusPipeline:
         `quantize="int8"` stores the LLM's and the heads' weights as int8 (`openjanus.quantize`).
         """
         pipe = cls._load(model, device, dtype, roles, seed, check_finite)
-        quantize_model(pipe.model, quantize)
+        prepare_for_inference(pipe.model, quantize)
         return pipe
 
     @classmethod
