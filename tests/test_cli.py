@@ -56,6 +56,27 @@ def test_info_counts_parts(capsys):
     assert "language" not in out and "llm" in out
 
 
+def _gib(out: str, label: str) -> float:
+    line = next(line for line in out.splitlines() if label in line and "GiB" in line)
+    return float(line.split(label)[1].split("GiB")[0].strip(" :"))
+
+
+def test_info_states_what_a_batch_needs_per_format(capsys):
+    """Janus-Pro-7B, 16 images with CFG: bf16 weights 13.8 GiB + 9.4 GiB of cache overflow a
+    24 GB card with activations; int8 LLM/heads bring it to ~17 GiB in one batch (the issue's
+    memory target); the default 4 GiB KV budget runs it in batches instead."""
+    argv = ["info", "--model", "janus-pro-7b", "--batch", "16", "--dtype", "bfloat16"]
+    assert main(argv + ["--kv-cache-gib", "12"]) == 0
+    bf16 = capsys.readouterr().out
+    assert main(argv + ["--quantize", "int8", "--kv-cache-gib", "12"]) == 0
+    int8 = capsys.readouterr().out
+    assert _gib(int8, "weights:") < 0.6 * _gib(bf16, "weights:")
+    assert "KV cache: 9.375 GiB for 32 rows x 640 positions" in int8
+    assert _gib(int8, "together:") < 24 * 10**9 / 2**30 - 4  # room left for activations on a 24 GB card
+    assert main(argv + ["--quantize", "int8"]) == 0
+    assert "16 run as batches of 6" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["generate", "--model", "/nonexistent/dir", "--out", "x", "p"], "neither a checkpoint folder"),
     (["chat", "--model", "tiny", "--image", "/nonexistent.png", "q"], "nonexistent.png"),
