@@ -51,48 +51,62 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class KVCache:
-    """Preallocated keys/values for every layer, indexed by cache slot: k, v [L, B, H, S, hd].
+    """Preallocated keys/values, one tensor per layer: k[layer], v[layer] [B, H, S, hd],
+    indexed by cache slot.
 
     Each decode step writes one slot per row with fixed shapes, so it can be compiled or
-    captured. Rows may be at different lengths (a request joining a running batch): slots
-    are then given per row.
+    captured; the writes index whole per-layer tensors (a write into a view of a larger
+    tensor makes a compiled step copy the whole base every step). Rows may be at different
+    lengths (a request joining a running batch): slots are then given per row.
     """
 
-    def __init__(self, k: Tensor, v: Tensor) -> None:
+    def __init__(self, k: list[Tensor], v: list[Tensor]) -> None:
         self.k, self.v = k, v
 
     @classmethod
     def allocate(cls, n_layers: int, batch: int, max_len: int, n_kv_heads: int, head_dim: int,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> KVCache:
-        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
-        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        shape = (batch, n_kv_heads, max_len, head_dim)
+
+        def zeros() -> list[Tensor]:
+            return [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+
+        return cls(zeros(), zeros())
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
     @property
     def batch(self) -> int:
-        return self.k.shape[1]
+        return self.k[0].shape[0]
 
     def rows(self, start: int, stop: int) -> KVCache:
         """Rows [start, stop) as a cache sharing this one's memory (writes land here)."""
-        return KVCache(self.k[:, start:stop], self.v[:, start:stop])
+        return KVCache([t[start:stop] for t in self.k], [t[start:stop] for t in self.v])
+
+    def copy_(self, src: KVCache, rows: slice, src_rows: slice = slice(None)) -> None:
+        """Copy `src`'s rows `src_rows` (all its slots) into this cache's `rows`, first slots."""
+        for dst_k, dst_v, k, v in zip(self.k, self.v, src.k, src.v):
+            dst_k[rows, :, :src.max_len] = k[src_rows]
+            dst_v[rows, :, :src.max_len] = v[src_rows]
 
     def update(self, layer: int, slots: Tensor, k: Tensor, v: Tensor,
                kv_len: int | None = None) -> tuple[Tensor, Tensor]:
-        """Write k/v [B, H, T, hd] at `slots` ([T] shared by all rows, or [B, T] per row);
-        return the layer's first `kv_len` slots (all S by default) [B, H, kv_len, hd]."""
+        """Write k/v [B, H, T, hd] of the first B rows at `slots` ([T] shared by all rows, or
+        [B, T] per row); return their first `kv_len` slots (all S by default) [B, H, kv_len, hd]."""
+        B = k.shape[0]
         if slots.ndim == 1:
-            self.k[layer].index_copy_(2, slots, k)
-            self.v[layer].index_copy_(2, slots, v)
+            self.k[layer][:B].index_copy_(2, slots, k)
+            self.v[layer][:B].index_copy_(2, slots, v)
         else:
-            index = slots[:, None, :, None].expand_as(k)  # [B, H, T, hd]
-            self.k[layer].scatter_(2, index, k)
-            self.v[layer].scatter_(2, index, v)
-        if kv_len is None:
-            return self.k[layer], self.v[layer]
-        return self.k[layer][:, :, :kv_len], self.v[layer][:, :, :kv_len]
+            # Advanced indexing on the whole tensor (an index_put a compiler keeps in place):
+            # rows [B, 1] and slots [B, T] select [B, T, H, hd].
+            rows = torch.arange(B, device=slots.device)[:, None]
+            self.k[layer][rows, :, slots] = k.transpose(1, 2)
+            self.v[layer][rows, :, slots] = v.transpose(1, 2)
+        end = self.max_len if kv_len is None else kv_len
+        return self.k[layer][:B, :, :end], self.v[layer][:B, :, :end]
 
 
 class Attention(nn.Module):
