@@ -121,3 +121,28 @@ def test_demo_writes_report_and_scores(tiny_checkpoint, tmp_path):
     assert set(scores["headline"]["heldout"]) == {"generation_overall", "yes_no_accuracy", "counting_accuracy"}
     page = (out / "report.html").read_text()
     assert "a photo of a red star" in page and page.count("<img") >= 7 * 4
+
+
+@pytest.mark.parametrize("argv", [
+    ["chat", "--model", "tiny", "hi"],
+    ["generate", "--model", "tiny", "--out", "OUT", "x"],
+    ["eval", "geneval-shapes", "--out", "OUT"],
+    ["eval", "pope-shapes", "--out", "OUT"],
+    ["demo", "--out", "OUT"],
+    ["serve", "--model", "tiny"],
+])
+def test_every_command_that_loads_a_model_honours_quantize(argv, monkeypatch, tmp_path):
+    """--quantize is one of the shared model flags: no command may accept it and ignore it."""
+    from openjanus.errors import UserError
+    from openjanus.pipeline import JanusPipeline
+
+    seen = {}
+
+    def fake_load(*args, **kwargs):
+        seen.update(kwargs)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(JanusPipeline, "load", fake_load)
+    argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]
+    assert main(argv + ["--quantize", "int8"]) == 2
+    assert seen.get("quantize") == "int8"
