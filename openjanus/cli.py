@@ -91,7 +91,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "demo model, also used when omitted), or a preset name for RANDOM weights "
                         "(tiny, small, janus-pro-1b, ...)")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), float32 (the official code's outputs exactly), bfloat16, float16")
     p.add_argument("--quantize", choices=["none", "int8"], default="none",
                    help="int8: weight-only int8 LLM and heads (per-channel scales; bf16 activations on CPU)")
 

@@ -90,3 +90,15 @@ def test_int8_linear_cuda_matches_cpu():
     q = Int8Linear(nn.Linear(256, 300).bfloat16())
     x = torch.randn(8, 256).bfloat16()
     assert_close(q.cuda()(x.cuda()).float().cpu(), q.cpu()(x).float(), rtol=2e-2, atol=5e-2)
+
+
+def test_auto_dtype_is_bf16_only_where_the_cpu_has_bf16(monkeypatch):
+    from openjanus import pipeline
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(pipeline, "cpu_has_native_bf16", lambda: True)
+    assert pipeline.resolve_dtype("auto", cpu) == torch.bfloat16
+    assert pipeline.resolve_dtype("float32", cpu) == torch.float32  # the exact, official-equal format
+    monkeypatch.setattr(pipeline, "cpu_has_native_bf16", lambda: False)
+    assert pipeline.resolve_dtype(None, cpu) == torch.float32
+    assert pipeline.resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
