@@ -207,7 +207,12 @@ class BatchRunner:
         self.hidden: Tensor | None = None  # [rows, D] last hidden state of every row
         self._step_fn: Callable[[Tensor, Tensor, int], Tensor] = self._decode
         if compile_step:
-            self._step_fn = torch.compile(self._decode, dynamic=False, backend=compile_backend)
+            # On a GPU the step is also captured as a CUDA graph per (rows, length bucket): one
+            # launch per step instead of hundreds of small kernels. The cache tensors it writes
+            # are static addresses (`_ensure_cache`), so a replay writes them in place.
+            cuda = self.device.type == "cuda" and compile_backend == "inductor"
+            self._step_fn = torch.compile(self._decode, dynamic=False, backend=compile_backend,
+                                          mode="reduce-overhead" if cuda else None)
 
     @property
     def device(self) -> torch.device:
@@ -251,6 +256,9 @@ class BatchRunner:
         if old is not None:
             new.copy_(old, slice(0, old.batch))
             hidden[:old.batch] = self.hidden
+        if self.compile_step:
+            for t in [*new.k, *new.v]:
+                torch._dynamo.mark_static_address(t)
         self.cache, self.hidden = new, hidden
 
     def add(self, job: Job) -> None:

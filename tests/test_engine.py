@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.testing import assert_close
 
 from openjanus.engine import Cancelled, ContextTooLong, EngineConfig, QueueFull
 from openjanus.errors import UserError
@@ -294,3 +295,68 @@ def test_too_long_a_chat_is_context_too_long(tiny_pipeline):
             engine.submit(ChatRequest([Message("user", "hi")], max_new_tokens=100_000))
     finally:
         engine.close()
+
+
+def test_image_decode_steps_never_wait_for_the_device(tiny_pipeline, monkeypatch):
+    """No `.item()`, `bool()`, `int()`, `.tolist()` on a tensor during image steps: on a GPU
+    each would stall the host until the device catches up (and break CUDA-graph replay)."""
+    tok = tiny_pipeline.processor.tokenizer
+    ids = tok.encode(tiny_pipeline.processor.t2i_prompt("a red circle"))
+    job = image_job(ids, tok.pad_id, 2, 5.0, SamplingParams(top_k=50, top_p=0.9), torch.Generator().manual_seed(0),
+                    tiny_pipeline.model.cfg.num_gen_tokens)
+    runner = BatchRunner(tiny_pipeline.model, max_rows=4)
+    runner.add(job)
+    syncs = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            syncs.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    for _ in range(job.steps - 1):  # the last step checks the finite flag once, by design
+        assert runner.step() == []
+    assert syncs == []
+    monkeypatch.undo()
+    assert runner.step() == [job] and job.error is None
+
+
+def _compiled_vs_eager(device: str, dtype: torch.dtype, steps: int = 4) -> tuple[list, list]:
+    """The same greedy image job through an eager and a compiled runner (on CUDA the compiled
+    step is also a CUDA graph): hidden states after each step, and the tokens."""
+    torch.manual_seed(0)
+    model = build_tiny(seed=1).to(device=device, dtype=dtype).eval()
+    ids = list(range(3, 12))
+    out = []
+    for compiled in (False, True):
+        job = image_job(ids, 0, 2, 5.0, GREEDY, None, model.cfg.num_gen_tokens)
+        runner = BatchRunner(model, max_rows=4, compile_step=compiled)
+        runner.add(job)
+        hidden = []
+        for _ in range(steps):
+            runner.step()
+            hidden.append(runner.hidden[:4].float().cpu())
+        out.append((hidden, job.tokens[:, :steps].cpu()))
+    return out[0], out[1]
+
+
+def test_compiled_step_writes_the_cache_in_place_and_equals_eager():
+    """The compiled step (inductor) writes its cache rows by index into whole per-layer tensors;
+    it must give the eager step's hidden states (fp32: a fused kernel may sum in another order,
+    so a few ulps) and the same greedy tokens."""
+    (eager_h, eager_t), (comp_h, comp_t) = _compiled_vs_eager("cpu", torch.float32)
+    for a, b in zip(comp_h, eager_h):
+        assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(comp_t, eager_t)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_step_equals_eager_step(dtype):
+    (eager_h, eager_t), (comp_h, comp_t) = _compiled_vs_eager("cuda", dtype)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2  # bf16: a few roundings of 2**-8
+    for a, b in zip(comp_h, eager_h):
+        assert_close(a, b, rtol=tol, atol=tol)
+    assert torch.equal(comp_t, eager_t)
