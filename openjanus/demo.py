@@ -33,8 +33,8 @@ GALLERY_PROMPTS = (
 def headline_scores(geneval: dict[str, Any], pope_dir: Path, pope: dict[str, Any]) -> dict[str, Any]:
     """The numbers the README quotes, on the held-out split: generation overall (GenEval-style
     categories), yes/no accuracy (POPE questions, all three settings) and counting accuracy."""
-    from openjanus.eval.splits import split_of_scene
-    from openjanus.eval.world import Scene
+    from openjanus.shapes.splits import split_of_scene
+    from openjanus.shapes.world import Scene
 
     scenes = {}
     for line in (pope_dir / "scenes.jsonl").read_text().splitlines():
@@ -60,10 +60,10 @@ def headline_scores(geneval: dict[str, Any], pope_dir: Path, pope: dict[str, Any
 def run_demo(model: str | None, out: Path, device: str | None, dtype: str | None, seed: int,
              per_category: int, n_images: int) -> dict[str, Any]:
     from openjanus.eval.runners import GenerationSettings, run_geneval_shapes, run_pope_shapes
-    from openjanus.eval.world import render
-    from openjanus.eval.tasks import sample_scene_in_split
-    from openjanus.eval.text import scene_questions
-    from openjanus.eval.world import rng_for
+    from openjanus.shapes.world import render
+    from openjanus.shapes.tasks import sample_scene_in_split
+    from openjanus.shapes.text import scene_questions
+    from openjanus.shapes.world import rng_for
     from openjanus.pipeline import JanusPipeline
     from openjanus.requests import ImageRequest
 

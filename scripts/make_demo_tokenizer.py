@@ -15,7 +15,7 @@ import argparse
 
 
 def main() -> None:
-    from openjanus.eval.datasets import make_sample
+    from openjanus.shapes.datasets import make_sample
     from openjanus.processing import DEFAULT_SYSTEM_PROMPT, save_tokenizer_dir, train_tokenizer
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

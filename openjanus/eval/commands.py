@@ -132,7 +132,7 @@ def cmd_mme(args: argparse.Namespace) -> None:
 def cmd_scorer_accuracy(args: argparse.Namespace) -> None:
     """Measure the shapes scorer on true, degraded and VQ round-tripped images and on wrong ones."""
     from openjanus.eval.report import write_json
-    from openjanus.eval.scorer_accuracy import format_table, measure, vq_roundtrip
+    from openjanus.shapes.scorer_accuracy import format_table, measure, vq_roundtrip
 
     rt = vq_roundtrip(_pipeline(args)) if args.model else None
     strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
@@ -144,7 +144,7 @@ def cmd_scorer_accuracy(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     """Export the world as sharded training data."""
-    from openjanus.eval.datasets import export_dataset
+    from openjanus.shapes.datasets import export_dataset
 
     m = export_dataset(args.out, args.kind, args.n, shard_size=args.shard_size, image_size=args.image_size,
                        seed=args.seed, split=args.split, workers=args.workers, background=args.background,
@@ -156,7 +156,7 @@ def cmd_write_shapes(args: argparse.Namespace) -> None:
     """Write the shapes benchmarks' input files without a model (for other toolkits)."""
     from openjanus.eval.formats import write_geneval_metadata
     from openjanus.eval.runners import build_pope_shapes
-    from openjanus.eval.tasks import benchmark_specs
+    from openjanus.shapes.tasks import benchmark_specs
 
     out = Path(args.out)
     write_geneval_metadata(out / "geneval" / "evaluation_metadata.jsonl", benchmark_specs(args.per_category, args.prompt_seed))

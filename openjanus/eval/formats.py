@@ -29,7 +29,8 @@ from typing import Any, Iterable, Iterator, Sequence
 from PIL import Image
 
 from openjanus.errors import UserError
-from openjanus.eval.spec import Spec, SpecError
+from openjanus.shapes.spec import Spec, SpecError
+from openjanus.shapes.text import pope_label
 from openjanus.jsonl import read_jsonl, write_jsonl
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -83,7 +84,7 @@ def write_geneval_prompt(
         im.convert("RGB").save(p)
         paths.append(p)
     if grid and images:
-        from openjanus.eval.world import grid_image
+        from openjanus.shapes.world import grid_image
 
         grid_image(images, columns=min(len(images), 4)).save(folder / "grid.png")
     return paths
@@ -171,14 +172,6 @@ def write_pope_questions(path: str | Path, questions: Iterable[PopeQuestion]) ->
         Path(path),
         ({"question_id": q.question_id, "image": q.image, "text": q.text, "label": q.label} for q in questions),
     )
-
-
-def pope_label(answer: str) -> str:
-    """How POPE reads a free answer: first sentence, commas dropped; 'no' if it has the word
-    'No', 'no' or 'not', else 'yes'."""
-    first = answer.split(".", 1)[0].replace(",", "")
-    words = first.split(" ")
-    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
 
 
 def pope_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[str, float]:

@@ -26,11 +26,11 @@ from PIL import Image
 from openjanus.errors import UserError
 from openjanus.eval import formats
 from openjanus.eval.report import Card, Section, write_html, write_json
-from openjanus.eval.scorer import check_spec, detect
-from openjanus.eval.spec import TAGS, Spec
-from openjanus.eval.splits import HELDOUT_VERSION, spec_heldout_reasons, split_of_scene
-from openjanus.eval.tasks import benchmark_specs, sample_scene_in_split, scene_for_spec
-from openjanus.eval.text import (
+from openjanus.shapes.scorer import check_spec, detect
+from openjanus.shapes.spec import TAGS, Spec
+from openjanus.shapes.splits import HELDOUT_VERSION, spec_heldout_reasons, split_of_scene
+from openjanus.shapes.tasks import benchmark_specs, sample_scene_in_split, scene_for_spec
+from openjanus.shapes.text import (
     MME_CATEGORIES,
     POPE_SETTINGS,
     QA,
@@ -43,7 +43,7 @@ from openjanus.eval.text import (
     score_answer,
     shape_questions,
 )
-from openjanus.eval.world import SHAPES, Scene, render, rng_for
+from openjanus.shapes.world import SHAPES, Scene, render, rng_for
 from openjanus.jsonl import write_jsonl
 from openjanus.requests import ImageRequest, ImageResult, SamplingParams
 

@@ -322,7 +322,7 @@ class PartDataStream:
     epoch from `seed`; each rank reads every world_size-th record. Unreadable images are
     skipped and counted. With `shape_groups` k (siglip on "shapes" only), consecutive runs of k
     samples are training-split scenes that differ only in their shapes
-    (`openjanus.eval.tasks.shape_group`), k dividing `rows` so no group straddles two batches.
+    (`openjanus.shapes.tasks.shape_group`), k dividing `rows` so no group straddles two batches.
     """
 
     def __init__(self, task: str, source: str | list[str], rows: int, image_size: int, seed: int = 0, rank: int = 0,
@@ -409,8 +409,8 @@ class PartDataStream:
         from openjanus.images import ImageLoadError, load_image
 
         if self.synthetic:
-            from openjanus.eval.text import describe
-            from openjanus.eval.world import render, rng_for, sample_scene
+            from openjanus.shapes.text import describe
+            from openjanus.shapes.world import render, rng_for, sample_scene
 
             if self.shape_groups:
                 scene = self._group_member(self.index)
@@ -434,8 +434,8 @@ class PartDataStream:
         return image, _caption(rec)
 
     def _group_member(self, index: int) -> Any:
-        from openjanus.eval.tasks import shape_group
-        from openjanus.eval.world import rng_for
+        from openjanus.shapes.tasks import shape_group
+        from openjanus.shapes.world import rng_for
 
         group, member = divmod(index, self.shape_groups)
         if self._group is None or self._group[0] != group:  # stream 1: apart from ungrouped scenes

@@ -20,8 +20,8 @@ from openjanus.eval.runners import (
     run_pope,
     run_pope_shapes,
 )
-from openjanus.eval.spec import TAGS
-from openjanus.eval.tasks import benchmark_specs
+from openjanus.shapes.spec import TAGS
+from openjanus.shapes.tasks import benchmark_specs
 from openjanus.jsonl import read_jsonl
 
 

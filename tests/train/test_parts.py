@@ -236,7 +236,7 @@ def test_part_manifests_resolve_images_and_name_bad_records(tmp_path) -> None:
 
 
 def test_siglip_shape_groups_are_hard_negatives_that_resume(tmp_path) -> None:
-    from openjanus.eval.text import describe
+    from openjanus.shapes.text import describe
     from openjanus.train.config import PartOptions
 
     proc = standin_processor(CFG)

@@ -5,7 +5,7 @@ For each of N specs (the six GenEval categories in turn, training and held-out c
 alike) a scene that satisfies the spec exactly is rendered and scored:
 
 * ``clean`` -- the render itself;
-* ``degraded@s`` -- the render after :func:`openjanus.eval.scorer.degrade` at strength s
+* ``degraded@s`` -- the render after :func:`openjanus.shapes.scorer.degrade` at strength s
   (down/up-sampling, blur, colour shift and noise, JPEG);
 * ``vq`` -- the render after a real VQ encode/decode, when a round-trip function is given.
 
@@ -25,10 +25,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from openjanus.eval.scorer import check_spec, degrade, detect
-from openjanus.eval.spec import TAGS, Requirement, Spec
-from openjanus.eval.tasks import sample_spec, scene_for_spec
-from openjanus.eval.world import (
+from openjanus.shapes.scorer import check_spec, degrade, detect
+from openjanus.shapes.spec import TAGS, Requirement, Spec
+from openjanus.shapes.tasks import sample_spec, scene_for_spec
+from openjanus.shapes.world import (
     COLOR_NAMES,
     INVERSE_RELATION,
     MAX_OBJECTS,

@@ -1,7 +1,7 @@
 """Sampling specs and scenes per GenEval category and split: the shared source of the training
 datasets and of the benchmarks.
 
-Split ``"train"`` never yields a held-out composition (see :mod:`openjanus.eval.splits`);
+Split ``"train"`` never yields a held-out composition (see :mod:`openjanus.shapes.splits`);
 ``"heldout"`` always yields at least one; ``"any"`` yields either.
 """
 
@@ -11,10 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
-from openjanus.eval.spec import TAGS, Requirement, Spec
-from openjanus.eval.splits import is_heldout_scene, request_heldout, spec_heldout_reasons
-from openjanus.eval.text import with_prompt
-from openjanus.eval.world import (
+from openjanus.shapes.spec import TAGS, Requirement, Spec
+from openjanus.shapes.splits import is_heldout_scene, request_heldout, spec_heldout_reasons
+from openjanus.shapes.text import with_prompt
+from openjanus.shapes.world import (
     COLOR_NAMES,
     MAX_OBJECTS,
     RELATIONS,

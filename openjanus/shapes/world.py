@@ -6,7 +6,7 @@ from a ``numpy.random.Generator`` the caller seeds, and rendering itself is dete
 background texture has its own seed stored in the scene), so ``render(scene)`` is a pure
 function and a dataset sample is fixed by ``(seed, index)`` alone.
 
-The world is built to be read back by :mod:`openjanus.eval.scorer` without a neural network:
+The world is built to be read back by :mod:`openjanus.shapes.scorer` without a neural network:
 backgrounds are light and nearly grey, object colours are saturated or dark and far apart,
 objects never overlap and keep a gap between them and from the border.
 """

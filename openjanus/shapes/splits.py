@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from openjanus.eval.spec import Spec
-from openjanus.eval.world import Scene
+from openjanus.shapes.spec import Spec
+from openjanus.shapes.world import Scene
 
 HELDOUT_VERSION = 1
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from openjanus.eval import scorer
-from openjanus.eval.scorer import Detection, check_spec, detect, label_components
-from openjanus.eval.scorer_accuracy import measure, wrong_scene
-from openjanus.eval.spec import TAGS, Requirement, Spec
-from openjanus.eval.tasks import sample_spec, scene_for_spec
-from openjanus.eval.world import render, rng_for
+from openjanus.shapes import scorer
+from openjanus.shapes.scorer import Detection, check_spec, detect, label_components
+from openjanus.shapes.scorer_accuracy import measure, wrong_scene
+from openjanus.shapes.spec import TAGS, Requirement, Spec
+from openjanus.shapes.tasks import sample_spec, scene_for_spec
+from openjanus.shapes.world import render, rng_for
 
 
 def _bfs_count(mask: np.ndarray) -> int:

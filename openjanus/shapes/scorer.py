@@ -18,7 +18,7 @@ Detection, in four steps:
    ``min_shape_iou``, else the shape is unknown.
 
 The spec check follows GenEval's rules (:func:`check_spec`); position uses the same relation
-geometry as GenEval (:func:`openjanus.eval.world.relations`).
+geometry as GenEval (:func:`openjanus.shapes.world.relations`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
-from openjanus.eval.spec import Spec
-from openjanus.eval.world import COLOR_NAMES, COLORS, SHAPES, coverage_mask, relations
+from openjanus.shapes.spec import Spec
+from openjanus.shapes.world import COLOR_NAMES, COLORS, SHAPES, coverage_mask, relations
 
 BACKGROUND = -1
 OTHER = -2  # foreground whose colour is in no palette
