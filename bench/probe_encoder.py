@@ -58,7 +58,7 @@ def probe_model(model: str | None, n: int, seed: int, batch: int = 250,
 
     is_part = model is not None and (Path(model) / "part.json").is_file()
     if is_part:
-        from openjanus.train.parts import load_part_into
+        from openjanus.checkpoints.weights import load_part_into
 
         pipe = JanusPipeline.load(part_preset, device="cpu", dtype="float32")
         load_part_into(pipe.model, "siglip", model)

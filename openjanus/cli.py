@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from typing import Any
 from pathlib import Path
 
 from openjanus.errors import UserError
@@ -373,7 +374,18 @@ def _extensions():
     from openjanus.serve import commands as serve_commands
     from openjanus.train import commands as train_commands
 
-    return [eval_commands.register, train_commands.register, serve_commands.register, demo.register]
+    def register_train(sub: Any) -> None:
+        train_commands.register(sub, eval_hooks=_benchmark_eval_hook)
+
+    return [eval_commands.register, register_train, serve_commands.register, demo.register]
+
+
+def _benchmark_eval_hook(*args: Any) -> Any:
+    """`openjanus.eval.hook.benchmark_eval_hook`, imported when a training run asks for it (it
+    loads the benchmark runners and the pipeline, too much for every command's start)."""
+    from openjanus.eval.hook import benchmark_eval_hook
+
+    return benchmark_eval_hook(*args)
 
 
 def main(argv: list[str] | None = None) -> int:

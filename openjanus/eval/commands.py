@@ -103,7 +103,7 @@ def cmd_score_geneval(args: argparse.Namespace) -> None:
 
 def cmd_pope(args: argparse.Namespace) -> None:
     """Answer POPE question files and score them."""
-    from openjanus.eval.report import write_json
+    from openjanus.files import write_json
     from openjanus.eval.runners import run_pope
 
     pipe = _pipeline(args)
@@ -119,7 +119,7 @@ def cmd_pope(args: argparse.Namespace) -> None:
 
 def cmd_mme(args: argparse.Namespace) -> None:
     """Answer an MME folder, write MME's result files and score acc / acc+."""
-    from openjanus.eval.report import write_json
+    from openjanus.files import write_json
     from openjanus.eval.runners import run_mme
 
     out = Path(args.out)
@@ -131,7 +131,7 @@ def cmd_mme(args: argparse.Namespace) -> None:
 
 def cmd_scorer_accuracy(args: argparse.Namespace) -> None:
     """Measure the shapes scorer on true, degraded and VQ round-tripped images and on wrong ones."""
-    from openjanus.eval.report import write_json
+    from openjanus.files import write_json
     from openjanus.shapes.scorer_accuracy import format_table, measure, vq_roundtrip
 
     rt = vq_roundtrip(_pipeline(args)) if args.model else None

@@ -29,11 +29,11 @@ from typing import Any, Iterable, Iterator, Sequence
 from PIL import Image
 
 from openjanus.errors import UserError
+from openjanus.images import IMAGE_SUFFIXES
 from openjanus.shapes.spec import Spec, SpecError
 from openjanus.shapes.text import pope_label
 from openjanus.jsonl import read_jsonl, write_jsonl
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,14 +34,6 @@ class Section:
     note: str = ""
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write pretty JSON (UTF-8), creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
-
-
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ccc}

@@ -25,7 +25,8 @@ from PIL import Image
 
 from openjanus.errors import UserError
 from openjanus.eval import formats
-from openjanus.eval.report import Card, Section, write_html, write_json
+from openjanus.eval.report import Card, Section, write_html
+from openjanus.files import write_json
 from openjanus.shapes.scorer import check_spec, detect
 from openjanus.shapes.spec import TAGS, Spec
 from openjanus.shapes.splits import HELDOUT_VERSION, spec_heldout_reasons, split_of_scene

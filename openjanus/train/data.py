@@ -45,7 +45,7 @@ from openjanus.errors import UserError
 from openjanus.images import ImageLoadError, load_image, preprocess_gen_image, preprocess_und_images
 from openjanus.model.vq import VQModel
 from openjanus.processing import DEFAULT_SYSTEM_PROMPT, JanusProcessor, Turn
-from openjanus.train.batch import TASKS
+from openjanus.train.batch import DATA_KINDS
 from openjanus.train.mixing import derive_seed
 from openjanus.train.sequences import Origin, Sample, chat_sample, first_sentence, t2i_sample, text_sample
 
@@ -138,8 +138,8 @@ class DataConfig:
 
     def source(self, name: str) -> SourceConfig | None:
         """The source called "und", "text" or "gen"."""
-        if name not in TASKS:
-            raise ConfigError(f"unknown data source {name!r}; use one of {', '.join(TASKS)}")
+        if name not in DATA_KINDS:
+            raise ConfigError(f"unknown data source {name!r}; use one of {', '.join(DATA_KINDS)}")
         return getattr(self, name)
 
     @classmethod
@@ -154,9 +154,9 @@ class DataConfig:
         kwargs = dict(raw)
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         for name, value in kwargs.items():
-            if name not in TASKS:
+            if name not in DATA_KINDS:
                 check_json_type(value, types[name], f"data.{name}")
-        for name in TASKS:
+        for name in DATA_KINDS:
             if kwargs.get(name) is not None:
                 kwargs[name] = SourceConfig.from_value(kwargs[name], name)
         return cls(**kwargs)
@@ -363,8 +363,8 @@ class SampleBuilder:
         gen_image_size: int | None = None,
         vq: VQModel | None = None,
     ) -> None:
-        if kind not in TASKS:
-            raise ConfigError(f"unknown source kind {kind!r}; use one of {', '.join(TASKS)}")
+        if kind not in DATA_KINDS:
+            raise ConfigError(f"unknown source kind {kind!r}; use one of {', '.join(DATA_KINDS)}")
         self.kind = kind
         self.processor = processor
         self.seq_len = seq_len

@@ -1,6 +1,6 @@
 """Training objectives: a model plus its loss, the only thing that differs between tasks.
 
-The loop (`openjanus.train.loop`) is the same for the three Janus stages and for the parts'
+The loop (`openjanus.train.trainer`) is the same for the three Janus stages and for the parts'
 pretraining; it asks the objective how many loss units a micro-batch holds (so that
 accumulated micro-batches and all processes share one loss denominator), runs it, and reads
 back summed metrics. An objective is an `nn.Module` whose forward is the training forward:
@@ -8,7 +8,9 @@ FSDP2 gathers parameters in module-call hooks, and the objective is the module t
 (Janus itself has no forward by design). Checkpoints hold `objective.model` only, in our names.
 
 This file holds the Janus objective (the Janus-Pro next-token loss on packed batches) and text
-pretraining of the LLM; the VQ and SigLIP objectives live in `openjanus.train.parts`.
+pretraining of the LLM; the VQ and SigLIP objectives live in
+`openjanus.train.vq_objective` and `openjanus.train.siglip`; the registry of tasks that pairs
+each objective with its model and data is `openjanus.train.tasks`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 
 from openjanus.model.janus import Janus
 from openjanus.model.llm import LLM, document_mask
-from openjanus.train.batch import IGNORE, TASKS, PackedBatch, training_forward
+from openjanus.train.batch import DATA_KINDS, IGNORE, PackedBatch
 
 Metrics = dict[str, tuple[float, float]]  # name -> (sum, weight); the logged value is sum / weight
 
@@ -77,6 +79,52 @@ class Objective(nn.Module):
     def log_metrics(self) -> dict[str, float]:
         """Extra values for log steps only (they may synchronise with the device)."""
         return {}
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Modules that stay in eval mode while the rest trains (they never train)."""
+        return []
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor  # scalar to backpropagate: summed CE / number of supervised tokens
+    per_task: dict[str, tuple[float, int]]  # task -> (summed CE, supervised tokens), for logging
+    n_supervised: int
+
+
+def training_forward(model: Janus, batch: PackedBatch, loss_denominator: float | None = None) -> LossOutput:
+    """Plain next-token cross-entropy over text and image targets, no task weights.
+
+    The loss is the sum over all supervised tokens divided by `loss_denominator` (default:
+    this batch's supervised-token count), so micro-batches of an accumulated step can share
+    one denominator and give exactly the loss of the whole step.
+    """
+    dtype = model.llm.embed.weight.dtype
+    h = model.embed_chat(batch.input_ids, batch.und_mask, batch.pixel_values.to(dtype))
+    if batch.gen_mask.any():
+        gen = model.embed_image_tokens(batch.gen_codes[batch.gen_mask])  # [n_gen, D]
+        h = h.masked_scatter(batch.gen_mask[..., None], gen.to(h.dtype))
+    hidden = model.llm(h, batch.positions, mask=document_mask(batch.doc_ids))  # [B, L, D]
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    per_task: dict[str, tuple[float, int]] = {}
+    n_sup = 0
+    for targets, head in ((batch.text_targets, model.text_logits), (batch.image_targets, model.image_logits)):
+        sel = targets != IGNORE
+        if not sel.any():
+            continue
+        logits = head(hidden[sel]).float()  # only supervised positions reach the (large) heads
+        ce = F.cross_entropy(logits, targets[sel], reduction="none")
+        total = total + ce.sum()
+        n_sup += int(sel.sum())
+        tasks = batch.task[sel]
+        for i, name in enumerate(DATA_KINDS):
+            m = tasks == i
+            if m.any():
+                s, n = per_task.get(name, (0.0, 0))
+                per_task[name] = (s + float(ce[m].sum().detach()), n + int(m.sum()))
+    denom = loss_denominator if loss_denominator is not None else max(n_sup, 1)
+    return LossOutput(loss=total / denom, per_task=per_task, n_supervised=n_sup)
 
 
 # Sum over packed documents of length^2 (for the attention FLOPs); doc_ids [B, L].
@@ -142,9 +190,12 @@ class JanusObjective(Objective):
             touched = [p for m in self._data_dependent() for p in m.parameters() if p.requires_grad]
             if touched:
                 loss = loss + 0.0 * sum(p.sum() for p in touched)
-        metrics: Metrics = {f"loss/{name}": out.per_task[name] for name in TASKS if name in out.per_task}
+        metrics: Metrics = {f"loss/{name}": out.per_task[name] for name in DATA_KINDS if name in out.per_task}
         metrics["loss"] = (sum(s for s, _ in out.per_task.values()), float(out.n_supervised))
         return StepResult(loss, metrics)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.model.gen_tokenizer]  # no Janus stage trains the VQ tokenizer
 
     def _data_dependent(self) -> list[nn.Module]:
         m = self.model
@@ -213,4 +264,4 @@ class TextObjective(Objective):
         self.model.checkpoint_activations = True
 
 
-__all__ = ["Objective", "JanusObjective", "TextObjective", "StepResult", "Metrics"]
+__all__ = ["Objective", "JanusObjective", "TextObjective", "StepResult", "Metrics", "LossOutput", "training_forward"]

@@ -22,7 +22,7 @@ from PIL import Image
 from openjanus.cli import main
 from openjanus.config import JanusConfig
 from openjanus.train.checkpoint import list_checkpoints, read_model_tensors
-from openjanus.train.loop import EXIT_INTERRUPTED
+from openjanus.train.trainer import EXIT_INTERRUPTED
 
 REPO = Path(__file__).resolve().parents[2]
 CFG = JanusConfig.from_name("tiny")
@@ -425,7 +425,7 @@ def test_sigterm_to_torchrun_checkpoints_every_rank_and_resumes(tmp_path, tiny_c
 
 def test_part_stream_refuses_changed_records_on_resume(tmp_path) -> None:
     from openjanus.errors import UserError
-    from openjanus.train.parts import PartDataStream
+    from openjanus.train.image_data import PartDataStream
 
     for i in range(3):
         Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(tmp_path / f"{i}.png")

@@ -15,19 +15,15 @@ from openjanus.errors import UserError
 from openjanus.model.janus import Janus
 from openjanus.model.llm import LLM
 from openjanus.model.vq import VQModel
-from openjanus.pipeline import standin_processor
+from openjanus.processing import standin_processor
 from openjanus.train.batch import IGNORE, PackedBatch
 from openjanus.train.checkpoint import export_checkpoint, latest_checkpoint
-from openjanus.train.loop import LoopSettings, Trainer, apply_stage
+from openjanus.checkpoints.weights import load_part_into
+from openjanus.train.image_data import PartDataStream
 from openjanus.train.objectives import TextObjective
-from openjanus.train.parts import (
-    CaptionBatch,
-    PartDataStream,
-    SigLIPObjective,
-    SigLIPPair,
-    VQObjective,
-    load_part_into,
-)
+from openjanus.train.siglip import CaptionBatch, SigLIPObjective, SigLIPPair
+from openjanus.train.trainer import LoopSettings, Trainer, apply_stage
+from openjanus.train.vq_objective import VQObjective
 from openjanus.train.stages import stage_from_name
 
 CFG = JanusConfig.from_name("tiny")

@@ -118,7 +118,7 @@ def test_load_vq_reads_a_pretrained_vq_part(tmp_path):
 
     from openjanus.config import JanusConfig
     from openjanus.model.vq import VQModel
-    from openjanus.train.parts import export_part
+    from openjanus.checkpoints.weights import export_part
     from openjanus.train.pretokenize import load_vq
 
     cfg = JanusConfig.from_name("tiny").vq

@@ -11,7 +11,7 @@ from conftest import build_tiny
 from loop_batches import make_batch
 
 from openjanus.config import ConfigError
-from openjanus.train.loop import LoopSettings, Trainer, apply_stage
+from openjanus.train.trainer import LoopSettings, Trainer, apply_stage
 from openjanus.train.objectives import JanusObjective
 from openjanus.train.stages import STAGES, Stage, stage_from_name
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from openjanus.config import JanusConfig
 from openjanus.train.config import TrainConfig
-from openjanus.train.loop import run_training
+from openjanus.train.run import run_training
 
 # The runs: (name, stage preset, data kind). The Janus stages differ in what trains and in the
 # data mix; the parts and text pretraining each have their own model and objective.

@@ -1,0 +1,43 @@
+"""Which device and dtype a run uses: one reading of "auto", "cuda", "bf16", ... for inference
+and training alike."""
+
+from __future__ import annotations
+
+import torch
+
+from openjanus.errors import UserError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None, local_rank: int | None = None) -> torch.device:
+    """"auto" (or None) is the GPU when there is one, else the CPU. Under torchrun, `local_rank`
+    picks this process's GPU wherever the name gives no index."""
+    if device is None or device == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", local_rank) if local_rank is not None else torch.device("cuda")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"invalid device {device!r} (use cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is None and local_rank is not None:
+        return torch.device("cuda", local_rank)
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """bf16 on GPUs (like the official release), fp32 on CPU unless asked otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"invalid dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+__all__ = ["DTYPES", "resolve_device", "resolve_dtype"]
