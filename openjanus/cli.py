@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from openjanus.errors import UserError
 from openjanus.requests import MAX_SEED, Message
-
-
 
 # --- flag types: a bad value is one line from argparse, before any model is loaded ----------
 

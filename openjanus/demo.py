@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-
 # Prompts shown in the gallery; the last three ask for held-out compositions (see docs/shapes-world.md).
 GALLERY_PROMPTS = (
     "a photo of a blue circle",
@@ -60,12 +59,11 @@ def headline_scores(geneval: dict[str, Any], pope_dir: Path, pope: dict[str, Any
 def run_demo(model: str | None, out: Path, device: str | None, dtype: str | None, seed: int,
              per_category: int, n_images: int) -> dict[str, Any]:
     from openjanus.eval.runners import GenerationSettings, run_geneval_shapes, run_pope_shapes
-    from openjanus.shapes.world import render
-    from openjanus.shapes.tasks import sample_scene_in_split
-    from openjanus.shapes.text import scene_questions
-    from openjanus.shapes.world import rng_for
     from openjanus.pipeline import JanusPipeline
     from openjanus.requests import ImageRequest
+    from openjanus.shapes.tasks import sample_scene_in_split
+    from openjanus.shapes.text import scene_questions
+    from openjanus.shapes.world import render, rng_for
 
     t0 = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731

@@ -10,7 +10,6 @@ Every request goes through `pipe.engine`, which batches the requests of all call
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,14 +22,13 @@ from torch import Tensor
 from openjanus.checkpoints import load_model
 from openjanus.config import PRESETS, JanusConfig
 from openjanus.devices import resolve_device, resolve_dtype
-from openjanus.errors import UserError
 from openjanus.engine import Engine, EngineConfig, RequestHandle
-from openjanus.images import ImageInput, ImageProcessorConfig
+from openjanus.errors import UserError
+from openjanus.images import ImageInput
 from openjanus.model.janus import Janus
 from openjanus.processing import JanusProcessor, standin_processor
 from openjanus.quantize import quantize_model
 from openjanus.requests import ChatRequest, ChatResult, ImageRequest, ImageResult
-
 
 # The demo model shipped with the package (see the README); used when no model is named, and
 # when the model is named by its name (its architecture alone is the preset "janus-shapes-arch").

@@ -21,7 +21,6 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from .config import ConfigError, JanusConfig
-from .requests import Message
 from .images import (
     CLIP_MEAN,
     CLIP_STD,
@@ -34,6 +33,7 @@ from .images import (
     preprocess_gen_image,
     preprocess_und_images,
 )
+from .requests import Message
 
 __all__ = [
     "standin_processor",

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_tiny
 
 from openjanus.engine import Cancelled, EngineConfig, QueueFull
 from openjanus.errors import UserError
 from openjanus.generate import BatchRunner, NonFiniteLogits, image_job
 from openjanus.requests import ChatRequest, ImageProgress, ImageRequest, Message, SamplingParams, TextDelta
-
-from conftest import build_tiny
 
 GREEDY = SamplingParams(temperature=0.0)
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_tiny
 from torch.testing import assert_close
 
 from openjanus.errors import UserError
-from openjanus.generate import (SamplingParams, cfg_combine, filter_logits, generate_image_tokens,
-                                generate_text, sample)
-
-from conftest import build_tiny
+from openjanus.generate import SamplingParams, cfg_combine, filter_logits, generate_image_tokens, generate_text, sample
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from openjanus.checkpoints.keymap import compile_table, rename
-from openjanus.config import (ConfigError, JanusConfig, LLMConfig, VisionConfig, VQConfig, FieldError,
-                              renamed_fields)
+from openjanus.config import ConfigError, FieldError, JanusConfig, LLMConfig, VisionConfig, VQConfig, renamed_fields
 
 MODEL_TYPE = "multi_modality"
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -103,8 +102,8 @@ def cmd_score_geneval(args: argparse.Namespace) -> None:
 
 def cmd_pope(args: argparse.Namespace) -> None:
     """Answer POPE question files and score them."""
-    from openjanus.files import write_json
     from openjanus.eval.runners import run_pope
+    from openjanus.files import write_json
 
     pipe = _pipeline(args)
     out = Path(args.out)
@@ -119,8 +118,8 @@ def cmd_pope(args: argparse.Namespace) -> None:
 
 def cmd_mme(args: argparse.Namespace) -> None:
     """Answer an MME folder, write MME's result files and score acc / acc+."""
-    from openjanus.files import write_json
     from openjanus.eval.runners import run_mme
+    from openjanus.files import write_json
 
     out = Path(args.out)
     m = run_mme(_pipeline(args), args.root, out, batch_size=args.batch_size, categories=args.categories or None, log=_log)

@@ -22,19 +22,17 @@ is 100 * (acc + acc+).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from PIL import Image
 
 from openjanus.errors import UserError
 from openjanus.images import IMAGE_SUFFIXES
-from openjanus.shapes.spec import Spec, SpecError
-from openjanus.shapes.text import pope_label
 from openjanus.jsonl import read_jsonl, write_jsonl
-
-
+from openjanus.shapes.spec import Spec, SpecError
 
 # --------------------------------------------------------------------------------------------
 # GenEval

@@ -7,11 +7,11 @@ run folder can be zipped, copied or served as is.
 from __future__ import annotations
 
 import html
-import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -27,6 +28,8 @@ from openjanus.errors import UserError
 from openjanus.eval import formats
 from openjanus.eval.report import Card, Section, write_html
 from openjanus.files import write_json
+from openjanus.jsonl import write_jsonl
+from openjanus.requests import ImageRequest, ImageResult, SamplingParams
 from openjanus.shapes.scorer import check_spec, detect
 from openjanus.shapes.spec import TAGS, Spec
 from openjanus.shapes.splits import HELDOUT_VERSION, spec_heldout_reasons, split_of_scene
@@ -45,8 +48,6 @@ from openjanus.shapes.text import (
     shape_questions,
 )
 from openjanus.shapes.world import SHAPES, Scene, render, rng_for
-from openjanus.jsonl import write_jsonl
-from openjanus.requests import ImageRequest, ImageResult, SamplingParams
 
 
 class Pipeline(Protocol):

@@ -33,8 +33,7 @@ from openjanus.engine import Cancelled, QueueFull, RequestHandle
 from openjanus.errors import UserError
 from openjanus.images import ImageLoadError
 from openjanus.pipeline import JanusPipeline
-from openjanus.requests import (ChatRequest, ImageProgress, ImageRequest, MAX_SEED, Message, SamplingParams,
-                                TextDelta)
+from openjanus.requests import MAX_SEED, ChatRequest, ImageProgress, ImageRequest, Message, SamplingParams, TextDelta
 
 log = logging.getLogger("openjanus.serve")
 STATIC = Path(__file__).parent / "static"

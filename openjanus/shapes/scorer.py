@@ -26,8 +26,8 @@ from __future__ import annotations
 import functools
 import io
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -198,7 +198,7 @@ def _majority3x3(labels: np.ndarray, k: int) -> np.ndarray:
     return np.where(win < k, win, np.where(win == k, OTHER, BACKGROUND)).astype(np.int32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shape_moments(shape: str) -> tuple[float, float, float]:
     """(area fraction of the box, centroid x, centroid y) of a shape in its unit box [-1, 1]^2."""
     n = 256

@@ -23,7 +23,7 @@ list changes every dataset and benchmark: treat it as frozen (bump ``HELDOUT_VER
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from openjanus.shapes.spec import Spec
 from openjanus.shapes.world import Scene

@@ -7,7 +7,7 @@ Split ``"train"`` never yields a held-out composition (see :mod:`openjanus.shape
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -13,8 +13,8 @@ word. The open description is scored by :func:`description_score` (see there).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

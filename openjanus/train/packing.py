@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from openjanus.train.batch import IGNORE, DATA_KINDS, PackedBatch
+from openjanus.train.batch import DATA_KINDS, IGNORE, PackedBatch
 from openjanus.train.sequences import Sample
 
 __all__ = ["Packer", "pack_rows", "packing_efficiency", "samples_per_task"]

@@ -19,9 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from openjanus.devices import resolve_device
 from openjanus.files import atomic_path, write_json
 from openjanus.images import preprocess_gen_image
 from openjanus.model.vq import VQModel
-from openjanus.train.data import BadRecord, DataError, load_record_images, codes_file, discover_shards
+from openjanus.train.data import BadRecord, DataError, codes_file, discover_shards, load_record_images
 
 __all__ = ["PretokenizeStats", "load_vq", "pretokenize", "register_pretokenize", "cmd_pretokenize"]
 

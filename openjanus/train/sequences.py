@@ -25,8 +25,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from openjanus.processing import JanusProcessor, Turn, expand_image_placeholders, format_conversation, unconditional_prompt
-from openjanus.train.batch import IGNORE, DATA_KINDS
+from openjanus.processing import (
+    JanusProcessor,
+    Turn,
+    expand_image_placeholders,
+    format_conversation,
+    unconditional_prompt,
+)
+from openjanus.train.batch import DATA_KINDS, IGNORE
 
 __all__ = ["Sample", "Origin", "chat_sample", "text_sample", "t2i_sample", "first_sentence"]
 

@@ -20,9 +20,9 @@ from openjanus.eval.runners import (
     run_pope,
     run_pope_shapes,
 )
+from openjanus.jsonl import read_jsonl
 from openjanus.shapes.spec import TAGS
 from openjanus.shapes.tasks import benchmark_specs
-from openjanus.jsonl import read_jsonl
 
 
 class BlankGenerator:

@@ -20,7 +20,6 @@ from PIL import Image
 from openjanus.engine import EngineConfig
 from openjanus.pipeline import JanusPipeline
 from openjanus.serve.app import ServeSettings
-
 from serve import Server
 
 

@@ -13,7 +13,6 @@ from PIL import Image
 openai = pytest.importorskip("openai")
 
 from openjanus.serve.app import ServeSettings  # noqa: E402
-
 from serve import Server  # noqa: E402
 
 

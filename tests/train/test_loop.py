@@ -11,10 +11,10 @@ from loop_batches import HandStream, assert_params_close, make_batch, split_rows
 from openjanus.errors import UserError
 from openjanus.train.checkpoint import latest_checkpoint, list_checkpoints
 from openjanus.train.logs import format_log_line, peak_flops
-from openjanus.train.run import derive_grad_accum
-from openjanus.train.trainer import LoopSettings, Trainer, apply_stage
 from openjanus.train.objectives import JanusObjective
+from openjanus.train.run import derive_grad_accum
 from openjanus.train.stages import stage_from_name
+from openjanus.train.trainer import LoopSettings, Trainer, apply_stage
 
 
 def _trainer(stream, stage_name: str = "stage2", seed: int = 0, **settings) -> Trainer:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from data_helpers import CFG, make_dataset, processor_for
+
 from openjanus.config import ConfigError
 from openjanus.train.batch import DATA_KINDS
 from openjanus.train.mixing import Mixer, parse_ratio

@@ -6,14 +6,13 @@ import dataclasses
 
 import pytest
 import torch
-
 from conftest import build_tiny
 from data_helpers import CFG
+
 from openjanus.train.batch import IGNORE
 from openjanus.train.objectives import training_forward
 from openjanus.train.packing import Packer, pack_rows, packing_efficiency, samples_per_task
 from openjanus.train.sequences import chat_sample, t2i_sample, text_sample
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from openjanus.checkpoints.weights import load_part_into
 from openjanus.config import ConfigError, JanusConfig, VQConfig
 from openjanus.errors import UserError
 from openjanus.model.janus import Janus
@@ -18,13 +19,12 @@ from openjanus.model.vq import VQModel
 from openjanus.processing import standin_processor
 from openjanus.train.batch import IGNORE, PackedBatch
 from openjanus.train.checkpoint import export_checkpoint, latest_checkpoint
-from openjanus.checkpoints.weights import load_part_into
 from openjanus.train.image_data import PartDataStream
 from openjanus.train.objectives import TextObjective
 from openjanus.train.siglip import CaptionBatch, SigLIPObjective, SigLIPPair
+from openjanus.train.stages import stage_from_name
 from openjanus.train.trainer import LoopSettings, Trainer, apply_stage
 from openjanus.train.vq_objective import VQObjective
-from openjanus.train.stages import stage_from_name
 
 CFG = JanusConfig.from_name("tiny")
 # Smaller than the tiny preset's VQ: the objective and the loop are under test, not the size.

@@ -7,17 +7,15 @@ import random
 import numpy as np
 import pytest
 import torch
+from data_helpers import CFG
 from PIL import Image
 
-from data_helpers import CFG
-from openjanus.processing import format_conversation, preprocess_und_images
-from openjanus.train.batch import IGNORE, DATA_KINDS
-from openjanus.train.data import BadRecord, SampleBuilder
 from openjanus.generate import image_job
-from openjanus.processing import unconditional_prompt
+from openjanus.processing import format_conversation, preprocess_und_images, unconditional_prompt
 from openjanus.requests import SamplingParams
+from openjanus.train.batch import DATA_KINDS, IGNORE
+from openjanus.train.data import BadRecord, SampleBuilder
 from openjanus.train.sequences import chat_sample, first_sentence, t2i_sample, text_sample
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

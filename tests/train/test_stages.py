@@ -11,9 +11,9 @@ from conftest import build_tiny
 from loop_batches import make_batch
 
 from openjanus.config import ConfigError
-from openjanus.train.trainer import LoopSettings, Trainer, apply_stage
 from openjanus.train.objectives import JanusObjective
 from openjanus.train.stages import STAGES, Stage, stage_from_name
+from openjanus.train.trainer import LoopSettings, Trainer, apply_stage
 
 # What the issue asks each stage to train, written independently of `Stage.is_trainable`.
 STAGE1 = ("und_aligner.", "gen_aligner.", "gen_head.", "gen_embed.")
