@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from openjanus.errors import UserError
 from openjanus.train.objectives import Metrics
@@ -33,6 +34,25 @@ def mean(v: tuple[float, float] | None) -> float:
     if v is None:
         return float("nan")
     return v[0] / v[1] if v[1] else float("nan")
+
+
+def add_metrics(into: Metrics, metrics: Metrics) -> None:
+    """Add `metrics` to the running sums `into`; tensors stay on the device (in float64, as the
+    host would sum them)."""
+    for k, (s, n) in metrics.items():
+        s0, n0 = into.get(k, (0.0, 0.0))
+        into[k] = (s0 + (s.detach().double() if isinstance(s, Tensor) else s), n0 + n)
+
+
+def metrics_to_host(metrics: Metrics, *extra: Tensor | float) -> tuple[Metrics, list[float]]:
+    """The sums of `metrics` and the `extra` values as Python floats, read from the device in
+    one transfer (a log step's only sync)."""
+    keys = list(metrics)
+    values = [metrics[k][0] for k in keys] + list(extra)
+    on_device = [v for v in values if isinstance(v, Tensor)]
+    read = iter(torch.stack([t.detach().double().reshape(()) for t in on_device]).tolist() if on_device else [])
+    floats = [next(read) if isinstance(v, Tensor) else float(v) for v in values]
+    return {k: (s, metrics[k][1]) for k, s in zip(keys, floats)}, floats[len(keys):]
 
 
 def gather_metrics(metrics: Metrics) -> Metrics:

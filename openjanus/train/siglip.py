@@ -124,7 +124,7 @@ class SigLIPObjective(Objective):
         total = -F.logsigmoid(signs * logits).sum()
         with torch.no_grad():
             hits = (logits.argmax(dim=1) == torch.arange(n, device=logits.device)).sum()
-        metrics: Metrics = {"loss": (float(total.detach()), float(n)), "siglip/i2t_acc": (float(hits), float(n))}
+        metrics: Metrics = {"loss": (total.detach(), float(n)), "siglip/i2t_acc": (hits, float(n))}
         return StepResult(total / loss_denominator, metrics)
 
     def shard_units(self) -> list[nn.Module]:

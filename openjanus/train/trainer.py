@@ -40,7 +40,16 @@ from openjanus.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from openjanus.train.logs import data_summary, format_log_line, gather_metrics, mean, open_tensorboard, peak_flops
+from openjanus.train.logs import (
+    add_metrics,
+    data_summary,
+    format_log_line,
+    gather_metrics,
+    mean,
+    metrics_to_host,
+    open_tensorboard,
+    peak_flops,
+)
 from openjanus.train.objectives import Metrics, Objective
 from openjanus.train.parallel import DistInfo, all_reduce_sum, barrier
 from openjanus.train.stages import Stage
@@ -117,10 +126,10 @@ class StepStats:
     loss_units: float  # supervised tokens (or images) over all processes
     tokens: float
     flops: float
-    grad_norm: float
+    grad_norm: torch.Tensor | float  # on the device until a log step reads it
     lr: float
     seconds: float
-    metrics: Metrics  # this process's sums
+    metrics: Metrics  # this process's sums, on the device
 
 
 class Trainer:
@@ -178,9 +187,7 @@ class Trainer:
             with self._autocast():
                 result = obj(batch, denom)
             result.loss.backward()
-            for k, (s, n) in result.metrics.items():
-                s0, n0 = metrics.get(k, (0.0, 0.0))
-                metrics[k] = (s0 + s, n0 + n)
+            add_metrics(metrics, result.metrics)
         max_norm = self.stage.grad_clip if self.stage.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
         if hasattr(norm, "full_tensor"):
@@ -191,7 +198,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.tokens_seen += int(tokens)
-        return StepStats(self.state.step, units, tokens, flops, float(norm), lr, time.perf_counter() - t0, metrics)
+        # The norm and the metrics stay on the device: a log step reads them (`_report`).
+        return StepStats(self.state.step, units, tokens, flops, norm.detach(), lr, time.perf_counter() - t0, metrics)
 
     # -- the run
 
@@ -215,7 +223,6 @@ class Trainer:
                 window.append(stats)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix_str(f"loss {mean(stats.metrics.get('loss')):.4g} lr {stats.lr:.2e}", refresh=False)
                 step = self.state.step
                 if step % s.log_every == 0 or step == end:
                     self._report(window, bar)
@@ -356,21 +363,21 @@ class Trainer:
     def _report(self, window: list[StepStats], bar: Any) -> None:
         # Metric names can differ between processes (a task absent from one batch), so they
         # are gathered as objects rather than reduced as a fixed-length tensor.
+        # The one host sync of a log step: every sum and the last grad norm in one transfer.
         metrics: Metrics = {}
         for st in window:
-            for k, (s, n) in st.metrics.items():
-                s0, n0 = metrics.get(k, (0.0, 0.0))
-                metrics[k] = (s0 + s, n0 + n)
+            add_metrics(metrics, st.metrics)
+        last = window[-1]
+        metrics, (grad_norm,) = metrics_to_host(metrics, last.grad_norm)
         metrics = gather_metrics(metrics)
         if not self.dist.is_main:
             return
-        last = window[-1]
         seconds = sum(st.seconds for st in window)
         tokens = sum(st.tokens for st in window)
         values = {k: mean(v) for k, v in sorted(metrics.items())}
         values.update(self.objective.log_metrics())
         values["lr"] = last.lr
-        values["grad_norm"] = last.grad_norm
+        values["grad_norm"] = grad_norm
         values["tokens_per_s"] = tokens / max(seconds, 1e-9)
         values["s_per_step"] = seconds / len(window)
         if self._peak is not None:
@@ -383,6 +390,8 @@ class Trainer:
         line = format_log_line(last.step, self.stage.steps, console)
         data = data_summary(values)
         self._print(bar, f"{line} | {data}" if data else line)
+        if bar is not None:
+            bar.set_postfix_str(f"loss {values.get('loss', float('nan')):.4g} lr {last.lr:.2e}", refresh=False)
         writer = self._tensorboard()
         if writer is not None:
             for k, v in values.items():

@@ -67,12 +67,12 @@ class VQObjective(Objective):
             clipped = (recon.detach().float().clamp(-1, 1) - images.float()).pow(2).mean(dim=(1, 2, 3))
             # Images span [-1, 1], a peak-to-peak range of 2, so PSNR = 10 log10(2^2 / mse).
             psnr = 10.0 * torch.log10(4.0 / clipped.clamp_min(1e-10))
-        metrics: Metrics = {
-            "loss": (float(total.detach()), float(n)),
-            "vq/recon": (float(rec.sum().detach()), float(n)),
-            "vq/codebook": (float(losses["codebook"].detach()) * n, float(n)),
-            "vq/commitment": (float(losses["commitment"].detach()) * n, float(n)),
-            "vq/psnr": (float(psnr.sum()), float(n)),
+        metrics: Metrics = {  # tensors on the device: read on log steps only
+            "loss": (total.detach(), float(n)),
+            "vq/recon": (rec.sum().detach(), float(n)),
+            "vq/codebook": (losses["codebook"].detach() * n, float(n)),
+            "vq/commitment": (losses["commitment"].detach() * n, float(n)),
+            "vq/psnr": (psnr.sum(), float(n)),
         }
         return StepResult(total / loss_denominator, metrics)
 
