@@ -278,8 +278,9 @@ def cmd_info(args: argparse.Namespace) -> None:
 
     from openjanus.checkpoints import read_config
     from openjanus.config import JanusConfig
+    from openjanus.devices import resolve_device, resolve_dtype
     from openjanus.model.janus import Janus
-    from openjanus.pipeline import resolve_device, resolve_dtype, resolve_model_source
+    from openjanus.pipeline import resolve_model_source
 
     source = resolve_model_source(args.model)
     if isinstance(source, str):

@@ -8,10 +8,14 @@ handlers, so building the parser stays cheap.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from openjanus.eval.report import GenerationReport, UnderstandingReport
 
 
 def _log(msg: str) -> None:
@@ -44,10 +48,10 @@ def _settings(args: argparse.Namespace) -> Any:
                               temperature=args.temperature, batch_size=args.batch_size)
 
 
-def _print_scores(report: dict[str, Any], out: Path) -> None:
-    if "overall" in report:
-        print(f"overall {report['overall']:.4f}")
-        for k, v in report.get("categories", {}).items():
+def _print_scores(report: GenerationReport | UnderstandingReport, out: Path) -> None:
+    if report.overall is not None:
+        print(f"overall {report.overall:.4f}")
+        for k, v in report.categories.items():
             print(f"  {k:<20}{v:.4f}")
     print(f"report: {out / 'report.json'}  page: {out / 'index.html'}")
 
@@ -110,9 +114,9 @@ def cmd_pope(args: argparse.Namespace) -> None:
     results = {}
     for q in args.questions:
         m = run_pope(pipe, q, args.images, out, batch_size=args.batch_size, suffix=args.suffix, log=_log)
-        results[Path(q).stem] = m
-        print(f"{Path(q).stem}: accuracy {m['accuracy']:.4f} precision {m['precision']:.4f} "
-              f"recall {m['recall']:.4f} f1 {m['f1']:.4f} yes-ratio {m['yes_ratio']:.4f}")
+        results[Path(q).stem] = dataclasses.asdict(m)
+        print(f"{Path(q).stem}: accuracy {m.accuracy:.4f} precision {m.precision:.4f} "
+              f"recall {m.recall:.4f} f1 {m.f1:.4f} yes-ratio {m.yes_ratio:.4f}")
     write_json(out / "report.json", {"benchmark": "POPE", "files": results})
 
 

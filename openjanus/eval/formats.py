@@ -8,7 +8,7 @@ are written as ``<out>/<index:05d>/metadata.jsonl`` (the prompt's record, one JS
 tags (``summary_scores.py``); :func:`geneval_summary` computes the same from result rows.
 
 POPE: question files are JSON lines ``{"question_id", "image", "text", "label"}`` with ``label``
-``yes``/``no``; answers are read the way POPE's evaluation reads them (:func:`pope_label`) and
+``yes``/``no``; answers are read the way POPE's evaluation reads them (`openjanus.shapes.text.pope_label`) and
 scored as accuracy, precision, recall, F1 (``yes`` is positive) and the yes-ratio.
 
 MME: a category folder holds images and, per image, a ``.txt`` of ``question<TAB>answer`` lines

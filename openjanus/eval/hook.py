@@ -50,10 +50,9 @@ def benchmark_eval_hook(benchmarks: list[str], options: dict[str, Any], processo
                 report = runners.run_geneval_shapes(pipe, out, settings=settings, **opts)
             else:
                 report = runners.run_pope_shapes(pipe, out, **opts)
-            results[f"{name}/overall"] = float(report["overall"])
-            for k, v in (report.get("categories") or {}).items():
-                if isinstance(v, (int, float)):
-                    results[f"{name}/{k}"] = float(v)
+            if report.overall is not None:
+                results[f"{name}/overall"] = float(report.overall)
+            results.update({f"{name}/{k}": float(v) for k, v in report.categories.items()})
         return results
 
     return hook

@@ -10,6 +10,7 @@ from PIL import Image
 from openjanus.errors import UserError
 from openjanus.eval import formats
 from openjanus.eval.formats import MMEQuestion
+from openjanus.shapes.text import pope_label
 
 GENEVAL_LINES = [
     {"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"},
@@ -66,11 +67,11 @@ def test_geneval_summary_is_mean_of_tag_means():
 
 
 def test_pope_label_reads_answers_like_pope():
-    assert formats.pope_label("Yes, there is a dog.") == "yes"
-    assert formats.pope_label("No, there is not.") == "no"
-    assert formats.pope_label("There is not a dog") == "no"
-    assert formats.pope_label("I see a dog. No cat.") == "yes"  # only the first sentence counts
-    assert formats.pope_label("") == "yes"
+    assert pope_label("Yes, there is a dog.") == "yes"
+    assert pope_label("No, there is not.") == "no"
+    assert pope_label("There is not a dog") == "no"
+    assert pope_label("I see a dog. No cat.") == "yes"  # only the first sentence counts
+    assert pope_label("") == "yes"
 
 
 def test_pope_metrics_by_hand():
