@@ -54,6 +54,7 @@ def run_training(cfg: TrainConfig, resume: str | bool | None = None, eval_hook: 
         for note in notes:
             main_log(f"note: {note}")
         spec = task_spec(stage.task)
+        spec.check_data(cfg.data)
         model_cfg = cfg.build_model_config()
         try:
             check_model_config(model_cfg, cfg.seq_len, spec.name)

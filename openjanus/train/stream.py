@@ -395,7 +395,7 @@ def build_train_stream(
     for name, w in weights.items():
         if w <= 0:
             continue
-        src = cfg.source(name)
+        src = cfg.source_of(name)
         if src is None:
             raise ConfigError(f"the data ratio gives {name!r} weight {w:g} but data.{name} is not configured")
         builder = SampleBuilder(

@@ -33,6 +33,7 @@ from openjanus.model.llm import LLM
 from openjanus.model.vq import VQModel
 from openjanus.processing import JanusProcessor
 from openjanus.train.config import TrainConfig
+from openjanus.train.data import DataConfig
 from openjanus.train.image_data import PartDataStream
 from openjanus.train.objectives import JanusObjective, Objective, TextObjective
 from openjanus.train.parallel import DistInfo
@@ -67,6 +68,20 @@ class TaskSpec:
     objective: Callable[[nn.Module, RunContext], Objective]
     data: Callable[[RunContext, nn.Module], Iterable[Any]]
     evaluates: bool = False  # whether the shapes benchmarks can run on its model (eval.benchmarks)
+    reads_images: bool = False  # data.source (images, captions) rather than the packed und/text/gen sources
+
+    def check_data(self, data: DataConfig) -> None:
+        """Refuse data settings this task would ignore (before any model is built)."""
+        if self.reads_images:
+            ignored = [name for name in data.given() if name != "source"]
+            if ignored:
+                raise UserError(f"data: the {self.name} task reads only data.source, not {', '.join(ignored)}")
+            if not data.source:
+                raise UserError(f"the {self.name} task needs data.source: JSONL manifests (files, globs, folders), "
+                                f"a folder of images, or 'shapes'")
+        elif data.source is not None:
+            raise UserError(f"data.source feeds the vq and siglip tasks; the {self.name} task reads data.und, "
+                            f"data.text and data.gen")
 
 
 # --- models and their starting weights --------------------------------------------------------
@@ -146,13 +161,7 @@ def _image_data(task: str, image_size: Callable[[JanusConfig], int]) -> Callable
 
     def data(ctx: RunContext, model: nn.Module) -> Iterable[Any]:
         cfg, dist_info = ctx.cfg, ctx.dist_info
-        unknown = sorted(set(cfg.data) - {"source"})
-        if unknown:
-            raise UserError(f"data: the {task} task reads only data.source, not {', '.join(unknown)}")
-        source = cfg.data.get("source")
-        if not source:
-            raise UserError(f"the {task} task needs data.source: JSONL manifests (files, globs, folders), a folder "
-                            f"of images, or 'shapes'")
+        source = cfg.data.source
         return PartDataStream(task, source if isinstance(source, list) else str(source), rows=cfg.micro_batch_rows,
                               image_size=image_size(ctx.model_cfg), seed=cfg.seed, rank=dist_info.rank,
                               world_size=dist_info.world_size, tokenizer=ctx.processor.tokenizer,
@@ -173,9 +182,11 @@ TASKS: dict[str, TaskSpec] = {
     "janus": TaskSpec("janus", None, _build_janus, _initial_janus, lambda model, ctx: JanusObjective(model),
                       _janus_data, evaluates=True),
     "vq": TaskSpec("vq", "vq", _build_vq, _initial_part(_build_vq, "vq"), _vq_objective,
-                   _image_data("vq", lambda c: c.vq.image_size)),
-    "siglip": TaskSpec("siglip", "siglip", _build_siglip, _initial_part(_build_siglip, "siglip", lambda m: m.und_encoder),
-                       lambda model, ctx: SigLIPObjective(model), _image_data("siglip", lambda c: c.vision.image_size)),
+                   _image_data("vq", lambda c: c.vq.image_size), reads_images=True),
+    "siglip": TaskSpec("siglip", "siglip", _build_siglip,
+                       _initial_part(_build_siglip, "siglip", lambda m: m.und_encoder),
+                       lambda model, ctx: SigLIPObjective(model), _image_data("siglip", lambda c: c.vision.image_size),
+                       reads_images=True),
     "text": TaskSpec("text", "llm", _build_llm, _initial_part(_build_llm, "llm"),
                      lambda model, ctx: TextObjective(model), _text_data),
 }

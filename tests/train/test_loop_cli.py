@@ -106,7 +106,7 @@ def test_config_overrides_and_errors(tmp_path) -> None:
     cfg = TrainConfig.from_dict(out)
     assert cfg.stage.preset == "stage2" and cfg.build_stage().lr == 5e-4
     assert cfg.model.overrides == {"llm.n_layers": 3} and cfg.build_model_config().llm.n_layers == 3
-    assert cfg.seq_len == 128 and cfg.data == {"num_workers": 0}
+    assert cfg.seq_len == 128 and cfg.data.num_workers == 0
     path = tmp_path / "c.json"
     path.write_text(json.dumps({**raw, "sequence_length": 5}))
     with pytest.raises(UserError, match="unknown key.*sequence_length"):
