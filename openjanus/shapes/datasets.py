@@ -33,6 +33,7 @@ from typing import Any
 from PIL import Image
 
 from openjanus.errors import UserError
+from openjanus.processing import IMAGE_TOKEN  # the placeholder the chat template expands
 from openjanus.shapes.splits import HELDOUT_VERSION
 from openjanus.shapes.tasks import SPLIT_CHOICES, sample_scene_in_split, sample_t2i_scene
 from openjanus.shapes.text import (
@@ -45,7 +46,6 @@ from openjanus.shapes.text import (
 from openjanus.shapes.world import BACKGROUND_KINDS, check_image_size, render, rng_for, with_background
 
 KINDS: tuple[str, ...] = ("t2i", "und", "text")
-IMAGE_TOKEN = "<image_placeholder>"
 _STREAM = {"t2i": 1, "und": 2, "text": 3}
 _SPLIT_STREAM = {"train": 0, "heldout": 1, "any": 2}
 
