@@ -339,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=finite_float, default=5.0, help="classifier-free guidance weight")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--batch-rows", type=int_range(2), default=None,
-                   help="LLM rows decoded together (2 per image; default 64, fewer when 4 GiB of KV cache cannot hold them): larger n runs in batches of this")
+                   help="LLM rows decoded together (2 per image; default 64, fewer when 4 GiB of KV cache "
+                        "cannot hold them): larger n runs in batches of this")
     p.add_argument("--jacobi", type=int_range(0, 64), default=0, help="speculative Jacobi window (0 = off)")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")
     p.set_defaults(func=cmd_generate)

@@ -15,7 +15,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -58,7 +57,7 @@ class ImageLoadError(UserError, ValueError):
     """An image file or byte string could not be read or decoded, or is too large."""
 
 
-ImageInput = Union[Image.Image, str, os.PathLike, bytes, bytearray]
+ImageInput = Image.Image | str | os.PathLike | bytes | bytearray
 
 
 def check_image_size(width: int, height: int, name: str = "image") -> None:

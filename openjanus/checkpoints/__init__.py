@@ -7,7 +7,6 @@ memory-mapped with strict key checking. `save_model(model, folder, layout=...)` 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 

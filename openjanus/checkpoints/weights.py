@@ -199,5 +199,6 @@ def export_part(state: dict[str, Tensor], part: str, config: PartConfig, folder:
     return folder
 
 
-__all__ = ["Weights", "open_weights", "read_config", "load_part", "load_part_into", "export_part", "part_config", "PART_FORMAT", "PART_OF_TASK", "JANUS_ATTR",
+__all__ = ["Weights", "open_weights", "read_config", "load_part", "load_part_into", "export_part", "part_config",
+           "PART_FORMAT", "PART_OF_TASK", "JANUS_ATTR",
            "TensorSource"]

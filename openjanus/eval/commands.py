@@ -126,7 +126,8 @@ def cmd_mme(args: argparse.Namespace) -> None:
     from openjanus.files import write_json
 
     out = Path(args.out)
-    m = run_mme(_pipeline(args), args.root, out, batch_size=args.batch_size, categories=args.categories or None, log=_log)
+    m = run_mme(_pipeline(args), args.root, out, batch_size=args.batch_size, categories=args.categories or None,
+                log=_log)
     for c, v in m["categories"].items():
         print(f"{c:<24} acc {v['acc']:.4f}  acc+ {v['acc_plus']:.4f}  score {v['score']:.2f}")
     write_json(out / "report.json", {"benchmark": "MME", **m})
@@ -162,7 +163,8 @@ def cmd_write_shapes(args: argparse.Namespace) -> None:
     from openjanus.shapes.tasks import benchmark_specs
 
     out = Path(args.out)
-    write_geneval_metadata(out / "geneval" / "evaluation_metadata.jsonl", benchmark_specs(args.per_category, args.prompt_seed))
+    write_geneval_metadata(out / "geneval" / "evaluation_metadata.jsonl", benchmark_specs(args.per_category,
+                                                                                          args.prompt_seed))
     m = build_pope_shapes(out / "understanding", args.images, args.seed, args.image_size)
     print(json.dumps({"geneval": str(out / "geneval" / "evaluation_metadata.jsonl"), **m}, indent=2))
 

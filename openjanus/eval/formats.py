@@ -176,10 +176,10 @@ def pope_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[str,
     """Accuracy, precision, recall, F1 (positive = 'yes') and yes-ratio of yes/no predictions."""
     if len(predictions) != len(labels):
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
-    tp = sum(p == "yes" and l == "yes" for p, l in zip(predictions, labels))
-    fp = sum(p == "yes" and l == "no" for p, l in zip(predictions, labels))
-    tn = sum(p == "no" and l == "no" for p, l in zip(predictions, labels))
-    fn = sum(p == "no" and l == "yes" for p, l in zip(predictions, labels))
+    tp = sum(p == "yes" and label == "yes" for p, label in zip(predictions, labels))
+    fp = sum(p == "yes" and label == "no" for p, label in zip(predictions, labels))
+    tn = sum(p == "no" and label == "no" for p, label in zip(predictions, labels))
+    fn = sum(p == "no" and label == "yes" for p, label in zip(predictions, labels))
     n = len(labels)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
@@ -262,7 +262,8 @@ def read_mme(root: str | Path, categories: Sequence[str] | None = None) -> list[
     return out
 
 
-def write_mme_category(folder: str | Path, category: str, items: Sequence[tuple[Image.Image, str, list[tuple[str, str]]]]) -> None:
+def write_mme_category(folder: str | Path, category: str,
+                       items: Sequence[tuple[Image.Image, str, list[tuple[str, str]]]]) -> None:
     """Write one MME category folder: ``<name>.png`` + ``<name>.txt`` (question<TAB>Yes/No)."""
     d = Path(folder) / category
     d.mkdir(parents=True, exist_ok=True)

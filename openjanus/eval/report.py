@@ -3,8 +3,9 @@
 `GenerationReport` (GenEval-style generation) and `UnderstandingReport` (the shapes-world
 POPE/MME-style understanding benchmark) carry every number a reader of the report needs, per
 category and per split (training vs held-out compositions), so nothing downstream (the demo's
-headline, the training hook) re-reads answer files to recompute them. The HTML refers to image files by relative path (they sit next to it in the run folder), so a
-run folder can be zipped, copied or served as is.
+headline, the training hook) re-reads answer files to recompute them. The HTML refers to image
+files by relative path (they sit next to it in the run folder), so a run folder can be zipped,
+copied or served as is.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ def render_html(
     return "\n".join(out)
 
 
-def write_html(path: str | Path, title: str, summary: Sequence[tuple[str, Any]], sections: Sequence[Section], **kw: Any) -> Path:
+def write_html(path: str | Path, title: str, summary: Sequence[tuple[str, Any]], sections: Sequence[Section],
+               **kw: Any) -> Path:
     """Write the page next to its images (paths relative to the page's folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

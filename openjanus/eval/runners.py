@@ -127,8 +127,9 @@ def generate_geneval(
     """Generate ``n_per_prompt`` images per spec into GenEval's layout; returns sample paths.
 
     Prompts go to the engine ``batch_size`` at a time (it decodes them in shared batches); prompt
-    i uses seed ``seed + i``, so each prompt's images are reproducible on their own. ``records`` (same length as specs) are written as
-    metadata instead of the specs, to keep any extra keys of the original file.
+    i uses seed ``seed + i``, so each prompt's images are reproducible on their own. ``records``
+    (same length as specs) are written as metadata instead of the specs, to keep any extra keys
+    of the original file.
     """
     out = Path(out)
     if out.is_dir() and any(p.is_dir() and p.name.isdigit() for p in out.iterdir()):
@@ -208,7 +209,7 @@ def _geneval_html(out: Path, title: str, report: GenerationReport, rows: Sequenc
     for r in rows:
         groups.setdefault(r["metadata"], []).append(r)
     sections: dict[str, Section] = {}
-    for meta, rs in groups.items():
+    for rs in groups.values():
         tag = rs[0]["tag"]
         sec = sections.setdefault(tag, Section(f"{tag}: {report.categories.get(tag, 0.0):.3f}"))
         reasons = sorted({r["reason"] for r in rs if r["reason"]})
@@ -385,7 +386,8 @@ def run_mme(
     """Answer an MME folder; write MME's result files under ``out/results`` and return metrics."""
     qs = formats.read_mme(root, categories)
     load = _ImageCache()
-    answers = _answer_all(pipeline, [load(q.image) for q in qs], [q.question for q in qs], batch_size, max_new_tokens, log, "MME")
+    answers = _answer_all(pipeline, [load(q.image) for q in qs], [q.question for q in qs], batch_size, max_new_tokens,
+                          log, "MME")
     rows = list(zip(qs, answers))
     formats.write_mme_results(Path(out) / "results", rows)
     return formats.mme_metrics(rows)
@@ -443,7 +445,8 @@ def build_pope_shapes(out: str | Path, n_images: int = 100, seed: int = 0, image
         qas: list[QA] = count_questions(scene, rng) + color_questions(scene) + shape_questions(scene)
         qas += position_questions(scene, rng) + [describe_question(scene)]
         for qa in qas:
-            vqa.append({"question_id": len(vqa), "image": f"{i:05d}.png", "kind": qa.kind, "text": qa.question, "answer": qa.answer})
+            vqa.append({"question_id": len(vqa), "image": f"{i:05d}.png", "kind": qa.kind, "text": qa.question,
+                        "answer": qa.answer})
     for cat, items in mme_items.items():
         formats.write_mme_category(out / "mme", cat, items)
     write_jsonl(out / "vqa.jsonl", vqa)
@@ -511,7 +514,8 @@ def run_pope_shapes(
         categories=cats,
         pope=pope,
         mme=mme,
-        vqa_by_split={split: _mean_by_kind([r for r in scored if r["split"] == split]) for split in ("train", "heldout")},
+        vqa_by_split={split: _mean_by_kind([r for r in scored if r["split"] == split]) for split in ("train",
+                                                                                                     "heldout")},
         yes_no_by_split={split: float(np.mean(v)) for split, v in yes_no.items() if v},
         questions={"pope": sum(p.n for p in pope.values()), "vqa": len(scored),
                    "mme": sum(c["questions"] for c in mme["categories"].values())},

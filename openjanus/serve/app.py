@@ -302,7 +302,7 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        pipe.engine  # started before the first request
+        _ = pipe.engine  # the property starts the engine, before the first request
         yield
         await anyio.to_thread.run_sync(lambda: pipe.engine.close(cancel=True))
 

@@ -46,6 +46,7 @@ __all__ = [
     "make_sample",
     "read_dataset",
     "render",
+    "score_image",
     "rng_for",
     "sample_scene",
     "sample_scene_in_split",

@@ -79,7 +79,8 @@ def wrong_scene(spec: Spec, rng: np.random.Generator, image_size: int) -> tuple[
         if rng.random() < 0.5:  # binding error: the two colours swapped
             reqs = [ObjectRequest(a.cls, str(b.color)), ObjectRequest(b.cls, str(a.color))]
             return make_scene(rng, reqs, image_size), "binding"
-        reqs = [ObjectRequest(a.cls, _other(rng, COLOR_NAMES, {str(a.color), str(b.color)})), ObjectRequest(b.cls, str(b.color))]
+        other = _other(rng, COLOR_NAMES, {str(a.color), str(b.color)})
+        reqs = [ObjectRequest(a.cls, other), ObjectRequest(b.cls, str(b.color))]
         return make_scene(rng, reqs, image_size), "color"
     raise ValueError(f"no wrong scene for tag {spec.tag!r}")
 

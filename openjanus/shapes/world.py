@@ -267,7 +267,8 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: Sequence[float], fill
     draw.polygon([(cx + u * hw, cy + v * hh) for u, v in SHAPE_POLYGONS[shape]], fill=fill)
 
 
-def coverage_mask(shape: str, box: Sequence[float], width: int, height: int, supersample: int = SUPERSAMPLE) -> np.ndarray:
+def coverage_mask(shape: str, box: Sequence[float], width: int, height: int,
+                  supersample: int = SUPERSAMPLE) -> np.ndarray:
     """Fraction (0..1) of each pixel of a width x height canvas covered by the shape in ``box``."""
     s = supersample
     canvas = Image.new("L", (width * s, height * s), 0)

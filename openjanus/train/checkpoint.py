@@ -265,7 +265,8 @@ def load_checkpoint(folder: str | Path, *, objective: nn.Module, optimizer: torc
         model_state = read_model_tensors(folder) if dist_info.is_main else {}
         load_model_state(objective, model_state, dist_info)
         del model_state
-    optim_state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True) if dist_info.is_main else {}
+    optim_state = torch.load(folder / "optimizer.pt", map_location="cpu",
+                             weights_only=True) if dist_info.is_main else {}
     load_optimizer_state(objective, optimizer, optim_state, dist_info)
     scheduler.load_state_dict(meta["scheduler"])
     data_file = folder / f"data_rank{dist_info.rank}.pt"
@@ -274,7 +275,8 @@ def load_checkpoint(folder: str | Path, *, objective: nn.Module, optimizer: torc
         if data_state is not None and hasattr(data, "load_state_dict"):
             data.load_state_dict(data_state)
         elif data_state is None and dist_info.is_main:
-            warnings.warn("the checkpoint has no data position: the data stream starts from its beginning", stacklevel=2)
+            warnings.warn("the checkpoint has no data position: the data stream starts from its beginning",
+                          stacklevel=2)
     rng_file = folder / f"rng_rank{dist_info.rank}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
@@ -389,5 +391,6 @@ def _export_into(folder: Path, out: Path, *, dtype: torch.dtype | None,
     return notes
 
 
-__all__ = ["EXPORT_MANIFEST", "is_complete", "TrainState", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
+__all__ = ["EXPORT_MANIFEST", "is_complete", "TrainState", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
+           "list_checkpoints",
            "export_checkpoint", "read_train_state", "read_model_tensors", "rng_state", "set_rng_state"]

@@ -60,7 +60,8 @@ def _export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="openjanus train export",
                                 description="Export a training checkpoint: Janus stages to the official layout "
                                             "(for `openjanus chat/generate --model DIR`), parts to part folders.")
-    p.add_argument("checkpoint", help="a checkpoint folder (OUTPUT/checkpoints/step_*) or a run's output_dir (its latest)")
+    p.add_argument("checkpoint",
+                   help="a checkpoint folder (OUTPUT/checkpoints/step_*) or a run's output_dir (its latest)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="weights dtype of the export (the official releases are bfloat16)")
@@ -77,7 +78,8 @@ def _tokenizer_parser() -> argparse.ArgumentParser:
                                             "text of training JSONL files (text, captions, conversations), for "
                                             "models trained from scratch; writes tokenizer.json and its configs.")
     p.add_argument("--data", required=True, action="extend", nargs="+", help="JSONL file(s), folder(s) or glob(s)")
-    p.add_argument("--vocab-size", type=int, required=True, help="ids in the vocabulary (<= the model's llm.vocab_size)")
+    p.add_argument("--vocab-size", type=int, required=True,
+                   help="ids in the vocabulary (<= the model's llm.vocab_size)")
     p.add_argument("--out", required=True, help="output folder (use it as model.tokenizer)")
     p.add_argument("--max-records", type=int, default=1_000_000, help="read at most this many records")
     return p

@@ -359,5 +359,6 @@ def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfi
     return cfg
 
 
-__all__ = ["MODEL_BOUNDS", "check_json_type", "check_model_config", "estimate_parameters", "TrainConfig", "ModelSource", "StageSpec", "EvalSettings", "PartOptions", "load_train_config",
+__all__ = ["MODEL_BOUNDS", "check_json_type", "check_model_config", "estimate_parameters", "TrainConfig",
+           "ModelSource", "StageSpec", "EvalSettings", "PartOptions", "load_train_config",
            "apply_overrides", "read_config_file"]

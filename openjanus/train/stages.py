@@ -79,7 +79,8 @@ class Stage:
             raise ConfigError(f"stage {self.name!r}: lr {self.lr}, steps {self.steps} and global_batch "
                               f"{self.global_batch} must be positive")
         if not 0 <= self.warmup_steps <= self.steps:
-            raise ConfigError(f"stage {self.name!r}: warmup_steps {self.warmup_steps} must lie in [0, steps={self.steps}]")
+            raise ConfigError(f"stage {self.name!r}: warmup_steps {self.warmup_steps} must lie in "
+                              f"[0, steps={self.steps}]")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"stage {self.name!r}: min_lr_ratio {self.min_lr_ratio} must lie in [0, 1]")
         if len(self.betas) != 2 or len(self.data_ratio) != 3:

@@ -156,7 +156,8 @@ def _text_data(ctx: RunContext, model: nn.Module) -> Iterable[Any]:
     return _packed_stream(ctx, (0.0, 1.0, 0.0), vq=None)
 
 
-def _image_data(task: str, image_size: Callable[[JanusConfig], int]) -> Callable[[RunContext, nn.Module], Iterable[Any]]:
+def _image_data(task: str, image_size: Callable[[JanusConfig], int]) -> Callable[[RunContext, nn.Module],
+                                                                                 Iterable[Any]]:
     """Image (and caption) batches of the VQ and SigLIP tasks, from data.source."""
 
     def data(ctx: RunContext, model: nn.Module) -> Iterable[Any]:

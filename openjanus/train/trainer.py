@@ -66,7 +66,8 @@ def apply_stage(objective: Objective, stage: Stage) -> dict[str, int]:
     """Set `requires_grad` on every parameter of the objective's model from the stage; returns
     {"trainable": n, "frozen": m} element counts. Call before sharding and before the optimiser."""
     if stage.task != objective.task:
-        raise UserError(f"stage {stage.name!r} is a {stage.task!r} stage but the model is set up for {objective.task!r}")
+        raise UserError(f"stage {stage.name!r} is a {stage.task!r} stage but the model is set up for "
+                        f"{objective.task!r}")
     counts = {"trainable": 0, "frozen": 0}
     for name, p in objective.model.named_parameters():
         trains = stage.is_trainable(name)
@@ -272,7 +273,8 @@ class Trainer:
         unless `include_model` is False, for callers that loaded them already)."""
         # The optimiser and schedule states come back with the lr, betas, eps and weight decay
         # they were saved with; this run's stage decides those (a changed one is applied).
-        wanted = [{k: g[k] for k in ("initial_lr", "betas", "eps", "weight_decay")} for g in self.optimizer.param_groups]
+        wanted = [{k: g[k] for k in ("initial_lr", "betas", "eps",
+                                     "weight_decay")} for g in self.optimizer.param_groups]
         self.state = load_checkpoint(folder, objective=self.objective, optimizer=self.optimizer,
                                      scheduler=self.scheduler, data=self.data, dist_info=self.dist,
                                      include_model=include_model)

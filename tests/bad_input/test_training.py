@@ -248,7 +248,8 @@ def test_shipped_cpu_configs_fit_the_exported_understanding_records(tmp_path, ca
 
     data = tmp_path / "und"
     assert main(["eval", "export-dataset", "--kind", "und", "-n", "150", "--image-size", "64", "--out", str(data)]) == 0
-    assert main(["train", "tokenizer", "--data", str(data), "--vocab-size", "1024", "--out", str(tmp_path / "tok")]) == 0
+    assert main(["train", "tokenizer", "--data", str(data), "--vocab-size", "1024", "--out",
+                 str(tmp_path / "tok")]) == 0
     model_cfg = JanusConfig.from_name("small")
     processor = JanusProcessor.from_dir(tmp_path / "tok", model_cfg)
     shard = sorted(data.glob("*.jsonl"))[0]

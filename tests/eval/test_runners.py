@@ -84,7 +84,8 @@ def test_geneval_shapes_with_the_truth_scores_one(tmp_path):
 
 def test_geneval_shapes_with_blank_images_scores_zero(tmp_path):
     gen = BlankGenerator()
-    report = run_geneval_shapes(gen, tmp_path, per_category=1, settings=GenerationSettings(n_per_prompt=3, seed=5, batch_size=4))
+    report = run_geneval_shapes(gen, tmp_path, per_category=1, settings=GenerationSettings(n_per_prompt=3, seed=5,
+                                                                                           batch_size=4))
     assert report.overall == 0.0
     assert [len(c) for c in gen.calls] == [4, len(TAGS) - 4]  # batch_size prompts go to the engine together
     assert [seed for c in gen.calls for _, _, seed in c] == list(range(5, 5 + len(TAGS)))  # one seed per prompt
@@ -95,7 +96,8 @@ def test_real_geneval_metadata_is_generated_in_its_layout(tmp_path):
     meta = tmp_path / "evaluation_metadata.jsonl"
     recs = [{"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench",
              "extra": 1},
-            {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "pink"}], "prompt": "a photo of a pink car"}]
+            {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "pink"}],
+             "prompt": "a photo of a pink car"}]
     meta.write_text("".join(json.dumps(r) + "\n" for r in recs))
     out = tmp_path / "out"
     report = run_geneval(BlankGenerator(), formats.read_geneval_metadata(meta), out,
@@ -128,8 +130,9 @@ def test_real_pope_and_mme_files(tmp_path):
     imgs.mkdir()
     Image.new("RGB", (20, 20), (255, 0, 0)).save(imgs / "COCO_1.jpg")
     qfile = tmp_path / "coco_pope_random.json"
-    qs = [{"question_id": i, "image": "COCO_1.jpg", "text": t, "label": l}
-          for i, (t, l) in enumerate([("Is there a dog in the image?", "yes"), ("Is there a cat in the image?", "no")])]
+    qs = [{"question_id": i, "image": "COCO_1.jpg", "text": t, "label": label}
+          for i, (t, label) in enumerate([("Is there a dog in the image?", "yes"), ("Is there a cat in the image?",
+                                                                                    "no")])]
     qfile.write_text("".join(json.dumps(q) + "\n" for q in qs))
 
     class Says:
@@ -144,7 +147,8 @@ def test_real_pope_and_mme_files(tmp_path):
     assert [a["question_id"] for a in ans] == [0, 1] and ans[1]["pred"] == "no"
 
     formats.write_mme_category(tmp_path / "mme", "existence",
-                               [(Image.new("RGB", (8, 8)), "x", [("Is there a dog?", "Yes"), ("Is there a cat?", "No")])])
+                               [(Image.new("RGB", (8, 8)), "x", [("Is there a dog?", "Yes"), ("Is there a cat?",
+                                                                                              "No")])])
     mm = run_mme(Says(), tmp_path / "mme", tmp_path / "mme_out")
     assert mm["categories"]["existence"]["acc_plus"] == 1.0
     assert (tmp_path / "mme_out" / "results" / "existence.txt").read_text().count("\n") == 2

@@ -111,7 +111,8 @@ def test_check_spec_follows_geneval_rules():
     verdict = check_spec([circle, _det("star", "red", (0, 30, 10, 40))], pos)
     assert not verdict.correct and "right of" in verdict.reason
     # Extra objects of other classes are ignored, as in GenEval.
-    assert check_spec([circle, _det("square", "red", (50, 50, 60, 60))], Spec("single_object", (Requirement("circle"),))).correct
+    assert check_spec([circle, _det("square", "red", (50, 50, 60, 60))], Spec("single_object", (Requirement("circle"),
+                                                                                                ))).correct
 
 
 def test_degrade_is_seeded():

@@ -117,7 +117,7 @@ def test_packed_loss_and_gradients_equal_one_by_one(proc):
     assert any(n.startswith("gen_head") for n in packed_grads)
     for n, p in model.named_parameters():
         if p.grad is not None:
-            torch.testing.assert_close(packed_grads[n], p.grad, rtol=1e-5, atol=1e-6, msg=lambda m: f"{n}: {m}")
+            torch.testing.assert_close(packed_grads[n], p.grad, rtol=1e-5, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
 
     leaky = dataclasses.replace(packed, doc_ids=torch.where(packed.doc_ids >= 0, 0, -1))
     with torch.no_grad():
