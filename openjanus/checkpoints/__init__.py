@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from openjanus.checkpoints import official
+from openjanus.checkpoints import hf, official
 from openjanus.checkpoints.io import load_into, save_tensors, weight_files
 from openjanus.checkpoints.weights import Weights, open_weights, read_config
 from openjanus.errors import CheckpointError
@@ -60,8 +60,6 @@ def save_model(model: Janus, folder: str | Path, layout: str = "official",
         out_state = {official.to_official_key(k): v for k, v in state.items()}
         config = official.config_to_official(model.cfg, dtype=dtype_name)
     elif layout == "hf":
-        from openjanus.checkpoints import hf
-
         out_state = hf.to_hf_state(state, model.cfg)
         # The placeholder id lives in the tokenizer, not in our config.
         config = hf.config_to_hf(model.cfg, dtype=dtype_name,

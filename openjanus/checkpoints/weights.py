@@ -71,8 +71,9 @@ class Weights:
 
     def part_optional(self, part: str) -> tuple[str, ...]:
         """Keys of `part` the folder may omit (the layout's optional keys under the part)."""
-        head = "^" + re.escape(self._part_prefix(part))
-        under = tuple("^" + p[len(head):] for p in self.optional if p.startswith(head) and len(head) > 1)
+        prefix = self._part_prefix(part)
+        head = "^" + re.escape(prefix)
+        under = tuple("^" + p[len(head):] for p in self.optional if prefix and p.startswith(head))
         return under + PART_OPTIONAL[part]
 
     def part_config(self, part: str) -> PartConfig:
@@ -117,8 +118,6 @@ def read_config(folder: str | Path) -> tuple[JanusConfig, str]:
         if model_type == official.MODEL_TYPE:
             return official.config_from_official(raw, name=folder.name), "official"
         if model_type == "janus":
-            from openjanus.checkpoints import hf
-
             return hf.config_from_hf(raw, name=folder.name), "hf"
     except ConfigError as e:
         raise CheckpointError(f"{path}: {str(e).removeprefix('config.json: ')}") from None

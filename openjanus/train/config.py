@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openjanus.config import ConfigError, JanusConfig
+from openjanus.checkpoints import read_config
+from openjanus.config import ConfigError, JanusConfig, LLMConfig, VisionConfig, VQConfig
 from openjanus.errors import UserError
 from openjanus.train.data import DataConfig
 from openjanus.train.fields import check_json_type, field_types
@@ -167,8 +168,6 @@ class TrainConfig:
     def build_model_config(self) -> JanusConfig:
         """The Janus config of the model this run trains (its parts for the part tasks)."""
         if self.model.checkpoint is not None:
-            from openjanus.checkpoints import read_config
-
             return read_config(self.model.checkpoint)[0]
         return JanusConfig.from_name(self.model.preset, **self.model.overrides)  # type: ignore[arg-type]
 
@@ -295,8 +294,6 @@ MODEL_BOUNDS: dict[str, int] = {
 
 
 def _check_model_overrides(overrides: dict[str, Any]) -> None:
-    from openjanus.config import LLMConfig, VisionConfig, VQConfig
-
     parts = {"llm": LLMConfig, "vision": VisionConfig, "vq": VQConfig}
     top = {k: v for k, v in field_types(JanusConfig).items() if k not in parts}
     for key, value in overrides.items():

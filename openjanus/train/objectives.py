@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from openjanus.model.janus import Janus
 from openjanus.model.llm import LLM, document_mask
 from openjanus.train.batch import DATA_KINDS, IGNORE, PackedBatch
+from openjanus.train.parallel import checkpoint_blocks
 
 # name -> (sum, weight); the logged value is sum / weight. Sums stay tensors on the device
 # until a log step reads them; weights are counted on the host.
@@ -277,8 +278,6 @@ class JanusObjective(Objective):
         return [*self.model.llm.layers, *self.model.und_encoder.blocks]
 
     def enable_activation_checkpointing(self) -> None:
-        from openjanus.train.parallel import checkpoint_blocks
-
         self.model.llm.checkpoint_activations = True
         checkpoint_blocks(self.model.und_encoder.blocks)
 

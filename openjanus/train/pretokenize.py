@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from openjanus.checkpoints.io import load_into
 from openjanus.checkpoints.weights import open_weights
@@ -124,8 +125,6 @@ def pretokenize(
     `JanusPipeline`. Relative image paths start at each JSONL file's folder, or `image_root`.
     Images are decoded on `num_threads` threads and encoded `batch_size` at a time.
     """
-    from tqdm import tqdm
-
     if batch_size < 1 or shard_size < 1 or num_threads < 1:
         raise ValueError(f"batch_size {batch_size}, shard_size {shard_size}, num_threads {num_threads} must be >= 1")
     t0 = time.perf_counter()
