@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from openjanus.config import ConfigError, JanusConfig
 from openjanus.devices import resolve_device
@@ -27,7 +28,7 @@ from openjanus.train.checkpoint import (
 )
 from openjanus.train.config import TrainConfig, check_model_config
 from openjanus.train.logs import require_tensorboard
-from openjanus.train.parallel import destroy, env_dist_info, init_distributed, shard_model
+from openjanus.train.parallel import DistInfo, destroy, env_dist_info, init_distributed, shard_model
 from openjanus.train.stages import Stage
 from openjanus.train.tasks import RunContext, task_spec
 from openjanus.train.trainer import EvalHook, LoopSettings, Trainer, apply_stage
@@ -66,6 +67,12 @@ def run_training(cfg: TrainConfig, resume: str | bool | None = None, eval_hook: 
         tokenizer_dir = _keep_tokenizer(cfg, processor, out, dist_info.is_main)
         grad_accum = derive_grad_accum(stage.global_batch, cfg.micro_batch_rows, dist_info.world_size)
         ctx = RunContext(cfg, model_cfg, stage, processor, dist_info)
+        if eval_hook is None and cfg.eval.every and cfg.eval.benchmarks:
+            if not spec.evaluates:
+                raise UserError(f"eval.benchmarks run Janus models; the {spec.name!r} task has none to evaluate")
+            if eval_hooks is None:
+                raise UserError("eval.benchmarks need the evaluation package: run through `openjanus train`")
+            eval_hook = eval_hooks(cfg.eval.benchmarks, cfg.eval.options, processor, out)
 
         # Rank 0 makes the initial weights; with several processes the others build an empty
         # skeleton, shard it, and receive their shards from rank 0 (no full copy per process).
@@ -84,18 +91,7 @@ def run_training(cfg: TrainConfig, resume: str | bool | None = None, eval_hook: 
             for unit in objective.compile_units():
                 unit.compile()
         autocast = autocast_dtype(cfg.dtype, device)
-        if dist_info.distributed:
-            initial = dict(objective.model.state_dict()) if fresh and dist_info.is_main else {}
-            shard_model(objective, objective.shard_units(), device,
-                        param_dtype=autocast if device.type == "cuda" else None)
-            objective.to_empty(device=device)
-            if fresh:
-                load_model_state(objective, initial, dist_info)
-            del initial
-        elif fresh:
-            objective.to(device)
-        else:
-            objective.to_empty(device=device)
+        _place(objective, device, autocast, dist_info, fresh)
         if not fresh:
             # The weights first: the data stream copies the (frozen) VQ to encode raw images.
             _check_compatible(ckpt, spec.name, model_cfg, stage, main_log)
@@ -109,12 +105,6 @@ def run_training(cfg: TrainConfig, resume: str | bool | None = None, eval_hook: 
                                 autocast_dtype=autocast, stop_at=cfg.stop_at, progress_bar=cfg.progress_bar,
                                 tensorboard=cfg.tensorboard, export_on_finish=True,
                                 tokenizer_dir=tokenizer_dir, meta=meta)
-        if eval_hook is None and cfg.eval.every and cfg.eval.benchmarks:
-            if not spec.evaluates:
-                raise UserError(f"eval.benchmarks run Janus models; the {spec.name!r} task has none to evaluate")
-            if eval_hooks is None:
-                raise UserError("eval.benchmarks need the evaluation package: run through `openjanus train`")
-            eval_hook = eval_hooks(cfg.eval.benchmarks, cfg.eval.options, processor, out)
         trainer = Trainer(objective, stage, data, settings, device=device, dist_info=dist_info,
                           eval_hook=eval_hook, log=main_log)
         if ckpt is not None:
@@ -128,6 +118,23 @@ def run_training(cfg: TrainConfig, resume: str | bool | None = None, eval_hook: 
     finally:
         if owns_group:
             destroy()
+
+
+def _place(objective: nn.Module, device: torch.device, autocast: torch.dtype | None, dist_info: DistInfo,
+           fresh: bool) -> None:
+    """Move the objective to the device; with several processes, shard it (FSDP2) first and
+    send rank 0's initial weights into every process's shards. A resumed run's weights come
+    from its checkpoint afterwards, so its parameters are only allocated here."""
+    if dist_info.distributed:
+        initial = dict(objective.model.state_dict()) if fresh and dist_info.is_main else {}
+        shard_model(objective, objective.shard_units(), device, param_dtype=autocast if device.type == "cuda" else None)
+        objective.to_empty(device=device)
+        if fresh:
+            load_model_state(objective, initial, dist_info)
+    elif fresh:
+        objective.to(device)
+    else:
+        objective.to_empty(device=device)
 
 
 def derive_grad_accum(global_batch: int, micro_batch_rows: int, world_size: int) -> int:
