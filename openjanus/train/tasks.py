@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from openjanus.checkpoints import load_model
-from openjanus.checkpoints.weights import JANUS_ATTR, load_part, part_config
+from openjanus.checkpoints.weights import load_part, load_part_into, part_config
 from openjanus.config import ConfigError, JanusConfig
 from openjanus.errors import UserError
 from openjanus.model.janus import Janus
@@ -62,7 +62,6 @@ class TaskSpec:
     random weights seeded from the config, a checkpoint, pretrained parts)."""
 
     name: str
-    part: str | None  # the Janus part the task pretrains; None: the whole Janus model
     build: Callable[[RunContext], nn.Module]
     initial: Callable[[RunContext], nn.Module]
     objective: Callable[[nn.Module, RunContext], Objective]
@@ -114,7 +113,7 @@ def _initial_janus(ctx: RunContext) -> nn.Module:
     torch.manual_seed(ctx.cfg.seed)
     model = Janus(ctx.model_cfg)
     for part, folder in src.parts.items():
-        load_part(getattr(model, JANUS_ATTR[part]), part, part_config(model.cfg, part), folder)
+        load_part_into(model, part, folder)
     return model
 
 
@@ -180,16 +179,23 @@ def _vq_objective(model: nn.Module, ctx: RunContext) -> Objective:
 
 
 TASKS: dict[str, TaskSpec] = {
-    "janus": TaskSpec("janus", None, _build_janus, _initial_janus, lambda model, ctx: JanusObjective(model),
-                      _janus_data, evaluates=True),
-    "vq": TaskSpec("vq", "vq", _build_vq, _initial_part(_build_vq, "vq"), _vq_objective,
-                   _image_data("vq", lambda c: c.vq.image_size), reads_images=True),
-    "siglip": TaskSpec("siglip", "siglip", _build_siglip,
-                       _initial_part(_build_siglip, "siglip", lambda m: m.und_encoder),
-                       lambda model, ctx: SigLIPObjective(model), _image_data("siglip", lambda c: c.vision.image_size),
-                       reads_images=True),
-    "text": TaskSpec("text", "llm", _build_llm, _initial_part(_build_llm, "llm"),
-                     lambda model, ctx: TextObjective(model), _text_data),
+    "janus": TaskSpec(
+        name="janus", build=_build_janus, initial=_initial_janus,
+        objective=lambda model, ctx: JanusObjective(model), data=_janus_data, evaluates=True,
+    ),
+    "vq": TaskSpec(
+        name="vq", build=_build_vq, initial=_initial_part(_build_vq, "vq"),
+        objective=_vq_objective, data=_image_data("vq", lambda c: c.vq.image_size), reads_images=True,
+    ),
+    "siglip": TaskSpec(
+        name="siglip", build=_build_siglip, initial=_initial_part(_build_siglip, "siglip", lambda m: m.und_encoder),
+        objective=lambda model, ctx: SigLIPObjective(model),
+        data=_image_data("siglip", lambda c: c.vision.image_size), reads_images=True,
+    ),
+    "text": TaskSpec(
+        name="text", build=_build_llm, initial=_initial_part(_build_llm, "llm"),
+        objective=lambda model, ctx: TextObjective(model), data=_text_data,
+    ),
 }
 assert tuple(TASKS) == TRAINING_TASKS, "every task a stage can name has a spec"
 
