@@ -34,7 +34,10 @@ STEPS = 3
 
 
 def write_data(root: Path) -> dict[str, str]:
-    """Three small JSONL files (understanding, text, generation) and their images."""
+    """Three small JSONL files (understanding, text, generation) and their images.
+
+    Like the data of test_loop_cli.py on purpose, not shared with it: the recorded reference
+    depends on these exact records, so they must not follow edits made for other tests."""
     cfg = JanusConfig.from_name("tiny")
     (root / "imgs").mkdir(parents=True, exist_ok=True)
     for i in range(3):
