@@ -40,8 +40,7 @@ from torch import Tensor
 from openjanus.engine import EngineConfig
 from openjanus.generate import cfg_combine, round_up
 from openjanus.model.llm import KVCache, cache_mask
-from openjanus.pipeline import JanusPipeline, resolve_device, resolve_dtype
-from openjanus.quantize import quantize_model
+from openjanus.pipeline import JanusPipeline, prepare_for_inference, resolve_device, resolve_dtype
 from openjanus.requests import ChatRequest, ImageRequest, Message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -226,9 +225,9 @@ def agreement(tokens: Tensor, logits: Tensor, ref_tokens: Tensor, ref_logits: Te
 
 def bench_steps(cfg, args: argparse.Namespace) -> dict:
     base = build_parts(cfg, DECODE_PARTS)
-    contenders = {"float32": base, "bfloat16": converted(base, torch.bfloat16)}
-    int8 = converted(base, torch.bfloat16)
-    contenders["int8"] = quantize_model(int8, "int8")
+    # Each format as `JanusPipeline.load` prepares it (fused projections outside fp32).
+    contenders = {"float32": base, "bfloat16": prepare_for_inference(converted(base, torch.bfloat16))}
+    contenders["int8"] = prepare_for_inference(converted(base, torch.bfloat16), "int8")
     hf = None if args.no_peer else hf_twin(base)
     sizes = sorted({1, args.parallel})
     runs: dict[tuple[str, int], list[float]] = {}
@@ -378,7 +377,7 @@ def bench_end_to_end(args: argparse.Namespace, overrides: dict) -> dict:
     dev = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, dev)
     pipe = JanusPipeline.from_preset(args.preset, device=dev, dtype=dtype, **overrides)
-    quantize_model(pipe.model, args.quantize)
+    prepare_for_inference(pipe.model, args.quantize)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\nend to end: preset {args.preset}, {str(dtype).removeprefix('torch.')}, quantize {args.quantize}, {name}, "
           f"torch {torch.__version__}, {args.parallel} images per prompt, {args.new_tokens}-token answers, "

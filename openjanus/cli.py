@@ -30,6 +30,19 @@ def finite_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    """A finite float flag that must be > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def kv_cache_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kv-cache-gib", type=positive_float, default=4.0,
+                   help="KV-cache memory the running requests may reserve; a larger batch runs in parts that fit")
+
+
 def int_range(minimum: int, maximum: int | None = None):
     """An integer flag type that must lie in [minimum, maximum]."""
 
@@ -109,8 +122,10 @@ def _pipeline(args: argparse.Namespace):
                               roles=getattr(args, "roles", None), seed=args.seed,
                               check_finite=getattr(args, "check_finite", False),
                               quantize=getattr(args, "quantize", None))
-    if getattr(args, "batch_rows", None) is not None or getattr(args, "compile", False):
-        pipe.start_engine(EngineConfig(max_rows=args.batch_rows or EngineConfig.max_rows,
+    kv_gib = getattr(args, "kv_cache_gib", EngineConfig.max_cache_gib)
+    if getattr(args, "batch_rows", None) is not None or getattr(args, "compile", False) \
+            or kv_gib != EngineConfig.max_cache_gib:
+        pipe.start_engine(EngineConfig(max_rows=args.batch_rows or EngineConfig.max_rows, max_cache_gib=kv_gib,
                                        compile_step=getattr(args, "compile", False)))
     return pipe
 
@@ -273,14 +288,15 @@ def cmd_vq(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    """Parameter counts per part, dtype, and memory for weights and for the KV cache."""
+    """Parameter counts per part, and the memory a batch of images needs: weights in the chosen
+    format, KV cache, and how the engine's KV budget splits the batch."""
     import torch
 
     from openjanus.checkpoints import read_config
     from openjanus.config import JanusConfig
     from openjanus.devices import resolve_device, resolve_dtype
     from openjanus.model.janus import Janus
-    from openjanus.pipeline import resolve_model_source
+    from openjanus.pipeline import prepare_for_inference, resolve_model_source
 
     source = resolve_model_source(args.model)
     if isinstance(source, str):
@@ -289,20 +305,36 @@ def cmd_info(args: argparse.Namespace) -> None:
         cfg, layout = read_config(source)
     dtype = resolve_dtype(args.dtype, resolve_device(args.device))
     with torch.device("meta"):
-        model = Janus(cfg)
+        model = Janus(cfg).to(dtype)
     counts = model.param_counts()
-    nbytes = torch.finfo(dtype).bits // 8
     total = sum(counts.values())
-    print(f"model: {source}   dtype: {str(dtype).removeprefix('torch.')}")
+    # The weights as inference holds them: int8 LLM and heads keep one scale per output channel.
+    prepare_for_inference(model, args.quantize)
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    quantized = "" if args.quantize in (None, "none") else f", {args.quantize} LLM and heads"
+    fmt = str(dtype).removeprefix("torch.") + quantized
+    print(f"model: {source}   weights: {fmt}")
     for name, n in counts.items():
         print(f"  {name:<14} {n:>15,d}")
-    print(f"  {'total':<14} {total:>15,d}   weights: {total * nbytes / 2**30:.2f} GiB")
+    print(f"  {'total':<14} {total:>15,d}   weights: {weights / 2**30:.2f} GiB")
     c = cfg.llm
+    nbytes = torch.finfo(dtype).bits // 8
     seq = args.seq_len or (args.prompt_len + cfg.num_gen_tokens)
     rows = args.batch * (1 if args.seq_len else 2)  # image generation runs cond + uncond rows
-    kv = 2 * c.n_layers * rows * c.n_kv_heads * seq * c.head_dim * nbytes
+    per_row = 2 * c.n_layers * c.n_kv_heads * seq * c.head_dim * nbytes
+    kv = rows * per_row
     what = f"{rows} rows x {seq} positions" + ("" if args.seq_len else f" (batch {args.batch} images with CFG)")
     print(f"KV cache: {kv / 2**30:.3f} GiB for {what}")
+    budget = args.kv_cache_gib * 2**30
+    step = 1 if args.seq_len else 2
+    fit = max(step, int(budget // per_row) // step * step)
+    if rows <= fit:
+        print(f"together: {(weights + kv) / 2**30:.2f} GiB (weights + KV cache) in one batch")
+    else:
+        chunk = fit // step
+        print(f"the engine's KV budget (--kv-cache-gib {budget / 2**30:g}) holds {fit} rows: "
+              f"{args.batch} run as batches of {chunk}, {(weights + fit * per_row) / 2**30:.2f} GiB (weights + KV "
+              f"cache); in one batch {(weights + kv) / 2**30:.2f} GiB")
     print(f"LLM: dim {c.dim}, {c.n_layers} layers, {c.n_heads} heads ({c.n_kv_heads} kv), ffn {c.ffn_dim}, "
           f"vocab {c.vocab_size}; image tokens: {cfg.num_und_tokens} understanding, {cfg.num_gen_tokens} generation")
 
@@ -339,8 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=finite_float, default=5.0, help="classifier-free guidance weight")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--batch-rows", type=int_range(2), default=None,
-                   help="LLM rows decoded together (2 per image; default 64, fewer when 4 GiB of KV cache "
-                        "cannot hold them): larger n runs in batches of this")
+                   help="LLM rows decoded together (2 per image; default 64, fewer when --kv-cache-gib cannot "
+                        "hold them): larger n runs in batches of this")
+    kv_cache_flag(p)
     p.add_argument("--jacobi", type=int_range(0, 64), default=0, help="speculative Jacobi window (0 = off)")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")
     p.set_defaults(func=cmd_generate)
@@ -359,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=positive_int, default=64, help="prompt tokens assumed for image generation")
     p.add_argument("--seq-len", type=positive_int, default=None,
                    help="estimate the KV cache for plain sequences of this length")
+    kv_cache_flag(p)
     p.set_defaults(func=cmd_info)
 
     for register in _extensions():

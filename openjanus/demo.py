@@ -45,7 +45,7 @@ def headline_scores(geneval: GenerationReport, pope: UnderstandingReport) -> dic
 
 
 def run_demo(model: str | None, out: Path, device: str | None, dtype: str | None, seed: int,
-             per_category: int, n_images: int) -> dict[str, Any]:
+             per_category: int, n_images: int, quantize: str | None = None) -> dict[str, Any]:
     from openjanus.eval.runners import GenerationSettings, run_geneval_shapes, run_pope_shapes
     from openjanus.pipeline import JanusPipeline
     from openjanus.requests import ImageRequest
@@ -55,7 +55,7 @@ def run_demo(model: str | None, out: Path, device: str | None, dtype: str | None
 
     t0 = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    pipe = JanusPipeline.load(model, device=device, dtype=dtype, seed=seed)
+    pipe = JanusPipeline.load(model, device=device, dtype=dtype, seed=seed, quantize=quantize)
     out.mkdir(parents=True, exist_ok=True)
     log(f"model {pipe.name}: generating the gallery")
     gallery = pipe.run([ImageRequest(p, n=4, seed=seed + i) for i, p in enumerate(GALLERY_PROMPTS)], progress=True)
@@ -140,7 +140,8 @@ def write_report(out: Path, scores: dict[str, Any], cards, qa_rows) -> Path:
 def cmd_demo(args: argparse.Namespace) -> None:
     """Generate, answer and benchmark with the demo model; write report.html and scores.json."""
     out = Path(args.out)
-    scores = run_demo(args.model, out, args.device, args.dtype, args.seed, args.per_category, args.n_images)
+    scores = run_demo(args.model, out, args.device, args.dtype, args.seed, args.per_category, args.n_images,
+                      quantize=args.quantize)
     hd = scores["headline"]["heldout"]
     print(f"held-out compositions: generation {_pct(hd['generation_overall'])}, yes/no {_pct(hd['yes_no_accuracy'])}, "
           f"counting {_pct(hd['counting_accuracy'])}")

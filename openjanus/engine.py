@@ -37,7 +37,7 @@ from openjanus.requests import (ChatRequest, ChatResult, Cost, ImageProgress, Im
 if TYPE_CHECKING:
     from openjanus.pipeline import JanusPipeline
 
-__all__ = ["Engine", "EngineConfig", "RequestHandle", "Cancelled", "QueueFull"]
+__all__ = ["Engine", "EngineConfig", "RequestHandle", "Cancelled", "QueueFull", "ContextTooLong"]
 
 Request = Union[ImageRequest, ChatRequest]
 Result = Union[ImageResult, ChatResult]
@@ -53,6 +53,11 @@ class Cancelled(UserError):
 
 class QueueFull(UserError):
     """The engine's queue is full; try again later."""
+
+
+class ContextTooLong(UserError):
+    """The prompt, or the prompt plus the tokens asked for, does not fit the model's context
+    (or the engine's KV-cache budget)."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +237,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._post = ThreadPoolExecutor(1, thread_name_prefix="openjanus-vq")
         self._closed = False
+        self._cancel_all = False  # set by close(cancel=True); the worker cancels what it holds
         self.steps = 0  # decode steps run so far (for tests and metrics)
 
     # --- submission (caller threads) ------------------------------------------------------
@@ -279,7 +285,7 @@ class Engine:
         ids = tok.encode(pipe.processor.t2i_prompt(request.prompt))
         limit = cfg.llm.max_seq_len - cfg.num_gen_tokens
         if len(ids) > limit:
-            raise UserError(f"the prompt is {len(ids)} tokens; this model allows {limit} before its "
+            raise ContextTooLong(f"the prompt is {len(ids)} tokens; this model allows {limit} before its "
                             f"{cfg.num_gen_tokens} image tokens ({cfg.llm.max_seq_len} positions in all)")
         per_image = 2 * (len(ids) + cfg.num_gen_tokens)
         per_chunk = min(self.config.max_rows // 2, self.max_cached_tokens // per_image)
@@ -309,11 +315,11 @@ class Engine:
         if room < 1 or max_new > room:
             advice = f"lower max_new_tokens to at most {room}" if room >= 1 else \
                 "shorten the prompt, which alone fills the context"
-            raise UserError(f"prompt is {n} tokens and {max(max_new, 1)} new tokens were requested, but the "
+            raise ContextTooLong(f"prompt is {n} tokens and {max(max_new, 1)} new tokens were requested, but the "
                             f"model's context is {context} tokens: {advice}")
         limit = self.max_cached_tokens
         if n + max_new > limit:
-            raise UserError(f"the request needs {n + max_new} cached tokens; the engine allows {limit}")
+            raise ContextTooLong(f"the request needs {n + max_new} cached tokens; the engine allows {limit}")
         job = Job("text", [sample.input_ids], max_new, request.sampling, self._generator(seed),
                   eos_id=pipe.processor.tokenizer.eos_id if request.stop_at_eos else None,
                   image_mask=torch.tensor(sample.image_mask, dtype=torch.bool),
@@ -336,11 +342,7 @@ class Engine:
         stop the worker."""
         with self._lock:
             self._closed = True
-            if cancel:
-                for handle, _ in self._queue:
-                    handle._cancel.set()
-                for handle, _ in self._live.values():
-                    handle._cancel.set()
+            self._cancel_all = self._cancel_all or cancel
             self._lock.notify_all()
         if self._thread is not None:
             self._thread.join()
@@ -362,7 +364,7 @@ class Engine:
 
     @property
     def running(self) -> int:
-        return len({id(h) for h, _ in self._live.values()})
+        return len({id(h) for h, _ in list(self._live.values())})  # (the worker may be changing it)
 
     def _used_tokens(self) -> int:
         return sum(j.n_rows * j.length for j in self.runner.jobs)
@@ -434,6 +436,12 @@ class Engine:
 
     def _iteration(self) -> None:
         """Admit what fits, drop cancelled requests, run one step, hand out what it produced."""
+        if self._cancel_all:
+            # Here, on the worker, which alone moves jobs between the queue, the batch and the
+            # VQ decoder: a request between two of its chunks cannot be missed.
+            with self._lock:
+                for handle, _ in [*self._queue, *self._live.values()]:
+                    handle._cancel.set()
         self._admit()
         for job, (handle, _) in list(self._live.items()):
             if handle.cancelled:
@@ -482,8 +490,8 @@ class Engine:
         if not all(j.finished for j in handle.jobs):
             index = handle.jobs.index(job)
             if not _parallel(handle.jobs) and index + 1 < len(handle.jobs):
-                with self._lock:  # the next chunk goes first: it continues an earlier request
-                    self._queue.appendleft((handle, handle.jobs[index + 1]))
+                with self._lock:  # behind what arrived meanwhile: a large request does not starve them
+                    self._queue.append((handle, handle.jobs[index + 1]))
             return
         handle._decoding = True
         tokens = torch.cat([j.tokens for j in handle.jobs]).cpu()

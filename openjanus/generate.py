@@ -249,8 +249,7 @@ class BatchRunner:
                                device=ref.device, dtype=ref.dtype)
         hidden = torch.zeros(rows, llm.cfg.dim, device=self.device, dtype=llm.embed.weight.dtype)
         if old is not None:
-            new.k[:, :old.batch, :, :old.max_len] = old.k
-            new.v[:, :old.batch, :, :old.max_len] = old.v
+            new.copy_(old, slice(0, old.batch))
             hidden[:old.batch] = self.hidden
         self.cache, self.hidden = new, hidden
 
@@ -317,8 +316,7 @@ class BatchRunner:
             rows, mine = job.rows, slice(offset, offset + job.n_rows)
             offset += job.n_rows
             if len(jobs) > 1:
-                self.cache.k[:, rows, :, :T] = cache.k[:, mine]
-                self.cache.v[:, rows, :, :T] = cache.v[:, mine]
+                self.cache.copy_(cache, rows, mine)
             self.hidden[rows] = out[mine]
             if job.jacobi:
                 job._window = out[mine][:, None]  # [2, 1, D]: the exact distribution of the first token
@@ -357,8 +355,8 @@ class BatchRunner:
         key_idx = torch.arange(kv_len, device=x.device)
         # Rows are unpadded: a query's keys are exactly its row's slots up to its own.
         mask = (key_idx[None, None, :] <= slots[:, :, None])[:, None]  # [R, 1, T, kv_len]
-        cache = self.cache.rows(0, x.shape[0])
-        return self.model.llm(x, slots, mask=mask, cache=cache, slots=slots, kv_len=kv_len)
+        # The whole cache: the step writes its first R rows by index (no view of it to mutate).
+        return self.model.llm(x, slots, mask=mask, cache=self.cache, slots=slots, kv_len=kv_len)
 
     @torch.inference_mode()
     def step(self) -> list[Job]:

@@ -26,6 +26,7 @@ from openjanus.engine import Engine, EngineConfig, RequestHandle
 from openjanus.errors import UserError
 from openjanus.images import ImageInput
 from openjanus.model.janus import Janus
+from openjanus.model.llm import fuse_projections
 from openjanus.processing import JanusProcessor, standin_processor
 from openjanus.quantize import quantize_model
 from openjanus.requests import ChatRequest, ChatResult, ImageRequest, ImageResult
@@ -60,6 +61,14 @@ def resolve_model_source(model: str | Path | None) -> Path | str:
                     f"({', '.join([DEMO_MODEL_NAME] + sorted(PRESETS))})")
 
 
+def prepare_for_inference(model: Janus, quantize: str | None = None) -> Janus:
+    """Fuse the LLM's projections (bf16/fp16 or quantized weights: one fp32 rounding of the
+    official code is kept as it is) and quantize the LLM and heads if asked; in place."""
+    if model.llm.embed.weight.dtype != torch.float32 or quantize not in (None, "none"):
+        fuse_projections(model.llm)
+    return quantize_model(model, quantize)
+
+
 def tokens_to_pil(images: Tensor) -> list[Image.Image]:
     """Decoded images [P, 3, H, W] in about [-1, 1] -> PIL, truncating to uint8 as the official code does."""
     arr = images.float().cpu().numpy().transpose(0, 2, 3, 1)  # [P, H, W, 3]
@@ -87,7 +96,7 @@ class JanusPipeline:
         `quantize="int8"` stores the LLM's and the heads' weights as int8 (`openjanus.quantize`).
         """
         pipe = cls._load(model, device, dtype, roles, seed, check_finite)
-        quantize_model(pipe.model, quantize)
+        prepare_for_inference(pipe.model, quantize)
         return pipe
 
     @classmethod

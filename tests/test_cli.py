@@ -56,6 +56,27 @@ def test_info_counts_parts(capsys):
     assert "language" not in out and "llm" in out
 
 
+def _gib(out: str, label: str) -> float:
+    line = next(line for line in out.splitlines() if label in line and "GiB" in line)
+    return float(line.split(label)[1].split("GiB")[0].strip(" :"))
+
+
+def test_info_states_what_a_batch_needs_per_format(capsys):
+    """Janus-Pro-7B, 16 images with CFG: bf16 weights 13.8 GiB + 9.4 GiB of cache overflow a
+    24 GB card with activations; int8 LLM/heads bring it to ~17 GiB in one batch (the issue's
+    memory target); the default 4 GiB KV budget runs it in batches instead."""
+    argv = ["info", "--model", "janus-pro-7b", "--batch", "16", "--dtype", "bfloat16"]
+    assert main(argv + ["--kv-cache-gib", "12"]) == 0
+    bf16 = capsys.readouterr().out
+    assert main(argv + ["--quantize", "int8", "--kv-cache-gib", "12"]) == 0
+    int8 = capsys.readouterr().out
+    assert _gib(int8, "weights:") < 0.6 * _gib(bf16, "weights:")
+    assert "KV cache: 9.375 GiB for 32 rows x 640 positions" in int8
+    assert _gib(int8, "together:") < 24 * 10**9 / 2**30 - 4  # room left for activations on a 24 GB card
+    assert main(argv + ["--quantize", "int8"]) == 0
+    assert "16 run as batches of 6" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["generate", "--model", "/nonexistent/dir", "--out", "x", "p"], "neither a checkpoint folder"),
     (["chat", "--model", "tiny", "--image", "/nonexistent.png", "q"], "nonexistent.png"),
@@ -101,3 +122,28 @@ def test_demo_writes_report_and_scores(tiny_checkpoint, tmp_path):
     assert set(scores["headline"]["heldout"]) == {"generation_overall", "yes_no_accuracy", "counting_accuracy"}
     page = (out / "report.html").read_text()
     assert "a photo of a red star" in page and page.count("<img") >= 7 * 4
+
+
+@pytest.mark.parametrize("argv", [
+    ["chat", "--model", "tiny", "hi"],
+    ["generate", "--model", "tiny", "--out", "OUT", "x"],
+    ["eval", "geneval-shapes", "--out", "OUT"],
+    ["eval", "pope-shapes", "--out", "OUT"],
+    ["demo", "--out", "OUT"],
+    ["serve", "--model", "tiny"],
+])
+def test_every_command_that_loads_a_model_honours_quantize(argv, monkeypatch, tmp_path):
+    """--quantize is one of the shared model flags: no command may accept it and ignore it."""
+    from openjanus.errors import UserError
+    from openjanus.pipeline import JanusPipeline
+
+    seen = {}
+
+    def fake_load(*args, **kwargs):
+        seen.update(kwargs)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(JanusPipeline, "load", fake_load)
+    argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]
+    assert main(argv + ["--quantize", "int8"]) == 2
+    assert seen.get("quantize") == "int8"

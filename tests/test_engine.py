@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import build_tiny
 
-from openjanus.engine import Cancelled, EngineConfig, QueueFull
+from openjanus.engine import Cancelled, ContextTooLong, EngineConfig, QueueFull
 from openjanus.errors import UserError
 from openjanus.generate import BatchRunner, NonFiniteLogits, image_job
 from openjanus.requests import ChatRequest, ImageProgress, ImageRequest, Message, SamplingParams, TextDelta
@@ -259,3 +259,37 @@ def test_engine_on_cuda_mixes_equal_alone():
     alone = outputs([pipe.generate(r) for r in requests])
     assert outputs(pipe.run(requests)) == alone
     pipe.engine.close()
+
+
+def test_a_chunked_request_does_not_starve_later_ones(tiny_pipeline):
+    """One image per chunk: a 4-image request's next chunk queues behind a request that
+    arrived while its first chunk ran, so the later request ends first."""
+    engine = tiny_pipeline.start_engine(EngineConfig(max_rows=2))
+    try:
+        big = engine.submit(ImageRequest("a red circle", n=4, seed=1))
+        next(iter(big))  # its first chunk is decoding
+        small = engine.submit(ImageRequest("a blue square", n=1, seed=2))
+        small.result()
+        assert not big.done()
+        assert big.result().tokens.shape[0] == 4
+    finally:
+        engine.close()
+
+
+def test_close_with_cancel_ends_a_chunked_request(tiny_pipeline):
+    engine = tiny_pipeline.start_engine(EngineConfig(max_rows=2))
+    big = engine.submit(ImageRequest("a red circle", n=6, seed=1))
+    next(iter(big))
+    engine.close(cancel=True)
+    with pytest.raises(Cancelled):
+        big.result(timeout=60)
+    assert engine.closed and not engine._thread.is_alive()
+
+
+def test_too_long_a_chat_is_context_too_long(tiny_pipeline):
+    engine = tiny_pipeline.start_engine(EngineConfig())
+    try:
+        with pytest.raises(ContextTooLong, match="context"):
+            engine.submit(ChatRequest([Message("user", "hi")], max_new_tokens=100_000))
+    finally:
+        engine.close()

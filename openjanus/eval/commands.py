@@ -38,7 +38,8 @@ def _gen_flags(p: argparse.ArgumentParser) -> None:
 def _pipeline(args: argparse.Namespace) -> Any:
     from openjanus.pipeline import JanusPipeline
 
-    return JanusPipeline.load(args.model, device=args.device, dtype=args.dtype, seed=args.seed)
+    return JanusPipeline.load(args.model, device=args.device, dtype=args.dtype, seed=args.seed,
+                              quantize=args.quantize)
 
 
 def _settings(args: argparse.Namespace) -> Any:

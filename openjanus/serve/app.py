@@ -29,7 +29,7 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from openjanus.engine import Cancelled, QueueFull, RequestHandle
+from openjanus.engine import Cancelled, ContextTooLong, QueueFull, RequestHandle
 from openjanus.errors import UserError
 from openjanus.images import ImageLoadError
 from openjanus.pipeline import JanusPipeline
@@ -347,6 +347,8 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, e: UserError):
+        if isinstance(e, ContextTooLong):
+            return _error(400, str(e), "invalid_request_error", code="context_length_exceeded")
         return _error(400, str(e), "invalid_request_error")
 
     @app.exception_handler(StarletteHTTPException)
@@ -556,7 +558,7 @@ def _stream_error(e: Exception) -> dict:
     if isinstance(e, Cancelled):
         error = ("the request was cancelled: the server is shutting down", "server_error", "server_shutting_down")
     elif isinstance(e, UserError):
-        error = (str(e), "invalid_request_error", None)
+        error = (str(e), "invalid_request_error", "context_length_exceeded" if isinstance(e, ContextTooLong) else None)
     else:
         log.error("a streamed request failed", exc_info=e)
         error = ("internal server error", "server_error", None)

@@ -12,7 +12,7 @@ from openjanus.errors import UserError
 
 
 def register(sub) -> None:
-    from openjanus.cli import add_model_flags, int_range
+    from openjanus.cli import add_model_flags, int_range, kv_cache_flag
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server and web page")
     add_model_flags(p)
@@ -25,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--max-queue", type=int_range(1), default=256,
                    help="requests waiting beyond the batch; more get 429")
     p.add_argument("--batch-rows", type=int_range(2), default=64, help="LLM rows decoded together (2 per image)")
+    kv_cache_flag(p)
     p.add_argument("--max-body-mb", type=int_range(1), default=20, help="request body limit")
     p.add_argument("--allow-remote-images", action="store_true",
                    help="fetch http(s) image URLs in chat messages (bounded in size and time; off: data: URLs only)")
@@ -47,8 +48,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from openjanus.pipeline import JanusPipeline
 
     pipe = JanusPipeline.load(args.model, device=args.device, dtype=args.dtype,
-                              check_finite=getattr(args, "check_finite", False))
-    pipe.start_engine(EngineConfig(max_rows=args.batch_rows, max_queue=args.max_queue))
+                              check_finite=getattr(args, "check_finite", False), quantize=args.quantize)
+    pipe.start_engine(EngineConfig(max_rows=args.batch_rows, max_queue=args.max_queue,
+                                   max_cache_gib=args.kv_cache_gib))
     settings = ServeSettings(model_id=args.model_id or pipe.name,
                              api_key=args.api_key or os.environ.get("OPENJANUS_API_KEY") or None,
                              max_body_bytes=args.max_body_mb * 2**20, max_n=args.max_n,

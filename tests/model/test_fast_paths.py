@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.testing import assert_close
 
 from openjanus.config import JanusConfig
+from openjanus.model import llm as llm_mod
 from openjanus.model import vq as vq_mod
 from openjanus.model.linear import Linear
 from openjanus.model.llm import Attention, apply_rope, cache_mask
@@ -132,3 +133,30 @@ def test_chunked_swish_bit_identical(monkeypatch, shape):
     x = torch.randn(shape)
     with torch.no_grad():
         assert_close(vq_mod._swish_(x.clone()), vq_mod._swish(x), **EXACT)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_projections_equal_separate_ones(dtype):
+    """Stacked q/k/v and gate/up weights: a decode step (few rows, `mm(W, x.T)` in bf16) is
+    the same dot product per output element, so it must be bit-identical; the prefill's
+    larger product may block the sum differently, hence one rounding step of the dtype."""
+    model = build_tiny(seed=4).to(dtype)
+    h = torch.randn(2, 9, model.cfg.llm.dim, generator=torch.Generator().manual_seed(5)).to(dtype)
+    plain = _decode(model.llm, h, kv_len=14)
+    fused = _decode(llm_mod.fuse_projections(model.llm), h, kv_len=14)
+    assert model.llm.layers[0].attn.qkv_proj is not None and not hasattr(model.llm.layers[0].mlp, "up_proj")
+    eps = torch.finfo(dtype).eps
+    assert_close(fused[:, :5], plain[:, :5], rtol=2 * eps, atol=2 * eps)
+    assert_close(fused[:, 5:], plain[:, 5:], **(EXACT if dtype == torch.bfloat16 else dict(rtol=2 * eps, atol=2 * eps)))
+
+
+def test_pipeline_fuses_only_outside_fp32():
+    """fp32 must keep the official code's products (unfused); bf16 and int8 get fused ones."""
+    from openjanus.pipeline import JanusPipeline
+
+    fp32 = JanusPipeline.load("tiny", dtype="float32")
+    assert fp32.model.llm.layers[0].attn.qkv_proj is None
+    bf16 = JanusPipeline.load("tiny", dtype="bfloat16")
+    assert bf16.model.llm.layers[0].attn.qkv_proj is not None
+    int8 = JanusPipeline.load("tiny", dtype="float32", quantize="int8")
+    assert type(int8.model.llm.layers[0].mlp.gate_up_proj).__name__ == "Int8Linear"

@@ -147,6 +147,12 @@ def test_bad_requests_are_400_in_openai_shape(server, path, body, param):
     assert err["type"] == "invalid_request_error" and err["param"] == param
 
 
+def test_too_long_a_request_says_context_length_exceeded(server):
+    err = error(httpx.post(server.url + "/v1/chat/completions", json={"messages": ask("x"), "max_tokens": 100000},
+                           timeout=60), 400)
+    assert err["code"] == "context_length_exceeded" and "context" in err["message"]
+
+
 def test_bad_json_404_413_and_the_openai_client_raises(server):
     error(httpx.post(server.url + "/v1/chat/completions", content=b"{not json", timeout=10), 400)
     error(httpx.get(server.url + "/v1/nothing"), 404)
