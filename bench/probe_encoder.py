@@ -58,7 +58,7 @@ def probe_model(model: str | None, n: int, seed: int, batch: int = 250,
 
     is_part = model is not None and (Path(model) / "part.json").is_file()
     if is_part:
-        from openjanus.train.parts import load_part_into
+        from openjanus.checkpoints.weights import load_part_into
 
         pipe = JanusPipeline.load(part_preset, device="cpu", dtype="float32")
         load_part_into(pipe.model, "siglip", model)
@@ -72,7 +72,7 @@ def single_object_scenes(pipe, seed: int, stream: tuple[int, ...], count: int):
     [count, 3, S, S], shape labels [count], colour labels [count])."""
     import torch
 
-    from openjanus.eval.world import COLOR_NAMES, SHAPES, render, rng_for, sample_scene
+    from openjanus.shapes.world import COLOR_NAMES, SHAPES, render, rng_for, sample_scene
     from openjanus.processing import preprocess_und_images
 
     size = pipe.model.cfg.vision.image_size
@@ -87,7 +87,7 @@ def probe_pipeline(pipe, n: int, seed: int, batch: int = 250, with_aligner: bool
     """Probe accuracies of a loaded `JanusPipeline` (see the module docstring)."""
     import torch
 
-    from openjanus.eval.world import COLOR_NAMES, SHAPES
+    from openjanus.shapes.world import COLOR_NAMES, SHAPES
 
     net = pipe.model
     scenes, pixels, shapes, colours = single_object_scenes(pipe, seed, (7,), n)
@@ -116,7 +116,7 @@ def supervised_baseline(preset: str, steps: int, seed: int, batch: int = 64):
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from openjanus.eval.world import SHAPES
+    from openjanus.shapes.world import SHAPES
     from openjanus.pipeline import JanusPipeline
 
     torch.manual_seed(seed)

@@ -4,7 +4,7 @@
     python bench/scorer_accuracy.py --sizes 64 128 384 -n 300
     python bench/scorer_accuracy.py --model CHECKPOINT       # adds a real VQ round trip
 
-Same measurement as `openjanus eval scorer-accuracy` (see openjanus/eval/scorer_accuracy.py),
+Same measurement as `openjanus eval scorer-accuracy` (see openjanus/shapes/scorer_accuracy.py),
 over several image sizes in one go; --json writes every number.
 """
 
@@ -16,7 +16,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from openjanus.eval.scorer_accuracy import format_table, measure, vq_roundtrip
+    from openjanus.shapes.scorer_accuracy import format_table, measure, vq_roundtrip
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", type=int, default=600, help="specs per image size")

@@ -11,11 +11,10 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from openjanus.errors import UserError
 from openjanus.requests import MAX_SEED, Message
-
-
 
 # --- flag types: a bad value is one line from argparse, before any model is loaded ----------
 
@@ -91,7 +90,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "demo model, also used when omitted), or a preset name for RANDOM weights "
                         "(tiny, small, janus-pro-1b, ...)")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), float32 (the official code's outputs exactly), bfloat16, float16")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), float32 (the "
+                        "official code's outputs exactly), bfloat16, float16")
     p.add_argument("--quantize", choices=["none", "int8"], default="none",
                    help="int8: weight-only int8 LLM and heads (per-channel scales; bf16 activations on CPU)")
 
@@ -295,8 +296,9 @@ def cmd_info(args: argparse.Namespace) -> None:
 
     from openjanus.checkpoints import read_config
     from openjanus.config import JanusConfig
+    from openjanus.devices import resolve_device, resolve_dtype
     from openjanus.model.janus import Janus
-    from openjanus.pipeline import prepare_for_inference, resolve_device, resolve_dtype, resolve_model_source
+    from openjanus.pipeline import prepare_for_inference, resolve_model_source
 
     source = resolve_model_source(args.model)
     if isinstance(source, str):
@@ -311,7 +313,8 @@ def cmd_info(args: argparse.Namespace) -> None:
     # The weights as inference holds them: int8 LLM and heads keep one scale per output channel.
     prepare_for_inference(model, args.quantize)
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    fmt = str(dtype).removeprefix("torch.") + ("" if args.quantize in (None, "none") else f", {args.quantize} LLM and heads")
+    quantized = "" if args.quantize in (None, "none") else f", {args.quantize} LLM and heads"
+    fmt = str(dtype).removeprefix("torch.") + quantized
     print(f"model: {source}   weights: {fmt}")
     for name, n in counts.items():
         print(f"  {name:<14} {n:>15,d}")
@@ -370,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=finite_float, default=5.0, help="classifier-free guidance weight")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--batch-rows", type=int_range(2), default=None,
-                   help="LLM rows decoded together (2 per image; default 64, fewer when --kv-cache-gib cannot hold them): larger n runs in batches of this")
+                   help="LLM rows decoded together (2 per image; default 64, fewer when --kv-cache-gib cannot "
+                        "hold them): larger n runs in batches of this")
     kv_cache_flag(p)
     p.add_argument("--jacobi", type=int_range(0, 64), default=0, help="speculative Jacobi window (0 = off)")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")
@@ -406,7 +410,18 @@ def _extensions():
     from openjanus.serve import commands as serve_commands
     from openjanus.train import commands as train_commands
 
-    return [eval_commands.register, train_commands.register, serve_commands.register, demo.register]
+    def register_train(sub: Any) -> None:
+        train_commands.register(sub, eval_hooks=_benchmark_eval_hook)
+
+    return [eval_commands.register, register_train, serve_commands.register, demo.register]
+
+
+def _benchmark_eval_hook(*args: Any) -> Any:
+    """`openjanus.eval.hook.benchmark_eval_hook`, imported when a training run asks for it (it
+    loads the benchmark runners and the pipeline, too much for every command's start)."""
+    from openjanus.eval.hook import benchmark_eval_hook
+
+    return benchmark_eval_hook(*args)
 
 
 def main(argv: list[str] | None = None) -> int:

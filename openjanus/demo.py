@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from openjanus.eval.report import GenerationReport, UnderstandingReport
 
 # Prompts shown in the gallery; the last three ask for held-out compositions (see docs/shapes-world.md).
 GALLERY_PROMPTS = (
@@ -30,29 +29,17 @@ GALLERY_PROMPTS = (
 )
 
 
-def headline_scores(geneval: dict[str, Any], pope_dir: Path, pope: dict[str, Any]) -> dict[str, Any]:
-    """The numbers the README quotes, on the held-out split: generation overall (GenEval-style
-    categories), yes/no accuracy (POPE questions, all three settings) and counting accuracy."""
-    from openjanus.eval.splits import split_of_scene
-    from openjanus.eval.world import Scene
-
-    scenes = {}
-    for line in (pope_dir / "scenes.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        scenes[rec["image"]] = split_of_scene(Scene.from_dict(rec))
-    yes_no: dict[str, list[bool]] = {"train": [], "heldout": []}
-    for path in sorted((pope_dir / "pope").glob("*.answers.jsonl")):
-        for line in path.read_text().splitlines():
-            r = json.loads(line)
-            yes_no[scenes[r["image"]]].append(r["pred"] == r["label"])
-    split = geneval.get("by_split", {})
-    counts = pope.get("vqa_by_split", {})
+def headline_scores(geneval: GenerationReport, pope: UnderstandingReport) -> dict[str, Any]:
+    """The numbers the README quotes, per split (held-out compositions first): generation
+    overall (GenEval-style categories), yes/no accuracy (POPE questions, all three settings)
+    and counting accuracy, as the two benchmark reports carry them."""
     out: dict[str, Any] = {}
     for name in ("heldout", "train"):
+        split = geneval.by_split.get(name)
         out[name] = {
-            "generation_overall": split.get(name, {}).get("overall"),
-            "yes_no_accuracy": float(np.mean(yes_no[name])) if yes_no[name] else None,
-            "counting_accuracy": counts.get(name, {}).get("count"),
+            "generation_overall": split.overall if split is not None else None,
+            "yes_no_accuracy": pope.yes_no_by_split.get(name),
+            "counting_accuracy": pope.vqa_by_split.get(name, {}).get("count"),
         }
     return out
 
@@ -60,12 +47,11 @@ def headline_scores(geneval: dict[str, Any], pope_dir: Path, pope: dict[str, Any
 def run_demo(model: str | None, out: Path, device: str | None, dtype: str | None, seed: int,
              per_category: int, n_images: int, quantize: str | None = None) -> dict[str, Any]:
     from openjanus.eval.runners import GenerationSettings, run_geneval_shapes, run_pope_shapes
-    from openjanus.eval.world import render
-    from openjanus.eval.tasks import sample_scene_in_split
-    from openjanus.eval.text import scene_questions
-    from openjanus.eval.world import rng_for
     from openjanus.pipeline import JanusPipeline
     from openjanus.requests import ImageRequest
+    from openjanus.shapes.tasks import sample_scene_in_split
+    from openjanus.shapes.text import scene_questions
+    from openjanus.shapes.world import render, rng_for
 
     t0 = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
@@ -103,9 +89,9 @@ def run_demo(model: str | None, out: Path, device: str | None, dtype: str | None
     pope = run_pope_shapes(pipe, out / "pope", n_images=n_images, seed=seed, batch_size=32, log=log)
     scores = {
         "model": pipe.name,
-        "headline": headline_scores(geneval, out / "pope", pope),
-        "geneval_shapes": {k: geneval[k] for k in ("overall", "categories", "by_split")},
-        "pope_shapes": {k: pope[k] for k in ("overall", "categories", "vqa_by_split")},
+        "headline": headline_scores(geneval, pope),
+        "geneval_shapes": {k: v for k, v in geneval.to_dict().items() if k in ("overall", "categories", "by_split")},
+        "pope_shapes": {k: v for k, v in pope.to_dict().items() if k in ("overall", "categories", "vqa_by_split")},
         "settings": {"seed": seed, "per_category": per_category, "n_images": n_images},
         "seconds": round(time.perf_counter() - t0, 1),
     }

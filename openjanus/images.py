@@ -15,7 +15,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -33,6 +32,9 @@ __all__ = [
 # What the official image processor falls back to when preprocessor_config.json omits a key.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Files that folders of images are searched for: whatever `load_image` (PIL) reads, GIF included
+# (its first frame), as image folders are often scraped collections.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
 # The largest image accepted, in pixels (8192 x 8192), checked from the file header before
@@ -55,7 +57,7 @@ class ImageLoadError(UserError, ValueError):
     """An image file or byte string could not be read or decoded, or is too large."""
 
 
-ImageInput = Union[Image.Image, str, os.PathLike, bytes, bytearray]
+ImageInput = Image.Image | str | os.PathLike | bytes | bytearray
 
 
 def check_image_size(width: int, height: int, name: str = "image") -> None:

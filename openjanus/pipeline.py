@@ -10,7 +10,6 @@ Every request goes through `pipe.engine`, which batches the requests of all call
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,17 +21,15 @@ from torch import Tensor
 
 from openjanus.checkpoints import load_model
 from openjanus.config import PRESETS, JanusConfig
-from openjanus.errors import UserError
+from openjanus.devices import resolve_device, resolve_dtype
 from openjanus.engine import Engine, EngineConfig, RequestHandle
-from openjanus.images import ImageInput, ImageProcessorConfig
+from openjanus.errors import UserError
+from openjanus.images import ImageInput
 from openjanus.model.janus import Janus
 from openjanus.model.llm import fuse_projections
-from openjanus.processing import JanusProcessor, JanusTokenizer, train_tokenizer
+from openjanus.processing import JanusProcessor, standin_processor
 from openjanus.quantize import quantize_model
 from openjanus.requests import ChatRequest, ChatResult, ImageRequest, ImageResult
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 # The demo model shipped with the package (see the README); used when no model is named, and
 # when the model is named by its name (its architecture alone is the preset "janus-shapes-arch").
@@ -64,45 +61,6 @@ def resolve_model_source(model: str | Path | None) -> Path | str:
                     f"({', '.join([DEMO_MODEL_NAME] + sorted(PRESETS))})")
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"invalid device {device!r} (use cpu, cuda, cuda:1, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 instructions (x86 AVX512-BF16 or AMX), read from /proc/cpuinfo
-    (Linux); elsewhere False, so `auto` keeps fp32 where bf16 would be emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """`auto`: bf16 on GPUs (the official release's dtype) and on CPUs with bf16 instructions
-    (decode steps 1.6-1.9x, SigLIP 4x, VQ decode 1.8x faster than fp32, the demo model's
-    benchmark scores unchanged: README, "Speed"); fp32 on other CPUs. `float32` reproduces
-    the official code's outputs exactly."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
-            return torch.bfloat16
-        return torch.float32
-    if dtype not in DTYPES:
-        raise UserError(f"invalid dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
 def prepare_for_inference(model: Janus, quantize: str | None = None) -> Janus:
     """Fuse the LLM's projections (bf16/fp16 or quantized weights: one fp32 rounding of the
     official code is kept as it is) and quantize the LLM and heads if asked; in place."""
@@ -116,27 +74,6 @@ def tokens_to_pil(images: Tensor) -> list[Image.Image]:
     arr = images.float().cpu().numpy().transpose(0, 2, 3, 1)  # [P, H, W, 3]
     arr = np.clip((arr + 1) / 2 * 255, 0, 255).astype(np.uint8)  # astype truncates toward zero
     return [Image.fromarray(a) for a in arr]
-
-
-# Text for the stand-in tokenizer of random-weight presets: enough to learn common English merges.
-_STANDIN_CORPUS = """a red fox in the snow, watercolor. a photo of a cat sitting on a chair. what is in this
-picture? describe the image in detail. there are two blue squares and a green circle. the
-triangle is left of the star. how many objects are there? yes no one two three four five.
-an astronaut riding a horse on the moon, oil painting, highly detailed, cinematic lighting."""
-
-
-@functools.lru_cache(maxsize=8)
-def _standin_tokenizer(vocab_size: int) -> JanusTokenizer:
-    tok = train_tokenizer([_STANDIN_CORPUS] * 4, vocab_size=min(vocab_size, 1024))
-    return JanusTokenizer(tok)
-
-
-def standin_processor(cfg: JanusConfig, roles: str = "pro") -> JanusProcessor:
-    """A processor with a small byte-level tokenizer, for random-weight presets (tests, benchmarks)."""
-    image_cfg = ImageProcessorConfig(image_size=cfg.vision.image_size, image_mean=(0.5, 0.5, 0.5),
-                                     image_std=(0.5, 0.5, 0.5), do_normalize=True)
-    return JanusProcessor(_standin_tokenizer(cfg.llm.vocab_size), image_cfg, cfg.num_und_tokens,
-                          cfg.num_gen_tokens, roles)
 
 
 class JanusPipeline:

@@ -9,6 +9,7 @@ tokenizer by their strings, never hard-coded.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,7 +21,6 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from .config import ConfigError, JanusConfig
-from .requests import Message
 from .images import (
     CLIP_MEAN,
     CLIP_STD,
@@ -33,8 +33,10 @@ from .images import (
     preprocess_gen_image,
     preprocess_und_images,
 )
+from .requests import Message
 
 __all__ = [
+    "standin_processor",
     "BOS_TOKEN", "EOS_TOKEN", "PAD_TOKEN", "IMAGE_TOKEN", "BOI_TOKEN", "EOI_TOKEN",
     "DEFAULT_SYSTEM_PROMPT", "CLIP_MEAN", "CLIP_STD",
     "SpecialTokens", "JanusTokenizer", "StreamDecoder", "train_tokenizer", "save_tokenizer_dir",
@@ -587,3 +589,24 @@ class JanusProcessor:
     def stream_decoder(self, skip_special: bool = True) -> StreamDecoder:
         """A fresh incremental detokenizer for streaming generated ids."""
         return self.tokenizer.stream_decoder(skip_special)
+
+
+# Text for the stand-in tokenizer of random-weight presets: enough to learn common English merges.
+_STANDIN_CORPUS = """a red fox in the snow, watercolor. a photo of a cat sitting on a chair. what is in this
+picture? describe the image in detail. there are two blue squares and a green circle. the
+triangle is left of the star. how many objects are there? yes no one two three four five.
+an astronaut riding a horse on the moon, oil painting, highly detailed, cinematic lighting."""
+
+
+@functools.lru_cache(maxsize=8)
+def _standin_tokenizer(vocab_size: int) -> JanusTokenizer:
+    tok = train_tokenizer([_STANDIN_CORPUS] * 4, vocab_size=min(vocab_size, 1024))
+    return JanusTokenizer(tok)
+
+
+def standin_processor(cfg: JanusConfig, roles: str = "pro") -> JanusProcessor:
+    """A processor with a small byte-level tokenizer, for random-weight presets (tests, benchmarks)."""
+    image_cfg = ImageProcessorConfig(image_size=cfg.vision.image_size, image_mean=(0.5, 0.5, 0.5),
+                                     image_std=(0.5, 0.5, 0.5), do_normalize=True)
+    return JanusProcessor(_standin_tokenizer(cfg.llm.vocab_size), image_cfg, cfg.num_und_tokens,
+                          cfg.num_gen_tokens, roles)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 from PIL import Image
 from torch import Tensor
@@ -97,7 +97,7 @@ class ImageRequest:
 # A message's content: plain text, or parts in order where each part is text (a str) or an
 # image (a PIL image, a pathlib.Path or encoded bytes; a str is always text here). Images go
 # exactly where they stand in the text.
-ContentPart = Union[str, ImageInput]
+ContentPart = str | ImageInput
 
 
 @dataclass(frozen=True)

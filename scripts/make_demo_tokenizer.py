@@ -15,8 +15,8 @@ import argparse
 
 
 def main() -> None:
-    from openjanus.eval.datasets import make_sample
     from openjanus.processing import DEFAULT_SYSTEM_PROMPT, save_tokenizer_dir, train_tokenizer
+    from openjanus.shapes.datasets import make_sample
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)

@@ -42,7 +42,7 @@ def build_tiny(seed: int = 0, **overrides) -> Janus:
     # Random init leaves some tensors at exact constants (norm weights = 1, biases = 0); perturb
     # everything so a swapped or skipped tensor changes the outputs and tests can catch it.
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     return model.eval()
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 _PRELUDE = """
 import re, resource
 import numpy, torch, PIL.Image
-import openjanus.images, openjanus.train.data, openjanus.train.loop
+import openjanus.images, openjanus.train.data, openjanus.train.trainer
 torch.set_num_threads(1)
 _vm = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 _cap = _vm + ({budget_mb} << 20)

@@ -97,7 +97,8 @@ def test_corrupt_image_and_wrong_checkpoint(tiny_checkpoint, tmp_path, capsys):
     assert main(["chat", "--model", str(tiny_checkpoint), "--image", str(bad), "q"]) == 2
     assert "bad.jpg" in capsys.readouterr().err
     # A checkpoint whose weights do not fit its config: one clear error naming the problem.
-    import shutil, json
+    import json
+    import shutil
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_checkpoint, broken)

@@ -34,6 +34,6 @@ def test_demo_model_meets_its_floor(demo_pipeline, tmp_path):
     geneval = run_geneval_shapes(demo_pipeline, tmp_path / "g", per_category=4,
                                  settings=GenerationSettings(n_per_prompt=2, seed=0, batch_size=24))
     pope = run_pope_shapes(demo_pipeline, tmp_path / "p", n_images=16, seed=1, batch_size=32)
-    measured = {"generation_overall": geneval["overall"], **pope["categories"]}
+    measured = {"generation_overall": geneval.overall, **pope.categories}
     for key, floor in FLOORS.items():
         assert measured[key] >= floor, f"{key} {measured[key]:.3f} fell below its floor {floor}"

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_tiny
 from torch.testing import assert_close
 
 from openjanus.engine import Cancelled, ContextTooLong, EngineConfig, QueueFull
 from openjanus.errors import UserError
 from openjanus.generate import BatchRunner, NonFiniteLogits, image_job
 from openjanus.requests import ChatRequest, ImageProgress, ImageRequest, Message, SamplingParams, TextDelta
-
-from conftest import build_tiny
 
 GREEDY = SamplingParams(temperature=0.0)
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_tiny
 from torch.testing import assert_close
 
 from openjanus.errors import UserError
-from openjanus.generate import (SamplingParams, cfg_combine, filter_logits, generate_image_tokens,
-                                generate_text, sample)
-
-from conftest import build_tiny
+from openjanus.generate import SamplingParams, cfg_combine, filter_logits, generate_image_tokens, generate_text, sample
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +66,9 @@ def test_cfg_weight_one_is_the_conditional_branch(model):
 
 
 def test_seed_reproduces_and_differs(model):
-    run = lambda s: generate_image_tokens(model, [1, 4, 5, 6], pad_id=3, n=2,
-                                          generator=torch.Generator().manual_seed(s))
+    def run(s):
+        return generate_image_tokens(model, [1, 4, 5, 6], pad_id=3, n=2, generator=torch.Generator().manual_seed(s))
+
     assert torch.equal(run(5), run(5))
     assert not torch.equal(run(5), run(6))
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_tiny
 
 import openjanus.generate as gen
 from openjanus.generate import BatchRunner, generate_image_tokens, image_job
 from openjanus.requests import ImageRequest, SamplingParams
-
-from conftest import build_tiny
 
 GREEDY = SamplingParams(temperature=0.0)
 PROMPTS = ([1, 5, 6, 7, 8], [1, 40, 41, 2], [1, *range(10, 40), 2])

@@ -302,7 +302,8 @@ def reference_und(img: Image.Image, size: int, mean, std, normalize: bool, min_s
     canvas[top : top + th, left : left + tw] = small
     x = torch.from_numpy(canvas).permute(2, 0, 1).double().mul(1 / 255).float()
     if normalize:
-        x = (x - torch.tensor(mean, dtype=torch.float32)[:, None, None]) / torch.tensor(std, dtype=torch.float32)[:, None, None]
+        mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        x = (x - mean_t[:, None, None]) / std_t[:, None, None]
     return x.numpy()
 
 
@@ -311,7 +312,8 @@ def reference_und(img: Image.Image, size: int, mean, std, normalize: bool, min_s
 def test_und_preprocess_exact(size: tuple[int, int], normalize: bool) -> None:
     # Exact equality holds because both paths run the same deterministic integer PIL resampler,
     # the same float64 -> float32 rescale and float32 subtract/divide, each IEEE correctly rounded.
-    cfg = ImageProcessorConfig(image_size=384, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), do_normalize=normalize)
+    cfg = ImageProcessorConfig(image_size=384, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
+                               do_normalize=normalize)
     img = rand_image(*size)
     out = preprocess_und_images([img], cfg)
     assert out.shape == (1, 3, 384, 384) and out.dtype == torch.float32

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_tiny
 from torch import nn
 from torch.testing import assert_close
 
@@ -11,8 +12,6 @@ from openjanus.errors import UserError
 from openjanus.generate import generate_image_tokens
 from openjanus.quantize import Int8Linear, quantize_model
 from openjanus.requests import SamplingParams
-
-from conftest import build_tiny
 
 
 def test_int8_linear_is_close_to_the_float_layer():
@@ -93,7 +92,7 @@ def test_int8_linear_cuda_matches_cpu():
 
 
 def test_auto_dtype_is_bf16_only_where_the_cpu_has_bf16(monkeypatch):
-    from openjanus import pipeline
+    from openjanus import devices as pipeline
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(pipeline, "cpu_has_native_bf16", lambda: True)

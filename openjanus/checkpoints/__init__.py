@@ -7,16 +7,16 @@ memory-mapped with strict key checking. `save_model(model, folder, layout=...)` 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from openjanus.checkpoints import official
-from openjanus.checkpoints.io import load_into, save_tensors, weight_files, write_json, iter_tensors
-from openjanus.config import ConfigError, JanusConfig
+from openjanus.checkpoints import hf, official
+from openjanus.checkpoints.io import load_into, save_tensors, weight_files
+from openjanus.checkpoints.weights import Weights, open_weights, read_config
 from openjanus.errors import CheckpointError
+from openjanus.files import write_json
 from openjanus.model.janus import Janus
 
 # Files that travel with the weights (tokenizer and processor settings).
@@ -25,56 +25,20 @@ SIDECAR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.
                  "generation_config.json", "chat_template.jinja")
 
 
-def read_config(folder: str | Path) -> tuple[JanusConfig, str]:
-    """(config, layout) of a checkpoint folder; layout is "official" or "hf"."""
-    folder = Path(folder)
-    path = folder / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: not a checkpoint folder (no config.json)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {_json_kind(raw)}")
-    model_type = raw.get("model_type")
-    try:
-        if model_type == official.MODEL_TYPE:
-            return official.config_from_official(raw, name=folder.name), "official"
-        if model_type == "janus":
-            from openjanus.checkpoints import hf
-
-            return hf.config_from_hf(raw, name=folder.name), "hf"
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: {str(e).removeprefix('config.json: ')}") from None
-    raise CheckpointError(f"{path}: model_type {model_type!r} is not a Janus checkpoint "
-                          f"(expected {official.MODEL_TYPE!r} or 'janus')")
-
-
-def _json_kind(value: object) -> str:
-    """How a JSON value reads to a user: 'a list', 'null', 'a string', ..."""
-    names = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
-
-
 def load_model(folder: str | Path, device: torch.device | str = "cpu",
                dtype: torch.dtype | None = None, check_finite: bool = False) -> Janus:
-    """Load a checkpoint folder of either layout; floating tensors are cast to `dtype` if given.
+    """Load a whole Janus model from a checkpoint folder (official or HF layout, or one of our
+    training checkpoints of a Janus stage); floating tensors are cast to `dtype` if given.
 
     `check_finite` refuses, naming it, the first tensor that holds NaN or inf (a corrupt or
     diverged checkpoint would otherwise load and fail only when sampling).
     """
-    folder = Path(folder)
-    cfg, layout = read_config(folder)
-    if layout == "official":
-        fmt = official
-    else:
-        from openjanus.checkpoints import hf as fmt
-    tensors = fmt.map_tensors(iter_tensors(weight_files(folder)), cfg)
-    optional = fmt.OPTIONAL_KEYS
+    weights = open_weights(folder)
+    if weights.task != "janus":
+        raise CheckpointError(f"{folder} holds a pretrained {weights.part!r} part, not a whole Janus model")
     with torch.device("meta"):
-        model = Janus(cfg)
-    load_into(model, tensors, optional=optional, device=device, dtype=dtype, source=str(folder),
+        model = Janus(weights.config)
+    load_into(model, weights.tensors, optional=weights.optional, device=device, dtype=dtype, source=str(folder),
               check_finite=check_finite)
     return model.eval()
 
@@ -96,8 +60,6 @@ def save_model(model: Janus, folder: str | Path, layout: str = "official",
         out_state = {official.to_official_key(k): v for k, v in state.items()}
         config = official.config_to_official(model.cfg, dtype=dtype_name)
     elif layout == "hf":
-        from openjanus.checkpoints import hf
-
         out_state = hf.to_hf_state(state, model.cfg)
         # The placeholder id lives in the tokenizer, not in our config.
         config = hf.config_to_hf(model.cfg, dtype=dtype_name,
@@ -116,4 +78,4 @@ def save_model(model: Janus, folder: str | Path, layout: str = "official",
     return folder
 
 
-__all__ = ["load_model", "save_model", "read_config", "weight_files"]
+__all__ = ["load_model", "save_model", "read_config", "open_weights", "Weights", "weight_files"]

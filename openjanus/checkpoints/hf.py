@@ -47,10 +47,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from openjanus.checkpoints.official import LLAMA_DEFAULTS
 from openjanus.checkpoints.keymap import compile_table, rename
-from openjanus.config import (ConfigError, JanusConfig, LLMConfig, VisionConfig, VQConfig, FieldError, check_float,
-                              check_int, renamed_fields)
+from openjanus.checkpoints.official import LLAMA_DEFAULTS
+from openjanus.config import (
+    ConfigError,
+    FieldError,
+    JanusConfig,
+    LLMConfig,
+    VisionConfig,
+    VQConfig,
+    check_float,
+    check_int,
+    renamed_fields,
+)
 
 MODEL_TYPE = "janus"
 ARCHITECTURE = "JanusForConditionalGeneration"

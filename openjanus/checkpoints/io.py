@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from openjanus.errors import CheckpointError
+from openjanus.files import atomic_path, write_json
 
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -176,26 +176,11 @@ def save_tensors(state: dict[str, Tensor], folder: Path, max_shard_bytes: int = 
     paths = []
     for name, shard in zip(names, shards):
         path = folder / name
-        _atomic(path, lambda tmp, s=shard: save_file(s, tmp, metadata=metadata or {"format": "pt"}))
+        with atomic_path(path) as tmp:
+            save_file(shard, str(tmp), metadata=metadata or {"format": "pt"})
         paths.append(path)
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
                  "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
         write_json(folder / SAFE_INDEX, index)
     return paths
-
-
-def write_json(path: Path, obj: object) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n"))
-
-
-def _atomic(path: Path, write: Callable[[str], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the final file should read like any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -14,8 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from openjanus.checkpoints.keymap import compile_table, rename
-from openjanus.config import (ConfigError, JanusConfig, LLMConfig, VisionConfig, VQConfig, FieldError,
-                              renamed_fields)
+from openjanus.config import ConfigError, FieldError, JanusConfig, LLMConfig, VisionConfig, VQConfig, renamed_fields
 
 MODEL_TYPE = "multi_modality"
 
@@ -165,7 +164,8 @@ def _config_from_official_blocks(cfg: dict[str, Any], name: str) -> JanusConfig:
     for field, want in (("hidden_act", "silu"), ("rope_scaling", None), ("attention_bias", False),
                         ("mlp_bias", False), ("tie_word_embeddings", False)):
         if lc.get(field) != want:
-            raise ConfigError(f"config.json: language_config.{field}={lc.get(field)!r} is not supported (need {want!r})")
+            raise ConfigError(f"config.json: language_config.{field}={lc.get(field)!r} is not supported "
+                              f"(need {want!r})")
     llm = LLMConfig(
         vocab_size=lc["vocab_size"], dim=lc["hidden_size"], n_layers=lc["num_hidden_layers"],
         n_heads=lc["num_attention_heads"],
@@ -174,14 +174,17 @@ def _config_from_official_blocks(cfg: dict[str, Any], name: str) -> JanusConfig:
         max_seq_len=lc["max_position_embeddings"],
     )
     if lc.get("head_dim") not in (None, llm.head_dim):
-        raise ConfigError(f"config.json: language_config.head_dim={lc['head_dim']} differs from hidden/heads={llm.head_dim}")
+        raise ConfigError(f"config.json: language_config.head_dim={lc['head_dim']} differs from "
+                          f"hidden/heads={llm.head_dim}")
 
     vp = _params(cfg, "vision_config", ("CLIPVisionTower",))
     model_name = vp.get("model_name", "siglip_large_patch16_384")
     if model_name not in SIGLIP_VARIANTS:
-        raise ConfigError(f"config.json: vision model {model_name!r} is not supported; supported: {', '.join(SIGLIP_VARIANTS)}")
+        raise ConfigError(f"config.json: vision model {model_name!r} is not supported; "
+                          f"supported: {', '.join(SIGLIP_VARIANTS)}")
     if vp.get("pixel_mean") is not None or vp.get("pixel_std") is not None:
-        raise ConfigError("config.json: vision_config with pixel_mean/pixel_std (in-tower normalisation) is not supported")
+        raise ConfigError("config.json: vision_config with pixel_mean/pixel_std (in-tower normalisation) "
+                          "is not supported")
     vision = VisionConfig(image_size=vp.get("image_size", 384), select_layer=vp.get("select_layer", -1),
                           **SIGLIP_VARIANTS[model_name])
 

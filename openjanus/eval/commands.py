@@ -8,11 +8,14 @@ handlers, so building the parser stays cheap.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from openjanus.eval.report import GenerationReport, UnderstandingReport
 
 
 def _log(msg: str) -> None:
@@ -46,10 +49,10 @@ def _settings(args: argparse.Namespace) -> Any:
                               temperature=args.temperature, batch_size=args.batch_size)
 
 
-def _print_scores(report: dict[str, Any], out: Path) -> None:
-    if "overall" in report:
-        print(f"overall {report['overall']:.4f}")
-        for k, v in report.get("categories", {}).items():
+def _print_scores(report: GenerationReport | UnderstandingReport, out: Path) -> None:
+    if report.overall is not None:
+        print(f"overall {report.overall:.4f}")
+        for k, v in report.categories.items():
             print(f"  {k:<20}{v:.4f}")
     print(f"report: {out / 'report.json'}  page: {out / 'index.html'}")
 
@@ -104,27 +107,28 @@ def cmd_score_geneval(args: argparse.Namespace) -> None:
 
 def cmd_pope(args: argparse.Namespace) -> None:
     """Answer POPE question files and score them."""
-    from openjanus.eval.report import write_json
     from openjanus.eval.runners import run_pope
+    from openjanus.files import write_json
 
     pipe = _pipeline(args)
     out = Path(args.out)
     results = {}
     for q in args.questions:
         m = run_pope(pipe, q, args.images, out, batch_size=args.batch_size, suffix=args.suffix, log=_log)
-        results[Path(q).stem] = m
-        print(f"{Path(q).stem}: accuracy {m['accuracy']:.4f} precision {m['precision']:.4f} "
-              f"recall {m['recall']:.4f} f1 {m['f1']:.4f} yes-ratio {m['yes_ratio']:.4f}")
+        results[Path(q).stem] = dataclasses.asdict(m)
+        print(f"{Path(q).stem}: accuracy {m.accuracy:.4f} precision {m.precision:.4f} "
+              f"recall {m.recall:.4f} f1 {m.f1:.4f} yes-ratio {m.yes_ratio:.4f}")
     write_json(out / "report.json", {"benchmark": "POPE", "files": results})
 
 
 def cmd_mme(args: argparse.Namespace) -> None:
     """Answer an MME folder, write MME's result files and score acc / acc+."""
-    from openjanus.eval.report import write_json
     from openjanus.eval.runners import run_mme
+    from openjanus.files import write_json
 
     out = Path(args.out)
-    m = run_mme(_pipeline(args), args.root, out, batch_size=args.batch_size, categories=args.categories or None, log=_log)
+    m = run_mme(_pipeline(args), args.root, out, batch_size=args.batch_size, categories=args.categories or None,
+                log=_log)
     for c, v in m["categories"].items():
         print(f"{c:<24} acc {v['acc']:.4f}  acc+ {v['acc_plus']:.4f}  score {v['score']:.2f}")
     write_json(out / "report.json", {"benchmark": "MME", **m})
@@ -132,8 +136,8 @@ def cmd_mme(args: argparse.Namespace) -> None:
 
 def cmd_scorer_accuracy(args: argparse.Namespace) -> None:
     """Measure the shapes scorer on true, degraded and VQ round-tripped images and on wrong ones."""
-    from openjanus.eval.report import write_json
-    from openjanus.eval.scorer_accuracy import format_table, measure, vq_roundtrip
+    from openjanus.files import write_json
+    from openjanus.shapes.scorer_accuracy import format_table, measure, vq_roundtrip
 
     rt = vq_roundtrip(_pipeline(args)) if args.model else None
     strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
@@ -145,7 +149,7 @@ def cmd_scorer_accuracy(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     """Export the world as sharded training data."""
-    from openjanus.eval.datasets import export_dataset
+    from openjanus.shapes.datasets import export_dataset
 
     m = export_dataset(args.out, args.kind, args.n, shard_size=args.shard_size, image_size=args.image_size,
                        seed=args.seed, split=args.split, workers=args.workers, background=args.background,
@@ -157,10 +161,11 @@ def cmd_write_shapes(args: argparse.Namespace) -> None:
     """Write the shapes benchmarks' input files without a model (for other toolkits)."""
     from openjanus.eval.formats import write_geneval_metadata
     from openjanus.eval.runners import build_pope_shapes
-    from openjanus.eval.tasks import benchmark_specs
+    from openjanus.shapes.tasks import benchmark_specs
 
     out = Path(args.out)
-    write_geneval_metadata(out / "geneval" / "evaluation_metadata.jsonl", benchmark_specs(args.per_category, args.prompt_seed))
+    write_geneval_metadata(out / "geneval" / "evaluation_metadata.jsonl", benchmark_specs(args.per_category,
+                                                                                          args.prompt_seed))
     m = build_pope_shapes(out / "understanding", args.images, args.seed, args.image_size)
     print(json.dumps({"geneval": str(out / "geneval" / "evaluation_metadata.jsonl"), **m}, indent=2))
 

@@ -8,7 +8,7 @@ are written as ``<out>/<index:05d>/metadata.jsonl`` (the prompt's record, one JS
 tags (``summary_scores.py``); :func:`geneval_summary` computes the same from result rows.
 
 POPE: question files are JSON lines ``{"question_id", "image", "text", "label"}`` with ``label``
-``yes``/``no``; answers are read the way POPE's evaluation reads them (:func:`pope_label`) and
+``yes``/``no``; answers are read the way POPE's evaluation reads them (`openjanus.shapes.text.pope_label`) and
 scored as accuracy, precision, recall, F1 (``yes`` is positive) and the yes-ratio.
 
 MME: a category folder holds images and, per image, a ``.txt`` of ``question<TAB>answer`` lines
@@ -22,18 +22,17 @@ is 100 * (acc + acc+).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from PIL import Image
 
 from openjanus.errors import UserError
-from openjanus.eval.spec import Spec, SpecError
+from openjanus.images import IMAGE_SUFFIXES
 from openjanus.jsonl import read_jsonl, write_jsonl
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
+from openjanus.shapes.spec import Spec, SpecError
 
 # --------------------------------------------------------------------------------------------
 # GenEval
@@ -83,7 +82,7 @@ def write_geneval_prompt(
         im.convert("RGB").save(p)
         paths.append(p)
     if grid and images:
-        from openjanus.eval.world import grid_image
+        from openjanus.shapes.world import grid_image
 
         grid_image(images, columns=min(len(images), 4)).save(folder / "grid.png")
     return paths
@@ -173,22 +172,14 @@ def write_pope_questions(path: str | Path, questions: Iterable[PopeQuestion]) ->
     )
 
 
-def pope_label(answer: str) -> str:
-    """How POPE reads a free answer: first sentence, commas dropped; 'no' if it has the word
-    'No', 'no' or 'not', else 'yes'."""
-    first = answer.split(".", 1)[0].replace(",", "")
-    words = first.split(" ")
-    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
-
-
 def pope_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
     """Accuracy, precision, recall, F1 (positive = 'yes') and yes-ratio of yes/no predictions."""
     if len(predictions) != len(labels):
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
-    tp = sum(p == "yes" and l == "yes" for p, l in zip(predictions, labels))
-    fp = sum(p == "yes" and l == "no" for p, l in zip(predictions, labels))
-    tn = sum(p == "no" and l == "no" for p, l in zip(predictions, labels))
-    fn = sum(p == "no" and l == "yes" for p, l in zip(predictions, labels))
+    tp = sum(p == "yes" and label == "yes" for p, label in zip(predictions, labels))
+    fp = sum(p == "yes" and label == "no" for p, label in zip(predictions, labels))
+    tn = sum(p == "no" and label == "no" for p, label in zip(predictions, labels))
+    fn = sum(p == "no" and label == "yes" for p, label in zip(predictions, labels))
     n = len(labels)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
@@ -271,7 +262,8 @@ def read_mme(root: str | Path, categories: Sequence[str] | None = None) -> list[
     return out
 
 
-def write_mme_category(folder: str | Path, category: str, items: Sequence[tuple[Image.Image, str, list[tuple[str, str]]]]) -> None:
+def write_mme_category(folder: str | Path, category: str,
+                       items: Sequence[tuple[Image.Image, str, list[tuple[str, str]]]]) -> None:
     """Write one MME category folder: ``<name>.png`` + ``<name>.txt`` (question<TAB>Yes/No)."""
     d = Path(folder) / category
     d.mkdir(parents=True, exist_ok=True)

@@ -1,17 +1,95 @@
-"""Benchmark reports: a JSON file with the numbers and a self-contained HTML page to look at.
+"""Benchmark reports: typed results written to report.json, and a self-contained HTML page.
 
-The HTML refers to image files by relative path (they sit next to it in the run folder), so a
-run folder can be zipped, copied or served as is.
+`GenerationReport` (GenEval-style generation) and `UnderstandingReport` (the shapes-world
+POPE/MME-style understanding benchmark) carry every number a reader of the report needs, per
+category and per split (training vs held-out compositions), so nothing downstream (the demo's
+headline, the training hook) re-reads answer files to recompute them. The HTML refers to image
+files by relative path (they sit next to it in the run folder), so a run folder can be zipped,
+copied or served as is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
-import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+
+@dataclass
+class GenerationSplit:
+    """GenEval's summary of the images of one split: per tag the fraction correct, overall
+    their unweighted mean, and the images per tag."""
+
+    overall: float
+    categories: dict[str, float]
+    images: dict[str, int]
+
+
+@dataclass
+class GenerationReport:
+    """A GenEval-style generation run. Unscored runs (classes outside the shapes world) carry
+    no scores: GenEval's own evaluate_images.py scores them."""
+
+    benchmark: str
+    prompts: int
+    images: int
+    settings: dict[str, Any] | None = None  # the GenerationSettings the images were made with
+    world: dict[str, Any] | None = None  # shapes benchmarks: held-out version, prompts per tag, seed
+    scored: bool = True
+    overall: float | None = None  # the unweighted mean of the categories
+    categories: dict[str, float] = field(default_factory=dict)  # GenEval tag -> fraction correct
+    images_per_category: dict[str, int] = field(default_factory=dict)
+    prompts_all_correct: float | None = None  # prompts whose every image is correct
+    by_split: dict[str, GenerationSplit] = field(default_factory=dict)  # "train" / "heldout"
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report.json object (fields without a value left out)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and v != ""}
+
+
+@dataclass
+class PopeScores:
+    """POPE's metrics of one question file (positive = 'yes')."""
+
+    accuracy: float
+    precision: float
+    recall: float
+    f1: float
+    yes_ratio: float
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    n: int
+
+
+@dataclass
+class UnderstandingReport:
+    """The shapes-world understanding benchmark: POPE in three settings, exact-match questions
+    (count, color, shape, position), descriptions, and MME-style pairs beside them."""
+
+    benchmark: str
+    n_images: int
+    seed: int
+    image_size: int
+    heldout_version: Any
+    overall: float  # the unweighted mean of the categories
+    categories: dict[str, float]  # pope_<setting> accuracy, question kinds' mean scores
+    pope: dict[str, PopeScores]  # setting -> its metrics
+    mme: dict[str, Any]  # MME's acc / acc+ / score per category (`formats.mme_metrics`)
+    vqa_by_split: dict[str, dict[str, float]]  # split -> question kind -> mean score
+    yes_no_by_split: dict[str, float]  # split -> accuracy on the POPE questions of its images
+    questions: dict[str, int]
+    describe_scoring: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report.json object."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -32,14 +110,6 @@ class Section:
     title: str
     cards: list[Card] = field(default_factory=list)
     note: str = ""
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write pretty JSON (UTF-8), creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
 
 
 _CSS = """
@@ -107,7 +177,8 @@ def render_html(
     return "\n".join(out)
 
 
-def write_html(path: str | Path, title: str, summary: Sequence[tuple[str, Any]], sections: Sequence[Section], **kw: Any) -> Path:
+def write_html(path: str | Path, title: str, summary: Sequence[tuple[str, Any]], sections: Sequence[Section],
+               **kw: Any) -> Path:
     """Write the page next to its images (paths relative to the page's folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

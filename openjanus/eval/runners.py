@@ -16,21 +16,33 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
 from openjanus.errors import UserError
 from openjanus.eval import formats
-from openjanus.eval.report import Card, Section, write_html, write_json
-from openjanus.eval.scorer import check_spec, detect
-from openjanus.eval.spec import TAGS, Spec
-from openjanus.eval.splits import HELDOUT_VERSION, spec_heldout_reasons, split_of_scene
-from openjanus.eval.tasks import benchmark_specs, sample_scene_in_split, scene_for_spec
-from openjanus.eval.text import (
+from openjanus.eval.report import (
+    Card,
+    GenerationReport,
+    GenerationSplit,
+    PopeScores,
+    Section,
+    UnderstandingReport,
+    write_html,
+)
+from openjanus.files import write_json
+from openjanus.jsonl import write_jsonl
+from openjanus.requests import ImageRequest, ImageResult, SamplingParams
+from openjanus.shapes.scorer import check_spec, detect
+from openjanus.shapes.spec import TAGS, Spec
+from openjanus.shapes.splits import HELDOUT_VERSION, spec_heldout_reasons, split_of_scene
+from openjanus.shapes.tasks import benchmark_specs, sample_scene_in_split, scene_for_spec
+from openjanus.shapes.text import (
     MME_CATEGORIES,
     POPE_SETTINGS,
     QA,
@@ -38,14 +50,13 @@ from openjanus.eval.text import (
     count_questions,
     describe_question,
     mme_pairs,
+    pope_label,
     pope_questions,
     position_questions,
     score_answer,
     shape_questions,
 )
-from openjanus.eval.world import SHAPES, Scene, render, rng_for
-from openjanus.jsonl import write_jsonl
-from openjanus.requests import ImageRequest, ImageResult, SamplingParams
+from openjanus.shapes.world import SHAPES, Scene, render, rng_for
 
 
 class Pipeline(Protocol):
@@ -116,8 +127,9 @@ def generate_geneval(
     """Generate ``n_per_prompt`` images per spec into GenEval's layout; returns sample paths.
 
     Prompts go to the engine ``batch_size`` at a time (it decodes them in shared batches); prompt
-    i uses seed ``seed + i``, so each prompt's images are reproducible on their own. ``records`` (same length as specs) are written as
-    metadata instead of the specs, to keep any extra keys of the original file.
+    i uses seed ``seed + i``, so each prompt's images are reproducible on their own. ``records``
+    (same length as specs) are written as metadata instead of the specs, to keep any extra keys
+    of the original file.
     """
     out = Path(out)
     if out.is_dir() and any(p.is_dir() and p.name.isdigit() for p in out.iterdir()):
@@ -170,33 +182,36 @@ def score_geneval_folder(out: str | Path, log: Log = _quiet) -> list[dict[str, A
     return rows
 
 
-def _geneval_report(rows: Sequence[dict[str, Any]], tags: Sequence[str]) -> dict[str, Any]:
+def _scored_report(title: str, rows: Sequence[dict[str, Any]], tags: Sequence[str]) -> GenerationReport:
     summary = formats.geneval_summary(rows)
-    by_split: dict[str, Any] = {}
+    by_split = {}
     for split in ("train", "heldout"):
         sub = [r for r in rows if r["split"] == split]
         if sub:
-            by_split[split] = formats.geneval_summary(sub)
+            by_split[split] = GenerationSplit(**formats.geneval_summary(sub))
     prompts: dict[str, list[bool]] = {}
     for r in rows:
         prompts.setdefault(r["metadata"], []).append(r["correct"])
-    return {
-        "overall": summary["overall"],
-        "categories": {t: summary["categories"].get(t) for t in tags if t in summary["categories"]},
-        "images_per_category": summary["images"],
-        "prompts_all_correct": sum(all(v) for v in prompts.values()) / max(len(prompts), 1),
-        "by_split": by_split,
-    }
+    return GenerationReport(
+        benchmark=title,
+        prompts=len(prompts),
+        images=len(rows),
+        overall=summary["overall"],
+        categories={t: summary["categories"][t] for t in tags if t in summary["categories"]},
+        images_per_category=summary["images"],
+        prompts_all_correct=sum(all(v) for v in prompts.values()) / max(len(prompts), 1),
+        by_split=by_split,
+    )
 
 
-def _geneval_html(out: Path, title: str, report: dict[str, Any], rows: Sequence[dict[str, Any]]) -> Path:
+def _geneval_html(out: Path, title: str, report: GenerationReport, rows: Sequence[dict[str, Any]]) -> Path:
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(r["metadata"], []).append(r)
     sections: dict[str, Section] = {}
-    for meta, rs in groups.items():
+    for rs in groups.values():
         tag = rs[0]["tag"]
-        sec = sections.setdefault(tag, Section(f"{tag}: {report['categories'].get(tag, 0.0):.3f}"))
+        sec = sections.setdefault(tag, Section(f"{tag}: {report.categories.get(tag, 0.0):.3f}"))
         reasons = sorted({r["reason"] for r in rs if r["reason"]})
         sec.cards.append(
             Card(
@@ -208,13 +223,13 @@ def _geneval_html(out: Path, title: str, report: dict[str, Any], rows: Sequence[
                 marks=tuple(r["correct"] for r in rs),
             )
         )
-    summary = [("overall (mean of categories)", report["overall"])]
-    summary += [(t, v) for t, v in report["categories"].items()]
-    summary += [(f"{s} overall", v["overall"]) for s, v in report["by_split"].items()]
+    summary: list[tuple[str, Any]] = [("overall (mean of categories)", report.overall)]
+    summary += [(t, v) for t, v in report.categories.items()]
+    summary += [(f"{s} overall", v.overall) for s, v in report.by_split.items()]
     return write_html(out / "index.html", title, summary, list(sections.values()))
 
 
-def score_geneval(out: str | Path, title: str = "GenEval (shapes world)", log: Log = _quiet) -> dict[str, Any]:
+def score_geneval(out: str | Path, title: str = "GenEval (shapes world)", log: Log = _quiet) -> GenerationReport:
     """Score a GenEval folder of shapes-world prompts: writes results.jsonl, report.json and
     index.html into it and returns the report."""
     out = Path(out)
@@ -222,8 +237,8 @@ def score_geneval(out: str | Path, title: str = "GenEval (shapes world)", log: L
     write_jsonl(out / "results.jsonl", rows)
     present = {r["tag"] for r in rows}
     tags = [t for t in TAGS if t in present] + sorted(present - set(TAGS))
-    report = {"benchmark": title, **_geneval_report(rows, tags)}
-    write_json(out / "report.json", report)
+    report = _scored_report(title, rows, tags)
+    write_json(out / "report.json", report.to_dict())
     _geneval_html(out, title, report, rows)
     return report
 
@@ -236,8 +251,8 @@ def run_geneval(
     log: Log = _quiet,
     records: Sequence[dict[str, Any]] | None = None,
     title: str = "GenEval",
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    world: dict[str, Any] | None = None,
+) -> GenerationReport:
     """Generate for GenEval specs; when all classes are world shapes, also score and report.
 
     Real GenEval prompts (COCO classes) are only generated: run GenEval's ``evaluate_images.py``
@@ -247,24 +262,19 @@ def run_geneval(
     if not specs:
         raise UserError("no prompts to generate")
     generate_geneval(pipeline, specs, out, settings, log, records)
-    report: dict[str, Any] = {
-        "benchmark": title,
-        "settings": dataclasses.asdict(settings),
-        "prompts": len(specs),
-        "images": len(specs) * settings.n_per_prompt,
-        **(extra or {}),
-    }
+    made = {"prompts": len(specs), "images": len(specs) * settings.n_per_prompt,
+            "settings": dataclasses.asdict(settings), "world": world}
     if all(is_shapes_spec(s) for s in specs):
-        report.update(score_geneval(out, title, log))
-        write_json(out / "report.json", report)
-    else:
-        report["scored"] = False
-        report["note"] = "classes outside the shapes world: score with GenEval's evaluate_images.py"
-        write_json(out / "report.json", report)
-        sections: dict[str, Section] = {}
-        for e in formats.read_geneval_samples(out):
-            sections.setdefault(e.spec.tag, Section(e.spec.tag)).cards.append(Card(e.samples, e.spec.prompt))
-        write_html(out / "index.html", title, [("prompts", len(specs))], list(sections.values()))
+        report = dataclasses.replace(score_geneval(out, title, log), **made)
+        write_json(out / "report.json", report.to_dict())
+        return report
+    report = GenerationReport(title, **made, scored=False,
+                              note="classes outside the shapes world: score with GenEval's evaluate_images.py")
+    write_json(out / "report.json", report.to_dict())
+    sections: dict[str, Section] = {}
+    for e in formats.read_geneval_samples(out):
+        sections.setdefault(e.spec.tag, Section(e.spec.tag)).cards.append(Card(e.samples, e.spec.prompt))
+    write_html(out / "index.html", title, [("prompts", len(specs))], list(sections.values()))
     return report
 
 
@@ -276,7 +286,7 @@ def run_geneval_shapes(
     log: Log = _quiet,
     tags: Sequence[str] = TAGS,
     prompt_seed: int = 0,
-) -> dict[str, Any]:
+) -> GenerationReport:
     """GenEval on the shapes world: ``per_category`` prompts per tag (half of them held out
     where the tag has held-out compositions), scored without a neural network.
 
@@ -284,8 +294,8 @@ def run_geneval_shapes(
     seed), so runs with different sampling seeds or models are compared on the same prompts.
     """
     specs = benchmark_specs(per_category=per_category, seed=prompt_seed, tags=tags)
-    extra = {"world": {"heldout_version": HELDOUT_VERSION, "per_category": per_category, "prompt_seed": prompt_seed}}
-    return run_geneval(pipeline, specs, out, settings, log, title="GenEval (shapes world)", extra=extra)
+    world = {"heldout_version": HELDOUT_VERSION, "per_category": per_category, "prompt_seed": prompt_seed}
+    return run_geneval(pipeline, specs, out, settings, log, title="GenEval (shapes world)", world=world)
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,8 +352,14 @@ def run_pope(
     suffix: str = "",
     log: Log = _quiet,
     name: str | None = None,
-) -> dict[str, Any]:
+) -> PopeScores:
     """Answer a POPE question file; write ``<name>.answers.jsonl`` and return the metrics."""
+    return _pope(pipeline, questions, image_dir, out, batch_size, max_new_tokens, suffix, log, name)[0]
+
+
+# The metrics and the answer records (as written to <name>.answers.jsonl) of a POPE file.
+def _pope(pipeline: Pipeline, questions: str | Path, image_dir: str | Path, out: str | Path, batch_size: int,
+          max_new_tokens: int, suffix: str, log: Log, name: str | None) -> tuple[PopeScores, list[dict[str, Any]]]:
     qs = formats.read_pope_questions(questions)
     image_dir, out = Path(image_dir), Path(out)
     name = name or Path(questions).stem
@@ -351,16 +367,11 @@ def run_pope(
     images = [load(formats.find_image(image_dir, q.image)) for q in qs]
     texts = [q.text + suffix for q in qs]
     answers = _answer_all(pipeline, images, texts, batch_size, max_new_tokens, log, f"POPE {name}")
-    preds = [formats.pope_label(a) for a in answers]
-    metrics = formats.pope_metrics(preds, [q.label for q in qs])
-    write_jsonl(
-        out / f"{name}.answers.jsonl",
-        (
-            {"question_id": q.question_id, "image": q.image, "prompt": t, "text": a, "answer": a, "pred": p, "label": q.label}
-            for q, t, a, p in zip(qs, texts, answers, preds)
-        ),
-    )
-    return metrics
+    preds = [pope_label(a) for a in answers]
+    rows = [{"question_id": q.question_id, "image": q.image, "prompt": t, "text": a, "answer": a, "pred": p,
+             "label": q.label} for q, t, a, p in zip(qs, texts, answers, preds)]
+    write_jsonl(out / f"{name}.answers.jsonl", rows)
+    return PopeScores(**formats.pope_metrics(preds, [q.label for q in qs])), rows
 
 
 def run_mme(
@@ -375,7 +386,8 @@ def run_mme(
     """Answer an MME folder; write MME's result files under ``out/results`` and return metrics."""
     qs = formats.read_mme(root, categories)
     load = _ImageCache()
-    answers = _answer_all(pipeline, [load(q.image) for q in qs], [q.question for q in qs], batch_size, max_new_tokens, log, "MME")
+    answers = _answer_all(pipeline, [load(q.image) for q in qs], [q.question for q in qs], batch_size, max_new_tokens,
+                          log, "MME")
     rows = list(zip(qs, answers))
     formats.write_mme_results(Path(out) / "results", rows)
     return formats.mme_metrics(rows)
@@ -433,7 +445,8 @@ def build_pope_shapes(out: str | Path, n_images: int = 100, seed: int = 0, image
         qas: list[QA] = count_questions(scene, rng) + color_questions(scene) + shape_questions(scene)
         qas += position_questions(scene, rng) + [describe_question(scene)]
         for qa in qas:
-            vqa.append({"question_id": len(vqa), "image": f"{i:05d}.png", "kind": qa.kind, "text": qa.question, "answer": qa.answer})
+            vqa.append({"question_id": len(vqa), "image": f"{i:05d}.png", "kind": qa.kind, "text": qa.question,
+                        "answer": qa.answer})
     for cat, items in mme_items.items():
         formats.write_mme_category(out / "mme", cat, items)
     write_jsonl(out / "vqa.jsonl", vqa)
@@ -449,7 +462,7 @@ def run_pope_shapes(
     image_size: int | None = None,
     batch_size: int = 16,
     log: Log = _quiet,
-) -> dict[str, Any]:
+) -> UnderstandingReport:
     """The shapes-world understanding benchmark (see :func:`build_pope_shapes`), answered and scored.
 
     Categories: POPE accuracy in each setting, exact-match accuracy for count, color, shape and
@@ -459,12 +472,11 @@ def run_pope_shapes(
     out = Path(out)
     size = image_size or min(max(pipeline.und_image_size, 64), 384)
     manifest = build_pope_shapes(out, n_images, seed, size)
-    report: dict[str, Any] = {"benchmark": "POPE/MME-style understanding (shapes world)", "n_images": n_images,
-                              "seed": seed, "image_size": size, "heldout_version": HELDOUT_VERSION}
-    pope: dict[str, Any] = {}
+    pope: dict[str, PopeScores] = {}
+    pope_rows: dict[str, list[dict[str, Any]]] = {}
     for setting in POPE_SETTINGS:
-        pope[setting] = run_pope(pipeline, manifest["pope"][setting], out / "images", out / "pope",
-                                 batch_size=batch_size, log=log, name=f"shapes_pope_{setting}")
+        pope[setting], pope_rows[setting] = _pope(pipeline, manifest["pope"][setting], out / "images", out / "pope",
+                                                  batch_size, 8, "", log, f"shapes_pope_{setting}")
     mme = run_mme(pipeline, out / "mme", out / "mme_out", batch_size=batch_size, log=log)
 
     scenes = {r["image"]: Scene.from_dict(r) for r in map(json.loads, (out / "scenes.jsonl").read_text().splitlines())}
@@ -483,56 +495,69 @@ def run_pope_shapes(
         scored.append({**r, "prediction": a, "score": score_answer(qa, a, scene), "split": split_of_scene(scene)})
     write_jsonl(out / "vqa.answers.jsonl", scored)
 
-    cats: dict[str, float] = {f"pope_{s}": pope[s]["accuracy"] for s in POPE_SETTINGS}
-    for kind in ("count", "color", "shape", "position", "describe"):
+    cats: dict[str, float] = {f"pope_{s}": pope[s].accuracy for s in POPE_SETTINGS}
+    for kind in VQA_KINDS:
         vals = [r["score"] for r in scored if r["kind"] == kind]
         if vals:
             cats[kind] = float(np.mean(vals))
-    by_split = {}
-    for split in ("train", "heldout"):
-        vals = {k: [r["score"] for r in scored if r["kind"] == k and r["split"] == split] for k in ("count", "color", "shape", "position", "describe")}
-        by_split[split] = {k: float(np.mean(v)) for k, v in vals.items() if v}
-    report.update({
-        "overall": float(np.mean(list(cats.values()))),
-        "categories": cats,
-        "pope": pope,
-        "mme": mme,
-        "vqa_by_split": by_split,
-        "questions": {"pope": sum(p["n"] for p in pope.values()), "vqa": len(scored),
-                      "mme": sum(c["questions"] for c in mme["categories"].values())},
-        "describe_scoring": "F1 between the (colour, shape) pairs in the image and those named in the answer",
-    })
-    write_json(out / "report.json", report)
-    _pope_shapes_html(out, report, scored)
+    yes_no: dict[str, list[bool]] = {"train": [], "heldout": []}
+    for rows in pope_rows.values():
+        for r in rows:
+            yes_no[split_of_scene(scenes[r["image"]])].append(r["pred"] == r["label"])
+    report = UnderstandingReport(
+        benchmark="POPE/MME-style understanding (shapes world)",
+        n_images=n_images,
+        seed=seed,
+        image_size=size,
+        heldout_version=HELDOUT_VERSION,
+        overall=float(np.mean(list(cats.values()))),
+        categories=cats,
+        pope=pope,
+        mme=mme,
+        vqa_by_split={split: _mean_by_kind([r for r in scored if r["split"] == split]) for split in ("train",
+                                                                                                     "heldout")},
+        yes_no_by_split={split: float(np.mean(v)) for split, v in yes_no.items() if v},
+        questions={"pope": sum(p.n for p in pope.values()), "vqa": len(scored),
+                   "mme": sum(c["questions"] for c in mme["categories"].values())},
+        describe_scoring="F1 between the (colour, shape) pairs in the image and those named in the answer",
+    )
+    write_json(out / "report.json", report.to_dict())
+    _pope_shapes_html(out, report, pope_rows, scored)
     return report
 
 
-def _pope_shapes_html(out: Path, report: dict[str, Any], scored: Sequence[dict[str, Any]], per_kind: int = 60) -> Path:
+VQA_KINDS = ("count", "color", "shape", "position", "describe")
+
+
+def _mean_by_kind(scored: Sequence[dict[str, Any]]) -> dict[str, float]:
+    vals = {k: [r["score"] for r in scored if r["kind"] == k] for k in VQA_KINDS}
+    return {k: float(np.mean(v)) for k, v in vals.items() if v}
+
+
+def _pope_shapes_html(out: Path, report: UnderstandingReport, answers: dict[str, list[dict[str, Any]]],
+                      scored: Sequence[dict[str, Any]], per_kind: int = 60) -> Path:
     sections = []
-    answers: dict[str, list[dict[str, Any]]] = {}
-    for setting in POPE_SETTINGS:
-        path = out / "pope" / f"shapes_pope_{setting}.answers.jsonl"
-        answers[setting] = [json.loads(line) for line in path.read_text().splitlines()]
     for setting, rows in answers.items():
-        sec = Section(f"POPE {setting}: accuracy {report['pope'][setting]['accuracy']:.3f}, F1 {report['pope'][setting]['f1']:.3f}, yes-ratio {report['pope'][setting]['yes_ratio']:.3f}")
+        m = report.pope[setting]
+        sec = Section(f"POPE {setting}: accuracy {m.accuracy:.3f}, F1 {m.f1:.3f}, yes-ratio {m.yes_ratio:.3f}")
         for r in rows[:per_kind]:
-            ok = r["pred"] == r["label"]
-            sec.cards.append(Card((out / "images" / r["image"],), r["prompt"], (f"answer: {r['text']!r}", f"truth: {r['label']}"), ok))
+            answer = (f"answer: {r['text']!r}", f"truth: {r['label']}")
+            sec.cards.append(Card((out / "images" / r["image"],), r["prompt"], answer, r["pred"] == r["label"]))
         sections.append(sec)
-    for kind in ("count", "color", "shape", "position", "describe"):
+    for kind in VQA_KINDS:
         rows = [r for r in scored if r["kind"] == kind]
         if not rows:
             continue
-        sec = Section(f"{kind}: {report['categories'][kind]:.3f}")
+        sec = Section(f"{kind}: {report.categories[kind]:.3f}")
         for r in rows[:per_kind]:
             sec.cards.append(Card((out / "images" / r["image"],), r["text"],
                                   (f"answer: {r['prediction']!r}", f"truth: {r['answer']}", f"score: {r['score']:.2f}"),
                                   r["score"] >= 0.5))
         sections.append(sec)
-    mme = report["mme"]["categories"]
-    sections.append(Section("MME-style pairs (acc / acc+): " + ", ".join(f"{c} {v['acc']:.2f} / {v['acc_plus']:.2f}" for c, v in mme.items())))
-    summary = [("overall (mean of categories)", report["overall"])] + list(report["categories"].items())
-    return write_html(out / "index.html", report["benchmark"], summary, sections)
+    pairs = ", ".join(f"{c} {v['acc']:.2f} / {v['acc_plus']:.2f}" for c, v in report.mme["categories"].items())
+    sections.append(Section("MME-style pairs (acc / acc+): " + pairs))
+    summary = [("overall (mean of categories)", report.overall), *report.categories.items()]
+    return write_html(out / "index.html", report.benchmark, summary, sections)
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,8 +33,7 @@ from openjanus.engine import Cancelled, ContextTooLong, QueueFull, RequestHandle
 from openjanus.errors import UserError
 from openjanus.images import ImageLoadError
 from openjanus.pipeline import JanusPipeline
-from openjanus.requests import (ChatRequest, ImageProgress, ImageRequest, MAX_SEED, Message, SamplingParams,
-                                TextDelta)
+from openjanus.requests import MAX_SEED, ChatRequest, ImageProgress, ImageRequest, Message, SamplingParams, TextDelta
 
 log = logging.getLogger("openjanus.serve")
 STATIC = Path(__file__).parent / "static"
@@ -303,7 +302,7 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        pipe.engine  # started before the first request
+        _ = pipe.engine  # the property starts the engine, before the first request
         yield
         await anyio.to_thread.run_sync(lambda: pipe.engine.close(cancel=True))
 

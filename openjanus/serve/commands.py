@@ -22,7 +22,8 @@ def register(sub) -> None:
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $OPENJANUS_API_KEY, else none)")
     p.add_argument("--model-id", default=None, help="the model name clients see (default: the folder's name)")
     p.add_argument("--max-n", type=int_range(1, 1000), default=8, help="most images per generation request")
-    p.add_argument("--max-queue", type=int_range(1), default=256, help="requests waiting beyond the batch; more get 429")
+    p.add_argument("--max-queue", type=int_range(1), default=256,
+                   help="requests waiting beyond the batch; more get 429")
     p.add_argument("--batch-rows", type=int_range(2), default=64, help="LLM rows decoded together (2 per image)")
     kv_cache_flag(p)
     p.add_argument("--max-body-mb", type=int_range(1), default=20, help="request body limit")

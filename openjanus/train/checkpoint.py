@@ -33,7 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from openjanus.checkpoints import load_model, save_model
+from openjanus.checkpoints.io import save_tensors
+from openjanus.checkpoints.weights import export_part, open_weights
 from openjanus.errors import CheckpointError, UserError
+from openjanus.files import write_json
 from openjanus.train.parallel import DistInfo, barrier
 
 FORMAT_VERSION = 1
@@ -169,7 +173,6 @@ def save_checkpoint(output_dir: str | Path, *, objective: nn.Module, optimizer: 
 
     `meta` holds what describes the run (task, stage, model_config, train_config, ...).
     """
-    from openjanus.checkpoints.io import save_tensors, write_json
 
     root = checkpoints_root(output_dir)
     final = root / f"step_{state.step:08d}"
@@ -241,15 +244,8 @@ def read_train_state(folder: str | Path) -> dict[str, Any]:
 
 
 def read_model_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
-    """All weights of a checkpoint folder, in the names they were saved with."""
-    from safetensors.torch import load_file
-
-    from openjanus.checkpoints.io import weight_files
-
-    state: dict[str, torch.Tensor] = {}
-    for f in weight_files(Path(folder)):
-        state.update(load_file(str(f)))
-    return state
+    """All weights of a training checkpoint folder, in the names of its task's model."""
+    return open_weights(folder).materialise()
 
 
 def load_checkpoint(folder: str | Path, *, objective: nn.Module, optimizer: torch.optim.Optimizer,
@@ -269,7 +265,8 @@ def load_checkpoint(folder: str | Path, *, objective: nn.Module, optimizer: torc
         model_state = read_model_tensors(folder) if dist_info.is_main else {}
         load_model_state(objective, model_state, dist_info)
         del model_state
-    optim_state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True) if dist_info.is_main else {}
+    optim_state = torch.load(folder / "optimizer.pt", map_location="cpu",
+                             weights_only=True) if dist_info.is_main else {}
     load_optimizer_state(objective, optimizer, optim_state, dist_info)
     scheduler.load_state_dict(meta["scheduler"])
     data_file = folder / f"data_rank{dist_info.rank}.pt"
@@ -278,7 +275,8 @@ def load_checkpoint(folder: str | Path, *, objective: nn.Module, optimizer: torc
         if data_state is not None and hasattr(data, "load_state_dict"):
             data.load_state_dict(data_state)
         elif data_state is None and dist_info.is_main:
-            warnings.warn("the checkpoint has no data position: the data stream starts from its beginning", stacklevel=2)
+            warnings.warn("the checkpoint has no data position: the data stream starts from its beginning",
+                          stacklevel=2)
     rng_file = folder / f"rng_rank{dist_info.rank}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
@@ -367,30 +365,18 @@ def export_checkpoint(folder: str | Path, out: str | Path, *, dtype: torch.dtype
 
 def _export_into(folder: Path, out: Path, *, dtype: torch.dtype | None,
                  tokenizer_dir: str | Path | None) -> list[str]:
-    from openjanus.checkpoints import save_model
-    from openjanus.checkpoints.io import iter_tensors, load_into, weight_files
-    from openjanus.config import JanusConfig
-    from openjanus.model.janus import Janus
-    from openjanus.train.parts import PART_OF_TASK, export_part, part_config
-
     meta = read_train_state(folder)
-    task = meta["task"]
-    cfg = JanusConfig.from_dict(meta["model_config"])
+    weights = open_weights(folder)
     notes: list[str] = []
-    if task in PART_OF_TASK:
-        part = PART_OF_TASK[task]
-        state = read_model_tensors(folder)
-        if task == "siglip":  # only the vision tower is the part; the caption tower stays behind
-            state = {k.removeprefix("und_encoder."): v for k, v in state.items() if k.startswith("und_encoder.")}
+    if weights.task != "janus":
+        # The part alone: the SigLIP pair's caption tower stays behind.
+        state = {k: loader() for k, (loader, _) in weights.part_tensors(weights.part).items()}
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        export_part(state, part, part_config(cfg, part), out)
-        notes.append(f"use it with model.parts.{part} = {str(out)!r} in a Janus stage config")
+        export_part(state, weights.part, weights.part_config(weights.part), out)
+        notes.append(f"use it with model.parts.{weights.part} = {str(out)!r} in a Janus stage config")
         return notes
-    tensors = {k: (loader, shape) for k, loader, shape in iter_tensors(weight_files(folder))}
-    with torch.device("meta"):
-        model = Janus(cfg)
-    load_into(model, tensors, device="cpu", source=str(folder))
+    model = load_model(folder, device="cpu")
     if tokenizer_dir is None:
         # The run's tokenizer: model.tokenizer, else the checkpoint it started from, else the
         # stand-in tokenizer a run without one saves next to its checkpoints.
@@ -405,5 +391,6 @@ def _export_into(folder: Path, out: Path, *, dtype: torch.dtype | None,
     return notes
 
 
-__all__ = ["EXPORT_MANIFEST", "is_complete", "TrainState", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
+__all__ = ["EXPORT_MANIFEST", "is_complete", "TrainState", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
+           "list_checkpoints",
            "export_checkpoint", "read_train_state", "read_model_tensors", "rng_state", "set_rng_state"]

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from openjanus.train.run import EvalHookFactory
 
 USAGE = """openjanus train CONFIG [--resume [CKPT]] [--override KEY=VALUE ...]
        openjanus train export CKPT --out DIR [--dtype DTYPE] [--tokenizer DIR] [--overwrite]
@@ -28,8 +31,9 @@ from a JSON config; under torchrun the same command trains on many GPUs and node
 docs/training.md."""
 
 
-def register(subparsers: Any) -> None:
-    """Add `train` to the top-level `openjanus` sub-commands."""
+def register(subparsers: Any, eval_hooks: EvalHookFactory | None = None) -> None:
+    """Add `train` to the top-level `openjanus` sub-commands. `eval_hooks` makes the evaluation
+    hook of configs that ask for eval.benchmarks (the CLI passes the evaluation package's)."""
     run_options = _run_parser().format_help().split("options:", 1)[1]
     run_options = "\n".join(line for line in run_options.splitlines() if "--help" not in line)
     p = subparsers.add_parser("train", help="train a stage or a part from a config; export; pretokenize",
@@ -38,7 +42,7 @@ def register(subparsers: Any) -> None:
     # The first word picks the form (a config file, or `export` / `pretokenize`), so the rest is
     # parsed by the form's own parser.
     p.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, eval_hooks=eval_hooks)
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -56,7 +60,8 @@ def _export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="openjanus train export",
                                 description="Export a training checkpoint: Janus stages to the official layout "
                                             "(for `openjanus chat/generate --model DIR`), parts to part folders.")
-    p.add_argument("checkpoint", help="a checkpoint folder (OUTPUT/checkpoints/step_*) or a run's output_dir (its latest)")
+    p.add_argument("checkpoint",
+                   help="a checkpoint folder (OUTPUT/checkpoints/step_*) or a run's output_dir (its latest)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="weights dtype of the export (the official releases are bfloat16)")
@@ -73,7 +78,8 @@ def _tokenizer_parser() -> argparse.ArgumentParser:
                                             "text of training JSONL files (text, captions, conversations), for "
                                             "models trained from scratch; writes tokenizer.json and its configs.")
     p.add_argument("--data", required=True, action="extend", nargs="+", help="JSONL file(s), folder(s) or glob(s)")
-    p.add_argument("--vocab-size", type=int, required=True, help="ids in the vocabulary (<= the model's llm.vocab_size)")
+    p.add_argument("--vocab-size", type=int, required=True,
+                   help="ids in the vocabulary (<= the model's llm.vocab_size)")
     p.add_argument("--out", required=True, help="output folder (use it as model.tokenizer)")
     p.add_argument("--max-records", type=int, default=1_000_000, help="read at most this many records")
     return p
@@ -103,7 +109,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         _run_subcommand(register_pretokenize, words)
     else:
-        cmd_run(_run_parser().parse_args(words))
+        run_args = _run_parser().parse_args(words)
+        run_args.eval_hooks = getattr(args, "eval_hooks", None)
+        cmd_run(run_args)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -111,10 +119,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     import os
 
     from openjanus.train.config import load_train_config
-    from openjanus.train.loop import EXIT_INTERRUPTED, run_training
+    from openjanus.train.run import run_training
+    from openjanus.train.trainer import EXIT_INTERRUPTED
 
     cfg = load_train_config(args.config, args.override)
-    state = run_training(cfg, resume=args.resume)
+    state = run_training(cfg, resume=args.resume, eval_hooks=getattr(args, "eval_hooks", None))
     main = os.environ.get("RANK", "0") == "0"
     if state.interrupted:
         if main:

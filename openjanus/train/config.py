@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openjanus.config import ConfigError, JanusConfig
+from openjanus.checkpoints import read_config
+from openjanus.config import ConfigError, JanusConfig, LLMConfig, VisionConfig, VQConfig
 from openjanus.errors import UserError
+from openjanus.train.data import DataConfig
+from openjanus.train.fields import check_json_type, field_types
 from openjanus.train.stages import STAGES, Stage, stage_from_name
 
 PART_NAMES = ("vq", "siglip", "llm")
@@ -63,7 +66,7 @@ class StageSpec:
     def build_with_notes(self) -> tuple[Stage, list[str]]:
         """The stage, and notes on values adjusted for it: a warm-up longer than the run (the
         preset's or the config's, with a quick `-o stage.steps=10`) is cut to the step count."""
-        fields = {f.name: f.type for f in dataclasses.fields(Stage)}
+        fields = field_types(Stage)
         for key, value in self.overrides.items():
             if key in fields:
                 check_json_type(value, fields[key], f"stage.{key}")
@@ -123,7 +126,7 @@ class TrainConfig:
     output_dir: str
     model: ModelSource = field(default_factory=ModelSource)
     stage: StageSpec = field(default_factory=StageSpec)
-    data: dict[str, Any] = field(default_factory=dict)  # the data stream's settings (docs/training-data.md)
+    data: DataConfig = field(default_factory=DataConfig)  # the data's settings (docs/training-data.md)
     seq_len: int = 4096
     micro_batch_rows: int = 1
     stop_at: int | None = None  # stop early at this step; the schedule still spans stage.steps
@@ -165,8 +168,6 @@ class TrainConfig:
     def build_model_config(self) -> JanusConfig:
         """The Janus config of the model this run trains (its parts for the part tasks)."""
         if self.model.checkpoint is not None:
-            from openjanus.checkpoints import read_config
-
             return read_config(self.model.checkpoint)[0]
         return JanusConfig.from_name(self.model.preset, **self.model.overrides)  # type: ignore[arg-type]
 
@@ -200,7 +201,7 @@ def _normalise(raw: dict[str, Any]) -> dict[str, Any]:
 def _build(cls: type, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected an object, got {type(raw).__name__}")
-    hints = {f.name: f for f in dataclasses.fields(cls)}
+    hints = field_types(cls)
     unknown = sorted(set(raw) - set(hints))
     if unknown:
         raise ConfigError(f"{where or 'config'}: unknown key(s) {', '.join(unknown)}; "
@@ -210,52 +211,16 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     for key, value in raw.items():
         if cls is TrainConfig and key in nested:
             value = _build(nested[key], value, key)
+        elif cls is TrainConfig and key == "data":
+            if not isinstance(value, dict):
+                raise ConfigError(f"data: expected an object, got {json.dumps(value)}")
+            value = DataConfig.from_dict(value)
         else:
-            _check_type(value, hints[key].type, f"{where + '.' if where else ''}{key}")
+            check_json_type(value, hints[key], f"{where + '.' if where else ''}{key}")
         kwargs[key] = value
     if cls is TrainConfig and "output_dir" not in kwargs:
         raise ConfigError("config: 'output_dir' is required")
     return cls(**kwargs)
-
-
-def check_json_type(value: Any, annotation: Any, where: str) -> None:
-    """Raise ConfigError unless `value` (as read from JSON) fits the field annotation: ints
-    are not floats or booleans, floats take ints, tuples are lists of the right length and kind."""
-    if not _fits(value, str(annotation).replace(" ", "")):
-        raise ConfigError(f"{where}: expected {annotation}, got {json.dumps(value)}")
-
-
-def _fits(value: Any, ann: str) -> bool:
-    if "|" in ann and "[" not in ann.split("|")[0]:
-        head, _, rest = ann.partition("|")
-        return _fits(value, head) or _fits(value, rest)
-    if ann == "None":
-        return value is None
-    if ann == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if ann == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ann == "bool":
-        return isinstance(value, bool)
-    if ann == "str":
-        return isinstance(value, str)
-    if ann.startswith("tuple[") and ann.endswith("]"):
-        items = ann[len("tuple["):-1].split(",")
-        if not isinstance(value, (list, tuple)):
-            return False
-        if items[-1] == "...":
-            return all(_fits(v, items[0]) for v in value)
-        return len(value) == len(items) and all(_fits(v, t) for v, t in zip(value, items))
-    if ann.startswith("list["):
-        inner = ann[len("list["):-1]
-        return isinstance(value, list) and all(_fits(v, inner) for v in value)
-    if ann.startswith("dict["):
-        return isinstance(value, dict)
-    return True  # a nested section or a type JSON cannot express: checked where it is built
-
-
-def _check_type(value: Any, annotation: Any, where: str) -> None:
-    check_json_type(value, annotation, where)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -329,13 +294,11 @@ MODEL_BOUNDS: dict[str, int] = {
 
 
 def _check_model_overrides(overrides: dict[str, Any]) -> None:
-    from openjanus.config import LLMConfig, VisionConfig, VQConfig
-
     parts = {"llm": LLMConfig, "vision": VisionConfig, "vq": VQConfig}
-    top = {f.name: f.type for f in dataclasses.fields(JanusConfig) if f.name not in parts}
+    top = {k: v for k, v in field_types(JanusConfig).items() if k not in parts}
     for key, value in overrides.items():
         part, _, name = key.partition(".")
-        fields = {f.name: f.type for f in dataclasses.fields(parts[part])} if part in parts and name else top
+        fields = field_types(parts[part]) if part in parts and name else top
         name = name if part in parts and name else key
         if name not in fields:
             raise ConfigError(f"model.overrides: unknown field {key!r}")
@@ -381,14 +344,10 @@ def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfi
     """Read a config file, apply command-line overrides and validate everything that can be
     checked before a model is built: types of every field, the stage, the data settings, model
     sizes and seq_len against the model (errors are `UserError`)."""
-    from openjanus.train.data import DataConfig
-
     raw = apply_overrides(read_config_file(path), list(overrides))
     try:
         cfg = TrainConfig.from_dict(raw)
         stage = cfg.build_stage()  # validate the stage now, not after the model is built
-        if stage.task in ("janus", "text"):
-            DataConfig.from_dict(cfg.data)
         if cfg.model.preset is not None:  # (a checkpoint's config is read and checked when the run starts)
             _check_model_overrides(cfg.model.overrides)
             check_model_config(cfg.build_model_config(), cfg.seq_len, stage.task)
@@ -397,5 +356,6 @@ def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfi
     return cfg
 
 
-__all__ = ["MODEL_BOUNDS", "check_json_type", "check_model_config", "estimate_parameters", "TrainConfig", "ModelSource", "StageSpec", "EvalSettings", "PartOptions", "load_train_config",
+__all__ = ["MODEL_BOUNDS", "check_json_type", "check_model_config", "estimate_parameters", "TrainConfig",
+           "ModelSource", "StageSpec", "EvalSettings", "PartOptions", "load_train_config",
            "apply_overrides", "read_config_file"]

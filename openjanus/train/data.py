@@ -45,7 +45,8 @@ from openjanus.errors import UserError
 from openjanus.images import ImageLoadError, load_image, preprocess_gen_image, preprocess_und_images
 from openjanus.model.vq import VQModel
 from openjanus.processing import DEFAULT_SYSTEM_PROMPT, JanusProcessor, Turn
-from openjanus.train.batch import TASKS
+from openjanus.train.batch import DATA_KINDS
+from openjanus.train.fields import check_json_type, field_types
 from openjanus.train.mixing import derive_seed
 from openjanus.train.sequences import Origin, Sample, chat_sample, first_sentence, t2i_sample, text_sample
 
@@ -124,6 +125,9 @@ class DataConfig:
     prefetch_factor: int = 2
     pin_memory: bool = True
     max_logged_bad_records: int = 20  # per source and data unit; all are counted
+    # The vq and siglip tasks read images (and captions) from here instead: JSONL manifests
+    # (files, globs, folders), a folder of images, or "shapes" (docs/training.md).
+    source: str | list[str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("p_uncond", "p_first_sentence"):
@@ -136,10 +140,10 @@ class DataConfig:
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
 
-    def source(self, name: str) -> SourceConfig | None:
+    def source_of(self, name: str) -> SourceConfig | None:
         """The source called "und", "text" or "gen"."""
-        if name not in TASKS:
-            raise ConfigError(f"unknown data source {name!r}; use one of {', '.join(TASKS)}")
+        if name not in DATA_KINDS:
+            raise ConfigError(f"unknown data source {name!r}; use one of {', '.join(DATA_KINDS)}")
         return getattr(self, name)
 
     @classmethod
@@ -149,20 +153,22 @@ class DataConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"data: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        from openjanus.train.config import check_json_type
-
         kwargs = dict(raw)
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        types = field_types(cls)
         for name, value in kwargs.items():
-            if name not in TASKS:
+            if name not in DATA_KINDS:
                 check_json_type(value, types[name], f"data.{name}")
-        for name in TASKS:
+        for name in DATA_KINDS:
             if kwargs.get(name) is not None:
                 kwargs[name] = SourceConfig.from_value(kwargs[name], name)
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def given(self) -> list[str]:
+        """The fields set to something other than their default."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
 
 
 # ----------------------------------------------------------------------------- shards and cursors
@@ -363,8 +369,8 @@ class SampleBuilder:
         gen_image_size: int | None = None,
         vq: VQModel | None = None,
     ) -> None:
-        if kind not in TASKS:
-            raise ConfigError(f"unknown source kind {kind!r}; use one of {', '.join(TASKS)}")
+        if kind not in DATA_KINDS:
+            raise ConfigError(f"unknown source kind {kind!r}; use one of {', '.join(DATA_KINDS)}")
         self.kind = kind
         self.processor = processor
         self.seq_len = seq_len

@@ -20,7 +20,7 @@ from fractions import Fraction
 from typing import Any
 
 from openjanus.config import ConfigError
-from openjanus.train.batch import TASKS
+from openjanus.train.batch import DATA_KINDS
 
 __all__ = ["Mixer", "parse_ratio", "derive_seed"]
 
@@ -36,15 +36,15 @@ def parse_ratio(ratio: Mapping[str, float] | Sequence[float]) -> dict[str, float
     """{"und": w, "text": w, "gen": w} from a mapping or an (und, text, gen) sequence; weights
     must be non-negative and not all zero. A 0 (or missing) weight disables that source."""
     if isinstance(ratio, Mapping):
-        unknown = sorted(set(ratio) - set(TASKS))
+        unknown = sorted(set(ratio) - set(DATA_KINDS))
         if unknown:
-            raise ConfigError(f"data ratio: unknown source(s) {', '.join(unknown)}; use {', '.join(TASKS)}")
-        weights = {name: float(ratio.get(name, 0.0)) for name in TASKS}
+            raise ConfigError(f"data ratio: unknown source(s) {', '.join(unknown)}; use {', '.join(DATA_KINDS)}")
+        weights = {name: float(ratio.get(name, 0.0)) for name in DATA_KINDS}
     else:
         values = list(ratio)
-        if len(values) != len(TASKS):
-            raise ConfigError(f"data ratio needs {len(TASKS)} values ({' : '.join(TASKS)}), got {values}")
-        weights = {name: float(v) for name, v in zip(TASKS, values)}
+        if len(values) != len(DATA_KINDS):
+            raise ConfigError(f"data ratio needs {len(DATA_KINDS)} values ({' : '.join(DATA_KINDS)}), got {values}")
+        weights = {name: float(v) for name, v in zip(DATA_KINDS, values)}
     if any(w < 0 or w != w for w in weights.values()) or sum(weights.values()) <= 0:
         raise ConfigError(f"data ratio {weights} must be non-negative and not all zero")
     return weights
@@ -55,7 +55,7 @@ class Mixer:
 
     def __init__(self, ratio: Mapping[str, float] | Sequence[float], seed: int = 0, salt: object = 0) -> None:
         self.weights = parse_ratio(ratio)
-        self.active = [name for name in TASKS if self.weights[name] > 0]
+        self.active = [name for name in DATA_KINDS if self.weights[name] > 0]
         # Exact rationals: the admissibility test compares counts with n*p_s at its boundary.
         self._w = {name: Fraction(self.weights[name]) for name in self.active}
         self._total = sum(self._w.values())

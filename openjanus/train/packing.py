@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from openjanus.train.batch import IGNORE, TASKS, PackedBatch
+from openjanus.train.batch import DATA_KINDS, IGNORE, PackedBatch
 from openjanus.train.sequences import Sample
 
 __all__ = ["Packer", "pack_rows", "packing_efficiency", "samples_per_task"]
@@ -118,4 +118,4 @@ def samples_per_task(batch: PackedBatch) -> dict[str, int]:
     starts = batch.positions == 0  # a sample's first token; padding has doc id -1
     starts &= batch.doc_ids >= 0
     tasks = batch.task[starts]
-    return {name: int((tasks == i).sum()) for i, name in enumerate(TASKS)}
+    return {name: int((tasks == i).sum()) for i, name in enumerate(DATA_KINDS)}

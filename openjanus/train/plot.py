@@ -60,7 +60,8 @@ def _panel(title: str, series: dict[str, list[tuple[int, float]]], x0: float, y0
         return y0 + PAD + (1 - (y - ymin) / (ymax - ymin)) * h
 
     out = [f'<rect x="{x0 + PAD}" y="{y0 + PAD}" width="{w}" height="{h}" fill="none" stroke="#999"/>',
-           f'<text x="{x0 + PANEL_W / 2}" y="{y0 + 22}" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>']
+           f'<text x="{x0 + PANEL_W / 2}" y="{y0 + 22}" text-anchor="middle" font-weight="bold">'
+           f'{html.escape(title)}</text>']
     for frac in (0, 0.5, 1):
         yv = ymin + frac * (ymax - ymin)
         out.append(f'<text x="{x0 + PAD - 4}" y="{sy(yv) + 4}" text-anchor="end" font-size="10">{yv:.3g}</text>')

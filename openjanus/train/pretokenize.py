@@ -19,9 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,10 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
+from openjanus.checkpoints.io import load_into
+from openjanus.checkpoints.weights import open_weights
+from openjanus.devices import resolve_device
+from openjanus.files import atomic_path, write_json
 from openjanus.images import preprocess_gen_image
 from openjanus.model.vq import VQModel
-from openjanus.train.data import BadRecord, DataError, load_record_images, codes_file, discover_shards
+from openjanus.train.data import BadRecord, DataError, codes_file, discover_shards, load_record_images
 
 __all__ = ["PretokenizeStats", "load_vq", "pretokenize", "register_pretokenize", "cmd_pretokenize"]
 
@@ -49,40 +53,14 @@ class PretokenizeStats:
 
 def load_vq(folder: str | os.PathLike[str], device: torch.device | str = "cpu",
             dtype: torch.dtype | None = torch.float32) -> VQModel:
-    """Only the VQ tokenizer of a checkpoint folder (official or HF layout) or of a pretrained VQ
-    part (`openjanus train` on the "vq" stage); nothing else is read."""
-    from openjanus.checkpoints import read_config
-    from openjanus.checkpoints.io import iter_tensors, load_into, weight_files
-
-    folder = Path(folder)
-    if (folder / "part.json").is_file() or (folder / "train_state.json").is_file():
-        return _load_vq_part(folder, device, dtype)
-    cfg, layout = read_config(folder)
-    if layout == "official":
-        from openjanus.checkpoints import official as fmt
-    else:
-        from openjanus.checkpoints import hf as fmt  # type: ignore[no-redef]
-    prefix = "gen_tokenizer."
-    tensors = {k[len(prefix):]: v for k, v in fmt.map_tensors(iter_tensors(weight_files(folder)), cfg).items()
-               if k.startswith(prefix)}
+    """Only the VQ tokenizer of a folder that holds one (official or HF layout, a pretrained VQ
+    part, a training checkpoint); nothing else is read."""
+    weights = open_weights(folder)
     with torch.device("meta"):
-        vq = VQModel(cfg.vq)
-    load_into(vq, tensors, optional=(r"^quantize\.codebook_used$",), device=device, dtype=dtype, source=str(folder))
+        vq = VQModel(weights.part_config("vq"))
+    load_into(vq, weights.part_tensors("vq"), optional=weights.part_optional("vq"), device=device, dtype=dtype,
+              source=str(folder))
     return vq.eval().requires_grad_(False)
-
-
-def _load_vq_part(folder: Path, device: torch.device | str, dtype: torch.dtype | None) -> VQModel:
-    from openjanus.config import VQConfig
-    from openjanus.errors import UserError
-    from openjanus.train.parts import _part_source, load_part
-
-    part, config, _ = _part_source(folder)
-    if part != "vq":
-        raise UserError(f"{folder}: a pretrained {part!r} part, not a VQ tokenizer")
-    cfg = VQConfig(**config)
-    vq = VQModel(cfg)
-    load_part(vq, "vq", cfg, folder)
-    return vq.to(device, dtype).eval().requires_grad_(False)
 
 
 def _resolve_vq(model: Any, device: torch.device | str) -> VQModel:
@@ -95,17 +73,6 @@ def _resolve_vq(model: Any, device: torch.device | str) -> VQModel:
     else:
         return load_vq(model, device=device)
     return vq.to(device, torch.float32).eval()
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _ShardWriter:
@@ -130,10 +97,12 @@ class _ShardWriter:
         path = self.out_dir / f"gen-{self.shards:05d}.jsonl"
         table = np.stack(self.codes)  # [n, n_tokens]
         # Codes first: a shard's .jsonl (what training globs for) only appears once both are complete.
-        _atomic_write(codes_file(path), lambda f: np.save(f, table), "wb")
+        with atomic_path(codes_file(path)) as tmp, open(tmp, "wb") as f:
+            np.save(f, table)
         lines = "".join(json.dumps({"caption": c, "codes_row": i, "source": s}, ensure_ascii=False) + "\n"
                         for i, (c, s) in enumerate(self.captions))
-        _atomic_write(path, lambda f: f.write(lines), "w")
+        with atomic_path(path) as tmp:
+            tmp.write_text(lines, encoding="utf-8")
         self.shards += 1
         self.captions, self.codes = [], []
 
@@ -156,8 +125,6 @@ def pretokenize(
     `JanusPipeline`. Relative image paths start at each JSONL file's folder, or `image_root`.
     Images are decoded on `num_threads` threads and encoded `batch_size` at a time.
     """
-    from tqdm import tqdm
-
     if batch_size < 1 or shard_size < 1 or num_threads < 1:
         raise ValueError(f"batch_size {batch_size}, shard_size {shard_size}, num_threads {num_threads} must be >= 1")
     t0 = time.perf_counter()
@@ -233,7 +200,7 @@ def pretokenize(
     meta = {"model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
             "image_size": size, "num_gen_tokens": n_tokens, "codebook_size": codebook,
             "inputs": [str(p) for p in shards], **asdict(stats)}
-    _atomic_write(out / "pretokenize.json", lambda f: json.dump(meta, f, indent=2, ensure_ascii=False), "w")
+    write_json(out / "pretokenize.json", meta)
     return stats
 
 
@@ -287,8 +254,6 @@ def register_pretokenize(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_pretokenize(args: argparse.Namespace) -> None:
     """Run `pretokenize` from parsed command-line arguments and print a one-line summary."""
-    from openjanus.pipeline import resolve_device
-
     stats = pretokenize(args.model, args.data, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
                         device=resolve_device(args.device), image_root=args.image_root, num_threads=args.threads,
                         progress=not args.no_progress)

@@ -25,8 +25,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from openjanus.processing import JanusProcessor, Turn, expand_image_placeholders, format_conversation, unconditional_prompt
-from openjanus.train.batch import IGNORE, TASKS
+from openjanus.processing import (
+    JanusProcessor,
+    Turn,
+    expand_image_placeholders,
+    format_conversation,
+    unconditional_prompt,
+)
+from openjanus.train.batch import DATA_KINDS, IGNORE
 
 __all__ = ["Sample", "Origin", "chat_sample", "text_sample", "t2i_sample", "first_sentence"]
 
@@ -37,7 +43,7 @@ Origin = tuple[str, int, int, int, int]  # (source, epoch, shard index, byte off
 class Sample:
     """One sequence, ready to be packed. All 1-D tensors have the sequence's length."""
 
-    task: int  # index into `openjanus.train.batch.TASKS`
+    task: int  # index into `openjanus.train.batch.DATA_KINDS`
     input_ids: Tensor  # long: text ids; the placeholder id at und_mask; pad at gen_mask
     text_targets: Tensor  # long: next text token to predict, IGNORE where no text loss
     image_targets: Tensor  # long: next VQ code to predict, IGNORE where no image loss
@@ -66,7 +72,7 @@ def _text_sample_tensors(
     text_targets = torch.full((n,), IGNORE, dtype=torch.long)
     text_targets[:-1] = labels[1:]
     return Sample(
-        task=TASKS.index(task),
+        task=DATA_KINDS.index(task),
         input_ids=ids_t,
         text_targets=text_targets,
         image_targets=torch.full((n,), IGNORE, dtype=torch.long),
@@ -187,7 +193,7 @@ def t2i_sample(
     image_targets = torch.full((total,), IGNORE, dtype=torch.long)
     image_targets[p - 1 : p - 1 + n] = codes_t  # BOI predicts code 0, code i-1 predicts code i
     return Sample(
-        task=TASKS.index("gen"),
+        task=DATA_KINDS.index("gen"),
         input_ids=input_ids,
         text_targets=torch.full((total,), IGNORE, dtype=torch.long),
         image_targets=image_targets,

@@ -1,6 +1,6 @@
 """Training stages as data: what trains, the optimiser schedule, the batch and the data mix.
 
-One loop (`openjanus.train.loop`) runs every stage; a `Stage` only says which modules train,
+One loop (`openjanus.train.trainer`) runs every stage; a `Stage` only says which modules train,
 with which hyper-parameters, on which mix of data. The Janus-Pro presets carry Table 2 of the
 Janus-Pro report (identical for 1B and 7B except the Stage III step count):
 
@@ -39,7 +39,7 @@ from typing import Any
 
 from openjanus.config import ConfigError
 
-TASKS = ("janus", "vq", "siglip", "text")
+TRAINING_TASKS = ("janus", "vq", "siglip", "text")
 SCHEDULES = ("constant", "cosine")
 
 # Janus modules that no Janus stage trains, whatever the preset says.
@@ -69,8 +69,8 @@ class Stage:
         object.__setattr__(self, "trainable", tuple(self.trainable))
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         object.__setattr__(self, "data_ratio", tuple(float(r) for r in self.data_ratio))
-        if self.task not in TASKS:
-            raise ConfigError(f"stage {self.name!r}: task {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.task not in TRAINING_TASKS:
+            raise ConfigError(f"stage {self.name!r}: task {self.task!r} is not one of {', '.join(TRAINING_TASKS)}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"stage {self.name!r}: schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if not self.trainable:
@@ -79,7 +79,8 @@ class Stage:
             raise ConfigError(f"stage {self.name!r}: lr {self.lr}, steps {self.steps} and global_batch "
                               f"{self.global_batch} must be positive")
         if not 0 <= self.warmup_steps <= self.steps:
-            raise ConfigError(f"stage {self.name!r}: warmup_steps {self.warmup_steps} must lie in [0, steps={self.steps}]")
+            raise ConfigError(f"stage {self.name!r}: warmup_steps {self.warmup_steps} must lie in "
+                              f"[0, steps={self.steps}]")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"stage {self.name!r}: min_lr_ratio {self.min_lr_ratio} must lie in [0, 1]")
         if len(self.betas) != 2 or len(self.data_ratio) != 3:

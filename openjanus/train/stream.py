@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from openjanus.config import ConfigError, JanusConfig
 from openjanus.model.vq import VQModel
 from openjanus.processing import JanusProcessor
-from openjanus.train.batch import TASKS, PackedBatch
+from openjanus.train.batch import DATA_KINDS, PackedBatch
 from openjanus.train.data import (
     DataConfig,
     DataError,
@@ -141,7 +141,7 @@ class _Unit:
         self.pad_id = pad_id
         self.image_size = image_size
         self.counters: dict[str, Any] = {"batches": 0, "real_tokens": 0, "total_tokens": 0,
-                                         "samples": {t: 0 for t in TASKS}, "tokens": {t: 0 for t in TASKS}}
+                                         "samples": {t: 0 for t in DATA_KINDS}, "tokens": {t: 0 for t in DATA_KINDS}}
 
     def _draw(self) -> Sample:
         return self.sources[self.mixer.next()].next()
@@ -154,8 +154,8 @@ class _Unit:
         c["total_tokens"] += self.packer.seq_len * self.packer.batch_rows
         for row in rows:
             for s in row:
-                c["samples"][TASKS[s.task]] += 1
-                c["tokens"][TASKS[s.task]] += len(s)
+                c["samples"][DATA_KINDS[s.task]] += 1
+                c["tokens"][DATA_KINDS[s.task]] += len(s)
                 c["real_tokens"] += len(s)
         return batch
 
@@ -184,8 +184,8 @@ class _Unit:
         self.packer.pending = pending
         p = state["packing"]
         self.counters = {"batches": p["batches"], "real_tokens": p["real_tokens"], "total_tokens": p["total_tokens"],
-                         "samples": {t: p["samples"].get(t, 0) for t in TASKS},
-                         "tokens": {t: p["tokens"].get(t, 0) for t in TASKS}}
+                         "samples": {t: p["samples"].get(t, 0) for t in DATA_KINDS},
+                         "tokens": {t: p["tokens"].get(t, 0) for t in DATA_KINDS}}
         self.packer.too_long = p["too_long"]
 
 
@@ -395,7 +395,7 @@ def build_train_stream(
     for name, w in weights.items():
         if w <= 0:
             continue
-        src = cfg.source(name)
+        src = cfg.source_of(name)
         if src is None:
             raise ConfigError(f"the data ratio gives {name!r} weight {w:g} but data.{name} is not configured")
         builder = SampleBuilder(

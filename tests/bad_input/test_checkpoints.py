@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REFERENCE
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from bad_input import cli_error
 from openjanus.checkpoints import hf, load_model, official, read_config
 from openjanus.config import JanusConfig
 from openjanus.errors import CheckpointError, UserError
 from openjanus.pipeline import DEMO_MODEL_DIR, JanusPipeline
-
-from bad_input import cli_error
-from conftest import REFERENCE
 
 POISONED = ["language_model.model.layers.1.mlp.down_proj.weight", "gen_head.vision_head.weight"]
 

@@ -10,13 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from bad_input import cli_error
 from openjanus import __version__
 from openjanus.cli import MAX_SEED, main
 from openjanus.errors import UserError
 from openjanus.pipeline import JanusPipeline
 from openjanus.requests import ChatRequest, Message
-
-from bad_input import cli_error
 
 
 @pytest.fixture

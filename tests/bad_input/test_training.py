@@ -22,7 +22,7 @@ from PIL import Image
 from openjanus.cli import main
 from openjanus.config import JanusConfig
 from openjanus.train.checkpoint import list_checkpoints, read_model_tensors
-from openjanus.train.loop import EXIT_INTERRUPTED
+from openjanus.train.trainer import EXIT_INTERRUPTED
 
 REPO = Path(__file__).resolve().parents[2]
 CFG = JanusConfig.from_name("tiny")
@@ -248,7 +248,8 @@ def test_shipped_cpu_configs_fit_the_exported_understanding_records(tmp_path, ca
 
     data = tmp_path / "und"
     assert main(["eval", "export-dataset", "--kind", "und", "-n", "150", "--image-size", "64", "--out", str(data)]) == 0
-    assert main(["train", "tokenizer", "--data", str(data), "--vocab-size", "1024", "--out", str(tmp_path / "tok")]) == 0
+    assert main(["train", "tokenizer", "--data", str(data), "--vocab-size", "1024", "--out",
+                 str(tmp_path / "tok")]) == 0
     model_cfg = JanusConfig.from_name("small")
     processor = JanusProcessor.from_dir(tmp_path / "tok", model_cfg)
     shard = sorted(data.glob("*.jsonl"))[0]
@@ -425,7 +426,7 @@ def test_sigterm_to_torchrun_checkpoints_every_rank_and_resumes(tmp_path, tiny_c
 
 def test_part_stream_refuses_changed_records_on_resume(tmp_path) -> None:
     from openjanus.errors import UserError
-    from openjanus.train.parts import PartDataStream
+    from openjanus.train.image_data import PartDataStream
 
     for i in range(3):
         Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(tmp_path / f"{i}.png")

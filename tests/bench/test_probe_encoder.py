@@ -32,8 +32,8 @@ def test_probe_command_writes_every_view(tmp_path):
 
 
 def test_a_siglip_part_folder_probes_like_the_model_it_came_from(tmp_path):
+    from openjanus.checkpoints.weights import export_part
     from openjanus.pipeline import JanusPipeline
-    from openjanus.train.parts import export_part
 
     source = JanusPipeline.from_preset("tiny", seed=1)  # weights unlike the preset's own (seed 0)
     net = source.model

@@ -7,12 +7,11 @@ import shutil
 
 import pytest
 import torch
+from conftest import build_tiny
 
 from openjanus.checkpoints import load_model, save_model
 from openjanus.checkpoints.official import to_official_key
 from openjanus.errors import CheckpointError
-
-from conftest import build_tiny
 
 
 def official_state(model) -> dict[str, torch.Tensor]:

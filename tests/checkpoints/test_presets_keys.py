@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from conftest import REFERENCE, official_key_shapes
 
 from openjanus.checkpoints import official
 from openjanus.config import PRESETS, JanusConfig
 from openjanus.model.janus import Janus
-
-from conftest import REFERENCE, official_key_shapes
 
 
 def meta_model(name: str) -> Janus:

@@ -10,6 +10,7 @@ from PIL import Image
 from openjanus.errors import UserError
 from openjanus.eval import formats
 from openjanus.eval.formats import MMEQuestion
+from openjanus.shapes.text import pope_label
 
 GENEVAL_LINES = [
     {"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"},
@@ -66,11 +67,11 @@ def test_geneval_summary_is_mean_of_tag_means():
 
 
 def test_pope_label_reads_answers_like_pope():
-    assert formats.pope_label("Yes, there is a dog.") == "yes"
-    assert formats.pope_label("No, there is not.") == "no"
-    assert formats.pope_label("There is not a dog") == "no"
-    assert formats.pope_label("I see a dog. No cat.") == "yes"  # only the first sentence counts
-    assert formats.pope_label("") == "yes"
+    assert pope_label("Yes, there is a dog.") == "yes"
+    assert pope_label("No, there is not.") == "no"
+    assert pope_label("There is not a dog") == "no"
+    assert pope_label("I see a dog. No cat.") == "yes"  # only the first sentence counts
+    assert pope_label("") == "yes"
 
 
 def test_pope_metrics_by_hand():
@@ -127,7 +128,8 @@ def test_mme_acc_and_acc_plus_by_hand():
 
 def test_mme_folders_both_layouts_and_result_files(tmp_path):
     img = Image.new("RGB", (16, 16))
-    formats.write_mme_category(tmp_path, "existence", [(img, "a", [("Is there a cat?", "Yes"), ("Is there a dog?", "No")])])
+    formats.write_mme_category(tmp_path, "existence", [(img, "a", [("Is there a cat?", "Yes"), ("Is there a dog?",
+                                                                                                "No")])])
     art = tmp_path / "artwork"
     (art / "images").mkdir(parents=True)
     (art / "questions_answers_YN").mkdir()
@@ -135,7 +137,8 @@ def test_mme_folders_both_layouts_and_result_files(tmp_path):
     (art / "questions_answers_YN" / "b.txt").write_text("Is it old?\tYes\nIs it new?\tNo\n")
     qs = formats.read_mme(tmp_path)
     assert [(q.category, q.image.name, q.answer) for q in qs] == [
-        ("artwork", "b.jpg", "Yes"), ("artwork", "b.jpg", "No"), ("existence", "a.png", "Yes"), ("existence", "a.png", "No")]
+        ("artwork", "b.jpg", "Yes"), ("artwork", "b.jpg", "No"), ("existence", "a.png", "Yes"), ("existence", "a.png",
+                                                                                                 "No")]
     paths = formats.write_mme_results(tmp_path / "res", [(q, "Yes\tsure\n") for q in qs])
     lines = (tmp_path / "res" / "existence.txt").read_text().splitlines()
     assert lines[0].split("\t") == ["a.png", "Is there a cat?", "Yes", "Yes sure"]

@@ -20,9 +20,9 @@ from openjanus.eval.runners import (
     run_pope,
     run_pope_shapes,
 )
-from openjanus.eval.spec import TAGS
-from openjanus.eval.tasks import benchmark_specs
 from openjanus.jsonl import read_jsonl
+from openjanus.shapes.spec import TAGS
+from openjanus.shapes.tasks import benchmark_specs
 
 
 class BlankGenerator:
@@ -72,8 +72,8 @@ def test_geneval_shapes_with_the_truth_scores_one(tmp_path):
     specs = benchmark_specs(per_category=2, seed=0)
     report = run_geneval_shapes(WorldOracle(specs, 64), tmp_path, per_category=2,
                                 settings=GenerationSettings(n_per_prompt=2, batch_size=5))
-    assert report["overall"] == 1.0 and set(report["categories"]) == set(TAGS)
-    assert report["by_split"]["heldout"]["overall"] == 1.0
+    assert report.overall == 1.0 and set(report.categories) == set(TAGS)
+    assert report.by_split["heldout"].overall == 1.0
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["overall"] == 1.0 and saved["images"] == 24
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
@@ -84,8 +84,9 @@ def test_geneval_shapes_with_the_truth_scores_one(tmp_path):
 
 def test_geneval_shapes_with_blank_images_scores_zero(tmp_path):
     gen = BlankGenerator()
-    report = run_geneval_shapes(gen, tmp_path, per_category=1, settings=GenerationSettings(n_per_prompt=3, seed=5, batch_size=4))
-    assert report["overall"] == 0.0
+    report = run_geneval_shapes(gen, tmp_path, per_category=1, settings=GenerationSettings(n_per_prompt=3, seed=5,
+                                                                                           batch_size=4))
+    assert report.overall == 0.0
     assert [len(c) for c in gen.calls] == [4, len(TAGS) - 4]  # batch_size prompts go to the engine together
     assert [seed for c in gen.calls for _, _, seed in c] == list(range(5, 5 + len(TAGS)))  # one seed per prompt
     assert len(list(tmp_path.glob("*/samples/*.png"))) == 3 * len(TAGS)
@@ -95,29 +96,33 @@ def test_real_geneval_metadata_is_generated_in_its_layout(tmp_path):
     meta = tmp_path / "evaluation_metadata.jsonl"
     recs = [{"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench",
              "extra": 1},
-            {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "pink"}], "prompt": "a photo of a pink car"}]
+            {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "pink"}],
+             "prompt": "a photo of a pink car"}]
     meta.write_text("".join(json.dumps(r) + "\n" for r in recs))
     out = tmp_path / "out"
     report = run_geneval(BlankGenerator(), formats.read_geneval_metadata(meta), out,
                          GenerationSettings(n_per_prompt=2), records=read_jsonl(meta))
-    assert report["scored"] is False
+    assert report.scored is False and report.overall is None
     assert json.loads((out / "00000" / "metadata.jsonl").read_text()) == recs[0]  # extra keys kept
     assert sorted(p.name for p in (out / "00001" / "samples").iterdir()) == ["0000.png", "0001.png"]
 
 
 def test_pope_shapes_perfect_and_always_yes(tmp_path):
     good = run_pope_shapes(TruthAnswerer(tmp_path / "a"), tmp_path / "a", n_images=8, seed=1, batch_size=5)
-    assert set(good["categories"]) <= set(UND_CATEGORIES) and {"pope_random", "count", "describe"} <= set(good["categories"])
-    assert good["overall"] == 1.0
+    assert set(good.categories) <= set(UND_CATEGORIES) and {"pope_random", "count", "describe"} <= set(good.categories)
+    assert good.overall == 1.0 and good.yes_no_by_split == {"train": 1.0, "heldout": 1.0}
+    assert good.vqa_by_split["heldout"]["count"] == 1.0
     for setting in ("random", "popular", "adversarial"):
-        assert good["pope"][setting]["f1"] == 1.0
-    assert all(c["acc_plus"] == 1.0 for c in good["mme"]["categories"].values())
+        assert good.pope[setting].f1 == 1.0
+    assert all(c["acc_plus"] == 1.0 for c in good.mme["categories"].values())
+    saved = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert saved == json.loads(json.dumps(good.to_dict()))  # report.json is the typed report
     assert (tmp_path / "a" / "index.html").is_file()
     yes = run_pope_shapes(TruthAnswerer(tmp_path / "b", always_yes=True), tmp_path / "b", n_images=8, seed=1)
     for setting in ("random", "popular", "adversarial"):
-        m = yes["pope"][setting]
-        assert m["yes_ratio"] == 1.0 and m["accuracy"] == 0.5 and m["recall"] == 1.0
-    assert all(c["acc_plus"] == 0.0 for c in yes["mme"]["categories"].values())
+        m = yes.pope[setting]
+        assert m.yes_ratio == 1.0 and m.accuracy == 0.5 and m.recall == 1.0
+    assert all(c["acc_plus"] == 0.0 for c in yes.mme["categories"].values())
 
 
 def test_real_pope_and_mme_files(tmp_path):
@@ -125,8 +130,9 @@ def test_real_pope_and_mme_files(tmp_path):
     imgs.mkdir()
     Image.new("RGB", (20, 20), (255, 0, 0)).save(imgs / "COCO_1.jpg")
     qfile = tmp_path / "coco_pope_random.json"
-    qs = [{"question_id": i, "image": "COCO_1.jpg", "text": t, "label": l}
-          for i, (t, l) in enumerate([("Is there a dog in the image?", "yes"), ("Is there a cat in the image?", "no")])]
+    qs = [{"question_id": i, "image": "COCO_1.jpg", "text": t, "label": label}
+          for i, (t, label) in enumerate([("Is there a dog in the image?", "yes"), ("Is there a cat in the image?",
+                                                                                    "no")])]
     qfile.write_text("".join(json.dumps(q) + "\n" for q in qs))
 
     class Says:
@@ -136,12 +142,13 @@ def test_real_pope_and_mme_files(tmp_path):
             return ["Yes, there is." if "dog" in q else "No, there is not." for q in questions]
 
     m = run_pope(Says(), qfile, imgs, tmp_path / "out")
-    assert m["accuracy"] == 1.0 and m["n"] == 2
+    assert m.accuracy == 1.0 and m.n == 2
     ans = [json.loads(line) for line in (tmp_path / "out" / "coco_pope_random.answers.jsonl").read_text().splitlines()]
     assert [a["question_id"] for a in ans] == [0, 1] and ans[1]["pred"] == "no"
 
     formats.write_mme_category(tmp_path / "mme", "existence",
-                               [(Image.new("RGB", (8, 8)), "x", [("Is there a dog?", "Yes"), ("Is there a cat?", "No")])])
+                               [(Image.new("RGB", (8, 8)), "x", [("Is there a dog?", "Yes"), ("Is there a cat?",
+                                                                                              "No")])])
     mm = run_mme(Says(), tmp_path / "mme", tmp_path / "mme_out")
     assert mm["categories"]["existence"]["acc_plus"] == 1.0
     assert (tmp_path / "mme_out" / "results" / "existence.txt").read_text().count("\n") == 2

@@ -14,8 +14,8 @@ from torch.testing import assert_close
 from openjanus.config import JanusConfig
 from openjanus.model import llm as llm_mod
 from openjanus.model import vq as vq_mod
-from openjanus.model.llm import Attention, apply_rope, cache_mask
 from openjanus.model.linear import Linear
+from openjanus.model.llm import Attention, apply_rope, cache_mask
 
 EXACT = dict(rtol=0, atol=0)
 

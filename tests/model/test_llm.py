@@ -4,8 +4,8 @@ import torch
 from torch.testing import assert_close
 
 from openjanus.config import JanusConfig, LLMConfig
-from openjanus.processing import left_pad, positions_from_mask
 from openjanus.model.llm import LLM, cache_mask, document_mask
+from openjanus.processing import left_pad, positions_from_mask
 
 # fp32 on CPU: the cached and uncached paths do the same arithmetic on the same values,
 # only the attention span differs by exactly-zero masked terms, so differences are ~1e-6.

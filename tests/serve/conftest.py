@@ -9,7 +9,6 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed (pip ins
 from openjanus.engine import EngineConfig  # noqa: E402
 from openjanus.pipeline import JanusPipeline  # noqa: E402
 from openjanus.serve.app import ServeSettings  # noqa: E402
-
 from serve import Server  # noqa: E402
 
 

@@ -20,7 +20,6 @@ from PIL import Image
 from openjanus.engine import EngineConfig
 from openjanus.pipeline import JanusPipeline
 from openjanus.serve.app import ServeSettings
-
 from serve import Server
 
 
@@ -210,7 +209,8 @@ def test_bad_requests_do_not_disturb_a_running_one(tiny):
         worker = threading.Thread(target=good)
         worker.start()
         bad = [{"messages": []}, {"messages": ask("?", "data:image/png;base64,@@")},
-               {"messages": ask("?", data_url(b"not an image"))}, {"messages": [{"role": "user", "content": "x" * 5000}]},
+               {"messages": ask("?", data_url(b"not an image"))}, {"messages": [{"role": "user",
+                                                                                 "content": "x" * 5000}]},
                {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6}]
         for b in bad * 3:
             assert httpx.post(s.url + "/v1/chat/completions", json=b, timeout=30).status_code == 400

@@ -13,7 +13,6 @@ from PIL import Image
 openai = pytest.importorskip("openai")
 
 from openjanus.serve.app import ServeSettings  # noqa: E402
-
 from serve import Server  # noqa: E402
 
 
@@ -127,11 +126,14 @@ def error(response: httpx.Response, status: int) -> dict:
     ("/v1/chat/completions", {"messages": ask("x"), "seed": -1}, "seed"),
     ("/v1/chat/completions", {"messages": ask("x"), "max_tokens": 100000}, None),  # longer than the context
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}, "messages[0].content[0].image_url"),
+        {"type": "image_url",
+         "image_url": {"url": "https://example.com/a.png"}}]}]}, "messages[0].content[0].image_url"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, "messages[0].content[0].image_url"),
+        {"type": "image_url",
+         "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, "messages[0].content[0].image_url"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/bmp;base64,AAAA"}}]}]}, "messages[0].content[0].image_url"),
+        {"type": "image_url",
+         "image_url": {"url": "data:image/bmp;base64,AAAA"}}]}]}, "messages[0].content[0].image_url"),
     ("/v1/images/generations", {"prompt": "x", "size": "1024x1024"}, "size"),
     ("/v1/images/generations", {"prompt": "x", "n": 0}, "n"),
     ("/v1/images/generations", {"prompt": "x", "n": 99}, "n"),

@@ -16,39 +16,40 @@ def _row(cfg: JanusConfig, g: torch.Generator, seq_len: int) -> dict[str, Any]:
     """One row: an understanding sample, a text sample and a text-to-image sample, then padding."""
     V, C = cfg.llm.vocab_size, cfg.vq.codebook_size
     n_und, n_gen = cfg.num_und_tokens, cfg.num_gen_tokens
-    ids, pos, doc, und, gen, codes, tt, it, task = ([] for _ in range(9))
+    pads = {"input_ids": PAD, "positions": 0, "doc_ids": -1, "und_mask": False, "gen_mask": False, "gen_codes": 0,
+            "text_targets": IGNORE, "image_targets": IGNORE, "task": -1}
+    row: dict[str, list[Any]] = {k: [] for k in pads}
 
     def text(n: int) -> list[int]:
         return torch.randint(1, V, (n,), generator=g).tolist()
 
+    def add(kind: int, seq: list[int], text_targets: list[int], und: list[bool] | None = None,
+            gen: list[bool] | None = None, codes: list[int] | None = None,
+            image_targets: list[int] | None = None) -> None:
+        n = len(seq)
+        columns = {"input_ids": seq, "positions": range(n), "doc_ids": [kind] * n, "und_mask": und or [False] * n,
+                   "gen_mask": gen or [False] * n, "gen_codes": codes or [0] * n, "text_targets": text_targets,
+                   "image_targets": image_targets or [IGNORE] * n, "task": [kind] * n}
+        for name, values in columns.items():
+            row[name] += values
+
     # und: 3 prompt tokens, the image slots, 5 answer tokens (supervised)
     seq = text(3) + [PAD] * n_und + text(5)
-    m_und = [False] * 3 + [True] * n_und + [False] * 5
     sup = [False] * (3 + n_und) + [True] * 4 + [False]
-    nxt = seq[1:] + [IGNORE]
-    ids += seq; pos += range(len(seq)); doc += [0] * len(seq); und += m_und; gen += [False] * len(seq)
-    codes += [0] * len(seq); tt += [n if s else IGNORE for n, s in zip(nxt, sup)]; it += [IGNORE] * len(seq)
-    task += [0] * len(seq)
+    add(0, seq, [n if s else IGNORE for n, s in zip(seq[1:] + [IGNORE], sup)],
+        und=[False] * 3 + [True] * n_und + [False] * 5)
     # text: 10 tokens, every next token supervised
     seq = text(10)
-    ids += seq; pos += range(10); doc += [1] * 10; und += [False] * 10; gen += [False] * 10; codes += [0] * 10
-    tt += seq[1:] + [IGNORE]; it += [IGNORE] * 10; task += [1] * 10
+    add(1, seq, seq[1:] + [IGNORE])
     # gen: 4 prompt tokens (the last is BOI), n_gen codes, EOI; the image head predicts the codes
     prompt = text(4)
     cc = torch.randint(0, C, (n_gen,), generator=g).tolist()
     seq = prompt + [PAD] * n_gen + text(1)
-    ids += seq; pos += range(len(seq)); doc += [2] * len(seq); und += [False] * len(seq)
-    gen += [False] * 4 + [True] * n_gen + [False]
-    codes += [0] * 4 + cc + [0]
-    tt += [IGNORE] * len(seq)
-    it += [IGNORE] * 3 + cc + [IGNORE, IGNORE]
-    task += [2] * len(seq)
-    n = len(ids)
+    add(2, seq, [IGNORE] * len(seq), gen=[False] * 4 + [True] * n_gen + [False], codes=[0] * 4 + cc + [0],
+        image_targets=[IGNORE] * 3 + cc + [IGNORE, IGNORE])
+    n = len(row["input_ids"])
     assert n <= seq_len, (n, seq_len)
-    pad = seq_len - n
-    return dict(input_ids=ids + [PAD] * pad, positions=list(pos) + [0] * pad, doc_ids=doc + [-1] * pad,
-                und_mask=und + [False] * pad, gen_mask=gen + [False] * pad, gen_codes=codes + [0] * pad,
-                text_targets=tt + [IGNORE] * pad, image_targets=it + [IGNORE] * pad, task=task + [-1] * pad)
+    return {k: list(v) + [pads[k]] * (seq_len - n) for k, v in row.items()}
 
 
 def make_batch(cfg: JanusConfig, rows: int = 2, seq_len: int = 112, seed: int = 0) -> PackedBatch:

@@ -14,9 +14,9 @@ from loop_batches import HandStream
 from openjanus.checkpoints import load_model, read_config
 from openjanus.model.llm import document_mask
 from openjanus.train.checkpoint import export_checkpoint, latest_checkpoint, read_train_state, rng_state, set_rng_state
-from openjanus.train.loop import LoopSettings, Trainer, apply_stage
 from openjanus.train.objectives import JanusObjective
 from openjanus.train.stages import stage_from_name
+from openjanus.train.trainer import LoopSettings, Trainer, apply_stage
 
 
 def _train(tmp_path, steps: int = 2) -> Trainer:

@@ -6,8 +6,6 @@ import json
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
-
 from data_helpers import (
     CFG,
     gen_record,
@@ -16,6 +14,8 @@ from data_helpers import (
     write_jsonl,
     write_png,
 )
+from torch.utils.data import DataLoader
+
 from openjanus.config import ConfigError
 from openjanus.train.batch import PackedBatch
 from openjanus.train.data import (
@@ -27,7 +27,6 @@ from openjanus.train.data import (
     discover_shards,
 )
 from openjanus.train.stream import build_train_stream
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,9 +10,11 @@ from loop_batches import HandStream, assert_params_close, make_batch, split_rows
 
 from openjanus.errors import UserError
 from openjanus.train.checkpoint import latest_checkpoint, list_checkpoints
-from openjanus.train.loop import LoopSettings, Trainer, apply_stage, derive_grad_accum, format_log_line
+from openjanus.train.logs import format_log_line, peak_flops
 from openjanus.train.objectives import JanusObjective
+from openjanus.train.run import derive_grad_accum
 from openjanus.train.stages import stage_from_name
+from openjanus.train.trainer import LoopSettings, Trainer, apply_stage
 
 
 def _trainer(stream, stage_name: str = "stage2", seed: int = 0, **settings) -> Trainer:
@@ -166,6 +168,5 @@ def test_compiled_blocks_give_the_same_step() -> None:
 
 
 def test_peak_flops_only_on_known_gpus() -> None:
-    from openjanus.train.loop import peak_flops
 
     assert peak_flops(torch.device("cpu")) is None

@@ -24,7 +24,8 @@ CFG = JanusConfig.from_name("tiny")
 def _write_data(root) -> dict:
     (root / "imgs").mkdir(parents=True)
     for i in range(3):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(root / f"imgs/{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (30, 40, 3),
+                                                          dtype=np.uint8)).save(root / f"imgs/{i}.png")
     rng = random.Random(0)
     und = [{"messages": [{"role": "user", "content": "what is in this picture?"},
                          {"role": "assistant", "content": f"two green stars {i}."}], "images": [f"imgs/{i % 3}.png"]}
@@ -52,7 +53,8 @@ def test_train_resume_and_export_end_to_end(tmp_path, tiny_checkpoint, capsys) -
                   stage={"preset": "stage2", "steps": 3, "warmup_steps": 1, "global_batch": 2},
                   checkpoint_every=2,
                   eval={"every": 3, "benchmarks": ["geneval_shapes"],
-                        "options": {"geneval_shapes": {"per_category": 1, "n_per_prompt": 1, "tags": ["single_object"]}}})
+                        "options": {"geneval_shapes": {"per_category": 1, "n_per_prompt": 1,
+                                                       "tags": ["single_object"]}}})
     assert main(["train", cfg]) == 0
     assert [s for s, _ in list_checkpoints(run)] == [2, 3]
     err = capsys.readouterr().err
@@ -106,7 +108,7 @@ def test_config_overrides_and_errors(tmp_path) -> None:
     cfg = TrainConfig.from_dict(out)
     assert cfg.stage.preset == "stage2" and cfg.build_stage().lr == 5e-4
     assert cfg.model.overrides == {"llm.n_layers": 3} and cfg.build_model_config().llm.n_layers == 3
-    assert cfg.seq_len == 128 and cfg.data == {"num_workers": 0}
+    assert cfg.seq_len == 128 and cfg.data.num_workers == 0
     path = tmp_path / "c.json"
     path.write_text(json.dumps({**raw, "sequence_length": 5}))
     with pytest.raises(UserError, match="unknown key.*sequence_length"):

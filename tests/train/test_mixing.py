@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
 from data_helpers import CFG, make_dataset, processor_for
+
 from openjanus.config import ConfigError
-from openjanus.train.batch import TASKS
+from openjanus.train.batch import DATA_KINDS
 from openjanus.train.mixing import Mixer, parse_ratio
 from openjanus.train.packing import samples_per_task
 from openjanus.train.stream import build_train_stream
@@ -24,7 +24,7 @@ def test_mixer_stays_within_k_minus_1_samples_of_the_ratio_at_every_step(ratio):
         counts[mixer.next()] += 1
         for s in mixer.active:
             assert n * p[s] - (k - 1) - 1e-9 <= counts[s] <= n * p[s] + 1 + 1e-9, (n, s, counts)
-    assert set(counts) == {name for name, w in zip(TASKS, ratio) if w > 0}  # a 0 weight is never drawn
+    assert set(counts) == {name for name, w in zip(DATA_KINDS, ratio) if w > 0}  # a 0 weight is never drawn
 
 
 def test_mixer_is_random_deterministic_and_resumable():
@@ -60,20 +60,20 @@ def test_stream_realises_the_ratio_over_many_steps(tmp_path, tiny_checkpoint):
     for _ in range(300):
         per_batch.append(samples_per_task(next(stream)))
     stats = stream.stats()
-    placed = {t: sum(b[t] for b in per_batch) for t in TASKS}
+    placed = {t: sum(b[t] for b in per_batch) for t in DATA_KINDS}
     assert placed == stats.samples
     n = sum(placed.values())
     assert n > 900
-    for t, p in zip(TASKS, (0.5, 0.1, 0.4)):
+    for t, p in zip(DATA_KINDS, (0.5, 0.1, 0.4)):
         assert abs(placed[t] - n * p) <= 2 + max_pending, (t, placed)
     assert stats.mix == pytest.approx({"und": 0.5, "text": 0.1, "gen": 0.4}, abs=6 / n)
     # The bound holds after every step, not only at the end.
-    running = dict.fromkeys(TASKS, 0)
+    running = dict.fromkeys(DATA_KINDS, 0)
     for b in per_batch:
-        for t in TASKS:
+        for t in DATA_KINDS:
             running[t] += b[t]
         n_k = sum(running.values())
-        for t, p in zip(TASKS, (0.5, 0.1, 0.4)):
+        for t, p in zip(DATA_KINDS, (0.5, 0.1, 0.4)):
             assert abs(running[t] - n_k * p) <= 2 + max_pending, (t, running)
     assert 0.8 < stats.packing_efficiency <= 1.0
     assert stats.epochs["und"] >= 10  # the small sources were looped over many times

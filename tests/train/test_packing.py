@@ -6,13 +6,13 @@ import dataclasses
 
 import pytest
 import torch
-
 from conftest import build_tiny
 from data_helpers import CFG
-from openjanus.train.batch import IGNORE, training_forward
+
+from openjanus.train.batch import IGNORE
+from openjanus.train.objectives import training_forward
 from openjanus.train.packing import Packer, pack_rows, packing_efficiency, samples_per_task
 from openjanus.train.sequences import chat_sample, t2i_sample, text_sample
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -117,7 +117,7 @@ def test_packed_loss_and_gradients_equal_one_by_one(proc):
     assert any(n.startswith("gen_head") for n in packed_grads)
     for n, p in model.named_parameters():
         if p.grad is not None:
-            torch.testing.assert_close(packed_grads[n], p.grad, rtol=1e-5, atol=1e-6, msg=lambda m: f"{n}: {m}")
+            torch.testing.assert_close(packed_grads[n], p.grad, rtol=1e-5, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
 
     leaky = dataclasses.replace(packed, doc_ids=torch.where(packed.doc_ids >= 0, 0, -1))
     with torch.no_grad():

@@ -10,25 +10,21 @@ import pytest
 import torch
 from PIL import Image
 
+from openjanus.checkpoints.weights import load_part_into
 from openjanus.config import ConfigError, JanusConfig, VQConfig
 from openjanus.errors import UserError
 from openjanus.model.janus import Janus
 from openjanus.model.llm import LLM
 from openjanus.model.vq import VQModel
-from openjanus.pipeline import standin_processor
+from openjanus.processing import standin_processor
 from openjanus.train.batch import IGNORE, PackedBatch
 from openjanus.train.checkpoint import export_checkpoint, latest_checkpoint
-from openjanus.train.loop import LoopSettings, Trainer, apply_stage
+from openjanus.train.image_data import PartDataStream
 from openjanus.train.objectives import TextObjective
-from openjanus.train.parts import (
-    CaptionBatch,
-    PartDataStream,
-    SigLIPObjective,
-    SigLIPPair,
-    VQObjective,
-    load_part_into,
-)
+from openjanus.train.siglip import CaptionBatch, SigLIPObjective, SigLIPPair
 from openjanus.train.stages import stage_from_name
+from openjanus.train.trainer import LoopSettings, Trainer, apply_stage
+from openjanus.train.vq_objective import VQObjective
 
 CFG = JanusConfig.from_name("tiny")
 # Smaller than the tiny preset's VQ: the objective and the loop are under test, not the size.
@@ -236,7 +232,7 @@ def test_part_manifests_resolve_images_and_name_bad_records(tmp_path) -> None:
 
 
 def test_siglip_shape_groups_are_hard_negatives_that_resume(tmp_path) -> None:
-    from openjanus.eval.text import describe
+    from openjanus.shapes.text import describe
     from openjanus.train.config import PartOptions
 
     proc = standin_processor(CFG)

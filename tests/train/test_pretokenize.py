@@ -9,14 +9,13 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import build_tiny
 from data_helpers import CFG, processor_for, write_jsonl, write_png
+
 from openjanus.images import load_image, preprocess_gen_image
 from openjanus.train.data import DataConfig, DataError, SampleBuilder, SampleSource, SourceConfig, codes_file
 from openjanus.train.pretokenize import load_vq, pretokenize, register_pretokenize
 from openjanus.train.stream import build_train_stream
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,9 +115,9 @@ def test_cli_hook(tiny_checkpoint, tmp_path, capsys):
 def test_load_vq_reads_a_pretrained_vq_part(tmp_path):
     import torch
 
+    from openjanus.checkpoints.weights import export_part
     from openjanus.config import JanusConfig
     from openjanus.model.vq import VQModel
-    from openjanus.train.parts import export_part
     from openjanus.train.pretokenize import load_vq
 
     cfg = JanusConfig.from_name("tiny").vq

@@ -7,17 +7,15 @@ import random
 import numpy as np
 import pytest
 import torch
+from data_helpers import CFG
 from PIL import Image
 
-from data_helpers import CFG
-from openjanus.processing import format_conversation, preprocess_und_images
-from openjanus.train.batch import IGNORE, TASKS
-from openjanus.train.data import BadRecord, SampleBuilder
 from openjanus.generate import image_job
-from openjanus.processing import unconditional_prompt
+from openjanus.processing import format_conversation, preprocess_und_images, unconditional_prompt
 from openjanus.requests import SamplingParams
+from openjanus.train.batch import DATA_KINDS, IGNORE
+from openjanus.train.data import BadRecord, SampleBuilder
 from openjanus.train.sequences import chat_sample, first_sentence, t2i_sample, text_sample
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,7 +39,7 @@ def test_chat_ids_are_the_inference_encoding(proc):
     assert sample.input_ids.tolist() == ref.input_ids
     assert sample.und_mask.tolist() == ref.image_mask
     assert torch.equal(sample.pixel_values, ref.pixel_values)
-    assert sample.task == TASKS.index("und") and not sample.gen_mask.any()
+    assert sample.task == DATA_KINDS.index("und") and not sample.gen_mask.any()
     assert (sample.image_targets == IGNORE).all()
 
 
@@ -80,7 +78,7 @@ def test_text_and_caption_supervise_every_text_token(proc):
     body = tok.encode("the cat sat on the mat.", bos=False)
     assert s.input_ids.tolist() == [tok.bos_id, *body, tok.eos_id]
     assert _supervised(s) == [*body, tok.eos_id]
-    assert s.task == TASKS.index("text")
+    assert s.task == DATA_KINDS.index("text")
 
     cap = text_sample(proc, "<image_placeholder>a red circle.", _pixels(1), task="und")
     n = proc.num_und_tokens
@@ -106,7 +104,7 @@ def test_t2i_sample_targets_are_exactly_the_codes(proc):
     assert torch.equal(s.image_targets[p - 1 : p - 1 + n], codes)
     assert (s.image_targets[: p - 1] == IGNORE).all() and (s.image_targets[p - 1 + n :] == IGNORE).all()
     assert (s.text_targets == IGNORE).all()
-    assert s.task == TASKS.index("gen") and s.n_supervised == n
+    assert s.task == DATA_KINDS.index("gen") and s.n_supervised == n
 
 
 def test_cfg_dropout_row_is_the_inference_unconditional_row(proc):

@@ -11,9 +11,9 @@ from conftest import build_tiny
 from loop_batches import make_batch
 
 from openjanus.config import ConfigError
-from openjanus.train.loop import LoopSettings, Trainer, apply_stage
 from openjanus.train.objectives import JanusObjective
 from openjanus.train.stages import STAGES, Stage, stage_from_name
+from openjanus.train.trainer import LoopSettings, Trainer, apply_stage
 
 # What the issue asks each stage to train, written independently of `Stage.is_trainable`.
 STAGE1 = ("und_aligner.", "gen_aligner.", "gen_head.", "gen_embed.")
@@ -39,7 +39,8 @@ def test_presets_carry_janus_pro_table2() -> None:
     assert [s.global_batch for s in (s1, s2, s3)] == [256, 512, 128]
     assert [s.data_ratio for s in (s1, s2, s3)] == [(1, 0, 3), (2, 3, 5), (5, 1, 4)]
     for s in (s1, s2, s3):
-        assert (s.schedule, s.weight_decay, s.grad_clip, s.betas, s.task) == ("constant", 0.0, 1.0, (0.9, 0.95), "janus")
+        assert (s.schedule, s.weight_decay, s.grad_clip, s.betas, s.task) == ("constant", 0.0, 1.0, (0.9, 0.95),
+                                                                              "janus")
     for name in ("vq", "siglip", "text"):
         assert stage_from_name(name).task == name
 
@@ -73,7 +74,8 @@ def test_schedule_values() -> None:
 def test_scheduler_drives_optimizer_lr() -> None:
     model = build_tiny()
     obj = JanusObjective(model)
-    stage = Stage("k", trainable=("gen_head", "gen_aligner"), lr=1e-3, warmup_steps=2, steps=6, schedule="cosine", global_batch=1)
+    stage = Stage("k", trainable=("gen_head", "gen_aligner"), lr=1e-3, warmup_steps=2, steps=6, schedule="cosine",
+                  global_batch=1)
     apply_stage(obj, stage)
     batches = iter([make_batch(model.cfg, rows=1, seed=i) for i in range(6)])
     trainer = Trainer(obj, stage, batches, LoopSettings())

@@ -23,10 +23,10 @@ list changes every dataset and benchmark: treat it as frozen (bump ``HELDOUT_VER
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
-from openjanus.eval.spec import Spec
-from openjanus.eval.world import Scene
+from openjanus.shapes.spec import Spec
+from openjanus.shapes.world import Scene
 
 HELDOUT_VERSION = 1
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from openjanus.eval import datasets, splits
-from openjanus.eval.spec import TAGS
-from openjanus.eval.tasks import HELDOUT_TAGS, benchmark_specs, sample_scene_in_split, sample_spec, scene_for_spec
-from openjanus.eval.world import ObjectRequest, make_scene, rng_for
+from openjanus.shapes import datasets, splits
+from openjanus.shapes.spec import TAGS
+from openjanus.shapes.tasks import HELDOUT_TAGS, benchmark_specs, sample_scene_in_split, sample_spec, scene_for_spec
+from openjanus.shapes.world import ObjectRequest, make_scene, rng_for
 
 
 def test_heldout_list_is_the_documented_one():
@@ -57,7 +57,7 @@ def test_heldout_specs_and_benchmark_halves():
 def test_shape_groups_differ_only_in_shape_and_stay_in_their_split():
     import pytest
 
-    from openjanus.eval.tasks import shape_group
+    from openjanus.shapes.tasks import shape_group
 
     for i in range(40):
         for split in ("train", "heldout"):

@@ -7,7 +7,7 @@ import tracemalloc
 
 from PIL import Image
 
-from openjanus.eval import datasets
+from openjanus.shapes import datasets
 
 
 def test_samples_are_pure_functions_of_seed_and_index():

@@ -5,7 +5,7 @@ For each of N specs (the six GenEval categories in turn, training and held-out c
 alike) a scene that satisfies the spec exactly is rendered and scored:
 
 * ``clean`` -- the render itself;
-* ``degraded@s`` -- the render after :func:`openjanus.eval.scorer.degrade` at strength s
+* ``degraded@s`` -- the render after :func:`openjanus.shapes.scorer.degrade` at strength s
   (down/up-sampling, blur, colour shift and noise, JPEG);
 * ``vq`` -- the render after a real VQ encode/decode, when a round-trip function is given.
 
@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from openjanus.eval.scorer import check_spec, degrade, detect
-from openjanus.eval.spec import TAGS, Requirement, Spec
-from openjanus.eval.tasks import sample_spec, scene_for_spec
-from openjanus.eval.world import (
+from openjanus.shapes.scorer import check_spec, degrade, detect
+from openjanus.shapes.spec import TAGS, Requirement, Spec
+from openjanus.shapes.tasks import sample_spec, scene_for_spec
+from openjanus.shapes.world import (
     COLOR_NAMES,
     INVERSE_RELATION,
     MAX_OBJECTS,
@@ -78,7 +79,8 @@ def wrong_scene(spec: Spec, rng: np.random.Generator, image_size: int) -> tuple[
         if rng.random() < 0.5:  # binding error: the two colours swapped
             reqs = [ObjectRequest(a.cls, str(b.color)), ObjectRequest(b.cls, str(a.color))]
             return make_scene(rng, reqs, image_size), "binding"
-        reqs = [ObjectRequest(a.cls, _other(rng, COLOR_NAMES, {str(a.color), str(b.color)})), ObjectRequest(b.cls, str(b.color))]
+        other = _other(rng, COLOR_NAMES, {str(a.color), str(b.color)})
+        reqs = [ObjectRequest(a.cls, other), ObjectRequest(b.cls, str(b.color))]
         return make_scene(rng, reqs, image_size), "color"
     raise ValueError(f"no wrong scene for tag {spec.tag!r}")
 

@@ -1,20 +1,20 @@
 """Sampling specs and scenes per GenEval category and split: the shared source of the training
 datasets and of the benchmarks.
 
-Split ``"train"`` never yields a held-out composition (see :mod:`openjanus.eval.splits`);
+Split ``"train"`` never yields a held-out composition (see :mod:`openjanus.shapes.splits`);
 ``"heldout"`` always yields at least one; ``"any"`` yields either.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from openjanus.eval.spec import TAGS, Requirement, Spec
-from openjanus.eval.splits import is_heldout_scene, request_heldout, spec_heldout_reasons
-from openjanus.eval.text import with_prompt
-from openjanus.eval.world import (
+from openjanus.shapes.spec import TAGS, Requirement, Spec
+from openjanus.shapes.splits import is_heldout_scene, request_heldout, spec_heldout_reasons
+from openjanus.shapes.text import with_prompt
+from openjanus.shapes.world import (
     COLOR_NAMES,
     MAX_OBJECTS,
     RELATIONS,
@@ -73,7 +73,8 @@ def sample_spec(rng: np.random.Generator, tag: str, split: str = "train") -> Spe
     raise RuntimeError(f"no {split} spec found for {tag!r}")  # unreachable with the fixed lists
 
 
-def spec_requests(spec: Spec, rng: np.random.Generator, split: str = "train") -> tuple[list[ObjectRequest], tuple[int, str, int] | None]:
+def spec_requests(spec: Spec, rng: np.random.Generator,
+                  split: str = "train") -> tuple[list[ObjectRequest], tuple[int, str, int] | None]:
     """Objects (and a relation) that realise a spec exactly; free colours respect the split.
 
     For 'train' the free colours never complete a held-out composition; otherwise they are
@@ -155,7 +156,8 @@ def shape_group(rng: np.random.Generator, k: int, split: str = "train", image_si
     raise RuntimeError(f"no {split} shape group of {k} found")  # unreachable with the fixed lists
 
 
-def sample_t2i_scene(rng: np.random.Generator, split: str = "train", image_size: int = 64) -> tuple[str, Spec | None, Scene]:
+def sample_t2i_scene(rng: np.random.Generator, split: str = "train", image_size: int = 64) -> tuple[str, Spec | None,
+                                                                                                    Scene]:
     """(category, spec or None for 'free', scene) drawn from :data:`T2I_MIX`."""
     names = list(T2I_MIX)
     tag = names[int(rng.choice(len(names), p=np.array(list(T2I_MIX.values())) / sum(T2I_MIX.values())))]

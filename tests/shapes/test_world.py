@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from openjanus.eval import world
-from openjanus.eval.world import Scene, relations, render, rng_for, sample_scene
+from openjanus.shapes import world
+from openjanus.shapes.world import Scene, relations, render, rng_for, sample_scene
 
 
 def test_same_seed_same_pixels_and_different_seeds_differ():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from openjanus.eval import text
-from openjanus.eval.spec import TAGS
-from openjanus.eval.tasks import sample_scene_in_split, sample_spec, scene_for_spec
-from openjanus.eval.world import rng_for, sample_scene
+from openjanus.shapes import text
+from openjanus.shapes.spec import TAGS
+from openjanus.shapes.tasks import sample_scene_in_split, sample_spec, scene_for_spec
+from openjanus.shapes.world import rng_for, sample_scene
 
 
 def test_every_category_has_captions_that_describe_the_scene():

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from openjanus.eval import scorer
-from openjanus.eval.scorer import Detection, check_spec, detect, label_components
-from openjanus.eval.scorer_accuracy import measure, wrong_scene
-from openjanus.eval.spec import TAGS, Requirement, Spec
-from openjanus.eval.tasks import sample_spec, scene_for_spec
-from openjanus.eval.world import render, rng_for
+from openjanus.shapes import scorer
+from openjanus.shapes.scorer import Detection, check_spec, detect, label_components
+from openjanus.shapes.scorer_accuracy import measure, wrong_scene
+from openjanus.shapes.spec import TAGS, Requirement, Spec
+from openjanus.shapes.tasks import sample_spec, scene_for_spec
+from openjanus.shapes.world import render, rng_for
 
 
 def _bfs_count(mask: np.ndarray) -> int:
@@ -111,7 +111,8 @@ def test_check_spec_follows_geneval_rules():
     verdict = check_spec([circle, _det("star", "red", (0, 30, 10, 40))], pos)
     assert not verdict.correct and "right of" in verdict.reason
     # Extra objects of other classes are ignored, as in GenEval.
-    assert check_spec([circle, _det("square", "red", (50, 50, 60, 60))], Spec("single_object", (Requirement("circle"),))).correct
+    assert check_spec([circle, _det("square", "red", (50, 50, 60, 60))], Spec("single_object", (Requirement("circle"),
+                                                                                                ))).correct
 
 
 def test_degrade_is_seeded():

@@ -6,7 +6,7 @@ from a ``numpy.random.Generator`` the caller seeds, and rendering itself is dete
 background texture has its own seed stored in the scene), so ``render(scene)`` is a pure
 function and a dataset sample is fixed by ``(seed, index)`` alone.
 
-The world is built to be read back by :mod:`openjanus.eval.scorer` without a neural network:
+The world is built to be read back by :mod:`openjanus.shapes.scorer` without a neural network:
 backgrounds are light and nearly grey, object colours are saturated or dark and far apart,
 objects never overlap and keep a gap between them and from the border.
 """
@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -266,7 +267,8 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: Sequence[float], fill
     draw.polygon([(cx + u * hw, cy + v * hh) for u, v in SHAPE_POLYGONS[shape]], fill=fill)
 
 
-def coverage_mask(shape: str, box: Sequence[float], width: int, height: int, supersample: int = SUPERSAMPLE) -> np.ndarray:
+def coverage_mask(shape: str, box: Sequence[float], width: int, height: int,
+                  supersample: int = SUPERSAMPLE) -> np.ndarray:
     """Fraction (0..1) of each pixel of a width x height canvas covered by the shape in ``box``."""
     s = supersample
     canvas = Image.new("L", (width * s, height * s), 0)

@@ -13,14 +13,13 @@ word. The open description is scored by :func:`description_score` (see there).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-from openjanus.eval.formats import pope_label
-from openjanus.eval.spec import Requirement, Spec
-from openjanus.eval.world import (
+from openjanus.shapes.spec import Requirement, Spec
+from openjanus.shapes.world import (
     COLOR_NAMES,
     INVERSE_RELATION,
     SHAPES,
@@ -415,6 +414,14 @@ def description_score(answer: str, scene: Scene) -> float:
         return 0.0
     p, r = hit / len(said), hit / len(truth)
     return 2 * p * r / (p + r)
+
+
+def pope_label(answer: str) -> str:
+    """How POPE reads a free answer: first sentence, commas dropped; 'no' if it has the word
+    'No', 'no' or 'not', else 'yes'."""
+    first = answer.split(".", 1)[0].replace(",", "")
+    words = first.split(" ")
+    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
 
 
 def score_answer(qa: QA, answer: str, scene: Scene | None = None) -> float:

@@ -24,27 +24,28 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from PIL import Image
 
 from openjanus.errors import UserError
-from openjanus.eval.splits import HELDOUT_VERSION
-from openjanus.eval.tasks import SPLIT_CHOICES, sample_scene_in_split, sample_t2i_scene
-from openjanus.eval.text import (
+from openjanus.processing import IMAGE_TOKEN  # the placeholder the chat template expands
+from openjanus.shapes.splits import HELDOUT_VERSION
+from openjanus.shapes.tasks import SPLIT_CHOICES, sample_scene_in_split, sample_t2i_scene
+from openjanus.shapes.text import (
     PREFIXES,
     caption_variants,
     describe,
     scene_questions,
     summary,
 )
-from openjanus.eval.world import BACKGROUND_KINDS, check_image_size, render, rng_for, with_background
+from openjanus.shapes.world import BACKGROUND_KINDS, check_image_size, render, rng_for, with_background
 
 KINDS: tuple[str, ...] = ("t2i", "und", "text")
-IMAGE_TOKEN = "<image_placeholder>"
 _STREAM = {"t2i": 1, "und": 2, "text": 3}
 _SPLIT_STREAM = {"train": 0, "heldout": 1, "any": 2}
 

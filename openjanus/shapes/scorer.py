@@ -18,7 +18,7 @@ Detection, in four steps:
    ``min_shape_iou``, else the shape is unknown.
 
 The spec check follows GenEval's rules (:func:`check_spec`); position uses the same relation
-geometry as GenEval (:func:`openjanus.eval.world.relations`).
+geometry as GenEval (:func:`openjanus.shapes.world.relations`).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from __future__ import annotations
 import functools
 import io
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from openjanus.eval.spec import Spec
-from openjanus.eval.world import COLOR_NAMES, COLORS, SHAPES, coverage_mask, relations
+from openjanus.shapes.spec import Spec
+from openjanus.shapes.world import COLOR_NAMES, COLORS, SHAPES, coverage_mask, relations
 
 BACKGROUND = -1
 OTHER = -2  # foreground whose colour is in no palette
@@ -198,7 +198,7 @@ def _majority3x3(labels: np.ndarray, k: int) -> np.ndarray:
     return np.where(win < k, win, np.where(win == k, OTHER, BACKGROUND)).astype(np.int32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shape_moments(shape: str) -> tuple[float, float, float]:
     """(area fraction of the box, centroid x, centroid y) of a shape in its unit box [-1, 1]^2."""
     n = 256
