@@ -28,7 +28,7 @@ from openjanus.images import ImageInput
 from openjanus.model.janus import Janus
 from openjanus.model.llm import fuse_projections
 from openjanus.processing import JanusProcessor, standin_processor
-from openjanus.quantize import quantize_model
+from openjanus.quantize import Int8Linear, quantize_model
 from openjanus.requests import ChatRequest, ChatResult, ImageRequest, ImageResult
 
 # The demo model shipped with the package (see the README); used when no model is named, and
@@ -144,6 +144,14 @@ class JanusPipeline:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.llm.embed.weight.dtype
+
+    @property
+    def weights(self) -> str:
+        """The model and its weight format, as reports record it: "janus-shapes, bfloat16"."""
+        fmt = str(self.dtype).removeprefix("torch.")
+        if any(isinstance(m, Int8Linear) for m in self.model.modules()):
+            fmt += ", int8 LLM and heads"
+        return f"{self.name}, {fmt}"
 
     @property
     def image_size(self) -> int:

@@ -38,6 +38,7 @@ class GenerationReport:
     prompts: int
     images: int
     settings: dict[str, Any] | None = None  # the GenerationSettings the images were made with
+    weights: str | None = None  # the model and its weight format (`JanusPipeline.weights`)
     world: dict[str, Any] | None = None  # shapes benchmarks: held-out version, prompts per tag, seed
     scored: bool = True
     overall: float | None = None  # the unweighted mean of the categories
@@ -86,6 +87,7 @@ class UnderstandingReport:
     yes_no_by_split: dict[str, float]  # split -> accuracy on the POPE questions of its images
     questions: dict[str, int]
     describe_scoring: str
+    weights: str = ""  # the model and its weight format (`JanusPipeline.weights`)
 
     def to_dict(self) -> dict[str, Any]:
         """The report.json object."""

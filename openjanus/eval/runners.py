@@ -68,6 +68,9 @@ class Pipeline(Protocol):
     @property
     def und_image_size(self) -> int: ...
 
+    @property
+    def weights(self) -> str: ...  # the model and its weight format, recorded in reports
+
     def run(self, requests: Sequence[ImageRequest]) -> Sequence[ImageResult]: ...
 
     def answer(
@@ -263,7 +266,7 @@ def run_geneval(
         raise UserError("no prompts to generate")
     generate_geneval(pipeline, specs, out, settings, log, records)
     made = {"prompts": len(specs), "images": len(specs) * settings.n_per_prompt,
-            "settings": dataclasses.asdict(settings), "world": world}
+            "settings": dataclasses.asdict(settings), "world": world, "weights": pipeline.weights}
     if all(is_shapes_spec(s) for s in specs):
         report = dataclasses.replace(score_geneval(out, title, log), **made)
         write_json(out / "report.json", report.to_dict())
@@ -505,6 +508,7 @@ def run_pope_shapes(
         for r in rows:
             yes_no[split_of_scene(scenes[r["image"]])].append(r["pred"] == r["label"])
     report = UnderstandingReport(
+        weights=pipeline.weights,
         benchmark="POPE/MME-style understanding (shapes world)",
         n_images=n_images,
         seed=seed,
@@ -580,6 +584,7 @@ class WorldOracle:
     def __init__(self, specs: Sequence[Spec], image_size: int = 64) -> None:
         self._specs = {s.prompt: s for s in specs}
         self.image_size = image_size
+        self.weights = "the world's own renderer (no model)"
         self.und_image_size = image_size
 
     def run(self, requests: Sequence[ImageRequest]) -> list[OracleResult]:

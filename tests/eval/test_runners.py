@@ -27,6 +27,7 @@ from openjanus.shapes.tasks import benchmark_specs
 
 class BlankGenerator:
     image_size = und_image_size = 32
+    weights = "a stand-in pipeline, no weights"
 
     def __init__(self):
         self.calls = []
@@ -44,6 +45,7 @@ class TruthAnswerer:
     """Answers every question of a built shapes benchmark correctly (or always 'yes')."""
 
     image_size = und_image_size = 64
+    weights = "a stand-in pipeline, no weights"
 
     def __init__(self, root: Path, always_yes: bool = False):
         self.root, self.always_yes, self.truth = root, always_yes, None
@@ -137,6 +139,7 @@ def test_real_pope_and_mme_files(tmp_path):
 
     class Says:
         image_size = und_image_size = 32
+        weights = "a stand-in pipeline, no weights"
 
         def answer(self, images, questions, max_new_tokens=32):
             return ["Yes, there is." if "dog" in q else "No, there is not." for q in questions]
