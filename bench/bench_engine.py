@@ -99,7 +99,8 @@ def main() -> None:
     print(f"  one after another: {s:6.2f} s  {n / s:6.2f} images/s")
     print(f"  all at once:       {c:6.2f} s  {n / c:6.2f} images/s   ({s / c:.2f}x)")
     print(f"  a request arriving when the batch is half done: {j_in:.2f} s joining it; {j_idle:.2f} s alone on an "
-          f"idle engine; {j_wait:.2f} s if it had to wait for the batch to finish ({j_wait / j_in:.2f}x its joined latency)")
+          f"idle engine; {j_wait:.2f} s if it had to wait for the batch to finish "
+          f"({j_wait / j_in:.2f}x its joined latency)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)

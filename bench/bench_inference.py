@@ -27,10 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-import sys
 from pathlib import Path
 
 import torch
@@ -291,25 +291,27 @@ def bench_parts(cfg, args: argparse.Namespace) -> dict:
     images = torch.rand(1, 3, cfg.vq.image_size, cfg.vq.image_size, generator=g) * 2 - 1
     codes = torch.randint(0, cfg.vq.codebook_size, (1, cfg.num_gen_tokens), generator=g)
     tasks = {
-        "SigLIP forward": (lambda m, x: m.und_encoder(x), lambda h, x: h.model.vision_model(x).last_hidden_state, pixels),
+        "SigLIP forward": (lambda m, x: m.und_encoder(x),
+                           lambda h, x: h.model.vision_model(x).last_hidden_state, pixels),
         "VQ decode": (lambda m, c: m.gen_tokenizer.decode_codes(c), lambda h, c: h.model.vqmodel.decode(c), codes),
-        "VQ encode": (lambda m, x: m.gen_tokenizer.encode(x), lambda h, x: h.model.vqmodel.encode(x).image_tokens, images),
+        "VQ encode": (lambda m, x: m.gen_tokenizer.encode(x),
+                      lambda h, x: h.model.vqmodel.encode(x).image_tokens, images),
     }
     runs: dict[tuple[str, str], list[float]] = {}
     outs: dict[tuple[str, str], Tensor] = {}
 
-    def clock(key, fn):
+    def clock(key, fn, *args):
         t0 = time.perf_counter()
-        outs[key] = fn()
+        outs[key] = fn(*args)
         runs.setdefault(key, []).append(time.perf_counter() - t0)
 
     for r in range(args.repeats + 1):  # the first round warms up
         for task, (ours_fn, hf_fn, x) in tasks.items():
             if hf is not None:
-                clock((task, "transformers float32"), lambda: hf_fn(hf, x))
+                clock((task, "transformers float32"), hf_fn, hf, x)
             for name, m in ours.items():
                 xin = x.to(torch.bfloat16) if name == "bfloat16" and x.is_floating_point() else x
-                clock((task, name), lambda: ours_fn(m, xin))
+                clock((task, name), ours_fn, m, xin)
         if r == 0:
             runs.clear()
         print(f"  parts round {r}/{args.repeats} done", file=sys.stderr)
@@ -342,7 +344,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--quantize", default="none", choices=["none", "int8"], help="end-to-end pipeline weights")
-    ap.add_argument("--jacobi", type=int, default=0, help="speculative Jacobi window for our end-to-end images (0: off)")
+    ap.add_argument("--jacobi", type=int, default=0,
+                    help="speculative Jacobi window for our end-to-end images (0: off)")
     ap.add_argument("--parallel", type=int, default=4, help="images per prompt (CFG doubles the rows)")
     ap.add_argument("--new-tokens", type=int, default=32, help="answer length for the decode figure")
     ap.add_argument("--repeats", type=int, default=3)

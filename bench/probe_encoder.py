@@ -11,7 +11,8 @@ background), runs the understanding path (SigLIP, then the aligner) and fits a m
 logistic regression (L-BFGS, small L2) on the first 2/3 of the scenes, reporting accuracy on
 the rest. Feature views: the patch under the object's centre, and the mean and the max over
 all patches, of the encoder and (for whole models) of the aligner's output. A SigLIP part folder
-(`openjanus train export` of a siglip run) is probed inside the `--part-preset` model. Chance is 1/6 for shape and 1/9 for colour. A part that answers shape
+(`openjanus train export` of a siglip run) is probed inside the `--part-preset` model. Chance is
+1/6 for shape and 1/9 for colour. A part that answers shape
 questions at chance in `openjanus eval pope-shapes` but probes well here has the information
 and the LLM is not reading it; one that probes badly here needs a better encoder.
 
@@ -72,8 +73,8 @@ def single_object_scenes(pipe, seed: int, stream: tuple[int, ...], count: int):
     [count, 3, S, S], shape labels [count], colour labels [count])."""
     import torch
 
-    from openjanus.shapes.world import COLOR_NAMES, SHAPES, render, rng_for, sample_scene
     from openjanus.processing import preprocess_und_images
+    from openjanus.shapes.world import COLOR_NAMES, SHAPES, render, rng_for, sample_scene
 
     size = pipe.model.cfg.vision.image_size
     scenes = [sample_scene(rng_for(seed, *stream, i), size, n_objects=1) for i in range(count)]
@@ -116,8 +117,8 @@ def supervised_baseline(preset: str, steps: int, seed: int, batch: int = 64):
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from openjanus.shapes.world import SHAPES
     from openjanus.pipeline import JanusPipeline
+    from openjanus.shapes.world import SHAPES
 
     torch.manual_seed(seed)
     pipe = JanusPipeline.load(preset, device="cpu", dtype="float32")

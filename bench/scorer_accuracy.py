@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         rt = vq_roundtrip(JanusPipeline.load(args.model, device=args.device))
     results = {}
     for size in args.sizes:
-        r = measure(n=args.n, image_size=size, strengths=args.strengths, seed=args.seed, roundtrip=rt, background=args.background,
-                    log=lambda m: print(m, file=sys.stderr))
+        r = measure(n=args.n, image_size=size, strengths=args.strengths, seed=args.seed, roundtrip=rt,
+                    background=args.background, log=lambda m: print(m, file=sys.stderr))
         results[size] = r
         print(format_table(r))
         print(f"({r['seconds']} s)\n")

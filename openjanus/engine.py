@@ -22,26 +22,25 @@ import random
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import torch
 
 from openjanus.errors import UserError
 from openjanus.generate import BatchRunner, Job, image_job
-from openjanus.requests import (ChatRequest, ChatResult, Cost, ImageProgress, ImageRequest, ImageResult,
-                                TextDelta)
+from openjanus.requests import ChatRequest, ChatResult, Cost, ImageProgress, ImageRequest, ImageResult, TextDelta
 
 if TYPE_CHECKING:
     from openjanus.pipeline import JanusPipeline
 
 __all__ = ["Engine", "EngineConfig", "RequestHandle", "Cancelled", "QueueFull", "ContextTooLong"]
 
-Request = Union[ImageRequest, ChatRequest]
-Result = Union[ImageResult, ChatResult]
-Event = Union[ImageProgress, TextDelta]
+Request = ImageRequest | ChatRequest
+Result = ImageResult | ChatResult
+Event = ImageProgress | TextDelta
 
 # Answers longer than this need an explicit max_new_tokens (it reserves cache memory).
 DEFAULT_MAX_NEW_TOKENS = 512

@@ -446,7 +446,8 @@ class BatchRunner:
         # One forward pass per window length: plain jobs and answers feed one token per row.
         for length in sorted({h.shape[1] for _, _, h in feeds}):
             group = [(j, r, h) for j, r, h in feeds if h.shape[1] == length]
-            out = self._forward(_upload(torch.cat([r for _, r, _ in group]), device), torch.cat([h for _, _, h in group]),
+            rows = _upload(torch.cat([r for _, r, _ in group]), device)
+            out = self._forward(rows, torch.cat([h for _, _, h in group]),
                                 [j for j, _, _ in group])
             for (j, r, _), oj in zip(group, out.split([len(r) for _, r, _ in group])):
                 j.forward_passes += 1

@@ -69,7 +69,7 @@ def quantize_model(model: Janus, method: str | None) -> Janus:
     if method != "int8":
         raise UserError(f"unknown quantization {method!r}; choose one of {', '.join(QUANTIZATIONS)}")
     for root in (model.llm, model.gen_head):
-        for name, module in list(root.named_modules()):
+        for module in list(root.modules()):
             for child_name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
                     setattr(module, child_name, Int8Linear(child))

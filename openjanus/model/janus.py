@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from openjanus.config import JanusConfig
-from openjanus.model.llm import LLM
 from openjanus.model.linear import Linear
+from openjanus.model.llm import LLM
 from openjanus.model.siglip import SigLIPViT
 from openjanus.model.vq import VQModel
 

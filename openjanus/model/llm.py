@@ -15,7 +15,6 @@ from torch import Tensor, nn
 from openjanus.config import LLMConfig
 from openjanus.model.linear import Linear
 
-
 # scaled_dot_product_attention takes grouped key/value heads directly from torch 2.5 on.
 _SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
@@ -35,7 +34,8 @@ class RMSNorm(nn.Module):
 
 def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """cos/sin tables for rotate-half RoPE at `positions` [B, T] -> two [B, 1, T, head_dim]."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.int64).float() / head_dim))
+    even = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.int64).float()
+    inv_freq = 1.0 / (theta ** (even / head_dim))
     freqs = positions.float()[..., None] * inv_freq  # [B, T, head_dim/2]
     emb = torch.cat([freqs, freqs], dim=-1)  # [B, T, head_dim]
     return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
