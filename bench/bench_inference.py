@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from openjanus.allocator import keep_freed_memory
 from openjanus.engine import EngineConfig
 from openjanus.generate import cfg_combine, round_up
 from openjanus.model.llm import KVCache, cache_mask
@@ -356,9 +357,14 @@ def main() -> None:
     ap.add_argument("--no-peer", action="store_true", help="skip transformers")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="write every figure to this file")
+    ap.add_argument("--no-keep-freed-memory", action="store_true",
+                    help="leave glibc's allocator as it is (the openjanus commands, and by default this "
+                         "script for every contender alike, keep freed memory: openjanus.allocator)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.no_keep_freed_memory:
+        keep_freed_memory()
 
     from openjanus.config import JanusConfig
 

@@ -9,7 +9,9 @@ it, run SigLIP on one image, sample 576 image tokens with classifier-free guidan
 (4 rows), decode 1 and 2 images with the VQ, encode one 384x384 image. The official code cannot
 run here (it needs timm), so its figures are the ones it measured on this kind of CPU with 2
 threads at fp32 (ranges over its runs, in `OFFICIAL`); ours are taken at fp32 (the exact format)
-and in bf16 (the default on CPUs with bf16 instructions). Compare the ratio, not the last digit.
+and in bf16 (the default on CPUs with bf16 instructions), with the allocator setting the
+openjanus commands use (`openjanus.allocator`; `--no-keep-freed-memory` leaves it out). Compare
+the ratio, not the last digit.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from openjanus.allocator import keep_freed_memory
 from openjanus.checkpoints import save_model
 from openjanus.generate import generate_image_tokens
 from openjanus.pipeline import JanusPipeline
@@ -86,9 +89,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
                     help="formats to run (float32 is the one the official figures were taken in)")
+    ap.add_argument("--no-keep-freed-memory", action="store_true",
+                    help="leave glibc's allocator as it is (the openjanus commands keep freed memory: "
+                         "openjanus.allocator)")
     ap.add_argument("--json", default=None, help="write the figures to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.no_keep_freed_memory:
+        keep_freed_memory()
     preset = JanusPipeline.from_preset("janus-pro-1b", **{f"llm.{k}": v for k, v in LLM.items()})
     with tempfile.TemporaryDirectory() as tmp:
         save_model(preset.model, tmp, layout="official")

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from openjanus.allocator import keep_freed_memory
 from openjanus.errors import UserError
 from openjanus.requests import MAX_SEED, Message
 
@@ -427,6 +428,8 @@ def _benchmark_eval_hook(*args: Any) -> Any:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "train":
+        keep_freed_memory()  # inference: no page faults on every large activation
     try:
         args.func(args)
     except UserError as e:
