@@ -17,13 +17,19 @@ DECODE_PARTS = ("llm.layers", "llm.norm", "gen_head", "gen_aligner", "gen_embed"
 VISUAL_PARTS = ("und_encoder", "gen_tokenizer")
 
 
-def bandwidth() -> float:
-    """Bytes per second of a large read (a sum over 1 GiB), best of 5."""
-    x = torch.ones(2**28)
+def bandwidth(device: torch.device | str = "cpu") -> float:
+    """Bytes per second of a large read (a sum over 1 GiB) on `device` (host memory, or a GPU's
+    HBM), best of 5."""
+    device = torch.device(device)
+    x = torch.ones(2**28, device=device)
     best = float("inf")
     for _ in range(5):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         t = time.perf_counter()
         x.sum()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - t)
     return x.numel() * 4 / best
 

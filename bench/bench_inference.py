@@ -165,25 +165,28 @@ def ours_steps(model, images: int, steps: int, length_bucket: int = 128) -> tupl
     [steps + WARMUP] of image 0, guided logits [steps + WARMUP, codebook] of image 0)."""
     cfg = model.cfg.llm
     dtype = model.llm.layers[0].attn_norm.weight.dtype
+    device = model.llm.layers[0].attn_norm.weight.device
     rows = 2 * images
     max_len = round_up(PROMPT_LEN + WARMUP + steps + 1, length_bucket)
-    cache = KVCache.allocate(cfg.n_layers, rows, max_len, cfg.n_kv_heads, cfg.head_dim, dtype=dtype)
-    valid = torch.ones(rows, max_len, dtype=torch.bool)
-    h = torch.randn(rows, PROMPT_LEN, cfg.dim, generator=torch.Generator().manual_seed(0)).to(dtype)
-    slots = torch.arange(PROMPT_LEN)
+    cache = KVCache.allocate(cfg.n_layers, rows, max_len, cfg.n_kv_heads, cfg.head_dim, device=device, dtype=dtype)
+    valid = torch.ones(rows, max_len, dtype=torch.bool, device=device)
+    h = torch.randn(rows, PROMPT_LEN, cfg.dim, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    slots = torch.arange(PROMPT_LEN, device=device)
     pos = slots.expand(rows, PROMPT_LEN)
     hidden = model.llm(h, pos, mask=cache_mask(slots, valid[:, :PROMPT_LEN]), cache=cache, slots=slots,
                        kv_len=PROMPT_LEN)[:, -1]
     times, tokens, logits_0 = [], [], []
     for i in range(WARMUP + steps):
+        sync(device)
         t0 = time.perf_counter()
         guided = cfg_combine(model.image_logits(hidden), CFG_WEIGHT)  # [images, codebook]
         codes = guided.argmax(-1)
         x = model.embed_image_tokens(codes.repeat_interleave(2))[:, None]  # [rows, 1, D]
-        slot = torch.tensor([PROMPT_LEN + i])
+        slot = torch.tensor([PROMPT_LEN + i], device=device)
         kv_len = round_up(PROMPT_LEN + i + 1, length_bucket)  # only the slots in use, bucketed
         hidden = model.llm(x, slot.expand(rows, 1), mask=cache_mask(slot, valid[:, :kv_len]), cache=cache,
                            slots=slot, kv_len=kv_len)[:, -1]
+        sync(device)
         if i >= WARMUP:
             times.append(time.perf_counter() - t0)
         tokens.append(codes[0])
@@ -199,17 +202,19 @@ def hf_steps(hf, images: int, steps: int) -> tuple[list[float], Tensor, Tensor]:
     lm = hf.model.language_model
     dim = hf.config.text_config.hidden_size
     rows = 2 * images
-    dtype = lm.norm.weight.dtype
-    h = torch.randn(rows, PROMPT_LEN, dim, generator=torch.Generator().manual_seed(0)).to(dtype)
+    dtype, device = lm.norm.weight.dtype, lm.norm.weight.device
+    h = torch.randn(rows, PROMPT_LEN, dim, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     cache = DynamicCache()
     hidden = lm(inputs_embeds=h, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
     times, tokens, logits_0 = [], [], []
     for i in range(WARMUP + steps):
+        sync(device)
         t0 = time.perf_counter()
         guided = cfg_combine(hf.model.generation_head(hidden), CFG_WEIGHT)
         codes = guided.argmax(-1)
         x = hf.prepare_embeddings_for_image_generation(codes.repeat_interleave(2))[:, None]
         hidden = lm(inputs_embeds=x, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+        sync(device)
         if i >= WARMUP:
             times.append(time.perf_counter() - t0)
         tokens.append(codes[0])
@@ -228,7 +233,10 @@ def agreement(tokens: Tensor, logits: Tensor, ref_tokens: Tensor, ref_logits: Te
 
 
 def bench_steps(cfg, args: argparse.Namespace) -> dict:
+    device = resolve_device(args.device)
     base = build_parts(cfg, DECODE_PARTS)
+    for name in DECODE_PARTS:  # the rest stays on meta
+        base.get_submodule(name).to(device)
     # Each format as `JanusPipeline.load` prepares it (fused projections outside fp32).
     contenders = {"float32": base, "bfloat16": prepare_for_inference(converted(base, torch.bfloat16))}
     contenders["int8"] = prepare_for_inference(converted(base, torch.bfloat16), "int8")
@@ -238,7 +246,7 @@ def bench_steps(cfg, args: argparse.Namespace) -> dict:
     seqs: dict[str, tuple[Tensor, Tensor]] = {}
     bws = []
     for r in range(args.repeats):
-        bws.append(bandwidth())
+        bws.append(bandwidth(device))
         for images in sizes:
             if hf is not None:
                 t, tok, lg = hf_steps(hf, images, args.steps)
@@ -267,7 +275,8 @@ def bench_steps(cfg, args: argparse.Namespace) -> dict:
         if images == 1:
             row.update(agreement(*seqs[name], ref_tok, ref_lg))
         rows.append(row)
-    print(f"\ndecode step ({args.preset}, {torch.get_num_threads()} threads, read bandwidth {bw / 1e9:.1f} GB/s, "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"\ndecode step ({args.preset}, {where}, read bandwidth {bw / 1e9:.1f} GB/s, "
           f"{args.steps} steps x {args.repeats} rounds, tokens compared over {WARMUP + args.steps} steps)")
     print(f"{'format':<22}{'images':>7}{'ms/step':>9}{'floor ms':>9}{'x floor':>8}{'vs HF fp32':>11}"
           f"{'N/1 img':>8}{'max dlogit':>11}{'greedy agree':>13}")
@@ -396,6 +405,9 @@ def bench_end_to_end(args: argparse.Namespace, overrides: dict) -> dict:
           f"torch {torch.__version__}, {args.parallel} images per prompt, {args.new_tokens}-token answers, "
           f"median of {args.repeats}")
     ours = bench_openjanus(pipe, args)
+    # The floor of a token step: the LLM and image-head weights read once, at this device's bandwidth.
+    ours["floor ms"] = 1000 * floor_bytes(pipe.model) / bandwidth(dev)
+    ours["x floor"] = ours["ms/token step"] / ours["floor ms"]
     peer = None if args.no_peer else bench_transformers(pipe, args)
     print(f"{'metric':<16}{'openjanus':>12}" + (f"{'transformers':>14}{'ratio':>8}" if peer else ""))
     for key, value in ours.items():
