@@ -255,7 +255,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         "model": pipe.name, "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
         "prompts": list(args.prompt), "n": args.n, "cfg_weight": args.cfg, "temperature": sampling.temperature,
         "top_k": sampling.top_k, "top_p": sampling.top_p, "seed": args.seed, "jacobi": args.jacobi,
-        "compile": args.compile, "seconds": round(seconds, 3),
+        "quantize": args.quantize, "weights": pipe.weights, "batch_rows": args.batch_rows,
+        "kv_cache_gib": args.kv_cache_gib, "compile": args.compile, "seconds": round(seconds, 3),
         "forward_passes": sum(r.cost.forward_passes for r in results),
         "tokens_per_image": pipe.model.cfg.num_gen_tokens, "images": files,
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -147,3 +149,19 @@ def test_every_command_that_loads_a_model_honours_quantize(argv, monkeypatch, tm
     argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]
     assert main(argv + ["--quantize", "int8"]) == 2
     assert seen.get("quantize") == "int8"
+
+
+def test_generate_writes_run_json_with_every_setting(tmp_path):
+    out = tmp_path / "run"
+    argv = ["generate", "--model", "tiny", "--out", str(out), "-n", "2", "--seed", "3", "--cfg", "4.5",
+            "--dtype", "bfloat16", "--quantize", "int8", "--top-k", "50", "a red circle", "a blue square"]
+    assert main(argv) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"] == "tiny" and run["dtype"] == "bfloat16" and run["quantize"] == "int8"
+    assert run["weights"] == "tiny, bfloat16, int8 LLM and heads"
+    assert (run["n"], run["seed"], run["cfg_weight"], run["top_k"], run["jacobi"]) == (2, 3, 4.5, 50, 0)
+    assert run["prompts"] == ["a red circle", "a blue square"] and run["kv_cache_gib"] == 4.0
+    assert run["seconds"] > 0 and run["forward_passes"] > 0 and run["tokens_per_image"] == 64
+    # Prompt i uses seed + i; every image names its prompt and seed.
+    assert [(f["prompt"], f["seed"]) for f in run["images"]] == [("a red circle", 3)] * 2 + [("a blue square", 4)] * 2
+    assert all((out / f["file"]).is_file() for f in run["images"])
