@@ -20,6 +20,8 @@ import sys
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 1 << 30  # blocks larger than this (whole checkpoints read at once) still get their own mapping
+# glibc builds that cap the threshold refuse more than 32 MiB on 64-bit: then at least that.
+CAPPED_MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = (1 << 31) - 1
 
 
@@ -33,7 +35,8 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    mmap_set = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) or mallopt(_M_MMAP_THRESHOLD, CAPPED_MMAP_THRESHOLD)
+    return bool(mmap_set) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 __all__ = ["keep_freed_memory"]
