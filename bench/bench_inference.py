@@ -159,10 +159,28 @@ def floor_bytes(model) -> int:
                for t in list(root.parameters()) + list(root.buffers()))
 
 
+def greedy_steps(head, feed, hidden: Tensor, steps: int, device: torch.device) -> tuple[list[float], Tensor, Tensor]:
+    """WARMUP + `steps` greedy CFG steps from the prefilled `hidden` [rows, D]: `head(hidden)`
+    gives the image logits, `feed(codes, i)` the next hidden state after feeding the image
+    tokens of step i. -> (seconds per timed step, tokens of image 0, guided logits of image 0)."""
+    times, tokens, logits_0 = [], [], []
+    for i in range(WARMUP + steps):
+        sync(device)
+        t0 = time.perf_counter()
+        guided = cfg_combine(head(hidden), CFG_WEIGHT)  # [images, codebook]
+        codes = guided.argmax(-1)
+        hidden = feed(codes.repeat_interleave(2), i)
+        sync(device)
+        if i >= WARMUP:
+            times.append(time.perf_counter() - t0)
+        tokens.append(codes[0])
+        logits_0.append(guided[0].float())
+    return times, torch.stack(tokens), torch.stack(logits_0)
+
+
 @torch.inference_mode()
 def ours_steps(model, images: int, steps: int, length_bucket: int = 128) -> tuple[list[float], Tensor, Tensor]:
-    """Prefill, then WARMUP + `steps` greedy CFG steps; -> (seconds per timed step, tokens
-    [steps + WARMUP] of image 0, guided logits [steps + WARMUP, codebook] of image 0)."""
+    """Prefill PROMPT_LEN random embeddings, then `greedy_steps` through our model."""
     cfg = model.cfg.llm
     dtype = model.llm.layers[0].attn_norm.weight.dtype
     device = model.llm.layers[0].attn_norm.weight.device
@@ -175,23 +193,15 @@ def ours_steps(model, images: int, steps: int, length_bucket: int = 128) -> tupl
     pos = slots.expand(rows, PROMPT_LEN)
     hidden = model.llm(h, pos, mask=cache_mask(slots, valid[:, :PROMPT_LEN]), cache=cache, slots=slots,
                        kv_len=PROMPT_LEN)[:, -1]
-    times, tokens, logits_0 = [], [], []
-    for i in range(WARMUP + steps):
-        sync(device)
-        t0 = time.perf_counter()
-        guided = cfg_combine(model.image_logits(hidden), CFG_WEIGHT)  # [images, codebook]
-        codes = guided.argmax(-1)
-        x = model.embed_image_tokens(codes.repeat_interleave(2))[:, None]  # [rows, 1, D]
+
+    def feed(codes: Tensor, i: int) -> Tensor:
+        x = model.embed_image_tokens(codes)[:, None]  # [rows, 1, D]
         slot = torch.tensor([PROMPT_LEN + i], device=device)
         kv_len = round_up(PROMPT_LEN + i + 1, length_bucket)  # only the slots in use, bucketed
-        hidden = model.llm(x, slot.expand(rows, 1), mask=cache_mask(slot, valid[:, :kv_len]), cache=cache,
-                           slots=slot, kv_len=kv_len)[:, -1]
-        sync(device)
-        if i >= WARMUP:
-            times.append(time.perf_counter() - t0)
-        tokens.append(codes[0])
-        logits_0.append(guided[0].float())
-    return times, torch.stack(tokens), torch.stack(logits_0)
+        return model.llm(x, slot.expand(rows, 1), mask=cache_mask(slot, valid[:, :kv_len]), cache=cache,
+                         slots=slot, kv_len=kv_len)[:, -1]
+
+    return greedy_steps(model.image_logits, feed, hidden, steps, device)
 
 
 @torch.inference_mode()
@@ -206,20 +216,12 @@ def hf_steps(hf, images: int, steps: int) -> tuple[list[float], Tensor, Tensor]:
     h = torch.randn(rows, PROMPT_LEN, dim, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     cache = DynamicCache()
     hidden = lm(inputs_embeds=h, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
-    times, tokens, logits_0 = [], [], []
-    for i in range(WARMUP + steps):
-        sync(device)
-        t0 = time.perf_counter()
-        guided = cfg_combine(hf.model.generation_head(hidden), CFG_WEIGHT)
-        codes = guided.argmax(-1)
-        x = hf.prepare_embeddings_for_image_generation(codes.repeat_interleave(2))[:, None]
-        hidden = lm(inputs_embeds=x, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
-        sync(device)
-        if i >= WARMUP:
-            times.append(time.perf_counter() - t0)
-        tokens.append(codes[0])
-        logits_0.append(guided[0].float())
-    return times, torch.stack(tokens), torch.stack(logits_0)
+
+    def feed(codes: Tensor, i: int) -> Tensor:
+        x = hf.prepare_embeddings_for_image_generation(codes)[:, None]
+        return lm(inputs_embeds=x, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+
+    return greedy_steps(hf.model.generation_head, feed, hidden, steps, device)
 
 
 def agreement(tokens: Tensor, logits: Tensor, ref_tokens: Tensor, ref_logits: Tensor) -> dict[str, float]:
