@@ -125,11 +125,10 @@ def _pipeline(args: argparse.Namespace):
                               roles=getattr(args, "roles", None), seed=args.seed,
                               check_finite=getattr(args, "check_finite", False),
                               quantize=getattr(args, "quantize", None))
-    kv_gib = getattr(args, "kv_cache_gib", EngineConfig.max_cache_gib)
-    if getattr(args, "batch_rows", None) is not None or getattr(args, "compile", False) \
-            or kv_gib != EngineConfig.max_cache_gib:
-        pipe.start_engine(EngineConfig(max_rows=args.batch_rows or EngineConfig.max_rows, max_cache_gib=kv_gib,
-                                       compile_step=getattr(args, "compile", False)))
+    # Commands without engine flags get EngineConfig's defaults, as the lazily made engine would.
+    pipe.start_engine(EngineConfig(max_rows=getattr(args, "batch_rows", None) or EngineConfig.max_rows,
+                                   max_cache_gib=getattr(args, "kv_cache_gib", EngineConfig.max_cache_gib),
+                                   compile_step=getattr(args, "compile", False)))
     return pipe
 
 
@@ -299,6 +298,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     from openjanus.checkpoints import read_config
     from openjanus.config import JanusConfig
     from openjanus.devices import resolve_device, resolve_dtype
+    from openjanus.engine import EngineConfig, rows_that_fit
     from openjanus.model.janus import Janus
     from openjanus.pipeline import prepare_for_inference, resolve_model_source
 
@@ -329,16 +329,15 @@ def cmd_info(args: argparse.Namespace) -> None:
     kv = rows * per_row
     what = f"{rows} rows x {seq} positions" + ("" if args.seq_len else f" (batch {args.batch} images with CFG)")
     print(f"KV cache: {kv / 2**30:.3f} GiB for {what}")
-    budget = args.kv_cache_gib * 2**30
     step = 1 if args.seq_len else 2
-    fit = max(step, int(budget // per_row) // step * step)
+    engine = EngineConfig(max_cache_gib=args.kv_cache_gib)
+    fit = max(step, rows_that_fit(model, seq, engine) // step * step)  # the engine's own rule
     if rows <= fit:
         print(f"together: {(weights + kv) / 2**30:.2f} GiB (weights + KV cache) in one batch")
     else:
-        chunk = fit // step
-        print(f"the engine's KV budget (--kv-cache-gib {budget / 2**30:g}) holds {fit} rows: "
-              f"{args.batch} run as batches of {chunk}, {(weights + fit * per_row) / 2**30:.2f} GiB (weights + KV "
-              f"cache); in one batch {(weights + kv) / 2**30:.2f} GiB")
+        print(f"the engine (--kv-cache-gib {args.kv_cache_gib:g}, {engine.max_rows} rows at most) holds {fit} rows: "
+              f"{args.batch} run as batches of {fit // step}, {(weights + fit * per_row) / 2**30:.2f} GiB "
+              f"(weights + KV cache); in one batch {(weights + kv) / 2**30:.2f} GiB")
     print(f"LLM: dim {c.dim}, {c.n_layers} layers, {c.n_heads} heads ({c.n_kv_heads} kv), ffn {c.ffn_dim}, "
           f"vocab {c.vocab_size}; image tokens: {cfg.num_und_tokens} understanding, {cfg.num_gen_tokens} generation")
 

@@ -1,5 +1,6 @@
-"""Which device and dtype a run uses: one reading of "auto", "cuda", "bf16", ... for inference
-and training alike."""
+"""Which device and dtype a run uses: one reading of "auto", "cuda", "bf16", ... The device
+rule serves inference and training (with torchrun's local rank); the dtype rule is inference's
+(training reads its dtype from its config)."""
 
 from __future__ import annotations
 

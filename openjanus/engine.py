@@ -36,7 +36,7 @@ from openjanus.requests import ChatRequest, ChatResult, Cost, ImageProgress, Ima
 if TYPE_CHECKING:
     from openjanus.pipeline import JanusPipeline
 
-__all__ = ["Engine", "EngineConfig", "RequestHandle", "Cancelled", "QueueFull", "ContextTooLong"]
+__all__ = ["Engine", "EngineConfig", "RequestHandle", "Cancelled", "QueueFull", "ContextTooLong", "rows_that_fit"]
 
 Request = ImageRequest | ChatRequest
 Result = ImageResult | ChatResult
@@ -184,6 +184,13 @@ def _tokens_in(gib: float, model) -> int:
     return max(1, int(gib * 2**30 // per_token))
 
 
+def rows_that_fit(model, row_tokens: int, config: EngineConfig) -> int:
+    """Rows of `row_tokens` cached positions each that run together under `config`'s row cap
+    and KV budget (an image takes two); `openjanus info` states it with the same rule."""
+    tokens = config.max_cached_tokens or _tokens_in(config.max_cache_gib, model)
+    return min(config.max_rows, tokens // row_tokens)
+
+
 def _parallel(jobs: list[Job]) -> bool:
     return any(j.jacobi for j in jobs)
 
@@ -287,7 +294,7 @@ class Engine:
             raise ContextTooLong(f"the prompt is {len(ids)} tokens; this model allows {limit} before its "
                             f"{cfg.num_gen_tokens} image tokens ({cfg.llm.max_seq_len} positions in all)")
         per_image = 2 * (len(ids) + cfg.num_gen_tokens)
-        per_chunk = min(self.config.max_rows // 2, self.max_cached_tokens // per_image)
+        per_chunk = rows_that_fit(pipe.model, len(ids) + cfg.num_gen_tokens, self.config) // 2
         if per_chunk < 1:
             raise UserError(f"one image needs {per_image} cached tokens; the engine allows {self.max_cached_tokens}")
         if request.jacobi:

@@ -62,8 +62,8 @@ def resolve_model_source(model: str | Path | None) -> Path | str:
 
 
 def prepare_for_inference(model: Janus, quantize: str | None = None) -> Janus:
-    """Fuse the LLM's projections (bf16/fp16 or quantized weights: one fp32 rounding of the
-    official code is kept as it is) and quantize the LLM and heads if asked; in place."""
+    """Fuse the LLM's projections unless the weights are plain fp32 (whose products must round as
+    the official code's do), and quantize the LLM and heads if asked; in place."""
     if model.llm.embed.weight.dtype != torch.float32 or quantize not in (None, "none"):
         fuse_projections(model.llm)
     return quantize_model(model, quantize)

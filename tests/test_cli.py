@@ -77,6 +77,10 @@ def test_info_states_what_a_batch_needs_per_format(capsys):
     assert _gib(int8, "together:") < 24 * 10**9 / 2**30 - 4  # room left for activations on a 24 GB card
     assert main(argv + ["--quantize", "int8"]) == 0
     assert "16 run as batches of 6" in capsys.readouterr().out
+    # The engine's row cap (64 rows = 32 images) splits a batch the KV budget alone would hold.
+    big = ["info", "--model", "janus-pro-1b", "--batch", "64", "--dtype", "bfloat16", "--kv-cache-gib", "100"]
+    assert main(big) == 0
+    assert "64 run as batches of 32" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,needle", [
