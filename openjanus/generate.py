@@ -27,6 +27,7 @@ from openjanus.model.janus import Janus
 from openjanus.model.llm import KVCache, cache_mask
 from openjanus.processing import unconditional_prompt
 from openjanus.requests import SamplingParams
+from openjanus.speculative import jacobi_step
 
 __all__ = ["SamplingParams", "filter_logits", "sample", "cfg_combine", "Job",
            "BatchRunner", "generate_image_tokens", "generate_text", "round_up"]
@@ -73,18 +74,6 @@ def cfg_combine(logits: Tensor, weight: float) -> Tensor:
     """Interleaved [2B, V] rows (cond, uncond, cond, ...) -> guided [B, V] = u + w (c - u)."""
     cond, uncond = logits[0::2], logits[1::2]
     return uncond + weight * (cond - uncond)
-
-
-def accept_drafts(p_draft: Tensor, q_draft: Tensor, uniform: Tensor) -> Tensor:
-    """Speculative sampling's test: keep a draft drawn from q with probability min(1, p/q).
-    All [k]: the target's and the proposal's probability of each draft, and U(0, 1) draws."""
-    return uniform * q_draft < p_draft
-
-
-def residual(p: Tensor, q: Tensor) -> Tensor:
-    """Where to draw from after a rejection: normalise(max(0, p - q)) (unnormalised here)."""
-    r = (p - q).clamp(min=0)
-    return r if float(r.sum()) > 0 else p  # p == q up to rounding: then p itself
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -145,6 +134,7 @@ class Job:
     image_mask: Tensor | None = None  # text jobs: bool [T], positions the image features fill
     pixel_values: Tensor | None = None  # text jobs: [n_images, 3, S, S]
     jacobi: int = 0  # image jobs of one image: draft this many tokens per forward pass (0 = off)
+    coupled: bool = True  # Jacobi drafts redrawn coupled to the previous ones (MC-SJD), else afresh (SJD)
 
     # Filled by the runner.
     start_row: int = -1
@@ -489,16 +479,9 @@ class BatchRunner:
 
     def _jacobi_tokens(self, j: Job) -> Tensor | None:
         """Verify the drafts of `j`'s last window, keep what is accepted, and return the next
-        window to feed (the new exact token, then fresh drafts), or None when the image is done.
-
-        Speculative Jacobi decoding (arXiv 2410.01699): the window's outputs give, in order, the
-        exact distribution p of each draft's position as long as every draft before it was
-        accepted. A draft x drawn from q is accepted with probability min(1, p(x)/q(x)); at the
-        first rejection the token is drawn from normalise(max(0, p - q)), so every kept token is
-        distributed exactly as plain sampling would draw it. Greedy: a draft is kept iff it is
-        the argmax. Drafts for the next window come from the outputs past the rejection.
-        """
-        model, g = self.model, j.generator
+        window to feed (the new exact token, then the next drafts), or None when the image is
+        done. The rule and the coupled redraw of drafts (MC-SJD) are `speculative.jacobi_step`."""
+        model = self.model
         m = j._window.shape[1]
         logits = model.image_logits(j._window.reshape(2 * m, -1)).view(2, m, -1)  # [cond/uncond, m, V]
         guided = logits[1] + j.cfg_weight * (logits[0] - logits[1])  # [m, V], as cfg_combine
@@ -506,43 +489,17 @@ class BatchRunner:
         greedy = j.sampling.temperature == 0
         probs = None if greedy else torch.softmax(
             filter_logits(guided / j.sampling.temperature, j.sampling.top_k, j.sampling.top_p), dim=-1)
-        best = guided.argmax(-1) if greedy else None
-        accepted = 0
-        if m > 1:
-            d = j._drafts  # [m-1], draft k checked against output k
-            if greedy:
-                ok = best[:m - 1] == d
-            else:
-                k = torch.arange(m - 1, device=d.device)
-                u = torch.rand(m - 1, generator=g, device=d.device)
-                ok = accept_drafts(probs[k, d], j._proposals[k, d], u)
-            for flag in ok.tolist():  # the host decides how many tokens are kept
-                if not flag:
-                    break
-                accepted += 1
-        kept = [j._drafts[:accepted]] if accepted else []
-        if greedy:
-            new = best[accepted:accepted + 1]
-        elif accepted < m - 1:
-            new = torch.multinomial(residual(probs[accepted], j._proposals[accepted]), 1, generator=g)
-        else:
-            new = torch.multinomial(probs[m - 1], 1, generator=g)
-        tokens = torch.cat([*kept, new])[:j.steps - j.done_steps]
-        j.tokens[0, j.done_steps:j.done_steps + len(tokens)] = tokens
-        j.done_steps += len(tokens)
-        if j.done_steps == j.steps:
+        drafts = j._drafts if j._drafts is not None else torch.empty(0, dtype=torch.long, device=guided.device)
+        step = jacobi_step(probs, guided.argmax(-1) if greedy else None, drafts, j._proposals,
+                           j.steps - j.done_steps, j.jacobi, j.generator, coupled=j.coupled)
+        j.tokens[0, j.done_steps:j.done_steps + len(step.tokens)] = step.tokens
+        j.done_steps += len(step.tokens)
+        if step.drafts is None:  # the image is done
             if bool(j._nonfinite):
                 raise RuntimeError("non-finite logits")
             return None
-        # Fresh drafts: from the outputs past the rejected position, then the last output again.
-        n_drafts = min(j.jacobi, j.steps - j.done_steps)
-        src = torch.clamp(torch.arange(accepted + 1, accepted + 1 + n_drafts), max=m - 1).to(guided.device)
-        if greedy:
-            j._drafts = best[src]
-        else:
-            j._proposals = probs[src]  # [n_drafts, V]
-            j._drafts = torch.multinomial(j._proposals, 1, generator=g).squeeze(-1)
-        return torch.cat([new, j._drafts])
+        j._drafts, j._proposals = step.drafts, step.proposals
+        return torch.cat([step.tokens[-1:], step.drafts])
 
     def run(self, jobs: Sequence[Job], on_step: Callable[[], None] | None = None) -> None:
         """Run `jobs` to the end, admitting them in order as rows free up (no threads)."""
@@ -566,10 +523,11 @@ class BatchRunner:
 
 
 def image_job(prompt_ids: Sequence[int], pad_id: int, n: int, cfg_weight: float, sampling: SamplingParams,
-              generator: torch.Generator | None, num_tokens: int, jacobi: int = 0) -> Job:
+              generator: torch.Generator | None, num_tokens: int, jacobi: int = 0, coupled: bool = True) -> Job:
     """The job of `n` images of one prompt: (conditional, unconditional) rows per image."""
     rows = [list(prompt_ids), unconditional_prompt(prompt_ids, pad_id)] * n
-    return Job("image", rows, num_tokens, sampling, generator, cfg_weight=cfg_weight, jacobi=jacobi)
+    return Job("image", rows, num_tokens, sampling, generator, cfg_weight=cfg_weight, jacobi=jacobi,
+               coupled=coupled)
 
 
 def generate_image_tokens(

@@ -9,6 +9,7 @@ import torch
 from conftest import build_tiny
 
 import openjanus.generate as gen
+import openjanus.speculative as spec
 from openjanus.generate import BatchRunner, generate_image_tokens, image_job
 from openjanus.requests import ImageRequest, SamplingParams
 
@@ -40,35 +41,38 @@ TOP_K = 3  # a small support, so that a few thousand samples pin the joint distr
 CFG = 5.0
 
 
-def exact_first_two(model, prompt):
-    """P(t0, t1) of plain CFG sampling with top-k, by full recomputation: {(t0, t1): p}."""
+def exact_first(model, prompt, n_tokens):
+    """P(t0, ..., t_{n-1}) of plain CFG sampling with top-k, by full recomputation: {tokens: p}."""
     rows = torch.tensor([prompt, gen.unconditional_prompt(prompt, 3)])
-    h = model.embed_text(rows)
 
-    def dist(h):
+    def dist(tokens):
+        h = model.embed_text(rows)
+        if tokens:
+            h = torch.cat([h, model.embed_image_tokens(torch.tensor(tokens))[None].expand(2, -1, -1)], 1)
         hidden = model.llm(h, torch.arange(h.shape[1]).expand(2, -1))[:, -1]
         lg = model.image_logits(hidden)
         guided = lg[1] + CFG * (lg[0] - lg[1])
         return torch.softmax(gen.filter_logits(guided[None], TOP_K, None), -1)[0].double()
 
+    joint = {(): 1.0}
     with torch.no_grad():
-        p0 = dist(h)
-        joint = {}
-        for t0 in p0.nonzero().flatten().tolist():
-            p1 = dist(torch.cat([h, model.embed_image_tokens(torch.tensor([t0, t0]))[:, None]], 1))
-            for t1 in p1.nonzero().flatten().tolist():
-                joint[(t0, t1)] = float(p0[t0] * p1[t1])
+        for _ in range(n_tokens):
+            joint = {seq + (t,): p * float(q[t]) for seq, p in joint.items()
+                     for q in [dist(list(seq))] for t in q.nonzero().flatten().tolist()}
     return joint
 
 
-def jacobi_first_two(model, prompt, n, seed):
+def jacobi_first(model, prompt, n, seed, n_tokens=2, window=3, coupled=True):
     g = torch.Generator().manual_seed(seed)
     sampling = SamplingParams(temperature=1.0, top_k=TOP_K)
-    counts: dict[tuple[int, int], int] = {}
-    per_run = 16
+    counts: dict[tuple[int, ...], int] = {}
+    per_run = 48
     for _ in range(n // per_run):
-        # steps=2: the first token is drawn exactly, the second is a draft verified in one window.
-        jobs = [image_job(prompt, 3, 1, CFG, sampling, g, 2, jacobi=3) for _ in range(per_run)]
+        # n_tokens=2: the first token is drawn exactly, the second is a draft verified in one
+        # window. n_tokens=3, window 2: when the first draft is rejected, the third position's
+        # draft is redrawn (coupled, with MC-SJD) before it is verified.
+        jobs = [image_job(prompt, 3, 1, CFG, sampling, g, n_tokens, jacobi=window, coupled=coupled)
+                for _ in range(per_run)]
         BatchRunner(model, max_rows=2 * per_run).run(jobs)
         for j in jobs:
             key = tuple(j.tokens[0].tolist())
@@ -76,15 +80,22 @@ def jacobi_first_two(model, prompt, n, seed):
     return counts
 
 
-def chi_square(counts, joint) -> float:
+def chi_square(counts, joint) -> tuple[float, float]:
+    """(statistic, critical value at p = 0.001); outcomes expected fewer than 5 times are pooled
+    (one unlucky draw of a rare outcome would otherwise dominate the statistic)."""
     n = sum(counts.values())
     if not set(counts) <= set(joint):
-        return float("inf")  # a pair the plain sampler can never produce
-    return sum((counts.get(k, 0) - n * p) ** 2 / (n * p) for k, p in joint.items())
+        return float("inf"), 0.0  # an outcome the plain sampler can never produce
+    rare = [k for k, p in joint.items() if n * p < 5]
+    bins = [(counts.get(k, 0), n * p) for k, p in joint.items() if n * p >= 5]
+    if rare:
+        bins.append((sum(counts.get(k, 0) for k in rare), n * sum(joint[k] for k in rare)))
+    dof = len(bins) - 1
+    # Wilson-Hilferty's chi-square quantile (z = 3.09 at p = 0.001): within 0.3% from 5 dof up.
+    critical = dof * (1 - 2 / (9 * dof) + 3.09 * (2 / (9 * dof)) ** 0.5) ** 3
+    return sum((c - e) ** 2 / e for c, e in bins), critical
 
 
-# Critical value of chi-square with 8 degrees of freedom (9 pairs) at p = 0.001.
-CRITICAL = 26.12
 N_SAMPLES = 2400
 PROMPT = [1, 9, 8, 7, 6, 5]
 
@@ -92,20 +103,48 @@ PROMPT = [1, 9, 8, 7, 6, 5]
 @pytest.fixture(scope="module")
 def model_and_joint():
     model = build_tiny(seed=3)
-    return model, exact_first_two(model, PROMPT)
+    return model, exact_first(model, PROMPT, 2)
 
 
 def test_sampled_tokens_follow_the_plain_distribution(model_and_joint):
     model, joint = model_and_joint
     assert len(joint) == TOP_K**2
-    assert chi_square(jacobi_first_two(model, PROMPT, N_SAMPLES, seed=0), joint) < CRITICAL
+    statistic, critical = chi_square(jacobi_first(model, PROMPT, N_SAMPLES, seed=0), joint)
+    assert statistic < critical
 
 
 @pytest.mark.parametrize("broken", ["always accept", "resample from p"])
 def test_the_distribution_test_fails_when_the_rule_is_broken(model_and_joint, monkeypatch, broken):
     model, joint = model_and_joint
     if broken == "always accept":
-        monkeypatch.setattr(gen, "accept_drafts", lambda p, q, u: torch.ones_like(p, dtype=torch.bool))
+        monkeypatch.setattr(spec, "accept_drafts", lambda p, q, u: torch.ones_like(p, dtype=torch.bool))
     else:
-        monkeypatch.setattr(gen, "residual", lambda p, q: p)
-    assert chi_square(jacobi_first_two(model, PROMPT, N_SAMPLES, seed=0), joint) > CRITICAL
+        monkeypatch.setattr(spec, "residual", lambda p, q: p)
+    statistic, critical = chi_square(jacobi_first(model, PROMPT, N_SAMPLES, seed=0), joint)
+    assert statistic > critical
+
+
+# --- the coupled redraw (MC-SJD) on the model ---------------------------------------------------
+
+N_COUPLED = 2400  # the wrong coupling scores ~950 against a critical value of 54
+
+
+@pytest.fixture(scope="module")
+def model_and_joint3():
+    model = build_tiny(seed=3)
+    return model, exact_first(model, PROMPT, 3)
+
+
+def test_coupled_drafts_follow_the_plain_distribution(model_and_joint3):
+    model, joint = model_and_joint3
+    statistic, critical = chi_square(jacobi_first(model, PROMPT, N_COUPLED, seed=1, n_tokens=3, window=2), joint)
+    assert statistic < critical
+
+
+def test_the_distribution_test_fails_for_a_wrong_coupling(model_and_joint3, monkeypatch):
+    model, joint = model_and_joint3
+    # Keep the previous draft unconditionally: it follows the old proposal but is tested as if
+    # drawn from the new one.
+    monkeypatch.setattr(spec, "couple_drafts", lambda drafts, q, new_q, g: drafts)
+    statistic, critical = chi_square(jacobi_first(model, PROMPT, N_COUPLED, seed=1, n_tokens=3, window=2), joint)
+    assert statistic > critical
