@@ -35,8 +35,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from openjanus.generate import BatchRunner, image_job
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
+    from openjanus.inference.runner import BatchRunner, image_job
     from openjanus.requests import SamplingParams
 
     pipe = JanusPipeline.load(args.model, device="cpu", dtype=args.dtype)

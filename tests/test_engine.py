@@ -15,9 +15,9 @@ import torch
 from conftest import build_tiny
 from torch.testing import assert_close
 
-from openjanus.engine import Cancelled, ContextTooLong, EngineConfig, QueueFull
 from openjanus.errors import UserError
-from openjanus.generate import BatchRunner, NonFiniteLogits, image_job
+from openjanus.inference.engine import Cancelled, ContextTooLong, EngineConfig, QueueFull
+from openjanus.inference.runner import BatchRunner, NonFiniteLogits, image_job
 from openjanus.requests import ChatRequest, ImageProgress, ImageRequest, Message, SamplingParams, TextDelta
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -25,7 +25,7 @@ GREEDY = SamplingParams(temperature=0.0)
 
 @pytest.fixture
 def pipe(tiny_pipeline):
-    engine = tiny_pipeline.start_engine(EngineConfig(max_rows=16))
+    engine = tiny_pipeline.start_engine(EngineConfig(rows=16))
     yield tiny_pipeline
     engine.close()
 
@@ -33,7 +33,7 @@ def pipe(tiny_pipeline):
 def image_requests() -> list[ImageRequest]:
     return [
         ImageRequest("a red circle", n=2, seed=1),
-        ImageRequest("two blue squares to the left of a green star", n=1, cfg_weight=3.0, seed=2,
+        ImageRequest("two blue squares to the left of a green star", n=1, guidance=3.0, seed=2,
                      sampling=SamplingParams(temperature=0.7, top_k=20)),
         ImageRequest("a star", n=3, seed=3, sampling=SamplingParams(temperature=1.0, top_p=0.9)),
         ImageRequest("a yellow triangle", n=1, sampling=GREEDY, seed=4),
@@ -69,7 +69,7 @@ def test_requests_give_the_same_tokens_alone_and_in_any_mix(pipe):
 
 
 def test_demo_model_mixes_equal_alone():
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
 
     demo = JanusPipeline.load(None, device="cpu", dtype="float32")
     requests = [ImageRequest("a red circle", n=2, seed=1), ImageRequest("two blue squares", n=1, seed=2),
@@ -162,7 +162,7 @@ def test_chat_stream_stop_strings_and_finish_reasons(pipe):
 
 
 def test_large_requests_run_in_chunks_that_fit(tiny_pipeline):
-    engine = tiny_pipeline.start_engine(EngineConfig(max_rows=4))  # 2 images per chunk
+    engine = tiny_pipeline.start_engine(EngineConfig(rows=4))  # 2 images per chunk
     try:
         request = ImageRequest("a red circle", n=5, seed=3)
         result = tiny_pipeline.generate(request)
@@ -180,7 +180,7 @@ def test_large_requests_run_in_chunks_that_fit(tiny_pipeline):
 
 
 def test_queue_and_row_caps(tiny_pipeline):
-    engine = tiny_pipeline.start_engine(EngineConfig(max_rows=2, max_queue=2))
+    engine = tiny_pipeline.start_engine(EngineConfig(rows=2, queue=2))
     try:
         first = engine.submit(ImageRequest("a", n=1))  # takes both rows
         for e in first:
@@ -209,7 +209,7 @@ def test_non_finite_logits_fail_the_request_clearly(tiny_pipeline, monkeypatch):
 
 
 def test_requests_validate_their_fields():
-    for bad in (dict(n=0), dict(n=1.5), dict(cfg_weight=float("nan")), dict(cfg_weight=float("inf")),
+    for bad in (dict(n=0), dict(n=1.5), dict(guidance=float("nan")), dict(guidance=float("inf")),
                 dict(seed=2**63), dict(seed=-1), dict(jacobi=-1)):
         with pytest.raises(UserError):
             ImageRequest("x", **bad)
@@ -251,7 +251,7 @@ def test_compiled_step_compiles_once_per_bucket_not_per_prompt_length():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_engine_on_cuda_mixes_equal_alone():
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
 
     pipe = JanusPipeline.load(None, device="cuda", dtype="float32")
     requests = [ImageRequest("a red circle", n=2, seed=1, sampling=GREEDY), ImageRequest("a star", n=1, seed=2),
@@ -265,7 +265,7 @@ def test_engine_on_cuda_mixes_equal_alone():
 def test_a_chunked_request_does_not_starve_later_ones(tiny_pipeline):
     """One image per chunk: a 4-image request's next chunk queues behind a request that
     arrived while its first chunk ran, so the later request ends first."""
-    engine = tiny_pipeline.start_engine(EngineConfig(max_rows=2))
+    engine = tiny_pipeline.start_engine(EngineConfig(rows=2))
     try:
         big = engine.submit(ImageRequest("a red circle", n=4, seed=1))
         next(iter(big))  # its first chunk is decoding
@@ -278,7 +278,7 @@ def test_a_chunked_request_does_not_starve_later_ones(tiny_pipeline):
 
 
 def test_close_with_cancel_ends_a_chunked_request(tiny_pipeline):
-    engine = tiny_pipeline.start_engine(EngineConfig(max_rows=2))
+    engine = tiny_pipeline.start_engine(EngineConfig(rows=2))
     big = engine.submit(ImageRequest("a red circle", n=6, seed=1))
     next(iter(big))
     engine.close(cancel=True)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import build_tiny
 
-import openjanus.generate as gen
-from openjanus.generate import BatchRunner, generate_image_tokens, image_job
+import openjanus.inference.runner as gen
+from openjanus.inference.runner import BatchRunner, generate_image_tokens, image_job
 from openjanus.requests import ImageRequest, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)

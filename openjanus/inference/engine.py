@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from openjanus.errors import UserError
-from openjanus.generate import BatchRunner, Job, image_job
+from openjanus.inference.runner import BatchRunner, Job, image_job
 from openjanus.requests import ChatRequest, ChatResult, Cost, ImageProgress, ImageRequest, ImageResult, TextDelta
 
 if TYPE_CHECKING:
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
 
 __all__ = ["Engine", "EngineConfig", "RequestHandle", "Cancelled", "QueueFull", "ContextTooLong", "rows_that_fit"]
 
@@ -63,32 +63,33 @@ class ContextTooLong(UserError):
 class EngineConfig:
     """Bounds of the shared batch. An image takes two rows (classifier-free guidance), an answer one.
 
-    max_rows: LLM rows decoded together (the KV cache holds this many rows at most).
+    rows: LLM rows decoded together (the KV cache holds this many rows at most).
     max_cached_tokens: sum over running requests of rows x (prompt + new tokens); None = what
-        `max_cache_gib` of keys and values hold for this model and dtype.
-    max_cache_gib: the KV-cache memory the running requests may reserve when max_cached_tokens
+        `kv_cache_gib` of keys and values hold for this model and dtype.
+    kv_cache_gib: the KV-cache memory the running requests may reserve when max_cached_tokens
         is None (the allocation rounds rows up to a power of two and lengths to a bucket).
-    max_queue: requests waiting beyond the running ones; more are refused with `QueueFull`.
-    max_images: images one request may ask for (larger ones run in chunks of the batch size).
+    queue: requests waiting beyond the running ones; more are refused with `QueueFull`.
+    max_n: images one request may ask for (larger ones run in chunks of the batch size).
     length_bucket: cache lengths and attention spans round up to multiples of this.
+    compile: compile the decode step (and capture it as a CUDA graph on a GPU).
     """
 
-    max_rows: int = 64
+    rows: int = 64
     max_cached_tokens: int | None = None
-    max_cache_gib: float = 4.0
-    max_queue: int = 256
-    max_images: int = 1000
+    kv_cache_gib: float = 4.0
+    queue: int = 256
+    max_n: int = 1000
     length_bucket: int = 128
-    compile_step: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
-        if not 0 < self.max_cache_gib < float("inf"):
-            raise UserError(f"max_cache_gib must be a positive number, got {self.max_cache_gib}")
-        for name in ("max_rows", "max_queue", "max_images", "length_bucket"):
+        if not 0 < self.kv_cache_gib < float("inf"):
+            raise UserError(f"kv_cache_gib must be a positive number, got {self.kv_cache_gib}")
+        for name in ("rows", "queue", "max_n", "length_bucket"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise UserError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.max_rows < 2:
-            raise UserError(f"max_rows must be >= 2 (an image takes two rows), got {self.max_rows}")
+        if self.rows < 2:
+            raise UserError(f"rows must be >= 2 (an image takes two rows), got {self.rows}")
 
 
 _DONE = object()
@@ -187,8 +188,8 @@ def _tokens_in(gib: float, model) -> int:
 def rows_that_fit(model, row_tokens: int, config: EngineConfig) -> int:
     """Rows of `row_tokens` cached positions each that run together under `config`'s row cap
     and KV budget (an image takes two); `openjanus info` states it with the same rule."""
-    tokens = config.max_cached_tokens or _tokens_in(config.max_cache_gib, model)
-    return min(config.max_rows, tokens // row_tokens)
+    tokens = config.max_cached_tokens or _tokens_in(config.kv_cache_gib, model)
+    return min(config.rows, tokens // row_tokens)
 
 
 def _parallel(jobs: list[Job]) -> bool:
@@ -233,9 +234,9 @@ class Engine:
     def __init__(self, pipeline: JanusPipeline, config: EngineConfig | None = None) -> None:
         self.pipeline = pipeline
         self.config = config or EngineConfig()
-        self.max_cached_tokens = self.config.max_cached_tokens or _tokens_in(self.config.max_cache_gib, pipeline.model)
-        self.runner = BatchRunner(pipeline.model, max_rows=self.config.max_rows,
-                                  length_bucket=self.config.length_bucket, compile_step=self.config.compile_step)
+        self.max_cached_tokens = self.config.max_cached_tokens or _tokens_in(self.config.kv_cache_gib, pipeline.model)
+        self.runner = BatchRunner(pipeline.model, max_rows=self.config.rows,
+                                  length_bucket=self.config.length_bucket, compile_step=self.config.compile)
         self._lock = threading.Condition()
         self._queue: deque[tuple[RequestHandle, Job]] = deque()
         self._waiting = 0  # requests in the queue (a request's later chunks are not counted)
@@ -263,10 +264,10 @@ class Engine:
         with self._lock:
             if self._closed:
                 raise UserError("the engine is shut down")
-            while wait and self._waiting >= self.config.max_queue and not self._closed:
+            while wait and self._waiting >= self.config.queue and not self._closed:
                 self._lock.wait()
-            if self._waiting >= self.config.max_queue:
-                raise QueueFull(f"the queue is full ({self.config.max_queue} requests waiting)")
+            if self._waiting >= self.config.queue:
+                raise QueueFull(f"the queue is full ({self.config.queue} requests waiting)")
             self._waiting += 1
             # Chunks that share one random stream run one after another; Jacobi images at once.
             self._queue.extend((handle, j) for j in (jobs if _parallel(jobs) else jobs[:1]))
@@ -284,8 +285,8 @@ class Engine:
 
     def _image_jobs(self, request: ImageRequest, seed: int) -> list[Job]:
         pipe, cfg = self.pipeline, self.pipeline.model.cfg
-        if request.n > self.config.max_images:
-            raise UserError(f"{request.n} images requested; this engine allows up to {self.config.max_images} "
+        if request.n > self.config.max_n:
+            raise UserError(f"{request.n} images requested; this engine allows up to {self.config.max_n} "
                             "per request")
         tok = pipe.processor.tokenizer
         ids = tok.encode(pipe.processor.t2i_prompt(request.prompt))
@@ -300,12 +301,12 @@ class Engine:
         if request.jacobi:
             # One job per image (each keeps its own window), all running at once; image i draws
             # from its own stream, so the request's output does not depend on admission order.
-            return [image_job(ids, tok.pad_id, 1, request.cfg_weight, request.sampling,
+            return [image_job(ids, tok.pad_id, 1, request.guidance, request.sampling,
                               self._generator((seed + i * 0x9E3779B97F4A7C15) % 2**63), cfg.num_gen_tokens,
                               jacobi=request.jacobi) for i in range(request.n)]
         generator = self._generator(seed)  # shared by the chunks, which run one after another
         sizes = [min(per_chunk, request.n - s) for s in range(0, request.n, per_chunk)]
-        return [image_job(ids, tok.pad_id, k, request.cfg_weight, request.sampling, generator, cfg.num_gen_tokens)
+        return [image_job(ids, tok.pad_id, k, request.guidance, request.sampling, generator, cfg.num_gen_tokens)
                 for k in sizes]
 
     def _chat_job(self, request: ChatRequest, seed: int) -> Job:

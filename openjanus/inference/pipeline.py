@@ -22,9 +22,9 @@ from torch import Tensor
 from openjanus.checkpoints import load_model
 from openjanus.config import PRESETS, JanusConfig
 from openjanus.devices import resolve_device, resolve_dtype
-from openjanus.engine import Engine, EngineConfig, RequestHandle
 from openjanus.errors import UserError
 from openjanus.images import ImageInput
+from openjanus.inference.engine import Engine, EngineConfig, RequestHandle
 from openjanus.model.janus import Janus
 from openjanus.model.llm import fuse_projections
 from openjanus.processing import JanusProcessor, standin_processor
@@ -34,7 +34,7 @@ from openjanus.requests import ChatRequest, ChatResult, ImageRequest, ImageResul
 # The demo model shipped with the package (see the README); used when no model is named, and
 # when the model is named by its name (its architecture alone is the preset "janus-shapes-arch").
 DEMO_MODEL_NAME = "janus-shapes"
-DEMO_MODEL_DIR = Path(__file__).parent / "assets" / DEMO_MODEL_NAME
+DEMO_MODEL_DIR = Path(__file__).parents[1] / "assets" / DEMO_MODEL_NAME
 
 # Preset names whose "random weights" notice was printed already (once per process).
 _RANDOM_NOTICE_SHOWN: set[str] = set()
