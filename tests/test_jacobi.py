@@ -8,9 +8,10 @@ import pytest
 import torch
 from conftest import build_tiny
 
-import openjanus.generate as gen
-import openjanus.speculative as spec
-from openjanus.generate import BatchRunner, generate_image_tokens, image_job
+import openjanus.inference.runner as gen
+import openjanus.inference.sampling as spec
+from openjanus.inference.engine import generate_image_tokens, run_jobs
+from openjanus.inference.runner import BatchRunner, image_job
 from openjanus.requests import ImageRequest, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -73,9 +74,8 @@ def jacobi_first(model, prompt, n, seed, n_tokens=2, window=3, coupled=True):
         # draft is redrawn (coupled, with MC-SJD) before it is verified.
         jobs = [image_job(prompt, 3, 1, CFG, sampling, g, n_tokens, jacobi=window, coupled=coupled)
                 for _ in range(per_run)]
-        BatchRunner(model, max_rows=2 * per_run).run(jobs)
-        for j in jobs:
-            key = tuple(j.tokens[0].tolist())
+        for s in run_jobs(BatchRunner(model, rows=2 * per_run), jobs):
+            key = tuple(s.tokens[0].tolist())
             counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -148,3 +148,46 @@ def test_the_distribution_test_fails_for_a_wrong_coupling(model_and_joint3, monk
     monkeypatch.setattr(spec, "couple_drafts", lambda drafts, q, new_q, g: drafts)
     statistic, critical = chi_square(jacobi_first(model, PROMPT, N_COUPLED, seed=1, n_tokens=3, window=2), joint)
     assert statistic > critical
+
+
+# --- shared forward passes ------------------------------------------------------------------------
+
+
+def test_jacobi_images_share_forward_passes():
+    """Four images' windows (and a plain job beside them) are verified in the same forward
+    passes: together they take no more passes than the slowest of them alone (+1: slack for a
+    prefill of its own), and each image's tokens are those it gets alone."""
+    model = build_tiny(seed=1)
+    sampling = SamplingParams(temperature=1.0)
+    steps = model.cfg.num_gen_tokens
+
+    def jobs():
+        return [image_job(PROMPTS[0], 3, 1, CFG, sampling, torch.Generator().manual_seed(i), steps,
+                          jacobi=4 if i < 4 else 0) for i in range(5)]
+
+    alone = []
+    for job in jobs():
+        runner = BatchRunner(model, rows=2)
+        state, = run_jobs(runner, [job])
+        alone.append((runner.passes, state.tokens))
+    runner = BatchRunner(model, rows=10)
+    together = run_jobs(runner, jobs())
+    slowest_jacobi = max(p for p, _ in alone[:4])
+    assert slowest_jacobi < steps  # the windows pay here
+    assert runner.passes <= max(p for p, _ in alone) + 1, (runner.passes, [p for p, _ in alone])
+    for (_, tokens), state in zip(alone, together):
+        assert torch.equal(tokens, state.tokens)
+    # Without the plain job the four images take the slowest one's passes.
+    runner = BatchRunner(model, rows=8)
+    run_jobs(runner, jobs()[:4])
+    assert runner.passes <= slowest_jacobi + 1, (runner.passes, slowest_jacobi)
+
+
+def test_request_cost_counts_shared_passes_once(tiny_pipeline):
+    one = tiny_pipeline.generate(ImageRequest("a red circle", n=1, seed=3, jacobi=4))
+    four = tiny_pipeline.generate(ImageRequest("a red circle", n=4, seed=3, jacobi=4))
+    assert one.cost.forward_passes < tiny_pipeline.model.cfg.num_gen_tokens
+    # Image 0 of the four is the one-image request's image (same seed); the others are no
+    # faster than a few passes more in this tiny random model.
+    assert torch.equal(four.tokens[0], one.tokens[0])
+    assert four.cost.forward_passes <= tiny_pipeline.model.cfg.num_gen_tokens + 1

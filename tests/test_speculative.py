@@ -10,7 +10,7 @@ import itertools
 import pytest
 import torch
 
-import openjanus.speculative as spec
+import openjanus.inference.sampling as spec
 
 V, LENGTH, WINDOW = 3, 3, 2  # 27 sequences: a few thousand samples pin their distribution down
 
