@@ -174,11 +174,13 @@ class ChatRequest:
 @dataclass
 class Cost:
     """What a request cost: wall-clock from submission, time waiting in the queue, and the
-    model forward passes it took part in (a prefill counts one)."""
+    model forward passes it took part in (a prefill counts one), and the prompt positions whose
+    keys and values came from the prefix cache instead of being computed."""
 
     seconds: float = 0.0
     queued_seconds: float = 0.0
     forward_passes: int = 0
+    cached_tokens: int = 0
 
 
 @dataclass

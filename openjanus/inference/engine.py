@@ -85,6 +85,9 @@ class EngineConfig:
     max_n: images one request may ask for (larger ones run in chunks of the batch size).
     length_bucket: cache lengths and attention spans round up to multiples of this.
     compile: compile the decode step (and capture it as a CUDA graph on a GPU).
+    prefix_cache: keep finished conversations' keys and values so that a later prompt starting
+        the same way (a chat's next turn) skips recomputing them; shared by all callers, held
+        within the KV budget beside the running requests, least recently used evicted first.
     """
 
     rows: int = 64
@@ -94,6 +97,7 @@ class EngineConfig:
     max_n: int = 1000
     length_bucket: int = 128
     compile: bool = False
+    prefix_cache: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.kv_cache_gib < float("inf"):
@@ -189,7 +193,7 @@ class EngineCore:
 
     def end(self, state: JobState) -> None:
         """A running job leaves before its last step (a chat reached a stop string)."""
-        self.runner.remove(state)
+        self.runner.remove(state, keep_prefix=True)
         state.finished = True
         self._finish(state)
 
@@ -223,12 +227,23 @@ class EngineCore:
                 out.started.append((owner_of[state.job], state))
             for owner, _ in out.failed:
                 self.drop(owner)
+            # After the prefills (which may read entries): trim to what the new jobs leave.
+            self._bound_prefix_cache()
         if self.runner.states:
             for state in self.runner.step():
                 owner = self.scheduler.owner_of(state.job)
                 self._finish(state)
                 out.finished.append((owner, state))
+            self._bound_prefix_cache()
         return out
+
+    def _bound_prefix_cache(self) -> None:
+        """The prefix cache holds what the KV budget leaves beside the running jobs."""
+        prefixes = self.runner.prefix_cache
+        if prefixes is not None:
+            with self.lock:
+                prefixes.capacity = max(0, self.scheduler.max_cached_tokens - self.scheduler.used_tokens())
+            prefixes.evict(0)
 
 
 def run_jobs(runner: BatchRunner, jobs: Sequence[Job], max_cached_tokens: int | None = None) -> list[JobState]:
@@ -408,7 +423,8 @@ class RequestHandle:
         now = time.perf_counter()
         started = self.started if self.started is not None else now
         return Cost(seconds=now - self.submitted, queued_seconds=started - self.submitted,
-                    forward_passes=len(set().union(*(s.pass_ids for s in self.states.values()))))
+                    forward_passes=len(set().union(*(s.pass_ids for s in self.states.values()))),
+                    cached_tokens=sum(s.cached_prefix for s in self.states.values()))
 
 
 class _Chat:
@@ -452,7 +468,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.max_cached_tokens = max_cached_tokens(model, self.config)
         runner = BatchRunner(model, rows=self.config.rows, length_bucket=self.config.length_bucket,
-                             compile=self.config.compile)
+                             compile=self.config.compile, prefix_cache=self.config.prefix_cache)
         self.core = EngineCore(runner, Scheduler(self.config.rows, self.max_cached_tokens, self.config.queue))
         self._lock = self.core.lock
         self._live: dict[JobState, tuple[RequestHandle, _Chat | None]] = {}

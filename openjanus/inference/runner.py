@@ -127,6 +127,9 @@ class JobState:
     forward_passes: int = 0
     drafts_accepted: int = 0  # Jacobi jobs: drafts kept so far (tokens beyond one per pass)
     pass_ids: set[int] = field(default_factory=set)  # the runner's passes it took part in
+    cached_prefix: int = 0  # text jobs: prompt positions whose keys/values came from the prefix cache
+    keys: tuple = ()  # text jobs: a key per prompt position (the prefix cache's)
+    fed_tokens: int = 0  # text jobs: sampled tokens fed back (their keys/values are cached)
     finished: bool = False
     error: BaseException | None = None
     tokens: Tensor | None = None  # image: [n, steps] long on the model's device
@@ -306,6 +309,81 @@ class JacobiDecoder(Decoder):
         return torch.cat([step.tokens[-1:], step.drafts])
 
 
+def _position_keys(job: Job, image_hashes: list[bytes]) -> tuple:
+    """A key per prompt position of a text job: its token id, or at an image's positions the
+    image's content hash and the offset in it (the ids there are one placeholder for all images)."""
+    keys: list = list(job.prompt_ids[0])
+    if image_hashes:
+        where = job.image_mask.nonzero().flatten().tolist()
+        per_image = len(where) // len(image_hashes)
+        for i, pos in enumerate(where):
+            keys[pos] = (image_hashes[i // per_image], i % per_image)
+    return tuple(keys)
+
+
+class PrefixCache:
+    """Keys and values of finished conversations, reused by later prompts that start the same way
+    (a chat's next turn repeats every earlier turn and image): exact, shared by all callers,
+    least recently used first out.
+
+    An entry is one row's cached positions with a key per position: the token id, or at an
+    image's positions the image's content hash and the offset in it (the ids there are all the
+    same placeholder). A prompt reuses the longest common prefix with any entry: the keys and
+    values of positions before it depend on those positions only. `capacity` (cached positions)
+    is set by the engine to what the KV budget leaves beside the running jobs, and `evict(0)`
+    trims to it.
+    """
+
+    def __init__(self, capacity: int = 0) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[int, tuple[tuple, Tensor, Tensor]] = OrderedDict()  # id -> (keys, k, v)
+        self._next = 0
+        self.tokens = 0  # cached positions held
+        self.hits = 0  # prompt positions served from the cache so far
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, keys: tuple) -> tuple[int, Tensor | None, Tensor | None]:
+        """(length of the longest prefix of `keys` held, its keys [L, H, P, hd] and values)."""
+        best, found = 0, None
+        for eid, (stored, _, _) in self._entries.items():
+            n = min(len(stored), len(keys))
+            same = next((i for i in range(n) if stored[i] != keys[i]), n)
+            if same > best:
+                best, found = same, eid
+        if found is None:
+            return 0, None, None
+        self._entries.move_to_end(found)  # most recently used last
+        _, k, v = self._entries[found]
+        return best, k[:, :, :best], v[:, :, :best]
+
+    def store(self, keys: tuple, k: Tensor, v: Tensor) -> None:
+        """Hold one row's keys/values k, v [layers, H, P, hd] for the positions `keys` [P],
+        unless an entry already covers them (the owner trims to capacity with `evict`, once the
+        job that made the entry has freed its rows)."""
+        if not keys:
+            return
+        for eid, (stored, _, _) in list(self._entries.items()):
+            if stored[:len(keys)] == keys:  # covered already
+                self._entries.move_to_end(eid)
+                return
+            if keys[:len(stored)] == stored:  # the new entry covers this one
+                self._drop(eid)
+        self._entries[self._next] = (keys, k, v)
+        self._next += 1
+        self.tokens += len(keys)
+
+    def evict(self, tokens: int) -> None:
+        """Drop least recently used entries until `tokens` more positions fit the capacity."""
+        while self._entries and self.tokens + tokens > self.capacity:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, eid: int) -> None:
+        keys, _, _ = self._entries.pop(eid)
+        self.tokens -= len(keys)
+
+
 class BatchRunner:
     """Decodes many jobs together on one KV cache of at most `rows` rows.
 
@@ -317,7 +395,8 @@ class BatchRunner:
     """
 
     def __init__(self, model: Janus, rows: int = 16, length_bucket: int = 128,
-                 compile: bool = False, compile_backend: str | Callable = "inductor") -> None:
+                 compile: bool = False, compile_backend: str | Callable = "inductor",
+                 prefix_cache: bool = False) -> None:
         if rows < 2:
             raise ValueError(f"rows must be >= 2 (an image takes two rows), got {rows}")
         self.model = model
@@ -326,6 +405,7 @@ class BatchRunner:
         self.compile = compile
         self.states: list[JobState] = []
         self.passes = 0  # forward passes run: prefills, and decode steps (each feeds every job)
+        self.prefix_cache: PrefixCache | None = PrefixCache() if prefix_cache else None
         # In this order: jobs that share a random stream (chunks of one request) see the same
         # order of draws whichever other jobs run beside them.
         self.decoders = (ImageDecoder(), TextDecoder(), JacobiDecoder())
@@ -397,20 +477,24 @@ class BatchRunner:
             try:
                 ids = torch.tensor(job.prompt_ids, dtype=torch.long, device=device)  # [R, T]
                 h = self.model.embed_text(ids)
+                hashes: list[bytes] = []
                 if job.kind == "text" and job.pixel_values is not None and job.pixel_values.shape[0]:
-                    feats = self._und_features(job.pixel_values)  # [N, P, D]
+                    feats, hashes = self._und_features(job.pixel_values)  # [N, P, D]
                     h = self.model.splice_und_features(h, job.image_mask.to(device)[None], feats)
             except Exception as e:  # this job's own input: it alone fails
                 failed.append((job, e))
                 continue
             self._ensure_cache(start + job.n_rows, job.length)
             state = JobState(job, start)
+            if job.kind == "text":
+                state.keys = _position_keys(job, hashes)
             self.states.append(state)  # holds its rows from now on
             ready.append((state, h))
         by_length: dict[int, list[tuple[JobState, Tensor]]] = {}
-        for state, h in ready:
-            by_length.setdefault(state.job.prompt_len, []).append((state, h))
         try:
+            for state, h in ready:
+                if not self._prefill_from_cache(state, h):
+                    by_length.setdefault(state.job.prompt_len, []).append((state, h))
             for group in by_length.values():
                 self._prefill([s for s, _ in group], torch.cat([h for _, h in group]))
         except Exception:
@@ -419,21 +503,42 @@ class BatchRunner:
             raise
         return [s for s, _ in ready], failed
 
-    def _prefill(self, states: list[JobState], h: Tensor) -> None:
-        """One forward pass over the prompts of `states` (all T long), h [R, T, D]."""
+    def _prefill_from_cache(self, state: JobState, h: Tensor) -> bool:
+        """Prefill a text job whose prompt starts as a prefix-cache entry does: copy the entry's
+        keys/values into its row, run the rest of the prompt on its own. False when nothing is
+        cached for it (it joins the shared prefill)."""
+        if self.prefix_cache is None or state.job.kind != "text":
+            return False
+        # At least the last prompt position runs: its output is the first token's distribution.
+        keys = state.keys[:-1]
+        n, k, v = self.prefix_cache.lookup(keys)
+        if n == 0:
+            return False
+        row = state.start_row
+        for layer in range(len(self.cache.k)):
+            self.cache.k[layer][row, :, :n] = k[layer]
+            self.cache.v[layer][row, :, :n] = v[layer]
+        state.cached_prefix = n
+        self.prefix_cache.hits += n
+        self._prefill([state], h[:, n:], start=n)
+        return True
+
+    def _prefill(self, states: list[JobState], h: Tensor, start: int = 0) -> None:
+        """One forward pass over the prompts of `states` (all the same length), h [R, T, D]: the
+        prompt positions from `start` (slots before it already hold keys/values: one job only)."""
         device = self.device
         R, T = h.shape[:2]
-        slots = torch.arange(T, device=device)
+        slots = torch.arange(start, start + T, device=device)
         positions = slots.expand(R, T)
-        mask = cache_mask(slots, torch.ones(R, T, dtype=torch.bool, device=device))
+        mask = cache_mask(slots, torch.ones(R, start + T, dtype=torch.bool, device=device))
         if len(states) == 1:  # write straight into the job's rows
             cache = self.cache.rows(states[0].start_row, states[0].start_row + R)
         else:  # a scratch cache, copied into each job's rows below
             llm = self.model.llm.cfg
             cache = KVCache.allocate(llm.n_layers, R, T, llm.n_kv_heads, llm.head_dim, device=device, dtype=h.dtype)
-        # The prompt fills slots 0..T-1 of its own rows: attend over those only.
+        # The prompt fills slots 0..start+T-1 of its own rows: attend over those only.
         self.passes += 1
-        out = self.model.llm(h, positions, mask=mask, cache=cache, slots=slots, kv_len=T)[:, -1]
+        out = self.model.llm(h, positions, mask=mask, cache=cache, slots=slots, kv_len=start + T)[:, -1]
         offset = 0
         for s in states:
             job = s.job
@@ -450,12 +555,12 @@ class BatchRunner:
             s.forward_passes += 1
             s.pass_ids.add(self.passes)
 
-    def _und_features(self, pixels: Tensor) -> Tensor:
-        """Understanding features [N, P, D] of preprocessed images [N, 3, S, S], each image
-        encoded on its own (so its features never depend on what it was batched with) and
-        remembered by content: a conversation re-sends its images every turn, and benchmarks
-        ask many questions about one image."""
-        out = []
+    def _und_features(self, pixels: Tensor) -> tuple[Tensor, list[bytes]]:
+        """Understanding features [N, P, D] of preprocessed images [N, 3, S, S], and each image's
+        content hash. Each image is encoded on its own (so its features never depend on what it
+        was batched with) and remembered by content: a conversation re-sends its images every
+        turn, and benchmarks ask many questions about one image."""
+        out, hashes = [], []
         dtype = self.model.llm.embed.weight.dtype
         for image in pixels:
             key = hashlib.sha1(image.contiguous().view(torch.uint8).cpu().numpy().tobytes()).digest()
@@ -466,12 +571,24 @@ class BatchRunner:
             while len(self._features) > self.feature_cache:
                 self._features.popitem(last=False)
             out.append(feats)
-        return torch.stack(out)
+            hashes.append(key)
+        return torch.stack(out), hashes
 
-    def remove(self, state: JobState) -> None:
-        """Take a job out of the batch (finished or cancelled); its rows are free at once."""
-        if state in self.states:
-            self.states.remove(state)
+    def remove(self, state: JobState, keep_prefix: bool = False) -> None:
+        """Take a job out of the batch (finished or cancelled); its rows are free at once. With
+        `keep_prefix`, a text job's cached positions (prompt and the answer tokens fed) go to
+        the prefix cache first."""
+        if state not in self.states:
+            return
+        if keep_prefix and self.prefix_cache is not None and state.job.kind == "text" and state.error is None:
+            # Fed: the prompt, then every sampled token but a last one that ended the job unfed.
+            fed = state.job.prompt_len + state.fed_tokens
+            keys = state.keys + tuple(state.token_ids[:state.fed_tokens])
+            row = state.start_row
+            k = torch.stack([t[row, :, :fed] for t in self.cache.k])  # [layers, H, fed, hd]
+            v = torch.stack([t[row, :, :fed] for t in self.cache.v])
+            self.prefix_cache.store(keys[:fed], k, v)
+        self.states.remove(state)
 
     # --- decoding ---------------------------------------------------------------------------
 
@@ -497,13 +614,14 @@ class BatchRunner:
                 feeds += fed
         for s in finished:
             s.finished = True
-            self.remove(s)
+            self.remove(s, keep_prefix=True)
         # One forward pass for every job: plain jobs and answers feed one token per row, Jacobi
         # jobs their windows (a row's positions past its own window are padding).
         if feeds:
             self.passes += 1
-            for (s, r, _), out in zip(feeds, self._forward(feeds)):
+            for (s, r, h), out in zip(feeds, self._forward(feeds)):
                 s.forward_passes += 1
+                s.fed_tokens += h.shape[1]
                 s.pass_ids.add(self.passes)
                 self._decoder(s.job).fed(self, s, r, out)
         return finished
