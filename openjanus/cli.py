@@ -44,6 +44,11 @@ def kv_cache_flag(p: argparse.ArgumentParser) -> None:
                    help="KV-cache memory the running requests may reserve; a larger batch runs in parts that fit")
 
 
+def jacobi_window(text: str) -> int | str:
+    """`--jacobi`: an integer in [0, 64], or 'auto'."""
+    return "auto" if text == "auto" else int_range(0, 64)(text)
+
+
 def int_range(minimum: int, maximum: int | None = None):
     """An integer flag type that must lie in [minimum, maximum]."""
 
@@ -377,7 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LLM rows decoded together (2 per image; default 64, fewer when --kv-cache-gib cannot "
                         "hold them): larger n runs in batches of this")
     kv_cache_flag(p)
-    p.add_argument("--jacobi", type=int_range(0, 64), default=0, help="speculative Jacobi window (0 = off)")
+    p.add_argument("--jacobi", type=jacobi_window, default=0,
+                   help="speculative Jacobi window: drafts per forward pass (MC-SJD; 0 = off), or 'auto' to pick "
+                        "the window (or none) from what this machine measures")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")
     p.set_defaults(func=cmd_generate)
 

@@ -191,3 +191,52 @@ def test_request_cost_counts_shared_passes_once(tiny_pipeline):
     # faster than a few passes more in this tiny random model.
     assert torch.equal(four.tokens[0], one.tokens[0])
     assert four.cost.forward_passes <= tiny_pipeline.model.cfg.num_gen_tokens + 1
+
+
+# --- jacobi="auto" --------------------------------------------------------------------------------
+
+
+def chooser_with(costs, stats=(0, 0)):
+    from openjanus.inference.autowindow import WindowChooser
+
+    chooser = WindowChooser(build_tiny(), lambda greedy: stats)
+    chooser._costs = {rows: {w: costs(w + 1) for w in chooser.windows} for rows in (2, 8)}
+    return chooser
+
+
+def test_auto_picks_long_windows_when_weights_dominate_and_none_when_compute_does():
+    from openjanus.inference.autowindow import expected_tokens
+
+    def memory_bound(positions):  # 17 positions cost 1.16x one
+        return 1.0 + 0.01 * positions
+
+    # With the prior alone (one draft in two kept) a pass keeps < 2 tokens whatever the window:
+    # 4 drafts (1.94 tokens for 1.04x) beat 16 (2.0 tokens for 1.16x).
+    assert chooser_with(memory_bound).choose(1, greedy=False) == 4
+    # Drafts kept 9 times in 10: long windows pay.
+    assert chooser_with(memory_bound, stats=(90, 100)).choose(1, greedy=False) == 16
+    compute_bound = chooser_with(lambda positions: float(positions))  # cost grows with the positions fed
+    assert compute_bound.choose(1, greedy=False) == 0  # no window keeps w + 1 tokens a pass
+    # Drafts that are nearly always kept make a compute-bound window pay after all.
+    sure = chooser_with(lambda positions: 1.0 + 0.3 * positions, stats=(990, 1000))
+    rates = sure.rates(1, greedy=False)
+    assert sure.choose(1, greedy=False) == max(rates, key=rates.get) > 0
+    assert rates[16] == pytest.approx(expected_tokens(991 / 1002, 16) / (1.0 + 0.3 * 17))
+
+
+def test_auto_through_the_engine_is_lossless_and_measures_once(tiny_pipeline):
+    plain = tiny_pipeline.generate(ImageRequest("a red circle", n=2, sampling=GREEDY))
+    auto = tiny_pipeline.generate(ImageRequest("a red circle", n=2, sampling=GREEDY, jacobi="auto"))
+    assert torch.equal(plain.tokens, auto.tokens)
+    chooser = tiny_pipeline.engine.windows
+    assert set(chooser._costs) == {4} and all(c > 0 for c in chooser._costs[4].values())
+    rates = chooser.rates(2, greedy=True)
+    assert rates[chooser.choose(2, greedy=True)] >= rates[0]
+
+
+@pytest.mark.parametrize("bad", ["fast", -1, 65, 2.5])
+def test_jacobi_must_be_a_window_or_auto(bad):
+    from openjanus.errors import UserError
+
+    with pytest.raises(UserError, match="jacobi"):
+        ImageRequest("x", jacobi=bad)

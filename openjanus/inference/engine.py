@@ -36,6 +36,7 @@ from torch import Tensor
 
 from openjanus.errors import UserError
 from openjanus.inference import scheduler as sched
+from openjanus.inference.autowindow import WindowChooser
 from openjanus.inference.runner import BatchRunner, Job, JobState, image_job
 from openjanus.inference.scheduler import QueueFull, Scheduler, chunk_sizes
 from openjanus.model.janus import Janus
@@ -470,6 +471,7 @@ class Engine:
         runner = BatchRunner(model, rows=self.config.rows, length_bucket=self.config.length_bucket,
                              compile=self.config.compile, prefix_cache=self.config.prefix_cache)
         self.core = EngineCore(runner, Scheduler(self.config.rows, self.max_cached_tokens, self.config.queue))
+        self.windows = WindowChooser(model, lambda greedy: tuple(runner.draft_stats[greedy]))
         self._lock = self.core.lock
         self._live: dict[JobState, tuple[RequestHandle, _Chat | None]] = {}
         self._thread: threading.Thread | None = None
@@ -571,12 +573,15 @@ class Engine:
         per_chunk = rows_that_fit(self.model, len(ids) + cfg.num_gen_tokens, self.config) // 2
         if per_chunk < 1:
             raise UserError(f"one image needs {per_image} cached tokens; the engine allows {self.max_cached_tokens}")
-        if request.jacobi:
+        window = request.jacobi
+        if window == "auto":
+            window = self.windows.choose(request.n, greedy=request.sampling.temperature == 0)
+        if window:
             # One job per image (each keeps its own window), all running at once; image i draws
             # from its own stream, so the request's output does not depend on admission order.
             return [image_job(ids, tok.pad_id, 1, request.guidance, request.sampling,
                               self._generator((seed + i * 0x9E3779B97F4A7C15) % 2**63), cfg.num_gen_tokens,
-                              jacobi=request.jacobi) for i in range(request.n)], len(ids)
+                              jacobi=window) for i in range(request.n)], len(ids)
         generator = self._generator(seed)  # shared by the chunks, which run one after another
         return [image_job(ids, tok.pad_id, k, request.guidance, request.sampling, generator, cfg.num_gen_tokens)
                 for k in chunk_sizes(request.n, per_chunk)], len(ids)

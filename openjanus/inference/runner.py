@@ -266,11 +266,17 @@ class JacobiDecoder(Decoder):
         finished: list[JobState] = []
         going: list[tuple[JobState, Tensor]] = []
         for s, w, lg in zip(states, windows, logits.split([w.shape[0] * w.shape[1] for w in windows])):
+            kept = s.drafts_accepted
             try:
                 window = self._next_window(s, lg.view(2, w.shape[1], -1))
             except RuntimeError:  # non-finite logits (multinomial refuses them too)
                 s.error = NonFiniteLogits()
                 window = None
+            # Drafts verified: those kept, and the first rejected one if any was.
+            kept = s.drafts_accepted - kept
+            stats = runner.draft_stats[s.job.sampling.temperature == 0]
+            stats[0] += kept
+            stats[1] += kept + (kept < w.shape[1] - 1)
             if window is None:
                 finished.append(s)
             else:
@@ -406,6 +412,8 @@ class BatchRunner:
         self.states: list[JobState] = []
         self.passes = 0  # forward passes run: prefills, and decode steps (each feeds every job)
         self.prefix_cache: PrefixCache | None = PrefixCache() if prefix_cache else None
+        # Jacobi drafts (kept, verified) so far, greedy (True) and sampled apart.
+        self.draft_stats: dict[bool, list[int]] = {True: [0, 0], False: [0, 0]}
         # In this order: jobs that share a random stream (chunks of one request) see the same
         # order of draws whichever other jobs run beside them.
         self.decoders = (ImageDecoder(), TextDecoder(), JacobiDecoder())

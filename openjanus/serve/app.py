@@ -281,7 +281,7 @@ def _image_request(body: dict, pipe: JanusPipeline, settings: ServeSettings) -> 
     sampling = SamplingParams(_number(body, "temperature", 0, 2, 1.0), top_k=_field(body, "top_k", int),
                               top_p=_number(body, "top_p", 0, 1, None) or None)
     return ImageRequest(prompt, n=n, guidance=_number(body, "guidance_scale", 0, 100, 5.0), sampling=sampling,
-                        seed=_seed(body), jacobi=_field(body, "jacobi", int, 0))
+                        seed=_seed(body), jacobi=_field(body, "jacobi", (int, str), 0))
 
 
 def _png(image: Image.Image) -> str:
