@@ -200,7 +200,8 @@ def chooser_with(costs, stats=(0, 0)):
     from openjanus.inference.autowindow import WindowChooser
 
     chooser = WindowChooser(build_tiny(), lambda greedy: stats)
-    chooser._costs = {rows: {w: costs(w + 1) for w in chooser.windows} for rows in (2, 8)}
+    chooser._costs = {(images, greedy): {w: costs(w + 1) for w in chooser.windows}
+                      for images in (1, 4) for greedy in (False, True)}
     return chooser
 
 
@@ -229,7 +230,7 @@ def test_auto_through_the_engine_is_lossless_and_measures_once(tiny_pipeline):
     auto = tiny_pipeline.generate(ImageRequest("a red circle", n=2, sampling=GREEDY, jacobi="auto"))
     assert torch.equal(plain.tokens, auto.tokens)
     chooser = tiny_pipeline.engine.windows
-    assert set(chooser._costs) == {4} and all(c > 0 for c in chooser._costs[4].values())
+    assert set(chooser._costs) == {(2, True)} and all(c > 0 for c in chooser._costs[(2, True)].values())
     rates = chooser.rates(2, greedy=True)
     assert rates[chooser.choose(2, greedy=True)] >= rates[0]
 

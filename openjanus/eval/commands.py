@@ -28,11 +28,19 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     add_model_flags(p)
 
 
+def _jacobi(text: str) -> int | str:
+    from openjanus.cli import jacobi_window
+
+    return jacobi_window(text)
+
+
 def _gen_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--per-prompt", dest="per_prompt", type=int, default=4, help="images per prompt")
     p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance weight")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch")
+    p.add_argument("--jacobi", type=_jacobi, default=0,
+                   help="speculative Jacobi window (MC-SJD), or 'auto'; the images' distribution is unchanged")
 
 
 def _pipeline(args: argparse.Namespace) -> Any:
@@ -46,7 +54,7 @@ def _settings(args: argparse.Namespace) -> Any:
     from openjanus.eval.runners import GenerationSettings
 
     return GenerationSettings(n_per_prompt=args.per_prompt, seed=args.seed, guidance=args.cfg,
-                              temperature=args.temperature, batch_size=args.batch_size)
+                              temperature=args.temperature, batch_size=args.batch_size, jacobi=args.jacobi)
 
 
 def _print_scores(report: GenerationReport | UnderstandingReport, out: Path) -> None:

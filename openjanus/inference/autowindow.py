@@ -4,10 +4,11 @@ tokens per second on this model and machine, from what it measures.
 A window of w drafts feeds w + 1 positions per row in a pass and keeps on average
 E(w) = 1 + a + a^2 + ... + a^w tokens, a being the chance that a draft is kept given the one
 before it was (a geometric model of the accepted run). Plain decoding keeps 1 token for a pass
-of 1 position. So the rate of window w is E(w) / cost(w + 1 positions) against 1 / cost(1),
-for the rows the request's images take. The costs are timed once per row count on scratch rows
-of the model (memory-bound models: a 17-position pass costs little more than one; compute-bound
-ones: many times more); `a` comes from the drafts the engine has verified so far (greedy and
+of 1 position. So the rate of window w is E(w) / cost(w) against 1 / cost(0). cost(w) is a whole step for the
+request's images, timed once per image count on scratch rows of the model: the forward pass of
+w + 1 positions per row (memory-bound models: 17 positions cost little more than one;
+compute-bound ones: many times more), the image head over its outputs, and the sampling or each
+image's verification. `a` comes from the drafts the engine has verified so far (greedy and
 sampled apart), starting from a prior of one in two.
 """
 
@@ -19,10 +20,12 @@ from collections.abc import Callable
 
 import torch
 
+from openjanus.inference.sampling import jacobi_step, sample
 from openjanus.model.janus import Janus
 from openjanus.model.llm import KVCache, cache_mask
+from openjanus.requests import SamplingParams
 
-__all__ = ["WINDOWS", "WindowChooser", "expected_tokens", "pass_seconds"]
+__all__ = ["WINDOWS", "WindowChooser", "expected_tokens", "step_seconds"]
 
 WINDOWS = (0, 1, 2, 4, 8, 16)  # 0: plain decoding
 
@@ -34,23 +37,39 @@ def expected_tokens(accept: float, window: int) -> float:
 
 
 @torch.inference_mode()
-def pass_seconds(model: Janus, rows: int, positions: int, context: int, repeats: int = 5) -> float:
-    """Seconds of one decode pass feeding `positions` positions to each of `rows` rows that hold
-    `context` cached positions (best of `repeats` after a warm-up: the machine may be shared)."""
+def step_seconds(model: Janus, images: int, window: int, greedy: bool, context: int, repeats: int = 5) -> float:
+    """Seconds of one decode step for `images` images with `window` drafts each (0: plain
+    decoding), on scratch rows holding `context` cached positions: the forward pass over
+    2 x images rows of window + 1 positions, the image head over its outputs, and the sampling
+    (plain: one guided draw per image; Jacobi: each image's verify-and-redraw step). Best of
+    `repeats` after a warm-up: the machine may be shared."""
     llm = model.llm
     ref = llm.embed.weight
     cfg = llm.cfg
+    rows, positions = 2 * images, window + 1
     cache = KVCache.allocate(cfg.n_layers, rows, context + positions, cfg.n_kv_heads, cfg.head_dim,
                              device=ref.device, dtype=ref.dtype)
-    x = torch.randn(rows, positions, cfg.dim, generator=torch.Generator().manual_seed(0)).to(ref.device, ref.dtype)
+    g = torch.Generator(device=ref.device).manual_seed(0)
+    x = torch.randn(rows, positions, cfg.dim, generator=g, device=ref.device).to(ref.dtype)
     slots = torch.arange(context, context + positions, device=ref.device)
     mask = cache_mask(slots, torch.ones(rows, context + positions, dtype=torch.bool, device=ref.device))
+    sampling = SamplingParams(temperature=0.0 if greedy else 1.0)
+    drafts = torch.zeros(window, dtype=torch.long, device=ref.device)
 
     def once() -> float:
         if ref.device.type == "cuda":
             torch.cuda.synchronize(ref.device)
         t = time.perf_counter()
-        llm(x, slots.expand(rows, -1), mask=mask, cache=cache, slots=slots)
+        out = llm(x, slots.expand(rows, -1), mask=mask, cache=cache, slots=slots)
+        logits = model.image_logits(out.flatten(0, 1)).view(images, 2, positions, -1)  # [n, cond/uncond, m, V]
+        guided = logits[:, 1] + 5.0 * (logits[:, 0] - logits[:, 1])  # [n, m, V]
+        if not window:
+            sample(guided[:, 0], sampling, g)
+        for image in guided if window else []:
+            probs = None if greedy else torch.softmax(image.float(), -1)
+            proposals = None if greedy else probs[1:]
+            jacobi_step(probs, image.argmax(-1) if greedy else None, drafts, proposals, model.cfg.num_gen_tokens,
+                        window, g)
         if ref.device.type == "cuda":
             torch.cuda.synchronize(ref.device)
         return time.perf_counter() - t
@@ -74,23 +93,24 @@ class WindowChooser:
         n_gen = model.cfg.num_gen_tokens
         # A typical row mid-image: a prompt of about 64 tokens and half the image.
         self.context = min(64 + n_gen // 2, model.cfg.llm.max_seq_len - max(windows) - 1)
-        self._costs: dict[int, dict[int, float]] = {}
+        self._costs: dict[tuple[int, bool], dict[int, float]] = {}
         self._lock = threading.Lock()
 
-    def costs(self, rows: int) -> dict[int, float]:
-        """Seconds of a pass per window on `rows` rows (measured on first use)."""
+    def costs(self, images: int, greedy: bool) -> dict[int, float]:
+        """Seconds of a step per window for `images` images (measured on first use)."""
+        key = (images, greedy)
         with self._lock:
-            if rows not in self._costs:
-                self._costs[rows] = {w: pass_seconds(self.model, rows, w + 1, self.context) for w in self.windows}
-            return self._costs[rows]
+            if key not in self._costs:
+                self._costs[key] = {w: step_seconds(self.model, images, w, greedy, self.context) for w in self.windows}
+            return self._costs[key]
 
     def accept_rate(self, greedy: bool) -> float:
         kept, verified = self.draft_stats(greedy)
         return (self.prior[0] + kept) / (self.prior[1] + verified)
 
     def rates(self, images: int, greedy: bool) -> dict[int, float]:
-        """Expected image tokens per second per window for `images` images decoded together."""
-        costs = self.costs(2 * images)
+        """Expected image tokens per second and image per window for `images` images decoded together."""
+        costs = self.costs(images, greedy)
         a = self.accept_rate(greedy)
         return {w: (expected_tokens(a, w) if w else 1.0) / costs[w] for w in self.windows}
 
