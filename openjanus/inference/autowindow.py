@@ -4,12 +4,13 @@ tokens per second on this model and machine, from what it measures.
 A window of w drafts feeds w + 1 positions per row in a pass and keeps on average
 E(w) = 1 + a + a^2 + ... + a^w tokens, a being the chance that a draft is kept given the one
 before it was (a geometric model of the accepted run). Plain decoding keeps 1 token for a pass
-of 1 position. So the rate of window w is E(w) / cost(w) against 1 / cost(0). cost(w) is a whole step for the
-request's images, timed once per image count on scratch rows of the model: the forward pass of
-w + 1 positions per row (memory-bound models: 17 positions cost little more than one;
-compute-bound ones: many times more), the image head over its outputs, and the sampling or each
-image's verification. `a` comes from the drafts the engine has verified so far (greedy and
-sampled apart), starting from a prior of one in two.
+of 1 position. So the rate of window w is E(w) / cost(w) against 1 / cost(0). cost(w) is a whole runner step for
+the request's images, timed once per image count on a scratch runner of the model: the forward
+pass of w + 1 positions per row (memory-bound models: 17 positions cost little more than one;
+compute-bound ones: many times more), the image head over its outputs, the sampling or each
+image's verification, and the runner's own work, which a small model's step is mostly. `a`
+comes from the drafts the engine has verified so far (greedy and sampled apart), starting from
+a prior of one in two.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from collections.abc import Callable
 
 import torch
 
-from openjanus.inference.sampling import jacobi_step, sample
+from openjanus.inference.runner import BatchRunner, image_job
 from openjanus.model.janus import Janus
-from openjanus.model.llm import KVCache, cache_mask
 from openjanus.requests import SamplingParams
 
 __all__ = ["WINDOWS", "WindowChooser", "expected_tokens", "step_seconds"]
@@ -36,46 +36,36 @@ def expected_tokens(accept: float, window: int) -> float:
     return sum(accept ** i for i in range(window + 1))
 
 
-@torch.inference_mode()
 def step_seconds(model: Janus, images: int, window: int, greedy: bool, context: int, repeats: int = 5) -> float:
-    """Seconds of one decode step for `images` images with `window` drafts each (0: plain
-    decoding), on scratch rows holding `context` cached positions: the forward pass over
-    2 x images rows of window + 1 positions, the image head over its outputs, and the sampling
-    (plain: one guided draw per image; Jacobi: each image's verify-and-redraw step). Best of
-    `repeats` after a warm-up: the machine may be shared."""
-    llm = model.llm
-    ref = llm.embed.weight
-    cfg = llm.cfg
-    rows, positions = 2 * images, window + 1
-    cache = KVCache.allocate(cfg.n_layers, rows, context + positions, cfg.n_kv_heads, cfg.head_dim,
-                             device=ref.device, dtype=ref.dtype)
-    g = torch.Generator(device=ref.device).manual_seed(0)
-    x = torch.randn(rows, positions, cfg.dim, generator=g, device=ref.device).to(ref.dtype)
-    slots = torch.arange(context, context + positions, device=ref.device)
-    mask = cache_mask(slots, torch.ones(rows, context + positions, dtype=torch.bool, device=ref.device))
+    """Seconds of one runner step for `images` images with `window` drafts each (0: plain
+    decoding) whose rows hold about `context` cached positions: everything a real step does
+    (the forward pass over 2 x images rows of window + 1 positions, the image head, the sampling
+    or each image's verification, the runner's own work), on a scratch runner. Best of `repeats`
+    after a warm-up step: the machine may be shared."""
+    runner = BatchRunner(model, rows=2 * images)
     sampling = SamplingParams(temperature=0.0 if greedy else 1.0)
-    drafts = torch.zeros(window, dtype=torch.long, device=ref.device)
-
-    def once() -> float:
-        if ref.device.type == "cuda":
-            torch.cuda.synchronize(ref.device)
+    prompt = [0] * context
+    steps = model.cfg.num_gen_tokens
+    if window:
+        jobs = [image_job(prompt, 0, 1, 5.0, sampling, torch.Generator().manual_seed(i), steps, jacobi=window)
+                for i in range(images)]
+    else:
+        jobs = [image_job(prompt, 0, images, 5.0, sampling, torch.Generator().manual_seed(0), steps)]
+    runner.add_all([(job, 2 * i) for i, job in enumerate(jobs)])
+    device = runner.device
+    times = []
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         t = time.perf_counter()
-        out = llm(x, slots.expand(rows, -1), mask=mask, cache=cache, slots=slots)
-        logits = model.image_logits(out.flatten(0, 1)).view(images, 2, positions, -1)  # [n, cond/uncond, m, V]
-        guided = logits[:, 1] + 5.0 * (logits[:, 0] - logits[:, 1])  # [n, m, V]
-        if not window:
-            sample(guided[:, 0], sampling, g)
-        for image in guided if window else []:
-            probs = None if greedy else torch.softmax(image.float(), -1)
-            proposals = None if greedy else probs[1:]
-            jacobi_step(probs, image.argmax(-1) if greedy else None, drafts, proposals, model.cfg.num_gen_tokens,
-                        window, g)
-        if ref.device.type == "cuda":
-            torch.cuda.synchronize(ref.device)
-        return time.perf_counter() - t
-
-    once()
-    return min(once() for _ in range(repeats))
+        finished = runner.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if finished:  # the last step feeds nothing: not a full step
+            break
+        times.append(time.perf_counter() - t)
+    # The first step is a warm-up unless it is the only full one (a short image, a long window).
+    return min(times[1:] or times)
 
 
 class WindowChooser:
@@ -91,8 +81,8 @@ class WindowChooser:
         self.windows = windows
         self.prior = prior
         n_gen = model.cfg.num_gen_tokens
-        # A typical row mid-image: a prompt of about 64 tokens and half the image.
-        self.context = min(64 + n_gen // 2, model.cfg.llm.max_seq_len - max(windows) - 1)
+        # A typical prompt (the rows then hold it and the image as it grows).
+        self.context = min(32, model.cfg.llm.max_seq_len - n_gen)
         self._costs: dict[tuple[int, bool], dict[int, float]] = {}
         self._lock = threading.Lock()
 
