@@ -241,3 +241,18 @@ def test_jacobi_must_be_a_window_or_auto(bad):
 
     with pytest.raises(UserError, match="jacobi"):
         ImageRequest("x", jacobi=bad)
+
+
+def test_cli_generate_with_an_auto_window(tmp_path, capsys):
+    import json
+
+    from openjanus.cli import main
+
+    out = tmp_path / "run"
+    assert main(["generate", "--model", "tiny", "--out", str(out), "--temperature", "0", "--jacobi", "auto",
+                 "a red circle"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["jacobi"] == "auto" and len(run["images"]) == 1
+    with pytest.raises(SystemExit) as bad:
+        main(["generate", "--model", "tiny", "--out", str(tmp_path / "x"), "--jacobi", "fast", "x"])
+    assert bad.value.code == 2 and "expected an integer" in capsys.readouterr().err
