@@ -3,8 +3,9 @@ tokens per second on this model and machine, from what it measures.
 
 A window of w drafts feeds w + 1 positions per row in a pass and keeps on average
 E(w) = 1 + a + a^2 + ... + a^w tokens, a being the chance that a draft is kept given the one
-before it was (a geometric model of the accepted run). Plain decoding keeps 1 token for a pass
-of 1 position. So the rate of window w is E(w) / cost(w) against 1 / cost(0). cost(w) is a whole runner step for
+before it was (a geometric model of the accepted run); a request of several images waits for
+its slowest, which keeps fewer (`expected_tokens`). Plain decoding keeps 1 token for a pass of
+1 position. So the rate of window w is E(w) / cost(w) against 1 / cost(0). cost(w) is a whole runner step for
 the request's images, timed once per image count on a scratch runner of the model: the forward
 pass of w + 1 positions per row (memory-bound models: 17 positions cost little more than one;
 compute-bound ones: many times more), the image head over its outputs, the sampling or each
@@ -18,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from statistics import NormalDist
 
 import torch
 
@@ -30,10 +32,23 @@ __all__ = ["WINDOWS", "WindowChooser", "expected_tokens", "step_seconds"]
 WINDOWS = (0, 1, 2, 4, 8, 16)  # 0: plain decoding
 
 
-def expected_tokens(accept: float, window: int) -> float:
-    """Tokens a pass keeps on average with `window` drafts when each is kept with probability
-    `accept` after the one before it: 1 + a + ... + a^window."""
-    return sum(accept ** i for i in range(window + 1))
+def expected_tokens(accept: float, window: int, images: int = 1, length: int = 576) -> float:
+    """Tokens per pass of a request of `images` images of `length` tokens each, with `window`
+    drafts per pass, each kept with probability `accept` after the one before it was.
+
+    One image keeps 1 + a + ... + a^w tokens a pass on average. A request of several images
+    takes as many passes as its slowest image: after P passes an image holds about P E tokens,
+    give or take sigma sqrt(P) (sigma^2 the variance of one pass's tokens), and the slowest of n
+    lags the mean by z_n sigma sqrt(P), z_n the expected largest of n standard normals. So P
+    solves P E - z_n sigma sqrt(P) = length."""
+    mean = sum(accept ** k for k in range(window + 1))
+    if images == 1 or window == 0:
+        return mean
+    second = 1 + sum((2 * k + 1) * accept ** k for k in range(1, window + 1))  # E[(1 + min(G, w))^2]
+    sigma = max(second - mean ** 2, 0.0) ** 0.5
+    z = NormalDist().inv_cdf((images - 0.375) / (images + 0.25))  # Blom's approximation
+    root = (z * sigma + (z * z * sigma * sigma + 4 * mean * length) ** 0.5) / (2 * mean)
+    return length / root ** 2
 
 
 def step_seconds(model: Janus, images: int, window: int, greedy: bool, context: int, repeats: int = 5) -> float:
@@ -102,7 +117,8 @@ class WindowChooser:
         """Expected image tokens per second and image per window for `images` images decoded together."""
         costs = self.costs(images, greedy)
         a = self.accept_rate(greedy)
-        return {w: (expected_tokens(a, w) if w else 1.0) / costs[w] for w in self.windows}
+        n_gen = self.model.cfg.num_gen_tokens
+        return {w: expected_tokens(a, w, images, n_gen) / costs[w] for w in self.windows}
 
     def choose(self, images: int, greedy: bool) -> int:
         """The window with the highest expected rate; 0 (plain decoding) unless a window beats it."""
