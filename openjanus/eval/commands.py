@@ -46,7 +46,8 @@ def _gen_flags(p: argparse.ArgumentParser) -> None:
                    help="images per prompt")
     p.add_argument("--guidance", type=number_flag(), default=ImageRequest.guidance,
                    help="classifier-free guidance weight")
-    p.add_argument("--temperature", type=number_flag(0), default=ImageRequest.sampling.temperature)
+    p.add_argument("--temperature", type=number_flag(0), default=ImageRequest.sampling.temperature,
+                   help="sampling temperature (0 = greedy)")
 
 
 def _settings(args: argparse.Namespace) -> GenerationSettings:
@@ -237,7 +238,7 @@ def register(subparsers: Any) -> None:
     ModelOptions.add_to(p, model_help="also measure after this model's VQ round trip (default: no model)")
     add_seed(p)
     p.add_argument("-n", type=pos_int, default=300, help="specs (each scored clean, degraded, and wrong)")
-    p.add_argument("--image-size", type=pos_int, default=64)
+    p.add_argument("--image-size", type=pos_int, default=64, help="render size of the scenes")
     p.add_argument("--strengths", default="0.5,1.0", help="degradation strengths, comma-separated")
     p.add_argument("--out", default=None, help="write the full result as JSON here")
     p.set_defaults(func=cmd_scorer_accuracy)
@@ -245,11 +246,12 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("export-dataset", help="write shapes-world training data in shards")
     p.add_argument("--kind", choices=["t2i", "und", "text"], required=True)
     p.add_argument("-n", type=pos_int, required=True, help="number of samples")
-    p.add_argument("--shard-size", type=pos_int, default=10_000)
-    p.add_argument("--image-size", type=pos_int, default=64)
-    p.add_argument("--split", choices=["train", "heldout", "any"], default="train")
+    p.add_argument("--shard-size", type=pos_int, default=10_000, help="samples per shard")
+    p.add_argument("--image-size", type=pos_int, default=64, help="render size of the images")
+    p.add_argument("--split", choices=["train", "heldout", "any"], default="train",
+                   help="which compositions: the training ones, the held-out ones, or any")
     add_seed(p)
-    p.add_argument("--workers", type=pos_int, default=1)
+    p.add_argument("--workers", type=pos_int, default=1, help="rendering processes")
     p.add_argument("--background", choices=["plain", "noise", "gradient", "paper"], default=None,
                    help="render every image on this background kind (default: all kinds at random)")
     p.add_argument("--out", required=True)
@@ -258,8 +260,8 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("write-shapes", help="write the shapes benchmarks' files (no model needed)")
     add_seed(p, help="understanding images seed")
     p.add_argument("--prompt-seed", type=integer_flag(0), default=0, help="GenEval prompt set")
-    p.add_argument("--per-category", type=pos_int, default=8)
-    p.add_argument("--images", type=pos_int, default=100)
-    p.add_argument("--image-size", type=pos_int, default=64)
+    p.add_argument("--per-category", type=pos_int, default=8, help="GenEval prompts per category")
+    p.add_argument("--images", type=pos_int, default=100, help="images of the understanding benchmark")
+    p.add_argument("--image-size", type=pos_int, default=64, help="render size of the images")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_write_shapes)

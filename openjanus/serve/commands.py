@@ -19,7 +19,7 @@ def register(sub) -> None:
     ModelOptions.add_to(p)
     EngineOptions.add_to(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
-    p.add_argument("--port", type=integer_flag(1, 65535), default=8000)
+    p.add_argument("--port", type=integer_flag(1, 65535), default=8000, help="port to listen on")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $OPENJANUS_API_KEY, else none)")
     p.add_argument("--model-id", default=None, help="the model name clients see (default: the folder's name)")

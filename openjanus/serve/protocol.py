@@ -14,8 +14,10 @@ project's:
     usage.prompt_tokens / input_tokens     ChatResult.prompt_tokens / ImageResult.prompt_tokens
 
 `top_p`: OpenAI accepts 0 to 1, and 0 keeps only the most likely token (a nucleus always holds
-one token); here it means the same on both endpoints. Defaults are the typed requests' own
-(`ImageRequest.guidance` 5, ...), so an omitted field means what it means in Python.
+one token); here it means the same on both endpoints. An omitted field takes the typed
+request's default (`ImageRequest.guidance` 5, ...), except where OpenAI defines its own: chat's
+temperature is 1 (OpenAI's default; a Python `ChatRequest` is greedy by default) and an omitted
+seed is a fresh random one.
 
 Fields, object names and status codes follow OpenAI's API reference; errors are
 `{"error": {"message", "type", "param", "code"}}` and never carry a traceback.
@@ -145,10 +147,13 @@ def _integer(body: dict, name: str, low: int, high: int | None, default: int | N
         raise APIError(400, str(e), param=name) from None
 
 
-def _sampling(body: dict, request: type) -> SamplingParams:
-    """temperature, top_p and top_k (an extension) over `request`'s default sampling; top_p 0
-    keeps the most likely token only."""
-    default = request.sampling  # the typed request's default (a class attribute of the dataclass)
+# OpenAI's chat default is temperature 1 (sampling); a Python ChatRequest defaults to greedy.
+OPENAI_CHAT_SAMPLING = SamplingParams(temperature=1.0)
+
+
+def _sampling(body: dict, default: SamplingParams) -> SamplingParams:
+    """temperature, top_p and top_k (an extension) over `default`; top_p 0 keeps the most
+    likely token only."""
     temperature = _number(body, "temperature", 0, 2, default.temperature)
     top_p = _number(body, "top_p", 0, 1, default.top_p)
     top_k = _integer(body, "top_k", 0, None, default.top_k)
@@ -318,7 +323,7 @@ def chat_request(body: dict, settings: ServeSettings) -> ChatRequest:
     if stop is not None and (not isinstance(stop, list) or len(stop) > 4
                              or not all(isinstance(s, str) and s for s in stop)):
         raise APIError(400, "'stop' must be a string or an array of up to 4 non-empty strings", param="stop")
-    return ChatRequest(messages, max_new_tokens=max_tokens, sampling=_sampling(body, ChatRequest),
+    return ChatRequest(messages, max_new_tokens=max_tokens, sampling=_sampling(body, OPENAI_CHAT_SAMPLING),
                        seed=_seed(body), stop=tuple(stop or ()))
 
 
@@ -344,7 +349,7 @@ def image_request(body: dict, image_size: int, settings: ServeSettings) -> Image
     if _field(body, "output_format", str, "png") != "png":
         raise APIError(400, "only output_format 'png' is supported", param="output_format")
     return ImageRequest(prompt, n=n, guidance=_number(body, "guidance_scale", 0, 100, ImageRequest.guidance),
-                        sampling=_sampling(body, ImageRequest), seed=_seed(body),
+                        sampling=_sampling(body, ImageRequest.sampling), seed=_seed(body),
                         jacobi=_field(body, "jacobi", int, ImageRequest.jacobi))
 
 
