@@ -175,8 +175,9 @@ class Cost:
 class ImageResult:
     request: ImageRequest
     images: list[Image.Image]
-    tokens: Tensor  # [n, num_gen_tokens] int64 VQ codes, raster order, on the CPU
+    tokens: Tensor  # [n, num_gen_tokens] int64 image tokens, raster order, on the CPU
     seed: int
+    prompt_tokens: int  # tokens of the prompt (as the conditional row of each image holds it)
     cost: Cost = field(default_factory=Cost)
 
 

@@ -16,7 +16,7 @@ from conftest import build_tiny
 from torch.testing import assert_close
 
 from openjanus.errors import UserError
-from openjanus.inference.engine import Cancelled, ContextTooLong, EngineConfig, QueueFull
+from openjanus.inference.engine import Cancelled, ContextTooLong, EngineConfig, QueueFull, run_jobs
 from openjanus.inference.runner import BatchRunner, NonFiniteLogits, image_job
 from openjanus.requests import ChatRequest, ImageProgress, ImageRequest, Message, SamplingParams, TextDelta
 
@@ -231,19 +231,19 @@ def test_compiled_step_compiles_once_per_bucket_not_per_prompt_length():
         return gm.forward
 
     torch._dynamo.reset()
-    runner = BatchRunner(model, max_rows=2, length_bucket=128, compile_step=True, compile_backend=counting_backend)
-    eager = BatchRunner(model, max_rows=2, length_bucket=128)
+    runner = BatchRunner(model, rows=2, length_bucket=128, compile=True, compile_backend=counting_backend)
+    eager = BatchRunner(model, rows=2, length_bucket=128)
     counts = []
     for length in (5, 9, 17, 30):  # every prompt + 64 image tokens fits the first 128-slot bucket
         prompt = [1, *range(10, 10 + length - 2), 2]
         jobs = [image_job(prompt, 3, 1, 5.0, GREEDY, None, model.cfg.num_gen_tokens) for _ in range(2)]
-        runner.run([jobs[0]])
-        eager.run([jobs[1]])
-        assert torch.equal(jobs[0].tokens, jobs[1].tokens)
+        compiled, = run_jobs(runner, [jobs[0]])
+        plain, = run_jobs(eager, [jobs[1]])
+        assert torch.equal(compiled.tokens, plain.tokens)
         counts.append(len(compiles))
     assert counts[0] >= 1 and counts == [counts[0]] * 4, counts
     long_prompt = [1, *range(10, 90), 2]  # 82 + 64 > 128: the next bucket, compiled once more
-    runner.run([image_job(long_prompt, 3, 1, 5.0, GREEDY, None, model.cfg.num_gen_tokens)])
+    run_jobs(runner, [image_job(long_prompt, 3, 1, 5.0, GREEDY, None, model.cfg.num_gen_tokens)])
     assert len(compiles) > counts[-1]
     torch._dynamo.reset()
 
@@ -303,8 +303,8 @@ def test_image_decode_steps_never_wait_for_the_device(tiny_pipeline, monkeypatch
     ids = tok.encode(tiny_pipeline.processor.t2i_prompt("a red circle"))
     job = image_job(ids, tok.pad_id, 2, 5.0, SamplingParams(top_k=50, top_p=0.9), torch.Generator().manual_seed(0),
                     tiny_pipeline.model.cfg.num_gen_tokens)
-    runner = BatchRunner(tiny_pipeline.model, max_rows=4)
-    runner.add(job)
+    runner = BatchRunner(tiny_pipeline.model, rows=4)
+    state = runner.add(job)
     syncs = []
     for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
         original = getattr(torch.Tensor, name)
@@ -318,7 +318,7 @@ def test_image_decode_steps_never_wait_for_the_device(tiny_pipeline, monkeypatch
         assert runner.step() == []
     assert syncs == []
     monkeypatch.undo()
-    assert runner.step() == [job] and job.error is None
+    assert runner.step() == [state] and state.error is None
 
 
 def _compiled_vs_eager(device: str, dtype: torch.dtype, steps: int = 4) -> tuple[list, list]:
@@ -330,13 +330,13 @@ def _compiled_vs_eager(device: str, dtype: torch.dtype, steps: int = 4) -> tuple
     out = []
     for compiled in (False, True):
         job = image_job(ids, 0, 2, 5.0, GREEDY, None, model.cfg.num_gen_tokens)
-        runner = BatchRunner(model, max_rows=4, compile_step=compiled)
-        runner.add(job)
+        runner = BatchRunner(model, rows=4, compile=compiled)
+        state = runner.add(job)
         hidden = []
         for _ in range(steps):
             runner.step()
             hidden.append(runner.hidden[:4].float().cpu())
-        out.append((hidden, job.tokens[:, :steps].cpu()))
+        out.append((hidden, state.tokens[:, :steps].cpu()))
     return out[0], out[1]
 
 

@@ -1,4 +1,4 @@
-"""The decoding path (`BatchRunner` behind `generate_image_tokens` / `generate_text`) against
+"""The decoding path (`BatchRunner` and the engine's core behind `generate_image_tokens` / `generate_text`) against
 literal, cache-free re-statements of the reference algorithms."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from conftest import build_tiny
 from torch.testing import assert_close
 
 from openjanus.errors import UserError
-from openjanus.inference.runner import generate_image_tokens, generate_text
+from openjanus.inference.engine import generate_image_tokens, generate_text
 from openjanus.inference.sampling import cfg_combine, filter_logits, sample
 from openjanus.requests import SamplingParams
 
@@ -141,5 +141,5 @@ def test_compiled_decode_step_gives_identical_tokens(model):
     p = [1, 5, 6, 7, 8]
     eager = generate_image_tokens(model, p, pad_id=3, n=2, generator=torch.Generator().manual_seed(0))
     compiled = generate_image_tokens(model, p, pad_id=3, n=2, generator=torch.Generator().manual_seed(0),
-                                     compile_step=True)
+                                     compile=True)
     assert torch.equal(eager, compiled)

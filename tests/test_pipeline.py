@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from openjanus.errors import UserError
-from openjanus.inference.pipeline import JanusPipeline, tokens_to_pil
+from openjanus.inference.engine import tokens_to_pil
+from openjanus.inference.pipeline import JanusPipeline
 from openjanus.requests import ChatRequest, ImageRequest, Message, SamplingParams
 
 

@@ -1,42 +1,59 @@
 """The inference engine: one worker owns the model and decodes the requests of many callers in
 shared batches.
 
-    engine = Engine(pipeline)                      # or pipeline.engine
-    handle = engine.submit(ImageRequest("a red fox", n=4, seed=7))
-    for event in handle: ...                       # ImageProgress / TextDelta as they happen
-    result = handle.result()                       # ImageResult / ChatResult, or raises
+    with Engine(model, processor, EngineConfig(rows=32)) as engine:   # or pipe.engine
+        handle = engine.submit(ImageRequest("a red fox", n=4, seed=7))
+        for event in handle: ...                 # ImageProgress / TextDelta as they happen
+        result = handle.result()                 # ImageResult / ChatResult, or raises
 
 Callers on any thread submit typed requests (`openjanus.requests`); the request is encoded on
 the caller's thread, so a bad image or a prompt too long for the context fails there, for that
-caller alone. One worker thread runs `BatchRunner` steps: a request that arrives while others
-are decoding joins the batch at the next step, and finished requests leave at once. Requests
-queue in arrival order when the batch has no room (a row cap and a cached-token cap bound
-memory); an image request larger than the batch runs as consecutive chunks that share its
-random stream, so its output never depends on what else is running.
+caller alone. One worker thread repeats `EngineCore.step`: the scheduler admits what fits
+(`openjanus.inference.scheduler`), the runner prefills it and decodes one step for every
+running job (`openjanus.inference.runner`), and what finished leaves at once. An image request
+larger than the batch runs as consecutive chunks that share its random stream, so its output
+never depends on what else is running.
+
+The engine is built from a model and a processor; it knows nothing above it. `start()` starts
+its worker, `close()` stops it (a context manager does both); a closed engine stays closed.
 """
 
 from __future__ import annotations
 
 import queue
 import random
+import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from PIL import Image
+from torch import Tensor
 
 from openjanus.errors import UserError
-from openjanus.inference.runner import BatchRunner, Job, image_job
-from openjanus.requests import ChatRequest, ChatResult, Cost, ImageProgress, ImageRequest, ImageResult, TextDelta
+from openjanus.inference import scheduler as sched
+from openjanus.inference.runner import BatchRunner, Job, JobState, image_job
+from openjanus.inference.scheduler import QueueFull, Scheduler, chunk_sizes
+from openjanus.model.janus import Janus
+from openjanus.processing import JanusProcessor
+from openjanus.requests import (
+    ChatRequest,
+    ChatResult,
+    Cost,
+    ImageProgress,
+    ImageRequest,
+    ImageResult,
+    SamplingParams,
+    TextDelta,
+)
 
-if TYPE_CHECKING:
-    from openjanus.inference.pipeline import JanusPipeline
-
-__all__ = ["Engine", "EngineConfig", "RequestHandle", "Cancelled", "QueueFull", "ContextTooLong", "rows_that_fit"]
+__all__ = ["Engine", "EngineConfig", "EngineCore", "RequestHandle", "Cancelled", "QueueFull", "ContextTooLong",
+           "rows_that_fit", "kv_bytes_per_token", "decode_tokens", "tokens_to_pil", "run_jobs",
+           "generate_image_tokens", "generate_text"]
 
 Request = ImageRequest | ChatRequest
 Result = ImageResult | ChatResult
@@ -48,10 +65,6 @@ DEFAULT_MAX_NEW_TOKENS = 512
 
 class Cancelled(UserError):
     """The request was cancelled before it finished."""
-
-
-class QueueFull(UserError):
-    """The engine's queue is full; try again later."""
 
 
 class ContextTooLong(UserError):
@@ -92,16 +105,217 @@ class EngineConfig:
             raise UserError(f"rows must be >= 2 (an image takes two rows), got {self.rows}")
 
 
+def kv_bytes_per_token(model: Janus) -> int:
+    """Bytes of keys and values one cached position of one row takes for `model` as loaded."""
+    llm = model.llm.cfg
+    return sched.kv_bytes_per_token(llm.n_layers, llm.n_kv_heads, llm.head_dim, model.llm.embed.weight.element_size())
+
+
+def max_cached_tokens(model: Janus, config: EngineConfig) -> int:
+    """The KV budget of `config` in cached positions (rows x slots) for `model`."""
+    return config.max_cached_tokens or max(1, int(config.kv_cache_gib * 2**30 // kv_bytes_per_token(model)))
+
+
+def rows_that_fit(model: Janus, row_tokens: int, config: EngineConfig) -> int:
+    """Rows of `row_tokens` cached positions each that run together under `config`'s row cap
+    and KV budget (an image takes two); `openjanus info` states it with the same rule."""
+    return sched.rows_that_fit(row_tokens, config.rows, max_cached_tokens(model, config))
+
+
+def tokens_to_pil(images: Tensor) -> list[Image.Image]:
+    """Decoded images [P, 3, H, W] in about [-1, 1] -> PIL, truncating to uint8 as the official code does."""
+    arr = images.float().cpu().numpy().transpose(0, 2, 3, 1)  # [P, H, W, 3]
+    arr = np.clip((arr + 1) / 2 * 255, 0, 255).astype(np.uint8)  # astype truncates toward zero
+    return [Image.fromarray(a) for a in arr]
+
+
+@torch.inference_mode()
+def decode_tokens(model: Janus, tokens: Tensor) -> list[Image.Image]:
+    """Image tokens [P, num_gen_tokens] -> P PIL images, through the VQ decoder."""
+    device = model.llm.embed.weight.device
+    tokens = tokens.to(device)
+    if tokens.ndim != 2 or tokens.shape[1] != model.cfg.num_gen_tokens:
+        raise UserError(f"expected image tokens of shape [n, {model.cfg.num_gen_tokens}], got {list(tokens.shape)}")
+    if int(tokens.min()) < 0 or int(tokens.max()) >= model.cfg.vq.codebook_size:
+        raise UserError(f"image tokens must lie in [0, {model.cfg.vq.codebook_size})")
+    return tokens_to_pil(model.decode_image_tokens(tokens))
+
+
+# --- the core: one step of scheduler and runner, no threads -----------------------------------
+
+
+@dataclass
+class StepOutput:
+    """What one `EngineCore.step` did, per request (`owner`)."""
+
+    started: list[tuple[Hashable, JobState]] = field(default_factory=list)
+    failed: list[tuple[Hashable, BaseException]] = field(default_factory=list)  # at prefill; already dropped
+    cancelled: list[Hashable] = field(default_factory=list)  # already dropped
+    finished: list[tuple[Hashable, JobState]] = field(default_factory=list)  # done or failed (state.error)
+
+
+class EngineCore:
+    """`schedule()` -> prefill and decode -> `finish()`: the engine's step, without threads.
+
+    The engine's worker repeats `step()`; `run_jobs` drives the same core on the caller's
+    thread (tests, benchmarks). `lock` guards the scheduler, which callers on other threads
+    reach through `add`.
+    """
+
+    def __init__(self, runner: BatchRunner, scheduler: Scheduler) -> None:
+        self.runner = runner
+        self.scheduler = scheduler
+        self.lock = threading.Condition()
+        self._states: dict[Job, JobState] = {}
+
+    @property
+    def idle(self) -> bool:
+        return self.scheduler.idle
+
+    def add(self, owner: Hashable, jobs: Sequence[Job], together: bool = False) -> None:
+        with self.lock:
+            self.scheduler.add(owner, jobs, together)
+            self.lock.notify_all()
+
+    def drop(self, owner: Hashable) -> None:
+        """Forget a request: its queued jobs go, its running ones leave the batch."""
+        with self.lock:
+            jobs = self.scheduler.drop(owner)
+            self.lock.notify_all()  # room in the queue
+        for job in jobs:
+            state = self._states.pop(job, None)
+            if state is not None:
+                self.runner.remove(state)
+
+    def end(self, state: JobState) -> None:
+        """A running job leaves before its last step (a chat reached a stop string)."""
+        self.runner.remove(state)
+        state.finished = True
+        self._finish(state)
+
+    def _finish(self, state: JobState) -> None:
+        self._states.pop(state.job, None)
+        with self.lock:
+            self.scheduler.finish(state.job)
+
+    def step(self, cancelled: Callable[[Hashable], bool] = lambda owner: False) -> StepOutput:
+        out = StepOutput()
+        with self.lock:
+            decided = self.scheduler.schedule(cancelled)
+            running = {self.scheduler.owner_of(j) for j in self.scheduler.running}
+            if decided.admitted or decided.dropped:
+                self.lock.notify_all()  # room in the queue for a waiting submitter
+        out.cancelled = [*decided.dropped, *(o for o in running if cancelled(o) and o not in decided.dropped)]
+        for owner in out.cancelled:
+            self.drop(owner)
+        admitted = [(o, j, s) for o, j, s in decided.admitted if o not in out.cancelled]
+        if admitted:
+            owner_of = {j: o for o, j, _ in admitted}
+            try:
+                states, failed = self.runner.add_all([(j, s) for _, j, s in admitted])
+            except Exception as e:  # the shared prefill failed: none of these requests can go on
+                states, failed = [], [(j, e) for _, j, _ in admitted]
+            for job, error in failed:
+                if owner_of[job] not in [o for o, _ in out.failed]:
+                    out.failed.append((owner_of[job], error))
+            for state in states:
+                self._states[state.job] = state
+                out.started.append((owner_of[state.job], state))
+            for owner, _ in out.failed:
+                self.drop(owner)
+        if self.runner.states:
+            for state in self.runner.step():
+                owner = self.scheduler.owner_of(state.job)
+                self._finish(state)
+                out.finished.append((owner, state))
+        return out
+
+
+def run_jobs(runner: BatchRunner, jobs: Sequence[Job], max_cached_tokens: int | None = None) -> list[JobState]:
+    """Decode `jobs` to the end on `runner` through the engine's core, on this thread: admitted
+    in order as rows free up. Raises the first job's error."""
+    core = EngineCore(runner, Scheduler(runner.rows, max_cached_tokens or sys.maxsize, queue=max(1, len(jobs))))
+    for i, job in enumerate(jobs):
+        core.add(i, [job])
+    states: dict[Job, JobState] = {}
+    while not core.idle:
+        out = core.step()
+        for _, error in out.failed:
+            raise error
+        states.update((s.job, s) for _, s in out.started)
+        for _, state in out.finished:
+            if state.error is not None:
+                raise state.error
+    return [states[j] for j in jobs]
+
+
+def generate_image_tokens(
+    model: Janus,
+    prompt_ids: Sequence[int],
+    pad_id: int,
+    n: int = 1,
+    guidance: float = ImageRequest.guidance,
+    sampling: SamplingParams = SamplingParams(),
+    generator: torch.Generator | None = None,
+    compile: bool = False,
+    jacobi: int = 0,
+) -> Tensor:
+    """Sample `n` images' tokens for one prompt (ids ending with `<begin_of_image>`) with
+    classifier-free guidance: [n, num_gen_tokens] int64 in raster order. With `jacobi`, each
+    image is its own job (they all draw from `generator`, in turn)."""
+    num = model.cfg.num_gen_tokens
+    if jacobi:
+        jobs = [image_job(prompt_ids, pad_id, 1, guidance, sampling, generator, num, jacobi) for _ in range(n)]
+    else:
+        jobs = [image_job(prompt_ids, pad_id, n, guidance, sampling, generator, num)]
+    states = run_jobs(BatchRunner(model, rows=2 * n, compile=compile), jobs)
+    return torch.cat([s.tokens for s in states])
+
+
+def generate_text(
+    model: Janus,
+    prompts: Sequence[Sequence[int]],
+    eos_id: int | None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    sampling: SamplingParams = SamplingParams(temperature=0.0),
+    generator: torch.Generator | None = None,
+) -> Iterator[list[int | None]]:
+    """Decode each prompt (one row each, decoded together); yields once per step each row's
+    new token id, or None for rows already done (EOS is yielded, then None)."""
+    jobs = [Job("text", [list(p)], max_new_tokens, sampling, generator, eos_id=eos_id) for p in prompts]
+    runner = BatchRunner(model, rows=max(2, len(jobs)))
+    core = EngineCore(runner, Scheduler(runner.rows, sys.maxsize, queue=max(1, len(jobs))))
+    for i, job in enumerate(jobs):
+        core.add(i, [job])
+    states: dict[int, JobState] = {}
+    while not core.idle:
+        before = {i: len(s.token_ids) for i, s in states.items()}
+        out = core.step()
+        for _, error in out.failed:
+            raise error
+        for _, state in out.finished:
+            if state.error is not None:
+                raise state.error
+        states.update(out.started)
+        yield [s.token_ids[-1] if (s := states.get(i)) is not None and len(s.token_ids) > before.get(i, 0) else None
+               for i in range(len(jobs))]
+
+
+# --- requests -------------------------------------------------------------------------------
+
 _DONE = object()
 
 
 class RequestHandle:
     """A submitted request: wait for its result, iterate its events, or cancel it."""
 
-    def __init__(self, engine: Engine, request: Request, seed: int) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine, request: Request, seed: int, jobs: list[Job], prompt_tokens: int) -> None:
+        self._engine = engine
         self.request = request
         self.seed = seed
+        self.jobs = jobs  # image chunks run one after another (Jacobi images at once); a chat has one job
+        self.prompt_tokens = prompt_tokens
+        self.states: dict[Job, JobState] = {}  # the jobs that started, filled by the worker
         self.submitted = time.perf_counter()
         self.started: float | None = None
         self._events: queue.SimpleQueue = queue.SimpleQueue()
@@ -109,7 +323,6 @@ class RequestHandle:
         self._result: Result | None = None
         self._error: BaseException | None = None
         self._cancel = threading.Event()
-        self.jobs: list[Job] = []  # image chunks run one after another; a chat has one job
         self._decoding = False  # the worker handed its tokens to the VQ decoder
 
     # --- for callers ------------------------------------------------------------------------
@@ -123,6 +336,10 @@ class RequestHandle:
         assert self._result is not None
         return self._result
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` seconds for the request to end; whether it has."""
+        return self._done.wait(timeout)
+
     def __iter__(self) -> Iterator[Event]:
         """Events as they happen (text pieces, image progress) until the request ends; call
         `result()` afterwards for the result or the error."""
@@ -135,7 +352,7 @@ class RequestHandle:
     def cancel(self) -> None:
         """Stop the request at the next step (or before it starts); `result()` raises `Cancelled`."""
         self._cancel.set()
-        self.engine._wake()
+        self._engine._wake()
 
     @property
     def cancelled(self) -> bool:
@@ -144,20 +361,36 @@ class RequestHandle:
     def done(self) -> bool:
         return self._done.is_set()
 
+    @property
+    def together(self) -> bool:
+        """Whether the request's jobs run at once (Jacobi images) rather than one after another."""
+        return any(j.jacobi for j in self.jobs)
+
+    def progress(self) -> tuple[int, int]:
+        """(tokens sampled so far, tokens planned) over all its images or its answer's budget."""
+        planned = sum((j.images or 1) * j.steps for j in self.jobs)
+        if self.done():
+            return planned, planned
+        return sum((j.images or 1) * self._steps_of(j) for j in self.jobs), planned
+
     def partial_tokens(self) -> torch.Tensor | None:
         """Image requests: the tokens sampled so far of the images being generated, [n, steps]
         on the CPU (the running chunk; all images with speculative Jacobi decoding)."""
-        # Read each job's tensor once: the worker drops it when the request's tokens are complete.
-        running = [(j.done_steps, t) for j in self.jobs if (t := j.tokens) is not None
-                   and (not j.finished or _parallel(self.jobs))]
+        # Read each state's tensor once: the worker drops it when the request's tokens are complete.
+        running = [(s.done_steps, t) for s in list(self.states.values()) if (t := s.tokens) is not None
+                   and (not s.finished or self.together)]
         if not running:
             return None
         steps = min(s for s, _ in running)
         return torch.cat([t[:, :steps] for _, t in running]).cpu()
 
-    def _image_progress(self, job: Job) -> ImageProgress:
-        steps = min(j.done_steps for j in self.jobs) if _parallel(self.jobs) else job.done_steps
-        return ImageProgress(steps, job.steps)
+    def _steps_of(self, job: Job) -> int:
+        state = self.states.get(job)
+        return state.done_steps if state is not None else 0
+
+    def _image_progress(self, state: JobState) -> ImageProgress:
+        steps = min(self._steps_of(j) for j in self.jobs) if self.together else state.done_steps
+        return ImageProgress(steps, state.job.steps)
 
     # --- for the worker -------------------------------------------------------------------
 
@@ -175,32 +408,14 @@ class RequestHandle:
         now = time.perf_counter()
         started = self.started if self.started is not None else now
         return Cost(seconds=now - self.submitted, queued_seconds=started - self.submitted,
-                    forward_passes=sum(j.forward_passes for j in self.jobs))
-
-
-def _tokens_in(gib: float, model) -> int:
-    """Cache positions (one row, one slot) that `gib` GiB of keys and values hold for `model`."""
-    llm = model.llm.cfg
-    per_token = 2 * llm.n_layers * llm.n_kv_heads * llm.head_dim * model.llm.embed.weight.element_size()
-    return max(1, int(gib * 2**30 // per_token))
-
-
-def rows_that_fit(model, row_tokens: int, config: EngineConfig) -> int:
-    """Rows of `row_tokens` cached positions each that run together under `config`'s row cap
-    and KV budget (an image takes two); `openjanus info` states it with the same rule."""
-    tokens = config.max_cached_tokens or _tokens_in(config.kv_cache_gib, model)
-    return min(config.rows, tokens // row_tokens)
-
-
-def _parallel(jobs: list[Job]) -> bool:
-    return any(j.jacobi for j in jobs)
+                    forward_passes=sum(s.forward_passes for s in self.states.values()))
 
 
 class _Chat:
     """Worker-side state of a chat request: streaming detokenisation and stop strings."""
 
-    def __init__(self, handle: RequestHandle, job: Job, prompt_tokens: int, decoder) -> None:
-        self.handle, self.job, self.prompt_tokens, self.decoder = handle, job, prompt_tokens, decoder
+    def __init__(self, handle: RequestHandle, state: JobState, decoder) -> None:
+        self.handle, self.state, self.decoder = handle, state, decoder
         self.text = ""
         self.emitted = 0  # characters of `text` already sent
         self.stopped = False
@@ -229,23 +444,72 @@ class _Chat:
 
 
 class Engine:
-    """Owns a pipeline's model; batches the requests of every caller (see the module doc)."""
+    """Batches the requests of every caller on `model` (see the module doc)."""
 
-    def __init__(self, pipeline: JanusPipeline, config: EngineConfig | None = None) -> None:
-        self.pipeline = pipeline
+    def __init__(self, model: Janus, processor: JanusProcessor, config: EngineConfig | None = None) -> None:
+        self.model = model
+        self.processor = processor
         self.config = config or EngineConfig()
-        self.max_cached_tokens = self.config.max_cached_tokens or _tokens_in(self.config.kv_cache_gib, pipeline.model)
-        self.runner = BatchRunner(pipeline.model, max_rows=self.config.rows,
-                                  length_bucket=self.config.length_bucket, compile_step=self.config.compile)
-        self._lock = threading.Condition()
-        self._queue: deque[tuple[RequestHandle, Job]] = deque()
-        self._waiting = 0  # requests in the queue (a request's later chunks are not counted)
-        self._live: dict[Job, tuple[RequestHandle, _Chat | None]] = {}
+        self.max_cached_tokens = max_cached_tokens(model, self.config)
+        runner = BatchRunner(model, rows=self.config.rows, length_bucket=self.config.length_bucket,
+                             compile=self.config.compile)
+        self.core = EngineCore(runner, Scheduler(self.config.rows, self.max_cached_tokens, self.config.queue))
+        self._lock = self.core.lock
+        self._live: dict[JobState, tuple[RequestHandle, _Chat | None]] = {}
         self._thread: threading.Thread | None = None
-        self._post = ThreadPoolExecutor(1, thread_name_prefix="openjanus-vq")
+        self._post: ThreadPoolExecutor | None = None
         self._closed = False
         self._cancel_all = False  # set by close(cancel=True); the worker cancels what it holds
-        self.steps = 0  # decode steps run so far (for tests and metrics)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> Engine:
+        """Start the worker (once; again is a no-op). A closed engine cannot start again."""
+        with self._lock:
+            if self._closed:
+                raise UserError("the engine is closed; start a new one")
+            if self._thread is None:
+                self._post = ThreadPoolExecutor(1, thread_name_prefix="openjanus-vq")
+                self._thread = threading.Thread(target=self._loop, name="openjanus-engine", daemon=True)
+                self._thread.start()
+        return self
+
+    def close(self, cancel: bool = True) -> None:
+        """Stop accepting requests; cancel the queued and running ones (or let them finish), then
+        stop the worker and free the KV cache."""
+        with self._lock:
+            self._closed = True
+            self._cancel_all = self._cancel_all or cancel
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        if self._post is not None:
+            self._post.shutdown(wait=True)
+        runner = self.core.runner
+        runner.cache = runner.hidden = None
+        runner._features.clear()
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def queue_depth(self) -> int:
+        return self.core.scheduler.waiting
+
+    @property
+    def running(self) -> int:
+        return len({id(h) for h, _ in list(self._live.values())})  # (the worker may be changing it)
 
     # --- submission (caller threads) ------------------------------------------------------
 
@@ -253,49 +517,42 @@ class Engine:
         """Queue `request`; returns at once (with `wait`, first waits for room in a full queue).
         Raises UserError for a request that cannot run, `QueueFull` when the queue is full."""
         seed = request.seed if request.seed is not None else random.randrange(2**63)
-        handle = RequestHandle(self, request, seed)
         if isinstance(request, ImageRequest):
-            jobs = self._image_jobs(request, seed)
+            jobs, prompt_tokens = self._image_jobs(request, seed)
         elif isinstance(request, ChatRequest):
-            jobs = [self._chat_job(request, seed)]
+            jobs, prompt_tokens = [self._chat_job(request, seed)], None
+            prompt_tokens = jobs[0].prompt_len
         else:
             raise UserError(f"unknown request type {type(request).__name__}")
-        handle.jobs = jobs
+        handle = RequestHandle(self, request, seed, jobs, prompt_tokens)
         with self._lock:
             if self._closed:
                 raise UserError("the engine is shut down")
-            while wait and self._waiting >= self.config.queue and not self._closed:
+            if self._thread is None:
+                raise UserError("the engine is not started: call start() or use it in a with statement")
+            while wait and not self.core.scheduler.has_room and not self._closed:
                 self._lock.wait()
-            if self._waiting >= self.config.queue:
-                raise QueueFull(f"the queue is full ({self.config.queue} requests waiting)")
-            self._waiting += 1
-            # Chunks that share one random stream run one after another; Jacobi images at once.
-            self._queue.extend((handle, j) for j in (jobs if _parallel(jobs) else jobs[:1]))
-            self._start()
-            self._lock.notify_all()
+            if self._closed:
+                raise UserError("the engine is shut down")
+            self.core.add(handle, jobs, together=handle.together)
         return handle
 
-    def run(self, requests: Sequence[Request]) -> list[Result]:
-        """Submit all `requests` at once (they share batches) and wait for every result."""
-        handles = [self.submit(r) for r in requests]
-        return [h.result() for h in handles]
-
     def _generator(self, seed: int) -> torch.Generator:
-        return torch.Generator(device=self.runner.device).manual_seed(seed)
+        return torch.Generator(device=self.core.runner.device).manual_seed(seed)
 
-    def _image_jobs(self, request: ImageRequest, seed: int) -> list[Job]:
-        pipe, cfg = self.pipeline, self.pipeline.model.cfg
+    def _image_jobs(self, request: ImageRequest, seed: int) -> tuple[list[Job], int]:
+        cfg = self.model.cfg
         if request.n > self.config.max_n:
             raise UserError(f"{request.n} images requested; this engine allows up to {self.config.max_n} "
                             "per request")
-        tok = pipe.processor.tokenizer
-        ids = tok.encode(pipe.processor.t2i_prompt(request.prompt))
+        tok = self.processor.tokenizer
+        ids = tok.encode(self.processor.t2i_prompt(request.prompt))
         limit = cfg.llm.max_seq_len - cfg.num_gen_tokens
         if len(ids) > limit:
             raise ContextTooLong(f"the prompt is {len(ids)} tokens; this model allows {limit} before its "
-                            f"{cfg.num_gen_tokens} image tokens ({cfg.llm.max_seq_len} positions in all)")
+                                 f"{cfg.num_gen_tokens} image tokens ({cfg.llm.max_seq_len} positions in all)")
         per_image = 2 * (len(ids) + cfg.num_gen_tokens)
-        per_chunk = rows_that_fit(pipe.model, len(ids) + cfg.num_gen_tokens, self.config) // 2
+        per_chunk = rows_that_fit(self.model, len(ids) + cfg.num_gen_tokens, self.config) // 2
         if per_chunk < 1:
             raise UserError(f"one image needs {per_image} cached tokens; the engine allows {self.max_cached_tokens}")
         if request.jacobi:
@@ -303,17 +560,15 @@ class Engine:
             # from its own stream, so the request's output does not depend on admission order.
             return [image_job(ids, tok.pad_id, 1, request.guidance, request.sampling,
                               self._generator((seed + i * 0x9E3779B97F4A7C15) % 2**63), cfg.num_gen_tokens,
-                              jacobi=request.jacobi) for i in range(request.n)]
+                              jacobi=request.jacobi) for i in range(request.n)], len(ids)
         generator = self._generator(seed)  # shared by the chunks, which run one after another
-        sizes = [min(per_chunk, request.n - s) for s in range(0, request.n, per_chunk)]
         return [image_job(ids, tok.pad_id, k, request.guidance, request.sampling, generator, cfg.num_gen_tokens)
-                for k in sizes]
+                for k in chunk_sizes(request.n, per_chunk)], len(ids)
 
     def _chat_job(self, request: ChatRequest, seed: int) -> Job:
-        pipe, cfg = self.pipeline, self.pipeline.model.cfg
-        context = cfg.llm.max_seq_len
+        context = self.model.cfg.llm.max_seq_len
         try:
-            sample = pipe.processor.encode_chat(request.messages, request.system_prompt)
+            sample = self.processor.encode_chat(request.messages, request.system_prompt)
         except ValueError as e:  # placeholders vs images, roles, unreadable images
             raise UserError(str(e)) from None
         n = len(sample.input_ids)
@@ -323,117 +578,28 @@ class Engine:
             advice = f"lower max_new_tokens to at most {room}" if room >= 1 else \
                 "shorten the prompt, which alone fills the context"
             raise ContextTooLong(f"prompt is {n} tokens and {max(max_new, 1)} new tokens were requested, but the "
-                            f"model's context is {context} tokens: {advice}")
+                                 f"model's context is {context} tokens: {advice}")
         limit = self.max_cached_tokens
         if n + max_new > limit:
             raise ContextTooLong(f"the request needs {n + max_new} cached tokens; the engine allows {limit}")
-        job = Job("text", [sample.input_ids], max_new, request.sampling, self._generator(seed),
-                  eos_id=pipe.processor.tokenizer.eos_id if request.stop_at_eos else None,
-                  image_mask=torch.tensor(sample.image_mask, dtype=torch.bool),
-                  pixel_values=sample.pixel_values.to(pipe.dtype) if sample.num_images else None)
-        return job
+        dtype = self.model.llm.embed.weight.dtype
+        return Job("text", [sample.input_ids], max_new, request.sampling, self._generator(seed),
+                   eos_id=self.processor.tokenizer.eos_id if request.stop_at_eos else None,
+                   image_mask=torch.tensor(sample.image_mask, dtype=torch.bool),
+                   pixel_values=sample.pixel_values.to(dtype) if sample.num_images else None)
 
     # --- worker -------------------------------------------------------------------------------
-
-    def _start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._loop, name="openjanus-engine", daemon=True)
-            self._thread.start()
 
     def _wake(self) -> None:
         with self._lock:
             self._lock.notify_all()
 
-    def close(self, cancel: bool = True) -> None:
-        """Stop accepting requests; cancel the queued and running ones (or let them finish), then
-        stop the worker."""
-        with self._lock:
-            self._closed = True
-            self._cancel_all = self._cancel_all or cancel
-            self._lock.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-        self._post.shutdown(wait=True)
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def queue_depth(self) -> int:
-        return self._waiting
-
-    @property
-    def running(self) -> int:
-        return len({id(h) for h, _ in list(self._live.values())})  # (the worker may be changing it)
-
-    def _used_tokens(self) -> int:
-        return sum(j.n_rows * j.length for j in self.runner.jobs)
-
-    def _admit(self) -> None:
-        """Move queued jobs into the batch in arrival order while they fit; jobs admitted
-        together are prefilled together."""
-        limit = self.max_cached_tokens
-        admitted: list[tuple[RequestHandle, Job]] = []
-        used = self._used_tokens()
-        with self._lock:
-            while self._queue:
-                handle, job = self._queue[0]
-                if handle.cancelled or handle.done():  # (done: another of its jobs failed)
-                    self._queue.popleft()
-                    self._waiting -= job is handle.jobs[0]
-                    handle._finish(error=Cancelled("the request was cancelled"))
-                    continue
-                if not self.runner._fits_with([j for _, j in admitted], job) or used + job.n_rows * job.length > limit:
-                    break
-                self._queue.popleft()
-                self._waiting -= job is handle.jobs[0]
-                used += job.n_rows * job.length
-                admitted.append((handle, job))
-            if admitted:
-                self._lock.notify_all()  # room in the queue for a waiting submitter
-        if not admitted:
-            return
-        now = time.perf_counter()
-        for handle, _ in admitted:
-            if handle.started is None:
-                handle.started = now
-        try:
-            failed = dict(self.runner.add_all([j for _, j in admitted]))
-        except Exception as e:  # the shared prefill failed: none of these requests can go on
-            for handle, _ in admitted:
-                self._fail(handle, e)
-            return
-        for handle, job in admitted:
-            if job in failed:  # this request's own input (e.g. its images): it alone fails
-                self._fail(handle, failed[job])
-                continue
-            chat = None
-            if job.kind == "text":
-                tok = self.pipeline.processor.tokenizer
-                chat = _Chat(handle, job, len(job.prompt_ids[0]), tok.stream_decoder())
-            self._live[job] = (handle, chat)
-
-    def _fail(self, handle: RequestHandle, error: BaseException) -> None:
-        for job in handle.jobs:
-            self.runner.remove(job)
-            self._live.pop(job, None)
-        if not isinstance(error, UserError):
-            error = RuntimeError(f"the request failed: {type(error).__name__}: {error}")
-        handle._finish(error=error)
-
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not self._queue and not self.runner.jobs and not self._closed:
+                while self.core.idle and not self._closed:
                     self._lock.wait()
-                if self._closed and not self._queue and not self.runner.jobs:
+                if self._closed and self.core.idle:
                     return
             try:
                 self._iteration()
@@ -442,75 +608,86 @@ class Engine:
                     self._fail(handle, e)
 
     def _iteration(self) -> None:
-        """Admit what fits, drop cancelled requests, run one step, hand out what it produced."""
+        """One core step: admit what fits, drop cancelled requests, decode, hand out the results."""
         if self._cancel_all:
             # Here, on the worker, which alone moves jobs between the queue, the batch and the
             # VQ decoder: a request between two of its chunks cannot be missed.
             with self._lock:
-                for handle, _ in [*self._queue, *self._live.values()]:
+                for handle in self.core.scheduler.owners():
                     handle._cancel.set()
-        self._admit()
-        for job, (handle, _) in list(self._live.items()):
-            if handle.cancelled:
-                self.runner.remove(job)
-                del self._live[job]
-                handle._finish(error=Cancelled("the request was cancelled"))
-        if not self.runner.jobs:
-            return
-        finished = self.runner.step()
-        self.steps += 1
-        eos = self.pipeline.processor.tokenizer.eos_id
-        for job, (handle, chat) in list(self._live.items()):
-            if job.error is not None:
+        out = self.core.step(cancelled=lambda h: h.cancelled or h.done())
+        for handle in out.cancelled:
+            self._forget(handle)
+            handle._finish(error=Cancelled("the request was cancelled"))
+        now = time.perf_counter()
+        for handle, state in out.started:
+            if handle.started is None:
+                handle.started = now
+            handle.states[state.job] = state
+            chat = _Chat(handle, state, self.processor.tokenizer.stream_decoder()) if state.job.kind == "text" else None
+            self._live[state] = (handle, chat)
+        for handle, error in out.failed:
+            self._fail(handle, error)
+        finished = [state for _, state in out.finished]
+        eos = self.processor.tokenizer.eos_id
+        for state, (handle, chat) in list(self._live.items()):
+            if state.error is not None:
                 continue
             if chat is None:
-                if not job.finished:
-                    handle._emit(handle._image_progress(job))
+                if not state.finished:
+                    handle._emit(handle._image_progress(state))
                 continue
-            chat.feed(job.token_ids[-1:], eos)
-            if chat.stopped and not job.finished:  # a stop string: leave the batch now
-                self.runner.remove(job)
-                job.finished = True
-                finished.append(job)
-        for job in finished:
-            handle, chat = self._live.pop(job)
-            if job.error is not None:
-                self._fail(handle, job.error)
+            chat.feed(state.token_ids[-1:], eos)
+            if chat.stopped and not state.finished:  # a stop string: leave the batch now
+                self.core.end(state)
+                finished.append(state)
+        for state in finished:
+            handle, chat = self._live.pop(state)
+            if state.error is not None:
+                self._fail(handle, state.error)
             elif chat is not None:
                 self._finish_chat(handle, chat)
             else:
-                self._finish_image_chunk(handle, job)
+                self._finish_image_chunk(handle, state)
+
+    def _forget(self, handle: RequestHandle) -> None:
+        for state in list(handle.states.values()):
+            self._live.pop(state, None)
+
+    def _fail(self, handle: RequestHandle, error: BaseException) -> None:
+        self.core.drop(handle)
+        self._forget(handle)
+        if not isinstance(error, UserError):
+            error = RuntimeError(f"the request failed: {type(error).__name__}: {error}")
+        handle._finish(error=error)
 
     def _finish_chat(self, handle: RequestHandle, chat: _Chat) -> None:
         chat.flush()
-        job = chat.job
-        eos = self.pipeline.processor.tokenizer.eos_id
-        ids = [t for t in job.token_ids if t != eos]
-        reason = "stop" if chat.stopped or (job.token_ids and job.token_ids[-1] == eos) else "length"
-        handle._finish(ChatResult(handle.request, chat.text.strip(), ids, chat.prompt_tokens, reason,
+        state = chat.state
+        eos = self.processor.tokenizer.eos_id
+        ids = [t for t in state.token_ids if t != eos]
+        reason = "stop" if chat.stopped or (state.token_ids and state.token_ids[-1] == eos) else "length"
+        handle._finish(ChatResult(handle.request, chat.text.strip(), ids, handle.prompt_tokens, reason,
                                   handle.seed, handle._cost()))
 
-    def _finish_image_chunk(self, handle: RequestHandle, job: Job) -> None:
+    def _finish_image_chunk(self, handle: RequestHandle, state: JobState) -> None:
         if handle.done() or handle._decoding:
             return  # already decoding (several of its Jacobi images finished in one step)
-        handle._emit(handle._image_progress(job))
-        if not all(j.finished for j in handle.jobs):
-            index = handle.jobs.index(job)
-            if not _parallel(handle.jobs) and index + 1 < len(handle.jobs):
-                with self._lock:  # behind what arrived meanwhile: a large request does not starve them
-                    self._queue.append((handle, handle.jobs[index + 1]))
-            return
+        handle._emit(handle._image_progress(state))
+        if not all(j in handle.states and handle.states[j].finished for j in handle.jobs):
+            return  # the scheduler has queued its next chunk
         handle._decoding = True
-        tokens = torch.cat([j.tokens for j in handle.jobs]).cpu()
-        for j in handle.jobs:
-            j.tokens = None  # the CPU copy is the result; free the device memory
+        tokens = torch.cat([handle.states[j].tokens for j in handle.jobs]).cpu()
+        for s in handle.states.values():
+            s.tokens = None  # the CPU copy is the result; free the device memory
         # VQ decoding runs beside the worker, which goes on decoding the other requests' tokens.
         self._post.submit(self._decode_images, handle, tokens)
 
     def _decode_images(self, handle: RequestHandle, tokens: torch.Tensor) -> None:
         try:
-            images = self.pipeline.decode_tokens(tokens)
+            images = decode_tokens(self.model, tokens)
         except Exception as e:  # the request's jobs have already left the batch
             handle._finish(error=e if isinstance(e, UserError) else RuntimeError(f"VQ decoding failed: {e}"))
             return
-        handle._finish(ImageResult(handle.request, images, tokens, handle.seed, handle._cost()))
+        handle._finish(ImageResult(handle.request, images, tokens, handle.seed, prompt_tokens=handle.prompt_tokens,
+                                   cost=handle._cost()))

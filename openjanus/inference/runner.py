@@ -1,21 +1,25 @@
-"""Decoding on token ids and embeddings: sampling, classifier-free guidance, and the batch
-runner that decodes many jobs together on one static KV cache.
+"""The batch runner: rows of one KV cache, prefill, and one decoder per mode.
 
-Tokenizers, templates and images live at the edge (`openjanus.processing`); requests,
-threads and streaming live in `openjanus.inference.engine`. Sampling functions are pure and take a
-seeded `torch.Generator`; every job has its own, so a job's tokens do not depend on which
-other jobs share its batch.
+A `Job` is what to decode (the spec: rows of prompt ids, steps, sampling, its random stream);
+its `JobState` is what the runner holds while it runs (first row, tokens so far, counters).
+Tokenizers, templates and images live at the edge (`openjanus.processing`); which job runs
+on which rows is the scheduler's decision (`openjanus.inference.scheduler`); threads and
+requests live in `openjanus.inference.engine`. Every job has its own seeded generator, so a
+job's tokens do not depend on which other jobs share its batch.
 
 Rows are never padded: each job's rows start at cache slot 0 and have their own length, so a
 job can join the running batch at any step (its prompt is prefilled on its own rows, then
 its rows take part in the shared decode step) and leave as soon as it is done.
+
+A step asks each decoder in turn (image, text, Jacobi) to sample its jobs' next tokens and
+say what to feed back, then feeds everything in one forward pass per window length.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,10 +31,10 @@ from openjanus.inference.sampling import accept_drafts, cfg_combine, filter_logi
 from openjanus.model.janus import Janus
 from openjanus.model.llm import KVCache, cache_mask
 from openjanus.processing import unconditional_prompt
-from openjanus.requests import ImageRequest, SamplingParams
+from openjanus.requests import SamplingParams
 
-__all__ = ["Job", "BatchRunner", "NonFiniteLogits", "image_job", "generate_image_tokens", "generate_text",
-           "round_up"]
+__all__ = ["Job", "JobState", "BatchRunner", "NonFiniteLogits", "Decoder", "ImageDecoder", "TextDecoder",
+           "JacobiDecoder", "image_job", "round_up"]
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -45,25 +49,6 @@ def _upload(t: Tensor, device: torch.device) -> Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
-def _free_start(taken: list[tuple[int, int]], n_rows: int, max_rows: int) -> int | None:
-    start = 0
-    for a, b in sorted(taken):
-        if a - start >= n_rows:
-            break
-        start = max(start, b)
-    return start if start + n_rows <= max_rows else None
-
-
-def _first_fit(taken: list[tuple[int, int]], sizes: list[int], max_rows: int) -> bool:
-    """Whether row ranges of `sizes`, placed one after another lowest-first, all fit."""
-    for n in sizes:
-        start = _free_start(taken, n, max_rows)
-        if start is None:
-            return False
-        taken.append((start, start + n))
-    return True
-
-
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
@@ -76,10 +61,10 @@ class NonFiniteLogits(UserError):
                          "the dtype overflows; load with --check-finite, or try --dtype float32")
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Job:
-    """Rows of equal length decoded together: an image job has 2 rows per image (conditional,
-    unconditional, interleaved), a text job one row. Jobs are what the runner schedules."""
+    """What to decode: rows of equal length decoded together. An image job has 2 rows per image
+    (conditional, unconditional, interleaved), a text job one row."""
 
     kind: Literal["image", "text"]
     prompt_ids: list[list[int]]  # one list per row, all the same length
@@ -91,21 +76,6 @@ class Job:
     image_mask: Tensor | None = None  # text jobs: bool [T], positions the image features fill
     pixel_values: Tensor | None = None  # text jobs: [n_images, 3, S, S]
     jacobi: int = 0  # image jobs of one image: draft this many tokens per forward pass (0 = off)
-
-    # Filled by the runner.
-    start_row: int = -1
-    done_steps: int = 0
-    forward_passes: int = 0
-    finished: bool = False
-    error: BaseException | None = None
-    tokens: Tensor | None = None  # image: [n, steps] long on the model's device
-    token_ids: list[int] = field(default_factory=list)  # text: sampled ids (EOS included)
-    _nonfinite: Tensor | None = None
-    # Speculative Jacobi state: hidden states of the last window [2, m, D], its draft tokens [m-1]
-    # and the distributions they were drawn from [m-1, V] (None when greedy).
-    _window: Tensor | None = None
-    _drafts: Tensor | None = None
-    _proposals: Tensor | None = None
 
     def __post_init__(self) -> None:
         lengths = {len(r) for r in self.prompt_ids}
@@ -126,44 +96,266 @@ class Job:
 
     @property
     def length(self) -> int:
-        """Cache slots this job needs at most."""
+        """Cache slots each of this job's rows needs at most."""
         return self.prompt_len + self.steps
 
     @property
+    def images(self) -> int:
+        """Images an image job makes (0 for text)."""
+        return self.n_rows // 2 if self.kind == "image" else 0
+
+
+@dataclass
+class _Drafts:
+    """Speculative Jacobi state: hidden states of the last window [2, m, D], its draft tokens
+    [m-1] and the distributions they were drawn from [m-1, V] (None when greedy)."""
+
+    window: Tensor
+    tokens: Tensor | None = None
+    proposals: Tensor | None = None
+
+
+@dataclass(eq=False)
+class JobState:
+    """A job while the runner holds it."""
+
+    job: Job
+    start_row: int
+    done_steps: int = 0
+    forward_passes: int = 0
+    finished: bool = False
+    error: BaseException | None = None
+    tokens: Tensor | None = None  # image: [n, steps] long on the model's device
+    token_ids: list[int] = field(default_factory=list)  # text: sampled ids (EOS included)
+    nonfinite: Tensor | None = None  # bool on the device: a non-finite logit was seen
+    drafts: _Drafts | None = None  # Jacobi jobs
+
+    @property
     def rows(self) -> slice:
-        return slice(self.start_row, self.start_row + self.n_rows)
+        return slice(self.start_row, self.start_row + self.job.n_rows)
 
     @property
     def next_slot(self) -> int:
         """Cache slot (= RoPE position) of the (first) token fed at the next decode step."""
-        return self.prompt_len + self.done_steps - 1
+        return self.job.prompt_len + self.done_steps - 1
+
+    def _row_ids(self) -> Tensor:
+        return torch.arange(self.rows.start, self.rows.stop)
+
+
+# (state, rows [N] on the host, embeddings [N, T, D]) to feed at the next slots of `state`.
+Feed = tuple[JobState, Tensor, Tensor]
+
+
+class Decoder:
+    """One decode mode: which jobs it takes, how it samples their next tokens and what it feeds
+    back, and what it keeps of the forward pass's output."""
+
+    @staticmethod
+    def takes(job: Job) -> bool:
+        raise NotImplementedError
+
+    def sample(self, runner: BatchRunner, states: list[JobState]) -> tuple[list[JobState], list[Feed]]:
+        """Sample the next token(s) of `states`: (the states that finished, what to feed)."""
+        raise NotImplementedError
+
+    def fed(self, runner: BatchRunner, state: JobState, rows: Tensor, out: Tensor) -> None:
+        """Keep the output [N, T, D] of what `state` fed on `rows`: the rows' last hidden states."""
+        runner.hidden[_upload(rows, runner.device)] = out[:, -1]
+
+
+class ImageDecoder(Decoder):
+    """Plain image jobs: one guided token per image per step, one read of the image head for all."""
+
+    @staticmethod
+    def takes(job: Job) -> bool:
+        return job.kind == "image" and not job.jacobi
+
+    def sample(self, runner: BatchRunner, states: list[JobState]) -> tuple[list[JobState], list[Feed]]:
+        model, device = runner.model, runner.device
+        finished: list[JobState] = []
+        rows = _upload(torch.cat([s._row_ids() for s in states]), device)
+        logits = model.image_logits(runner.hidden[rows])  # [R, codebook]
+        continuing: list[tuple[JobState, Tensor]] = []
+        for s, lg in zip(states, logits.split([s.job.n_rows for s in states])):
+            guided = cfg_combine(lg, s.job.guidance)
+            s.nonfinite |= non_finite(guided)
+            try:
+                tokens = sample(guided, s.job.sampling, s.job.generator)  # [n]
+            except RuntimeError:  # multinomial refuses NaN/inf probabilities
+                s.error = NonFiniteLogits()
+                finished.append(s)
+                continue
+            s.tokens[:, s.done_steps] = tokens
+            s.done_steps += 1
+            if s.done_steps == s.job.steps:
+                if bool(s.nonfinite):
+                    s.error = NonFiniteLogits()
+                finished.append(s)
+            else:
+                continuing.append((s, tokens.repeat_interleave(2)))
+        feeds: list[Feed] = []
+        if continuing:
+            h = model.embed_image_tokens(torch.cat([t for _, t in continuing]))[:, None]  # [R, 1, D]
+            for (s, _), hs in zip(continuing, h.split([s.job.n_rows for s, _ in continuing])):
+                feeds.append((s, s._row_ids(), hs))
+        return finished, feeds
+
+
+class TextDecoder(Decoder):
+    """Text jobs: one token per row per step; the step's one host sync decides who stops."""
+
+    @staticmethod
+    def takes(job: Job) -> bool:
+        return job.kind == "text"
+
+    def sample(self, runner: BatchRunner, states: list[JobState]) -> tuple[list[JobState], list[Feed]]:
+        model, device = runner.model, runner.device
+        rows = torch.tensor([s.start_row for s in states], device=device)
+        logits = model.text_logits(runner.hidden[rows]).float()  # [J, vocab]
+        picked: list[Tensor] = []
+        bad = non_finite(logits, dim=-1)
+        for s, lg in zip(states, logits.split(1)):
+            try:
+                picked.append(sample(lg, s.job.sampling, s.job.generator))
+            except RuntimeError:
+                picked.append(torch.zeros(1, dtype=torch.long, device=device))
+        tokens = torch.cat(picked)
+        values, flags = torch.stack([tokens, bad.long()]).tolist()
+        finished: list[JobState] = []
+        going: list[tuple[JobState, int]] = []
+        for s, t, b in zip(states, values, flags):
+            if b:
+                s.error = NonFiniteLogits()
+                finished.append(s)
+                continue
+            s.token_ids.append(t)
+            s.done_steps += 1
+            if s.done_steps == s.job.steps or t == s.job.eos_id:
+                finished.append(s)
+            else:
+                going.append((s, t))
+        feeds: list[Feed] = []
+        if going:
+            h = model.embed_text(torch.tensor([t for _, t in going], device=device))[:, None, None]
+            feeds = [(s, torch.tensor([s.start_row]), hs) for (s, _), hs in zip(going, h)]
+        return finished, feeds
+
+
+class JacobiDecoder(Decoder):
+    """Image jobs of one image decoded by speculative Jacobi decoding (arXiv 2410.01699): each
+    step verifies the drafts of the last window and feeds a new window.
+
+    The window's outputs give, in order, the exact distribution p of each draft's position as
+    long as every draft before it was accepted. A draft x drawn from q is accepted with
+    probability min(1, p(x)/q(x)); at the first rejection the token is drawn from
+    normalise(max(0, p - q)), so every kept token is distributed exactly as plain sampling would
+    draw it. Greedy: a draft is kept iff it is the argmax. Drafts for the next window come from
+    the outputs past the rejection.
+    """
+
+    @staticmethod
+    def takes(job: Job) -> bool:
+        return job.kind == "image" and bool(job.jacobi)
+
+    def sample(self, runner: BatchRunner, states: list[JobState]) -> tuple[list[JobState], list[Feed]]:
+        finished: list[JobState] = []
+        feeds: list[Feed] = []
+        for s in states:
+            try:
+                window = self._next_window(runner.model, s)
+            except RuntimeError:
+                s.error = NonFiniteLogits()
+                window = None
+            if window is None:
+                finished.append(s)
+            else:
+                h = runner.model.embed_image_tokens(window)  # [L, D]
+                feeds.append((s, s._row_ids(), h[None].expand(2, -1, -1)))
+        return finished, feeds
+
+    def fed(self, runner: BatchRunner, state: JobState, rows: Tensor, out: Tensor) -> None:
+        state.drafts.window = out
+
+    @staticmethod
+    def _next_window(model: Janus, s: JobState) -> Tensor | None:
+        """Keep what the last window accepts; the next window (the new exact token, then fresh
+        drafts), or None when the image is done."""
+        job, d, g = s.job, s.drafts, s.job.generator
+        m = d.window.shape[1]
+        logits = model.image_logits(d.window.reshape(2 * m, -1)).view(2, m, -1)  # [cond/uncond, m, V]
+        guided = logits[1] + job.guidance * (logits[0] - logits[1])  # [m, V], as cfg_combine
+        s.nonfinite |= non_finite(guided)
+        greedy = job.sampling.temperature == 0
+        probs = None if greedy else torch.softmax(
+            filter_logits(guided / job.sampling.temperature, job.sampling.top_k, job.sampling.top_p), dim=-1)
+        best = guided.argmax(-1) if greedy else None
+        accepted = 0
+        if m > 1:
+            drafts = d.tokens  # [m-1], draft k checked against output k
+            if greedy:
+                ok = best[:m - 1] == drafts
+            else:
+                k = torch.arange(m - 1, device=drafts.device)
+                u = torch.rand(m - 1, generator=g, device=drafts.device)
+                ok = accept_drafts(probs[k, drafts], d.proposals[k, drafts], u)
+            for flag in ok.tolist():  # the host decides how many tokens are kept
+                if not flag:
+                    break
+                accepted += 1
+        kept = [d.tokens[:accepted]] if accepted else []
+        if greedy:
+            new = best[accepted:accepted + 1]
+        elif accepted < m - 1:
+            new = torch.multinomial(residual(probs[accepted], d.proposals[accepted]), 1, generator=g)
+        else:
+            new = torch.multinomial(probs[m - 1], 1, generator=g)
+        tokens = torch.cat([*kept, new])[:job.steps - s.done_steps]
+        s.tokens[0, s.done_steps:s.done_steps + len(tokens)] = tokens
+        s.done_steps += len(tokens)
+        if s.done_steps == job.steps:
+            if bool(s.nonfinite):
+                raise RuntimeError("non-finite logits")
+            return None
+        # Fresh drafts: from the outputs past the rejected position, then the last output again.
+        n_drafts = min(job.jacobi, job.steps - s.done_steps)
+        src = torch.clamp(torch.arange(accepted + 1, accepted + 1 + n_drafts), max=m - 1).to(guided.device)
+        if greedy:
+            d.tokens = best[src]
+        else:
+            d.proposals = probs[src]  # [n_drafts, V]
+            d.tokens = torch.multinomial(d.proposals, 1, generator=g).squeeze(-1)
+        return torch.cat([new, d.tokens])
 
 
 class BatchRunner:
-    """Decodes many jobs together on one KV cache of `max_rows` rows.
+    """Decodes many jobs together on one KV cache of at most `rows` rows.
 
-    `add` prefills a job on free rows at once (it joins at the next `step`); `step` samples one
-    token for every job and feeds them back in one forward pass over the rows in use; finished
-    and removed jobs free their rows at once. The cache grows in length buckets (and in row
-    counts of powers of two) and is reused; attention reads only the slots in use, rounded up
-    to a bucket, so a compiled step compiles once per (rows, bucket), never per prompt length.
+    `add_all` prefills jobs on the rows the scheduler chose (they join at the next `step`);
+    `step` samples the next token(s) of every job and feeds them back; finished and removed
+    jobs free their rows at once. The cache grows in length buckets (and in row counts of
+    powers of two) and is reused; attention reads only the slots in use, rounded up to a
+    bucket, so a compiled step compiles once per (rows, bucket), never per prompt length.
     """
 
-    def __init__(self, model: Janus, max_rows: int = 16, length_bucket: int = 128,
-                 compile_step: bool = False, compile_backend: str | Callable = "inductor") -> None:
-        if max_rows < 2:
-            raise ValueError(f"max_rows must be >= 2 (an image takes two rows), got {max_rows}")
+    def __init__(self, model: Janus, rows: int = 16, length_bucket: int = 128,
+                 compile: bool = False, compile_backend: str | Callable = "inductor") -> None:
+        if rows < 2:
+            raise ValueError(f"rows must be >= 2 (an image takes two rows), got {rows}")
         self.model = model
-        self.max_rows = max_rows
+        self.rows = rows
         self.length_bucket = length_bucket
-        self.compile_step = compile_step
-        self.jobs: list[Job] = []
+        self.compile = compile
+        self.states: list[JobState] = []
+        # In this order: jobs that share a random stream (chunks of one request) see the same
+        # order of draws whichever other jobs run beside them.
+        self.decoders = (ImageDecoder(), TextDecoder(), JacobiDecoder())
         self.feature_cache = 64  # images whose understanding features are kept
         self._features: OrderedDict[bytes, Tensor] = OrderedDict()
         self.cache: KVCache | None = None
         self.hidden: Tensor | None = None  # [rows, D] last hidden state of every row
         self._step_fn: Callable[[Tensor, Tensor, int], Tensor] = self._decode
-        if compile_step:
+        if compile:
             # On a GPU the step is also captured as a CUDA graph per (rows, length bucket): one
             # launch per step instead of hundreds of small kernels. The cache tensors it writes
             # are static addresses (`_ensure_cache`), so a replay writes them in place.
@@ -175,30 +367,16 @@ class BatchRunner:
     def device(self) -> torch.device:
         return self.model.llm.embed.weight.device
 
-    # --- admission --------------------------------------------------------------------------
+    def _decoder(self, job: Job) -> Decoder:
+        return next(d for d in self.decoders if d.takes(job))
 
-    def _free_start(self, n_rows: int) -> int | None:
-        """First row of a free contiguous range of n_rows rows, lowest first."""
-        return _free_start([(j.start_row, j.start_row + j.n_rows) for j in self.jobs], n_rows, self.max_rows)
-
-    def fits(self, job: Job) -> bool:
-        return self._fits_with([], job)
-
-    def _fits_with(self, pending: Sequence[Job], job: Job) -> bool:
-        """Whether `job` finds free rows once the `pending` jobs (not yet added) have theirs."""
-        free = self.max_rows - sum(j.n_rows for j in self.jobs) - sum(j.n_rows for j in pending)
-        if job.n_rows > free:
-            return False
-        if not pending:
-            return self._free_start(job.n_rows) is not None
-        taken = [(j.start_row, j.start_row + j.n_rows) for j in self.jobs]
-        return _first_fit([*taken], [j.n_rows for j in pending] + [job.n_rows], self.max_rows)
+    # --- joining and leaving ----------------------------------------------------------------
 
     def _ensure_cache(self, rows: int, length: int) -> None:
         llm = self.model.llm
         if length > llm.cfg.max_seq_len:
             raise UserError(f"the job needs {length} positions but the model has {llm.cfg.max_seq_len}")
-        rows = min(self.max_rows, _pow2_at_least(rows))
+        rows = min(self.rows, _pow2_at_least(rows))
         # + 1: the scratch slot at the end, written by rows a pass does not feed (not a position).
         length = min(llm.cfg.max_seq_len + 1, round_up(length + 1, self.length_bucket))
         old = self.cache
@@ -213,27 +391,30 @@ class BatchRunner:
         if old is not None:
             new.copy_(old, slice(0, old.batch))
             hidden[:old.batch] = self.hidden
-        if self.compile_step:
+        if self.compile:
             for t in [*new.k, *new.v]:
                 torch._dynamo.mark_static_address(t)
         self.cache, self.hidden = new, hidden
 
-    def add(self, job: Job) -> None:
-        """Prefill `job` on free rows; it takes part in the next `step`."""
-        failed = self.add_all([job])
+    def add(self, job: Job, start_row: int = 0) -> JobState:
+        """Prefill `job` on rows from `start_row`; it takes part in the next `step`."""
+        states, failed = self.add_all([(job, start_row)])
         if failed:
             raise failed[0][1]
+        return states[0]
 
     @torch.inference_mode()
-    def add_all(self, jobs: Sequence[Job]) -> list[tuple[Job, BaseException]]:
-        """Prefill `jobs` (which must fit together) on free rows. Jobs whose prompts have the
-        same length share one forward pass, as a left-padded batch without padding would.
-        Returns the jobs whose own inputs failed (e.g. an image), with the error; the others
-        take part in the next `step`."""
+    def add_all(self, placed: Sequence[tuple[Job, int]]) -> tuple[list[JobState], list[tuple[Job, BaseException]]]:
+        """Prefill jobs on the rows given (job, first row), which must be free. Jobs whose prompts
+        have the same length share one forward pass. Returns the states of the jobs that joined,
+        and the jobs whose own inputs failed (e.g. an image), with the error."""
         device = self.device
-        ready: list[tuple[Job, Tensor]] = []
+        ready: list[tuple[JobState, Tensor]] = []
         failed: list[tuple[Job, BaseException]] = []
-        for job in jobs:
+        for job, start in placed:
+            if start < 0 or start + job.n_rows > self.rows or any(
+                    start < s.rows.stop and s.rows.start < start + job.n_rows for s in self.states):
+                raise ValueError(f"rows {start}..{start + job.n_rows - 1} are not free")
             try:
                 ids = torch.tensor(job.prompt_ids, dtype=torch.long, device=device)  # [R, T]
                 h = self.model.embed_text(ids)
@@ -243,52 +424,50 @@ class BatchRunner:
             except Exception as e:  # this job's own input: it alone fails
                 failed.append((job, e))
                 continue
-            start = self._free_start(job.n_rows)
-            if start is None:
-                raise RuntimeError("no free rows for the job; check fits() first")
             self._ensure_cache(start + job.n_rows, job.length)
-            job.start_row = start
-            self.jobs.append(job)  # holds its rows from now on
-            ready.append((job, h))
-        by_length: dict[int, list[tuple[Job, Tensor]]] = {}
-        for job, h in ready:
-            by_length.setdefault(job.prompt_len, []).append((job, h))
+            state = JobState(job, start)
+            self.states.append(state)  # holds its rows from now on
+            ready.append((state, h))
+        by_length: dict[int, list[tuple[JobState, Tensor]]] = {}
+        for state, h in ready:
+            by_length.setdefault(state.job.prompt_len, []).append((state, h))
         try:
             for group in by_length.values():
-                self._prefill([j for j, _ in group], torch.cat([h for _, h in group]))
+                self._prefill([s for s, _ in group], torch.cat([h for _, h in group]))
         except Exception:
-            for job, _ in ready:
-                self.remove(job)
+            for state, _ in ready:
+                self.remove(state)
             raise
-        return failed
+        return [s for s, _ in ready], failed
 
-    def _prefill(self, jobs: list[Job], h: Tensor) -> None:
-        """One forward pass over the prompts of `jobs` (all T long), h [R, T, D]."""
+    def _prefill(self, states: list[JobState], h: Tensor) -> None:
+        """One forward pass over the prompts of `states` (all T long), h [R, T, D]."""
         device = self.device
         R, T = h.shape[:2]
         slots = torch.arange(T, device=device)
         positions = slots.expand(R, T)
         mask = cache_mask(slots, torch.ones(R, T, dtype=torch.bool, device=device))
-        if len(jobs) == 1:  # write straight into the job's rows
-            cache = self.cache.rows(jobs[0].start_row, jobs[0].start_row + R)
+        if len(states) == 1:  # write straight into the job's rows
+            cache = self.cache.rows(states[0].start_row, states[0].start_row + R)
         else:  # a scratch cache, copied into each job's rows below
             llm = self.model.llm.cfg
             cache = KVCache.allocate(llm.n_layers, R, T, llm.n_kv_heads, llm.head_dim, device=device, dtype=h.dtype)
         # The prompt fills slots 0..T-1 of its own rows: attend over those only.
         out = self.model.llm(h, positions, mask=mask, cache=cache, slots=slots, kv_len=T)[:, -1]
         offset = 0
-        for job in jobs:
-            rows, mine = job.rows, slice(offset, offset + job.n_rows)
+        for s in states:
+            job = s.job
+            rows, mine = s.rows, slice(offset, offset + job.n_rows)
             offset += job.n_rows
-            if len(jobs) > 1:
+            if len(states) > 1:
                 self.cache.copy_(cache, rows, mine)
             self.hidden[rows] = out[mine]
             if job.jacobi:
-                job._window = out[mine][:, None]  # [2, 1, D]: the exact distribution of the first token
+                s.drafts = _Drafts(window=out[mine][:, None])  # [2, 1, D]: the exact distribution of the first token
             if job.kind == "image":
-                job.tokens = torch.empty(job.n_rows // 2, job.steps, dtype=torch.long, device=device)
-            job._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-            job.forward_passes += 1
+                s.tokens = torch.empty(job.images, job.steps, dtype=torch.long, device=device)
+            s.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+            s.forward_passes += 1
 
     def _und_features(self, pixels: Tensor) -> Tensor:
         """Understanding features [N, P, D] of preprocessed images [N, 3, S, S], each image
@@ -308,10 +487,10 @@ class BatchRunner:
             out.append(feats)
         return torch.stack(out)
 
-    def remove(self, job: Job) -> None:
-        """Take `job` out of the batch (finished or cancelled); its rows are free at once."""
-        if job in self.jobs:
-            self.jobs.remove(job)
+    def remove(self, state: JobState) -> None:
+        """Take a job out of the batch (finished or cancelled); its rows are free at once."""
+        if state in self.states:
+            self.states.remove(state)
 
     # --- decoding ---------------------------------------------------------------------------
 
@@ -324,191 +503,48 @@ class BatchRunner:
         return self.model.llm(x, slots, mask=mask, cache=self.cache, slots=slots, kv_len=kv_len)
 
     @torch.inference_mode()
-    def step(self) -> list[Job]:
+    def step(self) -> list[JobState]:
         """Sample the next token(s) of every job and feed the continuing ones back; returns the
         jobs that finished (done or failed) in this step, already removed from the batch."""
-        model, device = self.model, self.device
-        finished: list[Job] = []
-        feeds: list[tuple[Job, Tensor, Tensor]] = []  # (job, rows, embeddings [rows, T, D])
-        hidden = self.hidden
-        image_jobs = [j for j in self.jobs if j.kind == "image" and not j.jacobi]
-        text_jobs = [j for j in self.jobs if j.kind == "text"]
-        if image_jobs:
-            rows = _upload(torch.cat([torch.arange(j.rows.start, j.rows.stop) for j in image_jobs]), device)
-            logits = model.image_logits(hidden[rows])  # [R, codebook]: one read of the head for all jobs
-            continuing: list[tuple[Job, Tensor]] = []
-            for j, lg in zip(image_jobs, logits.split([j.n_rows for j in image_jobs])):
-                guided = cfg_combine(lg, j.guidance)
-                j._nonfinite |= non_finite(guided)
-                try:
-                    codes = sample(guided, j.sampling, j.generator)  # [n]
-                except RuntimeError:  # multinomial refuses NaN/inf probabilities
-                    j.error = NonFiniteLogits()
-                    finished.append(j)
-                    continue
-                j.tokens[:, j.done_steps] = codes
-                j.done_steps += 1
-                if j.done_steps == j.steps:
-                    if bool(j._nonfinite):
-                        j.error = NonFiniteLogits()
-                    finished.append(j)
-                else:
-                    continuing.append((j, codes.repeat_interleave(2)))
-            if continuing:
-                h = model.embed_image_tokens(torch.cat([c for _, c in continuing]))[:, None]  # [R, 1, D]
-                for (j, _), hj in zip(continuing, h.split([j.n_rows for j, _ in continuing])):
-                    feeds.append((j, torch.arange(j.rows.start, j.rows.stop), hj))
-        if text_jobs:
-            rows = torch.tensor([j.start_row for j in text_jobs], device=device)
-            logits = model.text_logits(hidden[rows]).float()  # [J, vocab]
-            picked: list[Tensor] = []
-            bad = non_finite(logits, dim=-1)
-            for j, lg in zip(text_jobs, logits.split(1)):
-                try:
-                    picked.append(sample(lg, j.sampling, j.generator))
-                except RuntimeError:
-                    picked.append(torch.zeros(1, dtype=torch.long, device=device))
-            tokens = torch.cat(picked)
-            # The one host sync of a text step: the tokens decide who stops.
-            values, flags = torch.stack([tokens, bad.long()]).tolist()
-            going: list[tuple[Job, int]] = []
-            for j, t, b in zip(text_jobs, values, flags):
-                if b:
-                    j.error = NonFiniteLogits()
-                    finished.append(j)
-                    continue
-                j.token_ids.append(t)
-                j.done_steps += 1
-                if j.done_steps == j.steps or t == j.eos_id:
-                    finished.append(j)
-                else:
-                    going.append((j, t))
-            if going:
-                h = model.embed_text(torch.tensor([t for _, t in going], device=device))[:, None, None]
-                feeds += [(j, torch.tensor([j.start_row]), hj) for (j, _), hj in zip(going, h)]
-        for j in [j for j in self.jobs if j.jacobi]:
-            try:
-                window = self._jacobi_tokens(j)
-            except RuntimeError:
-                j.error = NonFiniteLogits()
-                window = None
-            if window is None:
-                finished.append(j)
-            else:
-                h = model.embed_image_tokens(window)  # [L, D]
-                feeds.append((j, torch.arange(j.rows.start, j.rows.stop), h[None].expand(2, -1, -1)))
-        for j in finished:
-            j.finished = True
-            self.remove(j)
+        finished: list[JobState] = []
+        feeds: list[Feed] = []
+        for decoder in self.decoders:
+            mine = [s for s in self.states if decoder.takes(s.job)]
+            if mine:
+                done, fed = decoder.sample(self, mine)
+                finished += done
+                feeds += fed
+        for s in finished:
+            s.finished = True
+            self.remove(s)
         # One forward pass per window length: plain jobs and answers feed one token per row.
         for length in sorted({h.shape[1] for _, _, h in feeds}):
-            group = [(j, r, h) for j, r, h in feeds if h.shape[1] == length]
-            rows = _upload(torch.cat([r for _, r, _ in group]), device)
-            out = self._forward(rows, torch.cat([h for _, _, h in group]),
-                                [j for j, _, _ in group])
-            for (j, r, _), oj in zip(group, out.split([len(r) for _, r, _ in group])):
-                j.forward_passes += 1
-                if j.jacobi:
-                    j._window = oj
-                else:
-                    self.hidden[_upload(r, device)] = oj[:, -1]
+            group = [(s, r, h) for s, r, h in feeds if h.shape[1] == length]
+            rows = _upload(torch.cat([r for _, r, _ in group]), self.device)
+            out = self._forward(rows, torch.cat([h for _, _, h in group]), [s for s, _, _ in group])
+            for (s, r, _), os in zip(group, out.split([len(r) for _, r, _ in group])):
+                s.forward_passes += 1
+                self._decoder(s.job).fed(self, s, r, os)
         return finished
 
-    def _forward(self, rows: Tensor, h: Tensor, jobs: list[Job]) -> Tensor:
-        """Feed `h` [N, T, D] to `rows` [N] (of `jobs`, at their next slots) in one pass over the
+    def _forward(self, rows: Tensor, h: Tensor, states: list[JobState]) -> Tensor:
+        """Feed `h` [N, T, D] to `rows` [N] (of `states`, at their next slots) in one pass over the
         cache rows [0, hi): rows not fed write only the scratch slot at the end of the cache and
         their output is dropped, so the batch stays a plain slice of the cache. -> [N, T, D]."""
-        hi = max(j.rows.stop for j in self.jobs)
-        if self.compile_step:
+        hi = max(s.rows.stop for s in self.states)
+        if self.compile:
             hi = min(self.cache.batch, _pow2_at_least(hi))  # a few row buckets, not every count
         T = h.shape[1]
         scratch = self.cache.max_len - 1
         slots = torch.full((hi, T), scratch, dtype=torch.long)
         top = 0
-        for j in jobs:
-            slots[j.rows] = torch.arange(j.next_slot, j.next_slot + T)
-            top = max(top, j.next_slot + T)
+        for s in states:
+            slots[s.rows] = torch.arange(s.next_slot, s.next_slot + T)
+            top = max(top, s.next_slot + T)
         kv_len = min(self.cache.max_len, round_up(top, self.length_bucket))
         x = torch.zeros(hi, T, h.shape[-1], device=h.device, dtype=h.dtype)
         x[rows] = h
         return self._step_fn(x, _upload(slots, h.device), kv_len)[rows]
-
-    def _jacobi_tokens(self, j: Job) -> Tensor | None:
-        """Verify the drafts of `j`'s last window, keep what is accepted, and return the next
-        window to feed (the new exact token, then fresh drafts), or None when the image is done.
-
-        Speculative Jacobi decoding (arXiv 2410.01699): the window's outputs give, in order, the
-        exact distribution p of each draft's position as long as every draft before it was
-        accepted. A draft x drawn from q is accepted with probability min(1, p(x)/q(x)); at the
-        first rejection the token is drawn from normalise(max(0, p - q)), so every kept token is
-        distributed exactly as plain sampling would draw it. Greedy: a draft is kept iff it is
-        the argmax. Drafts for the next window come from the outputs past the rejection.
-        """
-        model, g = self.model, j.generator
-        m = j._window.shape[1]
-        logits = model.image_logits(j._window.reshape(2 * m, -1)).view(2, m, -1)  # [cond/uncond, m, V]
-        guided = logits[1] + j.guidance * (logits[0] - logits[1])  # [m, V], as cfg_combine
-        j._nonfinite |= non_finite(guided)
-        greedy = j.sampling.temperature == 0
-        probs = None if greedy else torch.softmax(
-            filter_logits(guided / j.sampling.temperature, j.sampling.top_k, j.sampling.top_p), dim=-1)
-        best = guided.argmax(-1) if greedy else None
-        accepted = 0
-        if m > 1:
-            d = j._drafts  # [m-1], draft k checked against output k
-            if greedy:
-                ok = best[:m - 1] == d
-            else:
-                k = torch.arange(m - 1, device=d.device)
-                u = torch.rand(m - 1, generator=g, device=d.device)
-                ok = accept_drafts(probs[k, d], j._proposals[k, d], u)
-            for flag in ok.tolist():  # the host decides how many tokens are kept
-                if not flag:
-                    break
-                accepted += 1
-        kept = [j._drafts[:accepted]] if accepted else []
-        if greedy:
-            new = best[accepted:accepted + 1]
-        elif accepted < m - 1:
-            new = torch.multinomial(residual(probs[accepted], j._proposals[accepted]), 1, generator=g)
-        else:
-            new = torch.multinomial(probs[m - 1], 1, generator=g)
-        tokens = torch.cat([*kept, new])[:j.steps - j.done_steps]
-        j.tokens[0, j.done_steps:j.done_steps + len(tokens)] = tokens
-        j.done_steps += len(tokens)
-        if j.done_steps == j.steps:
-            if bool(j._nonfinite):
-                raise RuntimeError("non-finite logits")
-            return None
-        # Fresh drafts: from the outputs past the rejected position, then the last output again.
-        n_drafts = min(j.jacobi, j.steps - j.done_steps)
-        src = torch.clamp(torch.arange(accepted + 1, accepted + 1 + n_drafts), max=m - 1).to(guided.device)
-        if greedy:
-            j._drafts = best[src]
-        else:
-            j._proposals = probs[src]  # [n_drafts, V]
-            j._drafts = torch.multinomial(j._proposals, 1, generator=g).squeeze(-1)
-        return torch.cat([new, j._drafts])
-
-    def run(self, jobs: Sequence[Job], on_step: Callable[[], None] | None = None) -> None:
-        """Run `jobs` to the end, admitting them in order as rows free up (no threads)."""
-        queue = list(jobs)
-        while queue or self.jobs:
-            admitted = []
-            while queue and self._fits_with(admitted, queue[0]):
-                admitted.append(queue.pop(0))
-            for _, error in self.add_all(admitted):
-                raise error
-            if not self.jobs:
-                raise UserError(f"a job of {queue[0].n_rows} rows cannot fit in {self.max_rows} rows")
-            for j in self.step():
-                if j.error is not None:
-                    raise j.error
-            if on_step is not None:
-                on_step()
-
-
-# --- single-batch helpers on the same runner (tests, benchmarks) ------------------------------
 
 
 def image_job(prompt_ids: Sequence[int], pad_id: int, n: int, guidance: float, sampling: SamplingParams,
@@ -516,52 +552,3 @@ def image_job(prompt_ids: Sequence[int], pad_id: int, n: int, guidance: float, s
     """The job of `n` images of one prompt: (conditional, unconditional) rows per image."""
     rows = [list(prompt_ids), unconditional_prompt(prompt_ids, pad_id)] * n
     return Job("image", rows, num_tokens, sampling, generator, guidance=guidance, jacobi=jacobi)
-
-
-def generate_image_tokens(
-    model: Janus,
-    prompt_ids: Sequence[int],
-    pad_id: int,
-    n: int = 1,
-    guidance: float = ImageRequest.guidance,
-    sampling: SamplingParams = SamplingParams(),
-    generator: torch.Generator | None = None,
-    compile_step: bool = False,
-    jacobi: int = 0,
-) -> Tensor:
-    """Sample `n` images' tokens for one prompt (ids ending with `<begin_of_image>`) with
-    classifier-free guidance: [n, num_gen_tokens] int64 in raster order. With `jacobi`, each
-    image is its own job (they all draw from `generator`, in turn)."""
-    if jacobi:
-        jobs = [image_job(prompt_ids, pad_id, 1, guidance, sampling, generator, model.cfg.num_gen_tokens, jacobi)
-                for _ in range(n)]
-    else:
-        jobs = [image_job(prompt_ids, pad_id, n, guidance, sampling, generator, model.cfg.num_gen_tokens)]
-    BatchRunner(model, max_rows=2 * n, compile_step=compile_step).run(jobs)
-    return torch.cat([j.tokens for j in jobs])
-
-
-def generate_text(
-    model: Janus,
-    prompts: Sequence[Sequence[int]],
-    eos_id: int | None,
-    max_new_tokens: int = 512,
-    sampling: SamplingParams = SamplingParams(temperature=0.0),
-    generator: torch.Generator | None = None,
-    image_masks: Sequence[Tensor | None] | None = None,
-    pixel_values: Sequence[Tensor | None] | None = None,
-) -> Iterator[list[int | None]]:
-    """Decode each prompt (one row each, decoded together); yields once per step each row's
-    new token id, or None for rows already done (EOS is yielded, then None)."""
-    jobs = [Job("text", [list(p)], max_new_tokens, sampling, generator, eos_id=eos_id,
-                image_mask=image_masks[i] if image_masks else None,
-                pixel_values=pixel_values[i] if pixel_values else None) for i, p in enumerate(prompts)]
-    runner = BatchRunner(model, max_rows=max(2, len(jobs)))
-    for j in jobs:
-        runner.add(j)
-    while runner.jobs:
-        before = [len(j.token_ids) for j in jobs]
-        for j in runner.step():
-            if j.error is not None:
-                raise j.error
-        yield [j.token_ids[-1] if len(j.token_ids) > b else None for j, b in zip(jobs, before)]
