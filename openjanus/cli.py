@@ -41,13 +41,13 @@ def cmd_chat(args: argparse.Namespace) -> None:
     """Answer a question about images (one-shot), or chat interactively when no question is given."""
     from openjanus.images import load_image
 
-    pipe = open_pipeline(args)
-    images = [load_image(p) for p in args.image]
-    opts = dict(max_new_tokens=args.max_new_tokens, sampling=sampling_params(args), seed=args.seed)
-    if args.question:
-        _stream_answer(pipe, [Message("user", [*images, " ".join(args.question)])], opts)
-        return
-    _interactive(pipe, images, opts)
+    with open_pipeline(args) as pipe:
+        images = [load_image(p) for p in args.image]
+        opts = dict(max_new_tokens=args.max_new_tokens, sampling=sampling_params(args), seed=args.seed)
+        if args.question:
+            _stream_answer(pipe, [Message("user", [*images, " ".join(args.question)])], opts)
+        else:
+            _interactive(pipe, images, opts)
 
 
 def _stream_answer(pipe, messages, opts) -> str:
@@ -111,10 +111,7 @@ def _interactive(pipe, images, opts) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     """Generate images from text prompts; writes image_{i}.png, tokens.npy and run.json to --out."""
-    import json
-    import time
 
-    import numpy as np
 
     out = Path(args.out)
     written = ("run.json", "tokens.npy")
@@ -124,7 +121,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
             p.name in written or (p.name.startswith("image_") and p.suffix == ".png") for p in out.iterdir()):
         raise UserError(f"{out} already holds the output of a run (image_*.png / tokens.npy / run.json); "
                         "choose another folder or pass --overwrite")
-    pipe = open_pipeline(args)
+    with open_pipeline(args) as pipe:
+        _generate(pipe, args, out)
+
+
+def _generate(pipe, args: argparse.Namespace, out: Path) -> None:
+    import json
+    import time
+
+    import numpy as np
+
     sampling = sampling_params(args)
     engine = pipe.engine.config
     # Prompt i uses seed + i, so two prompts of one run never share a random stream.
@@ -163,12 +169,19 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_vq(args: argparse.Namespace) -> None:
     """Round-trip an image through the VQ tokenizer (image -> image tokens -> image) and print the
     PSNR of the reconstruction."""
+
+    from openjanus.images import load_image
+
+    image = load_image(args.image)
+    with open_pipeline(args) as pipe:
+        _vq(pipe, image, args)
+
+
+def _vq(pipe, image, args: argparse.Namespace) -> None:
     import numpy as np
 
-    from openjanus.images import load_image, preprocess_gen_image
+    from openjanus.images import preprocess_gen_image
 
-    pipe = open_pipeline(args)
-    image = load_image(args.image)
     tokens = pipe.encode_images([image])
     recon = pipe.decode_tokens(tokens)[0]
     ref = ((preprocess_gen_image(image, pipe.image_size).numpy().transpose(1, 2, 0) + 1) * 127.5)
@@ -192,7 +205,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     from openjanus.checkpoints import read_config
     from openjanus.config import JanusConfig
     from openjanus.devices import resolve_device, resolve_dtype
-    from openjanus.inference.engine import rows_that_fit
+    from openjanus.inference.engine import kv_bytes_per_token, rows_that_fit
     from openjanus.inference.pipeline import prepare_for_inference, resolve_model_source
     from openjanus.model.janus import Janus
 
@@ -216,11 +229,10 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"  {name:<14} {n:>15,d}")
     print(f"  {'total':<14} {total:>15,d}   weights: {weights / 2**30:.2f} GiB")
     c = cfg.llm
-    nbytes = torch.finfo(dtype).bits // 8
     seq = args.seq_len or (args.prompt_len + cfg.num_gen_tokens)
     step = 1 if args.seq_len else 2  # image generation runs cond + uncond rows
     rows = args.n * step
-    per_row = 2 * c.n_layers * c.n_kv_heads * seq * c.head_dim * nbytes
+    per_row = seq * kv_bytes_per_token(model)  # the engine's own count, for the format the model holds
     kv = rows * per_row
     what = f"{rows} rows x {seq} positions" + ("" if args.seq_len else f" ({args.n} images with CFG)")
     print(f"KV cache: {kv / 2**30:.3f} GiB for {what}")

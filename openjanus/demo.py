@@ -145,7 +145,8 @@ def write_report(out: Path, scores: dict[str, Any], cards, qa_rows) -> Path:
 def cmd_demo(args: argparse.Namespace) -> None:
     """Generate, answer and benchmark with the demo model; write report.html and scores.json."""
     out = Path(args.out)
-    scores = run_demo(open_pipeline(args), out, args.seed, args.per_category, args.n_images)
+    with open_pipeline(args) as pipe:
+        scores = run_demo(pipe, out, args.seed, args.per_category, args.n_images)
     hd = scores["headline"]["heldout"]
     print(f"held-out compositions: generation {_pct(hd['generation_overall'])}, yes/no {_pct(hd['yes_no_accuracy'])}, "
           f"counting {_pct(hd['counting_accuracy'])}")

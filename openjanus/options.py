@@ -9,7 +9,7 @@ the CLI. A command that loads a model adds `ModelOptions`' flags, one that runs 
     ModelOptions.add_to(p)          # --model --device --dtype --quantize --roles --check-finite
     EngineOptions.add_to(p)         # --rows --kv-cache-gib --compile --queue
     ...
-    pipe = open_pipeline(args)      # JanusPipeline.load(**model options) + start_engine(EngineConfig)
+    with open_pipeline(args) as pipe:   # JanusPipeline.load(model options) + start_engine(EngineConfig)
 
 Defaults are written once, in the dataclasses (`ModelOptions` here, `EngineConfig`, the typed
 requests); the flags read them from there, and --help shows them. Number flags use
@@ -195,10 +195,15 @@ class EngineOptions:
 
 def open_pipeline(args: argparse.Namespace) -> JanusPipeline:
     """The pipeline of a command's parsed flags: `ModelOptions` loaded (with --seed, for presets'
-    random weights), its engine started from `EngineOptions` when the command has them."""
+    random weights), its engine started from `EngineOptions` when the command has them. The
+    command owns it: `with open_pipeline(args) as pipe:` closes it (engine thread, KV cache)."""
     pipe = ModelOptions.from_args(args).load(seed=getattr(args, "seed", 0))
     if hasattr(args, "rows"):
-        pipe.start_engine(EngineOptions.from_args(args))
+        try:
+            pipe.start_engine(EngineOptions.from_args(args))
+        except BaseException:
+            pipe.close()
+            raise
     return pipe
 
 

@@ -73,8 +73,9 @@ def cmd_geneval_shapes(args: argparse.Namespace) -> None:
     from openjanus.eval.runners import run_geneval_shapes
 
     out = Path(args.out)
-    report = run_geneval_shapes(open_pipeline(args), out, per_category=args.per_category, settings=_settings(args),
-                                log=_log, prompt_seed=args.prompt_seed)
+    with open_pipeline(args) as pipe:
+        report = run_geneval_shapes(pipe, out, per_category=args.per_category, settings=_settings(args), log=_log,
+                                    prompt_seed=args.prompt_seed)
     _print_scores(report, out)
 
 
@@ -84,8 +85,9 @@ def cmd_pope_shapes(args: argparse.Namespace) -> None:
     from openjanus.eval.runners import run_pope_shapes
 
     out = Path(args.out)
-    report = run_pope_shapes(open_pipeline(args), out, n_images=args.images, seed=args.seed,
-                             image_size=args.image_size, batch_size=args.rows, log=_log)
+    with open_pipeline(args) as pipe:
+        report = run_pope_shapes(pipe, out, n_images=args.images, seed=args.seed, image_size=args.image_size,
+                                 batch_size=args.rows, log=_log)
     _print_scores(report, out)
 
 
@@ -101,7 +103,8 @@ def cmd_geneval(args: argparse.Namespace) -> None:
     if args.limit:
         specs, records = specs[: args.limit], records[: args.limit]
     out = Path(args.out)
-    report = run_geneval(open_pipeline(args), specs, out, _settings(args), _log, records=records)
+    with open_pipeline(args) as pipe:
+        report = run_geneval(pipe, specs, out, _settings(args), _log, records=records)
     _print_scores(report, out)
 
 
@@ -118,14 +121,14 @@ def cmd_pope(args: argparse.Namespace) -> None:
     from openjanus.eval.runners import run_pope
     from openjanus.files import write_json
 
-    pipe = open_pipeline(args)
     out = Path(args.out)
     results = {}
-    for q in args.questions:
-        m = run_pope(pipe, q, args.images, out, batch_size=args.rows, suffix=args.suffix, log=_log)
-        results[Path(q).stem] = dataclasses.asdict(m)
-        print(f"{Path(q).stem}: accuracy {m.accuracy:.4f} precision {m.precision:.4f} "
-              f"recall {m.recall:.4f} f1 {m.f1:.4f} yes-ratio {m.yes_ratio:.4f}")
+    with open_pipeline(args) as pipe:
+        for q in args.questions:
+            m = run_pope(pipe, q, args.images, out, batch_size=args.rows, suffix=args.suffix, log=_log)
+            results[Path(q).stem] = dataclasses.asdict(m)
+            print(f"{Path(q).stem}: accuracy {m.accuracy:.4f} precision {m.precision:.4f} "
+                  f"recall {m.recall:.4f} f1 {m.f1:.4f} yes-ratio {m.yes_ratio:.4f}")
     write_json(out / "report.json", {"benchmark": "POPE", "files": results})
 
 
@@ -135,8 +138,8 @@ def cmd_mme(args: argparse.Namespace) -> None:
     from openjanus.files import write_json
 
     out = Path(args.out)
-    m = run_mme(open_pipeline(args), args.root, out, batch_size=args.rows, categories=args.categories or None,
-                log=_log)
+    with open_pipeline(args) as pipe:
+        m = run_mme(pipe, args.root, out, batch_size=args.rows, categories=args.categories or None, log=_log)
     for c, v in m["categories"].items():
         print(f"{c:<24} acc {v['acc']:.4f}  acc+ {v['acc_plus']:.4f}  score {v['score']:.2f}")
     write_json(out / "report.json", {"benchmark": "MME", **m})
@@ -144,12 +147,16 @@ def cmd_mme(args: argparse.Namespace) -> None:
 
 def cmd_scorer_accuracy(args: argparse.Namespace) -> None:
     """Measure the shapes scorer on true, degraded and VQ round-tripped images and on wrong ones."""
+    from contextlib import nullcontext
+
     from openjanus.files import write_json
     from openjanus.shapes.scorer_accuracy import format_table, measure, vq_roundtrip
 
-    rt = vq_roundtrip(open_pipeline(args)) if args.model else None
     strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
-    result = measure(n=args.n, image_size=args.image_size, strengths=strengths, seed=args.seed, roundtrip=rt, log=_log)
+    with open_pipeline(args) if args.model else nullcontext() as pipe:
+        rt = vq_roundtrip(pipe) if pipe is not None else None
+        result = measure(n=args.n, image_size=args.image_size, strengths=strengths, seed=args.seed, roundtrip=rt,
+                         log=_log)
     print(format_table(result))
     if args.out:
         write_json(args.out, result)

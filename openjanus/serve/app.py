@@ -175,12 +175,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
 
 
-def _lifespan(pipe: JanusPipeline):
+def _lifespan(pipe: JanusPipeline, requests: Requests):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        _ = pipe.engine  # the property starts the engine, before the first request
+        engine = pipe.engine  # the property starts the engine, before the first request
         yield
-        await anyio.to_thread.run_sync(lambda: pipe.engine.close(cancel=True))
+        # The server stops: its requests end (each answers for itself), then the engine it ran.
+        requests.cancel_running()
+        await anyio.to_thread.run_sync(lambda: engine.close(cancel=True))
 
     return lifespan
 
@@ -342,7 +344,7 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
     settings = settings or ServeSettings(model_id=pipe.name)
     metrics = Metrics(pipe)
     requests = Requests(pipe)
-    app = FastAPI(title="openjanus", lifespan=_lifespan(pipe), docs_url=None, redoc_url=None)
+    app = FastAPI(title="openjanus", lifespan=_lifespan(pipe, requests), docs_url=None, redoc_url=None)
     app.state.pipeline, app.state.settings, app.state.registry = pipe, settings, metrics.registry
     app.state.cancel_running = requests.cancel_running
     _add_guard(app, settings, metrics)

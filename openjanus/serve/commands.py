@@ -45,7 +45,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise UserError(f"openjanus serve needs the serve extra ({e.name} is missing): "
                         "pip install -e '.[serve]'") from None
 
-    pipe = open_pipeline(args)
+    with open_pipeline(args) as pipe:
+        _serve(pipe, args, uvicorn, create_app)
+
+
+def _serve(pipe, args: argparse.Namespace, uvicorn, create_app) -> None:
     settings = ServeSettings(model_id=args.model_id or pipe.name,
                              api_key=args.api_key or os.environ.get("OPENJANUS_API_KEY") or None,
                              max_body_bytes=args.max_body_mb * 2**20, max_n=args.max_n,
