@@ -38,18 +38,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
     """Load the model, then serve it until SIGTERM / Ctrl-C: running requests get --shutdown-grace
     seconds to finish, then are cancelled cleanly."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 (the serve extra: checked before the model loads)
 
-        from openjanus.serve.app import create_app
+        import openjanus.serve.app  # noqa: F401
     except ModuleNotFoundError as e:
         raise UserError(f"openjanus serve needs the serve extra ({e.name} is missing): "
                         "pip install -e '.[serve]'") from None
 
     with open_pipeline(args) as pipe:
-        _serve(pipe, args, uvicorn, create_app)
+        _serve(pipe, args)
 
 
-def _serve(pipe, args: argparse.Namespace, uvicorn, create_app) -> None:
+def _serve(pipe, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from openjanus.serve.app import create_app
+
     settings = ServeSettings(model_id=args.model_id or pipe.name,
                              api_key=args.api_key or os.environ.get("OPENJANUS_API_KEY") or None,
                              max_body_bytes=args.max_body_mb * 2**20, max_n=args.max_n,
