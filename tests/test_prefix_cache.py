@@ -67,15 +67,15 @@ def test_cache_keeps_the_longest_prefix_and_evicts_least_recently_used():
     assert len(cache) == 2 and cache.tokens == 7
     cache.lookup((1, 2, 3, 4))  # the first entry is now the most recently used
     cache.store((5, 6, 7, 8), *entry(4))
-    cache.evict(0)  # 11 > 10: the least recently used (1, 2, 9) goes
+    cache.trim()  # 11 > 10: the least recently used (1, 2, 9) goes
     assert cache.tokens == 8 and cache.lookup((1, 2, 9))[0] == 2
     cache.store((1, 2, 3, 4, 5), *entry(5))  # extends (1, 2, 3, 4), which it replaces
     assert cache.tokens == 9 and len(cache) == 2
     cache.capacity = 4  # the running requests took the rest of the budget
-    cache.evict(0)
+    cache.trim()
     assert cache.tokens <= 4
     cache.store(tuple(range(20)), *entry(20))
-    cache.evict(0)  # larger than the whole capacity: not held
+    cache.trim()  # larger than the whole capacity: not held
     assert cache.lookup(tuple(range(20)))[0] == 0
 
 

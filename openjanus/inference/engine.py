@@ -245,7 +245,7 @@ class EngineCore:
         if prefixes is not None:
             with self.lock:
                 prefixes.capacity = max(0, self.scheduler.max_cached_tokens - self.scheduler.used_tokens())
-            prefixes.evict(0)
+            prefixes.trim()
 
 
 def run_jobs(runner: BatchRunner, jobs: Sequence[Job], max_cached_tokens: int | None = None) -> list[JobState]:

@@ -336,8 +336,8 @@ class PrefixCache:
     image's positions the image's content hash and the offset in it (the ids there are all the
     same placeholder). A prompt reuses the longest common prefix with any entry: the keys and
     values of positions before it depend on those positions only. `capacity` (cached positions)
-    is set by the engine to what the KV budget leaves beside the running jobs, and `evict(0)`
-    trims to it.
+    is set by the engine to what the KV budget leaves beside the running jobs, and `trim`
+    evicts down to it.
     """
 
     def __init__(self, capacity: int = 0) -> None:
@@ -345,13 +345,12 @@ class PrefixCache:
         self._entries: OrderedDict[int, tuple[tuple, Tensor, Tensor]] = OrderedDict()  # id -> (keys, k, v)
         self._next = 0
         self.tokens = 0  # cached positions held
-        self.hits = 0  # prompt positions served from the cache so far
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def lookup(self, keys: tuple) -> tuple[int, Tensor | None, Tensor | None]:
-        """(length of the longest prefix of `keys` held, its keys [L, H, P, hd] and values)."""
+        """(length P of the longest prefix of `keys` held, its keys [layers, H, P, hd] and values)."""
         best, found = 0, None
         for eid, (stored, _, _) in self._entries.items():
             n = min(len(stored), len(keys))
@@ -366,7 +365,7 @@ class PrefixCache:
 
     def store(self, keys: tuple, k: Tensor, v: Tensor) -> None:
         """Hold one row's keys/values k, v [layers, H, P, hd] for the positions `keys` [P],
-        unless an entry already covers them (the owner trims to capacity with `evict`, once the
+        unless an entry already covers them (the owner trims to capacity with `trim`, once the
         job that made the entry has freed its rows)."""
         if not keys:
             return
@@ -380,9 +379,9 @@ class PrefixCache:
         self._next += 1
         self.tokens += len(keys)
 
-    def evict(self, tokens: int) -> None:
-        """Drop least recently used entries until `tokens` more positions fit the capacity."""
-        while self._entries and self.tokens + tokens > self.capacity:
+    def trim(self) -> None:
+        """Drop least recently used entries until what is held fits the capacity."""
+        while self._entries and self.tokens > self.capacity:
             self._drop(next(iter(self._entries)))
 
     def _drop(self, eid: int) -> None:
@@ -527,7 +526,6 @@ class BatchRunner:
             self.cache.k[layer][row, :, :n] = k[layer]
             self.cache.v[layer][row, :, :n] = v[layer]
         state.cached_prefix = n
-        self.prefix_cache.hits += n
         self._prefill([state], h[:, n:], start=n)
         return True
 
