@@ -65,6 +65,33 @@ def client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
 
 
+def test_replica_flags_are_checked_before_ray_starts(capsys):
+    from openjanus.cli import main
+
+    assert main(["serve", "--min-replicas", "3", "--max-replicas", "2"]) == 2
+    assert "autoscaling bounds must satisfy 0 <= min <= max" in capsys.readouterr().err
+    assert main(["serve", "--replicas", "2", "--replica-gpus", "-1"]) == 2
+    assert "--replica-gpus must be >= 0" in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+def test_app_builder_reads_serve_run_arguments():
+    from openjanus.errors import UserError
+    from openjanus.serve.ray_app import app_builder
+
+    app = app_builder({"model": "janus-shapes", "replicas": "3", "num_cpus": "0.5", "max_n": "4"})
+    deployment = app._bound_deployment
+    assert deployment.num_replicas == 3 and deployment.ray_actor_options["num_cpus"] == 0.5
+    spec = deployment.init_args[0]
+    assert spec.model == "janus-shapes" and spec.settings.max_n == 4
+    scaled = app_builder({"min_replicas": "1", "max_replicas": "4"})._bound_deployment
+    assert scaled._deployment_config.autoscaling_config.max_replicas == 4
+    with pytest.raises(UserError, match="unknown argument"):
+        app_builder({"replica": "2"})
+    with pytest.raises(UserError, match="bad argument value"):
+        app_builder({"replicas": "two"})
+
+
 def test_same_answers_errors_streams_and_page_as_the_single_process_server(ray_app, server):
     ours, plain = client(ray_app.url), client(server.url)
     for seed in (3, 11):
@@ -177,3 +204,4 @@ def test_a_killed_replica_fails_only_its_requests(ray_app):
     while serve.status().applications[APP_NAME].status != "RUNNING":
         assert time.time() < deadline, serve.status().applications[APP_NAME]
         time.sleep(1)
+
