@@ -173,6 +173,16 @@ def test_a_killed_replica_fails_only_its_requests(ray_app):
     replicas = {r for _, _, r in streams}
     assert len(replicas) == 2, "the four streams all went to one replica"
     victim = streams[0][2]
+    plain: dict[int, tuple[int, str | None]] = {}  # non-streaming requests in flight too
+
+    def post(i: int) -> None:
+        r = http.post("/v1/images/generations", json={"prompt": f"a red star {i}", "n": 8, "seed": i})
+        plain[i] = (r.status_code, r.headers.get("x-openjanus-replica"))
+
+    posts = [threading.Thread(target=post, args=(i,)) for i in range(4)]
+    for t in posts:
+        t.start()
+    time.sleep(0.5)
     ray.kill(ray.get_actor(f"SERVE_REPLICA::{APP_NAME}#{APP_NAME}#{victim}", namespace="serve"), no_restart=True)
 
     outcome = {}
@@ -193,6 +203,12 @@ def test_a_killed_replica_fails_only_its_requests(ray_app):
             assert completed == 0 and ended != "stream ended", outcome
         else:
             assert completed == 8 and ended == "stream ended", outcome
+
+    for t in posts:
+        t.join(timeout=120)
+    # Served by the survivor, or failed by Ray's proxy (HTTP 500) because the victim held them.
+    assert len(plain) == 4 and all(v in ((200, survivor), (500, None)) for v in plain.values()
+                                   for survivor in replicas - {victim}), plain
 
     # Requests after the kill are served (by the survivor while Ray starts a replacement).
     c = client(ray_app.url)
