@@ -9,7 +9,8 @@ Each configuration runs as `openjanus serve ...` in a subprocess on a free 127.0
   ray-2       openjanus serve --replicas 2 --replica-cpus C/2  (the cores split between two engines)
 After 4 warm-up requests: --latency-requests image requests one after another (p50, p95), then
 --requests requests from --clients concurrent clients (images/s). Every request is one image
-of the demo prompt with its own seed.
+of the demo prompt with its own seed. The configurations run in turn, --repeats rounds (a
+fresh server each time); each round's figures are printed, then the medians.
 """
 
 from __future__ import annotations
@@ -106,18 +107,25 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--only", default="plain,ray-1,ray-2", help="which configurations, comma-separated")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
     cores = os.cpu_count() or 1
     configs = {"plain": [], "ray-1": ["--replicas", "1", "--replica-cpus", str(cores)],
                "ray-2": ["--replicas", "2", "--replica-cpus", f"{cores / 2:g}"]}
-    rows = [measure(name, configs[name], args) for name in args.only.split(",")]
+    names = args.only.split(",")
+    rows = [dict(measure(name, configs[name], args), round=k) for k in range(args.repeats) for name in names]
     print(f"{cores} CPUs; 1 client: {args.latency_requests} requests in a row; {args.clients} clients: "
           f"{args.requests} requests; one image each")
-    print(f"{'config':<8} {'p50 (1 client)':>15} {'p95':>8} {f'images/s ({args.clients} clients)':>22}")
+    print(f"{'round':<6} {'config':<8} {'p50 (1 client)':>15} {'p95':>8} {f'images/s ({args.clients} clients)':>22}")
     for r in rows:
-        print(f"{r['config']:<8} {r['p50_s'] * 1000:>12.0f} ms {r['p95_s'] * 1000:>5.0f} ms {r['images_per_s']:>22.2f}")
+        print(f"{r['round']:<6} {r['config']:<8} {r['p50_s'] * 1000:>12.0f} ms {r['p95_s'] * 1000:>5.0f} ms "
+              f"{r['images_per_s']:>22.2f}")
+    for name in names:
+        mine = [r for r in rows if r["config"] == name]
+        print(f"median {name:<8} {statistics.median(r['p50_s'] for r in mine) * 1000:>12.0f} ms "
+              f"{'':>8} {statistics.median(r['images_per_s'] for r in mine):>22.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

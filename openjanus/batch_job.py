@@ -332,17 +332,6 @@ class _Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def all_ok(self, ok: bool) -> bool:
-        """True when `ok` holds on every rank (a collective: every rank calls it)."""
-        if self.world == 1:
-            return ok
-        import torch
-        import torch.distributed as dist
-
-        flag = torch.tensor([0 if ok else 1])
-        dist.all_reduce(flag)
-        return int(flag) == 0
-
 
 class _Progress:
     """A bar per rank and, on rank 0 with several ranks, a bar for the whole job (fed by the
