@@ -413,7 +413,13 @@ def _run(dist: _Dist, load, prompts: Path, out: Path, settings_of, native_size: 
                             "--on-bad-line skip to generate the other lines (a re-run fills in fixed lines)")
     if not lines:
         raise UserError(f"{prompts}: no valid lines to generate")
-    pipe = load()
+    with load() as pipe:  # the job owns its pipeline: closed (engine thread, KV cache) when it ends
+        return _run_with(dist, pipe, prompts, out, lines, problems, settings_of, overwrite, request_of, log)
+
+
+def _run_with(dist: _Dist, pipe, prompts: Path, out: Path, lines: list[PromptLine], problems: list[str],
+              settings_of, overwrite: bool, request_of, log) -> dict[str, Any]:
+    main = dist.rank == 0
     settings = settings_of(pipe)
     units = plan_units(lines, settings)
     by_key = {u.key: u for u in units}
@@ -471,7 +477,7 @@ def _generate(pipe, mine: list[ImageUnit], out: Path, part, request_of, progress
     from collections import deque
 
     engine = pipe.engine
-    window = max(2, engine.config.max_rows)  # two batches' worth of images: one running, one queued
+    window = max(2, engine.config.rows)  # two batches' worth of images: one running, one queued
     queue: deque = deque()
     written = 0
     try:

@@ -91,14 +91,14 @@ def test_prompt_file_outputs(reference):
 def test_manifest_seed_recreates_the_image(reference, one_thread):
     """A record's seed alone (with its prompt and guidance) gives its image: the single-prompt
     command and the batch job agree, whatever batch it ran in."""
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
     from openjanus.requests import ImageRequest
 
     _, out = reference
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     pipe = JanusPipeline.load(None, device="cpu")
     for rec in (records[2], records[-1]):
-        result = pipe.generate(ImageRequest(rec["prompt"], n=1, cfg_weight=rec["guidance"], seed=rec["seed"]))
+        result = pipe.generate(ImageRequest(rec["prompt"], n=1, guidance=rec["guidance"], seed=rec["seed"]))
         np.testing.assert_array_equal(result.tokens[0].numpy(), np.load(out / rec["tokens"]))
 
 
@@ -139,7 +139,7 @@ def _rank_pid(torchrun_pid: int, rank: int) -> int | None:
 def test_rank_killed_mid_run_then_rerun_completes(reference, tmp_path):
     prompts, out = reference
     job = tmp_path / "job"
-    proc = torchrun("-m", "openjanus", "generate", "--prompts", str(prompts), "--out", str(job), "--batch-rows", "2")
+    proc = torchrun("-m", "openjanus", "generate", "--prompts", str(prompts), "--out", str(job), "--rows", "2")
     deadline = time.time() + 240
     killed = False
     while time.time() < deadline and proc.poll() is None:

@@ -9,40 +9,40 @@ import sys
 import threading
 
 from openjanus.errors import UserError
+from openjanus.inference.engine import EngineConfig
+from openjanus.options import EngineOptions, ModelOptions, default_of, integer_flag, number_flag, open_pipeline
+from openjanus.serve.protocol import ServeSettings
 
 
 def register(sub) -> None:
-    from openjanus.cli import add_model_flags, finite_float, int_range, kv_cache_flag, positive_float
-
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server and web page")
-    add_model_flags(p)
+    ModelOptions.add_to(p)
+    EngineOptions.add_to(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
-    p.add_argument("--port", type=int_range(1, 65535), default=8000)
+    p.add_argument("--port", type=integer_flag(1, 65535), default=8000, help="port to listen on")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $OPENJANUS_API_KEY, else none)")
     p.add_argument("--model-id", default=None, help="the model name clients see (default: the folder's name)")
-    p.add_argument("--max-n", type=int_range(1, 1000), default=8, help="most images per generation request")
-    p.add_argument("--max-queue", type=int_range(1), default=256,
-                   help="requests waiting beyond the batch; more get 429")
-    p.add_argument("--batch-rows", type=int_range(2), default=64, help="LLM rows decoded together (2 per image)")
-    kv_cache_flag(p)
-    p.add_argument("--max-body-mb", type=int_range(1), default=20, help="request body limit")
+    p.add_argument("--max-n", type=integer_flag(1, default_of(EngineConfig, "max_n")),
+                   default=default_of(ServeSettings, "max_n"), help="most images per generation request (n)")
+    p.add_argument("--max-body-mb", type=integer_flag(1), default=default_of(ServeSettings, "max_body_bytes") // 2**20,
+                   help="request body limit")
     p.add_argument("--allow-remote-images", action="store_true",
                    help="fetch http(s) image URLs in chat messages (bounded in size and time; off: data: URLs only)")
-    p.add_argument("--shutdown-grace", type=float, default=30.0,
+    p.add_argument("--shutdown-grace", type=number_flag(0), default=30.0,
                    help="on SIGTERM/Ctrl-C, seconds running requests get to finish before they are cancelled")
     g = p.add_argument_group("replicas on Ray Serve (the cluster extra; see openjanus.serve.ray_app)")
-    g.add_argument("--replicas", type=int_range(1), default=None,
+    g.add_argument("--replicas", type=integer_flag(1), default=None,
                    help="serve the same app from this many replicas, one engine each, behind Ray Serve's proxy")
-    g.add_argument("--min-replicas", type=int_range(0), default=None, help="autoscaling: fewest replicas")
-    g.add_argument("--max-replicas", type=int_range(1), default=None, help="autoscaling: most replicas")
-    g.add_argument("--target-ongoing-requests", type=positive_float, default=8.0,
+    g.add_argument("--min-replicas", type=integer_flag(0), default=None, help="autoscaling: fewest replicas")
+    g.add_argument("--max-replicas", type=integer_flag(1), default=None, help="autoscaling: most replicas")
+    g.add_argument("--target-ongoing-requests", type=number_flag(0, low_open=True), default=8.0,
                    help="autoscaling: requests in flight per replica that Ray Serve scales towards")
-    g.add_argument("--max-ongoing-requests", type=int_range(1), default=64,
+    g.add_argument("--max-ongoing-requests", type=integer_flag(1), default=64,
                    help="requests Ray sends one replica at once (its engine batches them); more wait in the proxy")
-    g.add_argument("--replica-cpus", type=positive_float, default=1.0,
+    g.add_argument("--replica-cpus", type=number_flag(0, low_open=True), default=1.0,
                    help="CPUs Ray reserves per replica (on CPU devices also its torch threads)")
-    g.add_argument("--replica-gpus", type=finite_float, default=None,
+    g.add_argument("--replica-gpus", type=number_flag(0), default=None,
                    help="GPUs Ray reserves per replica (default: 1 on CUDA devices, else 0)")
     g.add_argument("--ray-address", default=None,
                    help="a running Ray cluster to join (auto, or ray://HOST:10001); default: start a local one")
@@ -53,28 +53,28 @@ def cmd_serve(args: argparse.Namespace) -> None:
     """Load the model, then serve it until SIGTERM / Ctrl-C: running requests get --shutdown-grace
     seconds to finish, then are cancelled cleanly."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 (the serve extra: checked before the model loads)
 
-        from openjanus.serve.app import ServeSettings, create_app
+        import openjanus.serve.app  # noqa: F401
     except ModuleNotFoundError as e:
         raise UserError(f"openjanus serve needs the serve extra ({e.name} is missing): "
                         "pip install -e '.[serve]'") from None
     if args.replicas is not None or args.min_replicas is not None or args.max_replicas is not None:
         _serve_on_ray(args)
         return
-    from openjanus.engine import EngineConfig
-    from openjanus.pipeline import JanusPipeline
+    with open_pipeline(args) as pipe:
+        _serve(pipe, args)
 
-    pipe = JanusPipeline.load(args.model, device=args.device, dtype=args.dtype,
-                              check_finite=getattr(args, "check_finite", False), quantize=args.quantize)
-    pipe.start_engine(EngineConfig(max_rows=args.batch_rows, max_queue=args.max_queue,
-                                   max_cache_gib=args.kv_cache_gib))
+
+def _serve(pipe, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from openjanus.serve.app import create_app
+
     settings = ServeSettings(model_id=args.model_id or pipe.name,
                              api_key=args.api_key or os.environ.get("OPENJANUS_API_KEY") or None,
                              max_body_bytes=args.max_body_mb * 2**20, max_n=args.max_n,
                              allow_remote_images=args.allow_remote_images)
-    if args.shutdown_grace < 0:
-        raise UserError(f"--shutdown-grace must be >= 0, got {args.shutdown_grace}")
     grace, stopping = args.shutdown_grace, []
 
     class Server(uvicorn.Server):
@@ -113,29 +113,25 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def _serve_on_ray(args: argparse.Namespace) -> None:
     """`serve --replicas N` / `--min-replicas --max-replicas`: the same app on Ray Serve replicas."""
+    import dataclasses
     import math
 
     from openjanus.devices import resolve_device
-    from openjanus.serve.app import ServeSettings
 
     try:
         from openjanus.serve import ray_app
     except ModuleNotFoundError as e:
         raise UserError(f"--replicas needs the cluster extra ({e.name} is missing): pip install -e '.[cluster]'") \
             from None
-    if args.shutdown_grace < 0:
-        raise UserError(f"--shutdown-grace must be >= 0, got {args.shutdown_grace}")
     on_gpu = resolve_device(args.device).type == "cuda"
     gpus = args.replica_gpus if args.replica_gpus is not None else (1.0 if on_gpu else 0.0)
-    if gpus < 0:
-        raise UserError(f"--replica-gpus must be >= 0, got {gpus:g}")
     settings = ServeSettings(api_key=args.api_key or os.environ.get("OPENJANUS_API_KEY") or None,
                              max_body_bytes=args.max_body_mb * 2**20, max_n=args.max_n,
                              allow_remote_images=args.allow_remote_images)
-    spec = ray_app.ReplicaSpec(model=args.model, device="cuda" if on_gpu else args.device, dtype=args.dtype,
-                               quantize=args.quantize, rows=args.batch_rows, max_queue=args.max_queue,
-                               kv_cache_gib=args.kv_cache_gib, model_id=args.model_id, settings=settings,
-                               threads=None if on_gpu else max(1, math.floor(args.replica_cpus)))
+    # Each replica sees only its own GPU (Ray sets CUDA_VISIBLE_DEVICES), as cuda:0.
+    model = dataclasses.replace(ModelOptions.from_args(args), device="cuda" if on_gpu else args.device)
+    spec = ray_app.ReplicaSpec(model=model, engine=EngineOptions.from_args(args), model_id=args.model_id,
+                               settings=settings, threads=None if on_gpu else max(1, math.floor(args.replica_cpus)))
     scale = ray_app.ScaleSpec(replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                               target_ongoing_requests=args.target_ongoing_requests,
                               max_ongoing_requests=args.max_ongoing_requests, num_cpus=args.replica_cpus,

@@ -35,7 +35,9 @@ except ModuleNotFoundError as e:  # pragma: no cover - depends on the environmen
     raise UserError(f"replicated serving needs the cluster extra ({e.name} is missing): "
                     "pip install 'openjanus[cluster]'") from None
 
-from openjanus.serve.app import ServeSettings
+from openjanus.inference.engine import EngineConfig
+from openjanus.options import ModelOptions
+from openjanus.serve.protocol import ServeSettings
 
 __all__ = ["ReplicaSpec", "ScaleSpec", "JanusReplica", "build_app", "app_builder", "run"]
 
@@ -45,15 +47,11 @@ REPLICA_HEADER = "x-openjanus-replica"
 
 @dataclass(frozen=True)
 class ReplicaSpec:
-    """What each replica loads and how its engine and app are set up."""
+    """What each replica loads (the model options of every command) and how its engine and app
+    are set up."""
 
-    model: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    quantize: str = "none"
-    rows: int = 64
-    max_queue: int = 256
-    kv_cache_gib: float = 4.0
+    model: ModelOptions = field(default_factory=ModelOptions)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     threads: int | None = None  # CPU threads of a replica's torch (None: torch's default)
     model_id: str | None = None  # the name clients see (None: the model folder's name)
     settings: ServeSettings = field(default_factory=ServeSettings)  # its model_id gives way to the one above
@@ -109,16 +107,17 @@ class JanusReplica:
         import torch
 
         from openjanus.allocator import keep_freed_memory
-        from openjanus.engine import EngineConfig
-        from openjanus.pipeline import JanusPipeline
 
         if spec.threads:
             torch.set_num_threads(spec.threads)
         keep_freed_memory()
         self.spec = spec
-        self.pipe = JanusPipeline.load(spec.model, device=spec.device, dtype=spec.dtype, quantize=spec.quantize)
-        self.pipe.start_engine(EngineConfig(max_rows=spec.rows, max_queue=spec.max_queue,
-                                            max_cache_gib=spec.kv_cache_gib))
+        self.pipe = spec.model.load()
+        try:
+            self.pipe.start_engine(spec.engine)
+        except BaseException:
+            self.pipe.close()
+            raise
         self.replica = serve.get_replica_context().replica_id.unique_id
 
     def __serve_build_asgi_app__(self):
@@ -145,13 +144,13 @@ def build_app(spec: ReplicaSpec, scale: ScaleSpec) -> serve.Application:
 def app_builder(args: dict[str, str]) -> serve.Application:
     """For `serve run openjanus.serve.ray_app:app_builder key=value ...` and Serve config files.
 
-    Keys: model, device, dtype, quantize, rows, max_queue, kv_cache_gib, threads, model_id,
+    Keys: model, device, dtype, quantize, roles, rows, queue, kv_cache_gib, threads, model_id,
     api_key, max_n, replicas, min_replicas, max_replicas, target_ongoing_requests,
     max_ongoing_requests, num_cpus, num_gpus.
     """
     from openjanus.errors import UserError
 
-    kinds = {"model": str, "device": str, "dtype": str, "quantize": str, "rows": int, "max_queue": int,
+    kinds = {"model": str, "device": str, "dtype": str, "quantize": str, "roles": str, "rows": int, "queue": int,
              "kv_cache_gib": float, "threads": int, "model_id": str, "api_key": str, "max_n": int, "replicas": int,
              "min_replicas": int, "max_replicas": int, "target_ongoing_requests": float,
              "max_ongoing_requests": int, "num_cpus": float, "num_gpus": float}
@@ -162,9 +161,15 @@ def app_builder(args: dict[str, str]) -> serve.Application:
         values = {k: kinds[k](v) for k, v in args.items()}
     except ValueError as e:
         raise UserError(f"bad argument value: {e}") from None
-    settings = {k: values.pop(k) for k in ("api_key", "max_n") if k in values}
-    scale = {k: values.pop(k) for k in list(values) if k in ScaleSpec.__dataclass_fields__}
-    return build_app(ReplicaSpec(**values, settings=ServeSettings(**settings)), ScaleSpec(**scale))
+
+    def take(names) -> dict[str, Any]:
+        return {k: values.pop(k) for k in list(values) if k in names}
+
+    model = ModelOptions(**take(ModelOptions.__dataclass_fields__))
+    engine = EngineConfig(**take(("rows", "queue", "kv_cache_gib")))
+    settings = ServeSettings(**take(("api_key", "max_n")))
+    scale = ScaleSpec(**take(ScaleSpec.__dataclass_fields__))
+    return build_app(ReplicaSpec(model=model, engine=engine, settings=settings, **values), scale)
 
 
 def run(spec: ReplicaSpec, scale: ScaleSpec, host: str = "127.0.0.1", port: int = 8000,
@@ -182,7 +187,7 @@ def run(spec: ReplicaSpec, scale: ScaleSpec, host: str = "127.0.0.1", port: int 
         serve.run(build_app(spec, scale), name=APP_NAME, route_prefix="/")
         what = (f"{scale.replicas} replica(s)" if scale.min_replicas is None and scale.max_replicas is None
                 else f"{scale.min_replicas}-{scale.max_replicas} replicas (autoscaling)")
-        log(f"serving {spec.model or 'janus-shapes'} on http://{host}:{port} with {what} on Ray "
+        log(f"serving {spec.model.model or 'janus-shapes'} on http://{host}:{port} with {what} on Ray "
             f"({ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs)")
         stop.wait()
         log("stopping: running requests get the grace period, then the replicas end")

@@ -23,7 +23,7 @@ openai = pytest.importorskip("openai")
 ray = pytest.importorskip("ray", reason="the cluster extra is not installed (pip install -e '.[cluster]')")
 pytest.importorskip("ray.serve")
 
-from openjanus.serve.app import ServeSettings  # noqa: E402
+from openjanus.serve.protocol import ServeSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = ServeSettings(model_id="janus-shapes", max_body_bytes=2 * 2**20, max_image_pixels=1_000_000)
@@ -44,6 +44,8 @@ class RayApp:
 def ray_app():
     from ray import serve
 
+    from openjanus.inference.engine import EngineConfig
+    from openjanus.options import ModelOptions
     from openjanus.serve.ray_app import APP_NAME, ReplicaSpec, ScaleSpec, build_app
 
     metrics_port, http_port = free_port(), free_port()
@@ -51,8 +53,8 @@ def ray_app():
              logging_level="warning", runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-        spec = ReplicaSpec(device="cpu", dtype="float32", rows=32, max_queue=64, threads=1, model_id="janus-shapes",
-                           settings=SETTINGS)
+        spec = ReplicaSpec(model=ModelOptions(device="cpu", dtype="float32"), engine=EngineConfig(rows=32, queue=64),
+                           threads=1, model_id="janus-shapes", settings=SETTINGS)
         serve.run(build_app(spec, ScaleSpec(replicas=2, num_cpus=0.5, max_ongoing_requests=16)), name=APP_NAME,
                   route_prefix="/")
         yield RayApp(f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics")
@@ -70,8 +72,9 @@ def test_replica_flags_are_checked_before_ray_starts(capsys):
 
     assert main(["serve", "--min-replicas", "3", "--max-replicas", "2"]) == 2
     assert "autoscaling bounds must satisfy 0 <= min <= max" in capsys.readouterr().err
-    assert main(["serve", "--replicas", "2", "--replica-gpus", "-1"]) == 2
-    assert "--replica-gpus must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--replicas", "2", "--replica-gpus", "-1"])
+    assert exit_.value.code == 2 and "--replica-gpus" in capsys.readouterr().err
     assert not ray.is_initialized()
 
 
@@ -83,7 +86,7 @@ def test_app_builder_reads_serve_run_arguments():
     deployment = app._bound_deployment
     assert deployment.num_replicas == 3 and deployment.ray_actor_options["num_cpus"] == 0.5
     spec = deployment.init_args[0]
-    assert spec.model == "janus-shapes" and spec.settings.max_n == 4
+    assert spec.model.model == "janus-shapes" and spec.settings.max_n == 4
     scaled = app_builder({"min_replicas": "1", "max_replicas": "4"})._bound_deployment
     assert scaled._deployment_config.autoscaling_config.max_replicas == 4
     with pytest.raises(UserError, match="unknown argument"):
