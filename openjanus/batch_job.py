@@ -497,7 +497,7 @@ def _generate(pipe, mine: list[ImageUnit], out: Path, part, request_of, progress
 
 def _finish_one(queue, out: Path, part, progress: _Progress) -> int:
     unit, handle = queue.popleft()
-    while not handle._done.wait(0.5):
+    while not handle.wait(0.5):
         progress.poll()
     result = handle.result()
     write_image(out, unit, result.images[0], result.tokens[0].numpy())
