@@ -320,7 +320,7 @@ def register(sub: Any) -> None:
                         "and left out (skip)")
     p.add_argument("-n", type=integer_flag(1), default=ImageRequest.n, help="images per prompt")
     p.add_argument("--guidance", type=number_flag(), default=ImageRequest.guidance,
-                   help="classifier-free guidance weight (--prompts: for lines without their own)")
+                   help="(--prompts: for lines without their own) classifier-free guidance weight")
     p.add_argument("--jacobi", type=integer_flag(0, 64), default=ImageRequest.jacobi,
                    help="speculative Jacobi window (0 = off)")
     p.add_argument("--overwrite", action="store_true",
