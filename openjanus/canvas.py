@@ -51,6 +51,7 @@ __all__ = [
     "MAX_SIDE_FACTOR", "DEFAULT_OVERLAP", "Geometry", "Window", "Outpaint", "parse_size", "check_size", "auto_size",
     "fit_box", "fit_image", "image_to_pixels", "mask_from_alpha", "mask_from_region", "has_alpha",
     "transparent_pixels", "plan_windows", "outpaint", "parse_region", "parse_outpaint", "check_regenerate",
+    "Canvas", "prepare_canvas",
 ]
 
 # The largest canvas side, in native sides (4: 1536 px for Janus-Pro, 256 px for the demo model).
@@ -350,3 +351,74 @@ def plan_windows(regenerate: Tensor, native: int, overlap: float = DEFAULT_OVERL
             owner[area][todo] = index
             windows.append(Window(index, x, y, wave, after, todo.clone()))
     return windows
+
+
+# --- a request's canvas -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """What one image request decodes: a `width` x `height` canvas, the source image placed on it
+    at `image_box` (pixels, whole patches; None for text-to-image), which tokens to sample
+    (`regenerate`, bool [height/patch, width/patch]) and the crop of the result (outpainting
+    rounds its extension up to whole patches)."""
+
+    width: int
+    height: int
+    regenerate: Tensor
+    image: Image.Image | None = None  # the source, already fitted to its box on the canvas
+    image_box: tuple[int, int, int, int] | None = None
+    crop: tuple[int, int, int, int] | None = None
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, columns) of image tokens."""
+        return tuple(self.regenerate.shape)  # type: ignore[return-value]
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        if self.crop is None:
+            return self.width, self.height
+        return self.crop[2] - self.crop[0], self.crop[3] - self.crop[1]
+
+
+def prepare_canvas(geo: Geometry, size: tuple[int, int] | None = None, image: Image.Image | None = None,
+                   mask: Image.Image | Tensor | None = None, region: Sequence[int] | None = None,
+                   extend: dict[str, int] | None = None) -> Canvas:
+    """The canvas of a request (see the module doc for every rule). `image` is a loaded PIL
+    image (with its alpha channel, if any); `mask` a PIL image whose transparent pixels mark the
+    area to regenerate, or a bool tensor at the canvas's token grid (True: regenerate)."""
+    if image is None:
+        if mask is not None or region is not None or extend:
+            raise UserError("a mask, a region or an outpainting needs a source image")
+        width, height = check_size(*(size or (geo.native_px, geo.native_px)), geo)
+        return Canvas(width, height, torch.ones(height // geo.patch, width // geo.patch, dtype=torch.bool))
+    if sum(x is not None and x != {} for x in (mask, region, extend)) > 1:
+        raise UserError("give one of a mask, a region or an outpainting, not several")
+    rgb = ensure_rgb(image)
+    if extend:
+        if size is not None:
+            raise UserError("outpainting sets the size itself (the image at its automatic size plus the "
+                            "extension); leave size out")
+        iw, ih = auto_size(*image.size, geo)
+        op = outpaint(iw, ih, extend, geo)
+        return Canvas(op.width, op.height, op.regenerate(geo.patch), fit_image(rgb, iw, ih), op.image_box, op.crop)
+    width, height = check_size(*(size or auto_size(*image.size, geo)), geo)
+    grid = (height // geo.patch, width // geo.patch)
+    if isinstance(mask, Tensor):
+        if mask.dtype != torch.bool or tuple(mask.shape) != grid:
+            raise UserError(f"a token mask must be a bool tensor of shape {list(grid)} (rows, columns of image "
+                            f"tokens), got {mask.dtype} {list(mask.shape)}")
+        regenerate = mask.clone()
+    elif region is not None:
+        regenerate = mask_from_region(region, image.size, width, height, geo.patch)
+    else:
+        source = mask
+        if source is None:
+            if not has_alpha(image):
+                raise UserError("no mask given and the image has no transparency: give a mask (transparent "
+                                "pixels mark the area to regenerate) or a region")
+            source = image
+        regenerate = mask_from_alpha(source, image.size, width, height, geo.patch)
+    check_regenerate(regenerate)
+    return Canvas(width, height, regenerate, fit_image(rgb, width, height), (0, 0, width, height))

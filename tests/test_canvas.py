@@ -198,3 +198,35 @@ def test_window_plan_shapes():
     assert [(w.x, w.y) for w in only] == [(8, 0)]
     with pytest.raises(UserError, match="smaller than the model's window"):
         plan_windows(torch.ones(4, 16, dtype=torch.bool), 8)
+
+
+def test_prepare_canvas_for_each_kind_of_request():
+    from openjanus.canvas import prepare_canvas
+
+    plain = prepare_canvas(DEMO)
+    assert (plain.width, plain.height, plain.grid) == (64, 64, (8, 8)) and bool(plain.regenerate.all())
+    wide = prepare_canvas(DEMO, size=(128, 64))
+    assert wide.grid == (8, 16) and wide.image is None
+    photo = Image.new("RGB", (200, 100), "white")
+    edit = prepare_canvas(DEMO, image=photo, region=(0, 0, 100, 50))  # auto size keeps 2:1
+    assert (edit.width, edit.height) == (128, 64) and edit.image.size == (128, 64)
+    assert int(edit.regenerate.sum()) == 4 * 8 and bool(edit.regenerate[:4, :8].all())
+    # the image's own transparency is the mask when none is given (OpenAI's rule)
+    holed = rgba_mask((64, 64), [(0, 0, 64, 8)])
+    assert int(prepare_canvas(DEMO, image=holed).regenerate.sum()) == 8
+    with pytest.raises(UserError, match="no transparency"):
+        prepare_canvas(DEMO, image=photo)
+    tokens = torch.zeros(8, 8, dtype=torch.bool)
+    tokens[2, 3] = True
+    assert prepare_canvas(DEMO, image=holed.convert("RGB"), mask=tokens).regenerate.tolist() == tokens.tolist()
+    with pytest.raises(UserError, match="shape \\[8, 8\\]"):
+        prepare_canvas(DEMO, image=holed, mask=torch.ones(4, 4, dtype=torch.bool))
+    with pytest.raises(UserError, match="nothing to regenerate"):
+        prepare_canvas(DEMO, image=photo, mask=torch.zeros(8, 16, dtype=torch.bool))
+    out = prepare_canvas(DEMO, image=Image.new("RGB", (64, 64)), extend={"left": 30})
+    assert (out.width, out.image_box, out.crop, out.output_size) == (96, (32, 0, 96, 64), (2, 0, 96, 64), (94, 64))
+    for kwargs, fragment in [({"mask": tokens}, "needs a source image"),
+                             ({"image": photo, "region": (0, 0, 8, 8), "extend": {"up": 8}}, "not several"),
+                             ({"image": photo, "size": (128, 64), "extend": {"up": 8}}, "leave size out")]:
+        with pytest.raises(UserError, match=fragment):
+            prepare_canvas(DEMO, **kwargs)
