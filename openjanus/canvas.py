@@ -51,7 +51,7 @@ __all__ = [
     "MAX_SIDE_FACTOR", "DEFAULT_OVERLAP", "Geometry", "Window", "Outpaint", "parse_size", "check_size", "auto_size",
     "fit_box", "fit_image", "image_to_pixels", "mask_from_alpha", "mask_from_region", "has_alpha",
     "transparent_pixels", "plan_windows", "outpaint", "parse_region", "parse_outpaint", "check_regenerate",
-    "Canvas", "prepare_canvas",
+    "Canvas", "prepare_canvas", "CanvasTokens",
 ]
 
 # The largest canvas side, in native sides (4: 1536 px for Janus-Pro, 256 px for the demo model).
@@ -422,3 +422,53 @@ def prepare_canvas(geo: Geometry, size: tuple[int, int] | None = None, image: Im
         regenerate = mask_from_alpha(source, image.size, width, height, geo.patch)
     check_regenerate(regenerate)
     return Canvas(width, height, regenerate, fit_image(rgb, width, height), (0, 0, width, height))
+
+
+class CanvasTokens:
+    """The image tokens of `n` images on one canvas while its windows are decoded: known tokens
+    from the source (VQ-encoded), then each window's samples as they finish. The engine asks
+    for a window's known tokens when the window's wave starts and writes back what it sampled;
+    the finished canvas is `tokens` [n, rows * columns] in raster order."""
+
+    def __init__(self, canvas: Canvas, n: int, native: int, source: Tensor | None = None,
+                 overlap: float = DEFAULT_OVERLAP) -> None:
+        rows, cols = canvas.grid
+        self.canvas, self.native = canvas, native
+        self.grid = torch.full((n, rows, cols), -1, dtype=torch.long)  # -1: not known yet
+        if source is not None:
+            self.grid[:, ~canvas.regenerate] = source.to(torch.long)[~canvas.regenerate]
+        self.windows = plan_windows(canvas.regenerate, native, overlap)
+
+    @property
+    def waves(self) -> list[list[Window]]:
+        """The windows grouped by wave, in order (a wave's windows run together)."""
+        out: list[list[Window]] = []
+        for w in self.windows:
+            while len(out) <= w.wave:
+                out.append([])
+            out[w.wave].append(w)
+        return out
+
+    def known(self, window: Window) -> Tensor:
+        """[n, native^2] tokens of the window's area in raster order; -1 where it samples."""
+        area = self.grid[(slice(None), *window.area(self.native))].reshape(self.grid.shape[0], -1)
+        flat = window.regenerate.reshape(-1)
+        if bool((area[:, ~flat] < 0).any()):
+            raise RuntimeError(f"window {window.index} reads tokens not decoded yet (its wave came too early)")
+        return area.masked_fill(flat, -1)
+
+    def write(self, window: Window, tokens: Tensor) -> None:
+        """Store a window's tokens [n, native^2] (only the ones it sampled are taken)."""
+        n, g = self.grid.shape[0], self.native
+        area = self.grid[(slice(None), *window.area(g))]  # a view: writes go to the grid
+        mask = window.regenerate.expand(n, g, g)
+        area[mask] = tokens.to("cpu", torch.long).reshape(n, g, g)[mask]
+
+    @property
+    def tokens(self) -> Tensor:
+        """[n, rows * columns] in raster order (-1 where nothing is decoded yet)."""
+        return self.grid.reshape(self.grid.shape[0], -1)
+
+    @property
+    def done(self) -> bool:
+        return bool((self.grid >= 0).all())

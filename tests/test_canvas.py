@@ -230,3 +230,28 @@ def test_prepare_canvas_for_each_kind_of_request():
                              ({"image": photo, "size": (128, 64), "extend": {"up": 8}}, "leave size out")]:
         with pytest.raises(UserError, match=fragment):
             prepare_canvas(DEMO, **kwargs)
+
+
+def test_canvas_tokens_feed_each_window_what_came_before():
+    from openjanus.canvas import CanvasTokens, prepare_canvas
+
+    canvas = prepare_canvas(DEMO, image=Image.new("RGB", (64, 64)), extend={"right": 64})  # 8 x 16 tokens
+    source = torch.arange(8 * 16).view(8, 16)
+    run = CanvasTokens(canvas, n=2, native=8, source=source)
+    assert [[w.index for w in wave] for wave in run.waves] == [[0], [1]]  # x = 4, then x = 8
+    first, second = run.windows
+    known = run.known(first)
+    assert known.shape == (2, 64)
+    grid = known.view(2, 8, 8)
+    assert grid[:, :, :4].tolist() == source[:, 4:8].expand(2, 8, 4).tolist()  # the source's right half
+    assert bool((grid[:, :, 4:] == -1).all())
+    with pytest.raises(RuntimeError, match="not decoded yet"):
+        run.known(second)
+    sampled = torch.full((2, 64), 1000)
+    sampled[1] = 2000
+    run.write(first, sampled)
+    again = run.known(second).view(2, 8, 8)
+    assert again[0, :, :4].tolist() == [[1000] * 4] * 8 and again[1, :, :4].tolist() == [[2000] * 4] * 8
+    run.write(second, torch.full((2, 64), 7))
+    assert run.done and run.tokens.shape == (2, 128)
+    assert run.tokens.view(2, 8, 16)[0, 0].tolist() == [*range(8), *[1000] * 4, *[7] * 4]
