@@ -45,7 +45,7 @@ from PIL import Image
 from torch import Tensor
 
 from openjanus.errors import UserError
-from openjanus.images import ensure_rgb
+from openjanus.images import ensure_rgb, has_alpha
 
 __all__ = [
     "MAX_SIDE_FACTOR", "DEFAULT_OVERLAP", "Geometry", "Window", "Outpaint", "parse_size", "check_size", "auto_size",
@@ -145,10 +145,6 @@ def image_to_pixels(image: Image.Image) -> Tensor:
 
 
 # --- masks --------------------------------------------------------------------------------------
-
-
-def has_alpha(image: Image.Image) -> bool:
-    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
 
 
 def transparent_pixels(image: Image.Image) -> np.ndarray:
@@ -449,18 +445,20 @@ class CanvasTokens:
             out[w.wave].append(w)
         return out
 
-    def known(self, window: Window) -> Tensor:
-        """[n, native^2] tokens of the window's area in raster order; -1 where it samples."""
-        area = self.grid[(slice(None), *window.area(self.native))].reshape(self.grid.shape[0], -1)
+    def known(self, window: Window, images: slice = slice(None)) -> Tensor:
+        """[images, native^2] tokens of the window's area in raster order; -1 where it samples."""
+        grid = self.grid[images]
+        area = grid[(slice(None), *window.area(self.native))].reshape(grid.shape[0], -1)
         flat = window.regenerate.reshape(-1)
         if bool((area[:, ~flat] < 0).any()):
             raise RuntimeError(f"window {window.index} reads tokens not decoded yet (its wave came too early)")
         return area.masked_fill(flat, -1)
 
-    def write(self, window: Window, tokens: Tensor) -> None:
-        """Store a window's tokens [n, native^2] (only the ones it sampled are taken)."""
-        n, g = self.grid.shape[0], self.native
-        area = self.grid[(slice(None), *window.area(g))]  # a view: writes go to the grid
+    def write(self, window: Window, tokens: Tensor, images: slice = slice(None)) -> None:
+        """Store a window's tokens [images, native^2] (only the ones it sampled are taken)."""
+        grid, g = self.grid[images], self.native
+        n = grid.shape[0]
+        area = grid[(slice(None), *window.area(g))]  # a view: writes go to the grid
         mask = window.regenerate.expand(n, g, g)
         area[mask] = tokens.to("cpu", torch.long).reshape(n, g, g)[mask]
 
