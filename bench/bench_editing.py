@@ -120,9 +120,13 @@ def run_completion(pipe, args, grids: dict) -> dict:
 def _pad_box(box, size, patch):
     """A pixel box widened by 2 px and rounded out to whole tokens."""
     x0, y0, x1, y1 = box
-    x0, y0 = max(0, int(x0) - 2) // patch * patch, max(0, int(y0) - 2) // patch * patch
-    x1, y1 = min(size, -(-(int(np.ceil(x1)) + 2) // patch) * patch), min(size, -(-(int(np.ceil(y1)) + 2) // patch) * patch)
-    return x0, y0, x1, y1
+    def down(v: float) -> int:
+        return max(0, int(v) - 2) // patch * patch
+
+    def up(v: float) -> int:
+        return min(size, -(-(int(np.ceil(v)) + 2) // patch) * patch)
+
+    return down(x0), down(y0), up(x1), up(y1)
 
 
 def _iou(a, b) -> float:
@@ -163,12 +167,12 @@ def run_edit(pipe, args, grids: dict) -> dict:
         cases.append((change, scene, edit_obj, keep_obj, new, target))
     new_ok, kept_ok, both = {"colour": Score(), "shape": Score()}, Score(), Score()
     reqs = []
-    for i, (change, scene, edit_obj, keep_obj, new, target) in enumerate(cases):
+    for i, (_, scene, edit_obj, _, _, target) in enumerate(cases):
         region = _pad_box(edit_obj.bbox(size), size, patch)
         reqs.append(ImageRequest(target.prompt, n=args.images, seed=args.seed + i, image=render(scene, size),
                                  region=region))
     shown = []
-    for k, ((change, scene, edit_obj, keep_obj, new, target), r) in enumerate(
+    for k, ((change, scene, edit_obj, keep_obj, new, _), r) in enumerate(
             zip(cases, pipe.run(reqs, progress=True, desc="edit"))):
         region = r.request.region
         for im in r.images:
@@ -270,7 +274,7 @@ def write_grids(grids: dict, folder: Path, scale: int) -> None:
         for shape, src, res, mask in grids["completion"]:
             by_mask.setdefault(shape, []).append((src, res, mask))
         rows = []
-        for shape, items in by_mask.items():
+        for items in by_mask.values():
             row = []
             for src, res, mask in items[:3]:
                 row += [big(masked(src, mask)), big(res)]
@@ -294,7 +298,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="folder or preset (default: the shipped demo model)")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--tasks", nargs="+", default=["completion", "edit", "wide"], choices=["completion", "edit", "wide"])
+    tasks = ["completion", "edit", "wide"]
+    ap.add_argument("--tasks", nargs="+", default=tasks, choices=tasks)
     ap.add_argument("--prompts", type=int, default=24, help="scenes per task")
     ap.add_argument("--images", type=int, default=4, help="images per scene")
     ap.add_argument("--masks", nargs="+", default=list(MASKS), choices=MASKS)
