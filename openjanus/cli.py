@@ -64,6 +64,16 @@ seed_int = int_range(0, MAX_SEED)
 positive_int = int_range(1)
 
 
+def image_size(text: str) -> tuple[int, int]:
+    """A WIDTHxHEIGHT flag (pixels); whether the model can make that size is checked with the model."""
+    from openjanus.canvas import parse_size
+
+    try:
+        return parse_size(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each flag's default in --help, except where there is none (None, False, [])."""
 
@@ -217,12 +227,44 @@ def _interactive(pipe, images, opts) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     """Generate images from text prompts; writes image_{i}.png, tokens.npy and run.json to --out."""
+    from openjanus.requests import ImageRequest
+
+    sampling = _sampling_params(args)
+    # Prompt i uses seed + i, so two prompts of one run never share a random stream.
+    requests = [ImageRequest(p, n=args.n, guidance=args.cfg, sampling=sampling, seed=args.seed + i,
+                             jacobi=args.jacobi, size=args.size) for i, p in enumerate(args.prompt)]
+    _generate_to_folder(args, requests, {"size": args.size})
+
+
+def cmd_edit(args: argparse.Namespace) -> None:
+    """Edit, inpaint or outpaint an image: the masked area (transparent pixels of --mask, the
+    --region box, or the image's own transparency) or the --outpaint extension is regenerated
+    from the prompt, the rest kept; writes image_{i}.png, tokens.npy and run.json to --out."""
+    from openjanus.canvas import parse_outpaint, parse_region
+    from openjanus.requests import ImageRequest
+
+    if sum(x is not None for x in (args.mask, args.region, args.outpaint)) > 1:
+        raise UserError("give one of --mask, --region and --outpaint")
+    for name in ("image", "mask"):
+        path = getattr(args, name)
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"--{name} {path}: no such file")
+    region = parse_region(args.region) if args.region is not None else None
+    outpaint = parse_outpaint(args.outpaint) if args.outpaint is not None else None
+    sampling = _sampling_params(args)
+    requests = [ImageRequest(" ".join(args.prompt), n=args.n, guidance=args.cfg, sampling=sampling, seed=args.seed,
+                             jacobi=args.jacobi, size=args.size, image=Path(args.image),
+                             mask=Path(args.mask) if args.mask else None, region=region, outpaint=outpaint,
+                             overlap=args.overlap)]
+    _generate_to_folder(args, requests, {"image": str(args.image), "mask": args.mask, "region": region,
+                                         "outpaint": outpaint, "size": args.size, "overlap": args.overlap})
+
+
+def _generate_to_folder(args: argparse.Namespace, requests: list, extra: dict) -> None:
     import json
     import time
 
     import numpy as np
-
-    from openjanus.requests import ImageRequest
 
     out = Path(args.out)
     written = ("run.json", "tokens.npy")
@@ -233,10 +275,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise UserError(f"{out} already holds the output of a run (image_*.png / tokens.npy / run.json); "
                         "choose another folder or pass --overwrite")
     pipe = _pipeline(args)
-    sampling = _sampling_params(args)
-    # Prompt i uses seed + i, so two prompts of one run never share a random stream.
-    requests = [ImageRequest(p, n=args.n, guidance=args.cfg, sampling=sampling, seed=args.seed + i,
-                             jacobi=args.jacobi) for i, p in enumerate(args.prompt)]
+    sampling = requests[0].sampling
     t0 = time.perf_counter()
     results = pipe.run(requests, progress=True, desc=f"sampling {args.n * len(requests)} image(s)")
     seconds = time.perf_counter() - t0
@@ -252,12 +291,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
     np.save(out / "tokens.npy", tokens)
     run = {
         "model": pipe.name, "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
-        "prompts": list(args.prompt), "n": args.n, "guidance": args.cfg, "temperature": sampling.temperature,
+        "prompts": [r.prompt for r in requests], "n": args.n, "guidance": args.cfg,
+        "temperature": sampling.temperature,
         "top_k": sampling.top_k, "top_p": sampling.top_p, "seed": args.seed, "jacobi": args.jacobi,
         "quantize": args.quantize, "weights": pipe.weights, "batch_rows": args.batch_rows,
         "kv_cache_gib": args.kv_cache_gib, "compile": args.compile, "seconds": round(seconds, 3),
         "forward_passes": sum(r.cost.forward_passes for r in results),
-        "tokens_per_image": pipe.model.cfg.num_gen_tokens, "images": files,
+        "tokens_per_image": int(tokens.shape[1]), "token_grid": list(results[0].grid or (pipe.model.cfg.vq.grid,) * 2),
+        "image_size": list(results[0].size), **extra, "images": files,
     }
     (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     print(f"wrote {len(files)} image(s), tokens.npy {list(tokens.shape)} and run.json to {out} "
@@ -378,8 +419,39 @@ def build_parser() -> argparse.ArgumentParser:
                         "hold them): larger n runs in batches of this")
     kv_cache_flag(p)
     p.add_argument("--jacobi", type=int_range(0, 64), default=0, help="speculative Jacobi window (0 = off)")
+    p.add_argument("--size", type=image_size, default=None,
+                   help="WIDTHxHEIGHT in pixels, multiples of the image token size (16 px for Janus-Pro), from the "
+                        "native size up to 4x it per side: larger or non-square images by a sliding window")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("edit", help="edit, inpaint or outpaint an image from a prompt")
+    _common(p)
+    _sampling(p, temperature=1.0)
+    p.add_argument("prompt", nargs="+", help="what the image should show (the whole image, not only the change)")
+    p.add_argument("--image", required=True, help="the image to edit")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--mask", default=None,
+                       help="PNG whose fully transparent pixels mark the area to regenerate (OpenAI's convention); "
+                            "without --mask, --region or --outpaint the image's own transparency is the mask")
+    where.add_argument("--region", default=None, help="x0,y0,x1,y1: the pixel box of the image to regenerate")
+    where.add_argument("--outpaint", default=None,
+                       help="extend the image: SIDE=PIXELS[,...] with sides left, right, up, down (e.g. right=128)")
+    p.add_argument("--out", required=True, help="output folder")
+    _check_finite_flag(p)
+    p.add_argument("-n", type=positive_int, default=1, help="images")
+    p.add_argument("--cfg", type=finite_float, default=5.0, help="classifier-free guidance weight")
+    p.add_argument("--size", type=image_size, default=None,
+                   help="WIDTHxHEIGHT of the result (default: the image's aspect, short side native); the image is "
+                        "scaled to cover it and centre-cropped")
+    p.add_argument("--overlap", type=finite_float, default=0.5,
+                   help="sliding-window overlap, a fraction of the window side, for sizes above native")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    p.add_argument("--batch-rows", type=int_range(2), default=None, help="LLM rows decoded together (2 per image)")
+    kv_cache_flag(p)
+    p.add_argument("--jacobi", type=int_range(0, 64), default=0, help="speculative Jacobi window (0 = off)")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")
+    p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser("vq", help="image -> VQ codes -> image, printing the PSNR")
     _common(p)
