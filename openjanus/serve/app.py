@@ -29,11 +29,13 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from openjanus.canvas import Geometry, check_size, parse_size
 from openjanus.errors import UserError
-from openjanus.images import ImageLoadError
+from openjanus.images import ImageLoadError, has_alpha
 from openjanus.inference.engine import Cancelled, ContextTooLong, QueueFull, RequestHandle
 from openjanus.inference.pipeline import JanusPipeline
 from openjanus.requests import MAX_SEED, ChatRequest, ImageProgress, ImageRequest, Message, SamplingParams, TextDelta
+from openjanus.serve.edits import EditForm, FormError, read_edit_form
 
 log = logging.getLogger("openjanus.serve")
 STATIC = Path(__file__).parent / "static"
@@ -154,7 +156,7 @@ def _fetch_image(url: str, settings: ServeSettings, param: str) -> bytes:
     return raw
 
 
-def _image_from_bytes(raw: bytes, settings: ServeSettings, param: str) -> Image.Image:
+def _image_from_bytes(raw: bytes, settings: ServeSettings, param: str, keep_alpha: bool = False) -> Image.Image:
     try:
         with Image.open(io.BytesIO(raw)) as probe:  # reads the header only
             w, h = probe.size
@@ -170,7 +172,7 @@ def _image_from_bytes(raw: bytes, settings: ServeSettings, param: str) -> Image.
     try:
         from openjanus.images import open_image
 
-        return open_image(raw)
+        return open_image(raw, keep_alpha=keep_alpha)
     except ImageLoadError as e:
         raise APIError(400, str(e), param=param, code="invalid_image") from None
 
@@ -256,7 +258,11 @@ def _chat_request(body: dict, settings: ServeSettings) -> ChatRequest:
                        seed=_seed(body), stop=tuple(stop or ()))
 
 
-def _image_request(body: dict, pipe: JanusPipeline, settings: ServeSettings) -> ImageRequest:
+def _image_request(body: dict, pipe: JanusPipeline, settings: ServeSettings,
+                   edit: EditForm | None = None) -> ImageRequest:
+    """The typed request of an images-generations body, or of an edits form (`edit`: its image
+    and mask; `body` its text fields). `size` is "auto" or WxH: any multiple of the image token
+    size from the native side up to the cap (a sliding window above native)."""
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise APIError(400, "'prompt' must be a non-empty string", param="prompt")
@@ -266,11 +272,25 @@ def _image_request(body: dict, pipe: JanusPipeline, settings: ServeSettings) -> 
     n = _field(body, "n", int, 1)
     if not 1 <= n <= settings.max_n:
         raise APIError(400, f"'n' must be between 1 and {settings.max_n}, got {n}", param="n")
-    native = f"{pipe.image_size}x{pipe.image_size}"
     size = _field(body, "size", str, "auto")
-    if size not in ("auto", native):
-        raise APIError(400, f"size {size!r} is not supported: this model generates {native} images (or use 'auto')",
-                       param="size", code="unsupported_size")
+    wh = None
+    if size != "auto":
+        geo = Geometry.of(pipe.model.cfg)
+        try:
+            wh = check_size(*parse_size(size), geo)
+        except UserError as e:
+            raise APIError(400, f"size {size!r} is not supported: {e}", param="size", code="unsupported_size") from None
+    extra: dict[str, Any] = {}
+    if edit is not None:
+        extra["image"] = _image_from_bytes(edit.image, settings, "image", keep_alpha=True)
+        if edit.mask is not None:
+            extra["mask"] = _image_from_bytes(edit.mask, settings, "mask", keep_alpha=True)
+            if not has_alpha(extra["mask"]):
+                raise APIError(400, "the mask has no alpha channel: send a PNG whose transparent pixels mark the "
+                                    "area to edit", param="mask", code="invalid_image")
+        elif not has_alpha(extra["image"]):
+            raise APIError(400, "no mask given and the image has no transparent pixels: send a mask (a PNG whose "
+                                "transparent pixels mark the area to edit)", param="mask")
     fmt = _field(body, "response_format", str, "b64_json")
     if fmt != "b64_json":
         raise APIError(400, "only response_format 'b64_json' is supported (the server keeps no files)",
@@ -281,7 +301,7 @@ def _image_request(body: dict, pipe: JanusPipeline, settings: ServeSettings) -> 
     sampling = SamplingParams(_number(body, "temperature", 0, 2, 1.0), top_k=_field(body, "top_k", int),
                               top_p=_number(body, "top_p", 0, 1, None) or None)
     return ImageRequest(prompt, n=n, guidance=_number(body, "guidance_scale", 0, 100, 5.0), sampling=sampling,
-                        seed=_seed(body), jacobi=_field(body, "jacobi", int, 0))
+                        seed=_seed(body), jacobi=_field(body, "jacobi", int, 0), size=wh, **extra)
 
 
 def _png(image: Image.Image) -> str:
@@ -495,14 +515,29 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
     @app.post("/v1/images/generations")
     async def image_generations(request: Request):
         body = await read_json(request)
-        image_request = _image_request(body, pipe, settings)
+        return await respond_images(request, body, _image_request(body, pipe, settings), "image_generation")
+
+    @app.post("/v1/images/edits")
+    async def image_edits(request: Request):
+        """OpenAI's images-edit API: a multipart form with `image`, an optional `mask` (a PNG
+        whose transparent pixels mark the area to edit; without it, the image's own transparent
+        pixels), `prompt`, `n`, `size`, `response_format`, `stream`, `partial_images`."""
+        try:
+            form = await read_edit_form(request, settings.max_body_bytes)
+        except FormError as e:
+            raise APIError(413 if "over the limit" in str(e) else 400, str(e), param=e.param) from None
+        image_request = await anyio.to_thread.run_sync(_image_request, form.body, pipe, settings, form)
+        return await respond_images(request, form.body, image_request, "image_edit")
+
+    async def respond_images(request: Request, body: dict, image_request: ImageRequest, kind: str):
         partial = _field(body, "partial_images", int, 0)
         if not 0 <= partial <= 3:
             raise APIError(400, "'partial_images' must be between 0 and 3", param="partial_images")
         handle = await submit(image_request)
-        size = f"{pipe.image_size}x{pipe.image_size}"
+        w, h = handle.canvas.canvas.output_size if handle.canvas is not None else (pipe.image_size,) * 2
+        size = f"{w}x{h}"
         if body.get("stream"):
-            return StreamingResponse(_image_stream(handle, partial, size), media_type="text/event-stream",
+            return StreamingResponse(_image_stream(handle, partial, size, kind), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         result = await wait(handle, request)
         metrics.images.inc(len(result.images))
@@ -511,7 +546,8 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
                                                       for im in result.images],
                 "output_format": "png", "size": size}
 
-    async def _image_stream(handle: RequestHandle, partial: int, size: str) -> AsyncIterator[bytes]:
+    async def _image_stream(handle: RequestHandle, partial: int, size: str,
+                            kind: str = "image_generation") -> AsyncIterator[bytes]:
         def event(kind: str, payload: dict) -> bytes:
             body = {"type": kind, "created_at": int(time.time()), "size": size, "quality": "auto",
                     "background": "opaque", "output_format": "png", **payload}
@@ -524,13 +560,17 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
                 if not isinstance(ev, ImageProgress) or sent >= partial or ev.steps >= ev.total:
                     continue
                 if ev.steps / ev.total >= marks[sent]:
-                    tokens = handle.partial_tokens()
-                    if tokens is None or tokens.shape[1] == 0:
-                        continue
-                    images = await anyio.to_thread.run_sync(_decode_partial, pipe, tokens)
+                    if handle.canvas is not None:
+                        tokens, grid = handle.partial_canvas()
+                        images = await anyio.to_thread.run_sync(_decode_canvas, pipe, tokens, grid,
+                                                                handle.canvas.canvas.crop)
+                    else:
+                        tokens = handle.partial_tokens()
+                        if tokens is None or tokens.shape[1] == 0:
+                            continue
+                        images = await anyio.to_thread.run_sync(_decode_partial, pipe, tokens)
                     for im in images:
-                        yield event("image_generation.partial_image", {"b64_json": _png(im),
-                                                                       "partial_image_index": sent})
+                        yield event(f"{kind}.partial_image", {"b64_json": _png(im), "partial_image_index": sent})
                     sent += 1
             try:
                 result = handle.result()
@@ -546,7 +586,7 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
                      "input_tokens_details": {"image_tokens": 0, "text_tokens": prompt_tokens},
                      "output_tokens": image_tokens, "total_tokens": prompt_tokens + image_tokens}
             for im in result.images:
-                yield event("image_generation.completed", {"b64_json": _png(im), "usage": usage})
+                yield event(f"{kind}.completed", {"b64_json": _png(im), "usage": usage})
         finally:
             handle.cancel()
 
@@ -568,6 +608,13 @@ def _stream_error(e: Exception) -> dict:
 def _usage(result) -> dict:
     return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens}
+
+
+def _decode_canvas(pipe: JanusPipeline, tokens, grid: tuple[int, int], crop) -> list[Image.Image]:
+    """A preview of an image-conditioned request's canvas (positions not decoded yet filled)."""
+    native = (pipe.model.cfg.vq.grid,) * 2
+    images = pipe.decode_tokens(tokens, None if tuple(grid) == native else grid)
+    return [im.crop(crop) for im in images] if crop is not None else images
 
 
 def _decode_partial(pipe: JanusPipeline, tokens) -> list[Image.Image]:
