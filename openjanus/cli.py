@@ -381,6 +381,38 @@ def cmd_info(args: argparse.Namespace) -> None:
               f"(weights + KV cache); in one batch {(weights + kv) / 2**30:.2f} GiB")
     print(f"LLM: dim {c.dim}, {c.n_layers} layers, {c.n_heads} heads ({c.n_kv_heads} kv), ffn {c.ffn_dim}, "
           f"vocab {c.vocab_size}; image tokens: {cfg.num_und_tokens} understanding, {cfg.num_gen_tokens} generation")
+    if args.size is not None:
+        _info_canvas(cfg, args, per_row, nbytes, weights)
+
+
+def _info_canvas(cfg, args: argparse.Namespace, per_row: int, nbytes: int, weights: int) -> None:
+    """What an image of --size takes: its token grid, the sliding windows and their waves, the
+    tokens sampled and the forward passes, the KV cache of the widest wave, and the VQ decoder's
+    largest activation over the whole canvas."""
+    import torch
+
+    from openjanus.canvas import Geometry, check_size, plan_windows
+
+    geo = Geometry.of(cfg)
+    width, height = check_size(*args.size, geo)
+    rows, cols = height // geo.patch, width // geo.patch
+    windows = plan_windows(torch.ones(rows, cols, dtype=torch.bool), geo.native, args.overlap)
+    waves = max(w.wave for w in windows) + 1
+    widest = max(sum(w.wave == k for w in windows) for k in range(waves))
+    sampled = rows * cols
+    kv = widest * args.batch * 2 * per_row
+    # The decoder's first level runs at full resolution with base_channels x channel_mult[0] channels.
+    top = cfg.vq.base_channels * cfg.vq.channel_mult[0] * width * height * nbytes
+    print(f"{width}x{height}: {rows} x {cols} = {sampled} image tokens ({sampled / geo.native ** 2:.2f} x native); "
+          f"{len(windows)} windows of {geo.native} x {geo.native} (overlap {args.overlap:g}) in {waves} waves, "
+          f"at most {widest} at once")
+    print(f"  sampled: {sampled} tokens per image, in {sampled} forward passes (each window: its prefill with the "
+          f"known tokens before its first sampled one, then one pass per sampled token but its last, a known "
+          f"run riding along with the token before it)")
+    print(f"  KV cache: {kv / 2**30:.3f} GiB for {args.batch} image(s) ({widest} window(s) x 2 rows x "
+          f"{args.prompt_len + cfg.num_gen_tokens} positions); with the weights {(weights + kv) / 2**30:.2f} GiB")
+    print(f"  VQ decode of the whole canvas: its largest single activation is {top / 2**30:.2f} GiB per image "
+          f"({cfg.vq.base_channels * cfg.vq.channel_mult[0]} channels x {width} x {height})")
 
 
 # --- entry point ------------------------------------------------------------------------------
@@ -467,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=positive_int, default=64, help="prompt tokens assumed for image generation")
     p.add_argument("--seq-len", type=positive_int, default=None,
                    help="estimate the KV cache for plain sequences of this length")
+    p.add_argument("--size", type=image_size, default=None,
+                   help="also state what an image of WIDTHxHEIGHT takes (tokens, windows, memory)")
+    p.add_argument("--overlap", type=finite_float, default=0.5, help="sliding-window overlap for --size")
     kv_cache_flag(p)
     p.set_defaults(func=cmd_info)
 

@@ -79,3 +79,13 @@ def exit_code(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as e:
         return e.code
+
+
+def test_info_states_tokens_windows_and_memory_of_a_size(capsys):
+    assert main(["info", "--model", "janus-pro-1b", "--dtype", "bfloat16", "--size", "768x384"]) == 0
+    out = capsys.readouterr().out
+    assert "768x384: 24 x 48 = 1152 image tokens (2.00 x native); 3 windows of 24 x 24 (overlap 0.5) in 3 waves" in out
+    # one window at a time: the KV cache of one native image, 2 rows x (64 + 576) positions x 24 layers x 2 x 2048 x 2 B
+    assert "KV cache: 0.234 GiB for 1 image(s) (1 window(s) x 2 rows x 640 positions)" in out
+    assert "128 channels x 768 x 384" in out
+    assert exit_code(["info", "--model", "janus-pro-1b", "--size", "770x384"]) == 2
