@@ -165,33 +165,88 @@ def run_edit(pipe, args, grids: dict) -> dict:
         target = with_prompt(Spec("two_object", (Requirement(new[1], color=new[0]),
                                                  Requirement(keep_obj.shape, color=keep_obj.color))))
         cases.append((change, scene, edit_obj, keep_obj, new, target))
-    new_ok, kept_ok, both = {"colour": Score(), "shape": Score()}, Score(), Score()
-    reqs = []
-    for i, (_, scene, edit_obj, _, _, target) in enumerate(cases):
-        region = _pad_box(edit_obj.bbox(size), size, patch)
-        reqs.append(ImageRequest(target.prompt, n=args.images, seed=args.seed + i, image=render(scene, size),
-                                 region=region))
-    shown = []
-    for k, ((change, scene, edit_obj, keep_obj, new, _), r) in enumerate(
-            zip(cases, pipe.run(reqs, progress=True, desc="edit"))):
-        region = r.request.region
-        for im in r.images:
-            dets = detect(im)
-            got_new = any(d.shape == new[1] and d.color == new[0] and _iou(d.box, region) > 0.2 for d in dets)
-            got_kept = any(d.shape == keep_obj.shape and d.color == keep_obj.color
-                           and _iou(d.box, keep_obj.bbox(size)) > 0.5 for d in dets)
-            new_ok[change].add(got_new)
-            kept_ok.add(got_kept)
-            both.add(got_new and got_kept)
-        if k < 6:
-            shown.append((f"{edit_obj.color} {edit_obj.shape} -> {new[0]} {new[1]}", render(scene, size),
-                          r.images[0], region))
-    print(f"\nedit: the region of one object regenerated, {args.prompts} scenes x {args.images} images")
-    print(f"new object (colour changed) {new_ok['colour']}   new object (shape changed) {new_ok['shape']}   "
-          f"untouched object kept {kept_ok}   both {both}")
-    grids["edit"] = shown
-    return {"new colour": vars(new_ok["colour"]), "new shape": vars(new_ok["shape"]), "kept": vars(kept_ok),
-            "both": vars(both)}
+    from openjanus.canvas import mask_from_region
+
+    grid = pipe.model.cfg.vq.grid
+    out: dict = {}
+    print(f"\nedit: the tokens of one object's box regenerated with a prompt naming it in another colour or shape, "
+          f"{args.prompts} scenes x {args.images} images")
+    print(f"{'variant':>34} | new (colour)        | new (shape)         | other kept          | both"
+          f"                | both, best of {args.images}")
+    for grow, guidance in args.edit_variants:
+        new_ok, kept_ok, both, best = {"colour": Score(), "shape": Score()}, Score(), Score(), Score()
+        reqs, regions = [], []
+        for i, (_, scene, edit_obj, _, _, target) in enumerate(cases):
+            region = _pad_box(edit_obj.bbox(size), size, patch)
+            mask = mask_from_region(region, (size, size), size, size, patch)
+            if grow:  # also re-sample the tokens just after the box in raster order: right and below
+                rows, cols = torch.nonzero(mask, as_tuple=True)
+                r1, c1 = int(rows.max()) + 1, int(cols.max()) + 1
+                mask[int(rows.min()):min(grid, r1 + grow), int(cols.min()):min(grid, c1 + grow)] = True
+            regions.append(region)
+            reqs.append(ImageRequest(target.prompt, n=args.images, seed=args.seed + i, guidance=guidance,
+                                     image=render(scene, size), mask=mask))
+        shown = []
+        for k, ((change, scene, edit_obj, keep_obj, new, _), region, r) in enumerate(
+                zip(cases, regions, pipe.run(reqs, progress=True, desc=f"edit +{grow} g{guidance:g}"))):
+            any_ok = False
+            for im in r.images:
+                dets = detect(im)
+                got_new = any(d.shape == new[1] and d.color == new[0] and _iou(d.box, region) > 0.2 for d in dets)
+                got_kept = any(d.shape == keep_obj.shape and d.color == keep_obj.color
+                               and _iou(d.box, keep_obj.bbox(size)) > 0.5 for d in dets)
+                new_ok[change].add(got_new)
+                kept_ok.add(got_kept)
+                both.add(got_new and got_kept)
+                any_ok |= got_new and got_kept
+            best.add(any_ok)
+            if k < 6:
+                shown.append((f"{edit_obj.color} {edit_obj.shape} -> {new[0]} {new[1]}", render(scene, size),
+                              r.images[0], reqs[k].mask))
+        name = f"box{f' + {grow} token right/below' if grow else ''}, guidance {guidance:g}"
+        print(f"{name:>34} | {new_ok['colour']!s:>19} | {new_ok['shape']!s:>19} | {kept_ok!s:>19} | {both!s:>19} "
+              f"| {best}")
+        if (grow, guidance) == tuple(args.edit_variants[0]):
+            grids["edit"] = shown
+        out[name] = {"new colour": vars(new_ok["colour"]), "new shape": vars(new_ok["shape"]), "kept": vars(kept_ok),
+                     "both": vars(both), f"best of {args.images}": vars(best)}
+    return out
+
+
+def run_outpaint(pipe, args, grids: dict) -> dict:
+    """A scene extended by the native side to the right, left, down or up. Measured: the seam, as
+    the mean colour step across the boundary over the mean step between neighbouring pixel lines
+    elsewhere (1 = no visible seam), and whether the source's objects are still found."""
+    from openjanus.requests import ImageRequest
+    from openjanus.shapes import detect
+
+    size = pipe.image_size
+    data = list(scenes(args.prompts, size, args.seed + 1, ("single_object", "colors")))
+    out, shown = {}, []
+    print(f"\noutpaint: {args.prompts} scenes x {args.images} images, extended by {size} px")
+    print(f"{'side':>6} | seam (step ratio, 1 = none) | source objects still found")
+    for side in ("right", "left", "down", "up"):
+        reqs = [ImageRequest(spec.prompt, n=args.images, seed=args.seed + i, image=image, outpaint={side: size})
+                for i, (spec, _, image) in enumerate(data)]
+        ratios, found = [], Score()
+        for (_, scene, _), r in zip(data, pipe.run(reqs, progress=True, desc=f"outpaint {side}")):
+            for im in r.images:
+                a = np.asarray(im, dtype=np.float32)
+                if side in ("up", "down"):
+                    a = a.transpose(1, 0, 2)  # lines are columns now: the seam is vertical
+                cut = size if side in ("right", "down") else a.shape[1] - size
+                steps = np.abs(np.diff(a, axis=1)).mean(axis=(0, 2))  # [W - 1]: step between neighbouring lines
+                ratios.append(float(steps[cut - 1] / np.delete(steps, cut - 1).mean()))
+                crop = im.crop((0, 0, size, size) if side in ("right", "down") else
+                               ((size, 0, 2 * size, size) if side == "left" else (0, size, size, 2 * size)))
+                dets = detect(crop)
+                found.add(all(any(d.shape == o.shape and d.color == o.color for d in dets) for o in scene.objects))
+        shown.append((side, data[0][2], r.images[0]))
+        out[side] = {"seam ratio mean": float(np.mean(ratios)), "seam ratio median": float(np.median(ratios)),
+                     "objects found": vars(found)}
+        print(f"{side:>6} | {np.mean(ratios):6.2f} (median {np.median(ratios):.2f})       | {found}")
+    grids["outpaint"] = shown
+    return out
 
 
 WIDE_PROMPTS = [("a red circle to the left of a blue square", ("square", "blue"), ("circle", "red")),
@@ -281,29 +336,43 @@ def write_grids(grids: dict, folder: Path, scale: int) -> None:
             rows.append(row)
         sheet(rows).save(folder / "editing-completion.png")
     if "edit" in grids:
-        rows = []
-        for _, src, res, region in grids["edit"]:
-            boxed = src.copy()
-            ImageDraw.Draw(boxed).rectangle([region[0], region[1], region[2] - 1, region[3] - 1], outline=(255, 0, 255))
-            rows.append([big(boxed), big(res)])
+        rows = [[big(masked(src, mask)), big(res)] for _, src, res, mask in grids["edit"]]
         half = (len(rows) + 1) // 2
-        sheet([a + b for a, b in zip(rows[:half], rows[half:] + [[]] * (2 * half - len(rows)))]
-              if len(rows) > 1 else rows).save(folder / "editing-edit.png")
+        sheet([a + b for a, b in zip(rows[:half], rows[half:])] if len(rows) > 1 else rows).save(
+            folder / "editing-edit.png")
+    if "outpaint" in grids:
+        rows = []
+        for side, src, res in grids["outpaint"]:
+            pad = Image.new("RGB", res.size, "white")
+            pad.paste(src, {"right": (0, 0), "down": (0, 0), "left": (res.width - src.width, 0),
+                            "up": (0, res.height - src.height)}[side])
+            rows.append([big(pad), big(res)])
+        wide = [r for r, (side, _, _) in zip(rows, grids["outpaint"]) if side in ("right", "left")]
+        tall = [r for r, (side, _, _) in zip(rows, grids["outpaint"]) if side in ("down", "up")]
+        sheet(wide).save(folder / "editing-outpaint-wide.png")
+        sheet([a + b for a, b in zip(tall[:1], tall[1:])] or tall).save(folder / "editing-outpaint-tall.png")
     if "wide" in grids:
         rows = [[big(n), big(w)] for (_, n), (_, w) in zip(grids.get("native", grids["wide"]), grids["wide"])]
         sheet(rows).save(folder / "editing-wide.png")
+
+
+def _variant(text: str) -> tuple[int, float]:
+    grow, guidance = text.split(":")
+    return int(grow), float(guidance)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="folder or preset (default: the shipped demo model)")
     ap.add_argument("--dtype", default="float32")
-    tasks = ["completion", "edit", "wide"]
+    tasks = ["completion", "edit", "outpaint", "wide"]
     ap.add_argument("--tasks", nargs="+", default=tasks, choices=tasks)
     ap.add_argument("--prompts", type=int, default=24, help="scenes per task")
     ap.add_argument("--images", type=int, default=4, help="images per scene")
     ap.add_argument("--masks", nargs="+", default=list(MASKS), choices=MASKS)
     ap.add_argument("--overlaps", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    ap.add_argument("--edit-variants", type=_variant, nargs="+", default=[(0, 5.0), (1, 5.0), (0, 8.0)],
+                    help="GROW:GUIDANCE pairs: tokens re-sampled right of and below the box, guidance")
     ap.add_argument("--wide-repeats", type=int, default=6, help="seeds per wide prompt")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rows", type=int, default=32, help="batch rows of the engine")
@@ -323,7 +392,7 @@ def main() -> None:
     grids: dict = {}
     report = {"model": pipe.weights, "args": {k: str(v) for k, v in vars(args).items()}}
     t0 = time.perf_counter()
-    tasks = {"completion": run_completion, "edit": run_edit, "wide": run_wide}
+    tasks = {"completion": run_completion, "edit": run_edit, "outpaint": run_outpaint, "wide": run_wide}
     for name in args.tasks:
         report[name] = tasks[name](pipe, args, grids)
     print(f"\n{time.perf_counter() - t0:.0f} s in all")

@@ -318,13 +318,18 @@ def _offsets(extent: int, native: int, overlap: int) -> list[int]:
 def plan_windows(regenerate: Tensor, native: int, overlap: float = DEFAULT_OVERLAP) -> list[Window]:
     """The windows that sample every True token of `regenerate` [grid_h, grid_w] exactly once.
 
-    Windows are taken in raster order (rows of windows top to bottom, each left to right),
-    neighbours overlapping by `overlap` x native tokens (at least one, less than native), so each
-    window sees what the ones before it made along its top and left edges, where raster order
-    reads first. A window reads the tokens of earlier windows that lie in its area (`after`);
-    its `wave` is one more than theirs, so running wave after wave (windows of a wave together)
-    gives exactly the tokens of running them one by one. Windows with nothing to sample are left
-    out; a canvas of the native size is one window.
+    Window positions are a grid over the canvas, neighbours overlapping by `overlap` x native
+    tokens (at least one, less than native). They are taken one at a time, each time the one
+    whose tokens to sample see the most known tokens before them in raster order (the model's
+    context; known: from the source, or sampled by a window taken earlier), ties broken by the
+    most known tokens, then raster order. A canvas with nothing known is therefore covered in
+    raster order (each window continuing the ones above and to its left), and an image extended
+    to the left is grown outward from the image instead of meeting it from a blank start.
+
+    A window reads the tokens of earlier windows that lie in its area (`after`); its `wave` is
+    one more than theirs, so running wave after wave (windows of a wave together) gives exactly
+    the tokens of running them one by one. Windows with nothing to sample are left out; a canvas
+    of the native size is one window.
     """
     grid_h, grid_w = regenerate.shape
     if grid_h < native or grid_w < native:
@@ -334,19 +339,30 @@ def plan_windows(regenerate: Tensor, native: int, overlap: float = DEFAULT_OVERL
         raise UserError(f"overlap must be in [0, 1) of the window side, got {overlap}")
     step_overlap = min(native - 1, max(1, round(overlap * native)))
     owner = torch.full((grid_h, grid_w), -1, dtype=torch.long)  # which window samples each token
+    positions = [(y, x) for y in _offsets(grid_h, native, step_overlap) for x in _offsets(grid_w, native, step_overlap)]
     windows: list[Window] = []
-    for y in _offsets(grid_h, native, step_overlap):
-        for x in _offsets(grid_w, native, step_overlap):
+    while True:
+        best, best_key = None, None
+        for rank, (y, x) in enumerate(positions):
             area = (slice(y, y + native), slice(x, x + native))
-            todo = regenerate[area] & (owner[area] < 0)
+            todo = (regenerate[area] & (owner[area] < 0)).reshape(-1)
             if not todo.any():
                 continue
-            index = len(windows)
-            after = tuple(sorted({int(o) for o in owner[area].unique() if o >= 0}))
-            wave = 1 + max((windows[a].wave for a in after), default=-1)
-            owner[area][todo] = index
-            windows.append(Window(index, x, y, wave, after, todo.clone()))
-    return windows
+            known = (~regenerate[area] | (owner[area] >= 0)).reshape(-1)
+            seen = (torch.cumsum(known.long(), 0) * todo).sum() / todo.sum()  # known tokens before each sampled one
+            key = (-float(seen), -int(known.sum()), rank)
+            if best_key is None or key < best_key:
+                best, best_key = (y, x), key
+        if best is None:
+            return windows
+        y, x = best
+        area = (slice(y, y + native), slice(x, x + native))
+        todo = regenerate[area] & (owner[area] < 0)
+        index = len(windows)
+        after = tuple(sorted({int(o) for o in owner[area].unique() if o >= 0}))
+        wave = 1 + max((windows[a].wave for a in after), default=-1)
+        owner[area][todo] = index
+        windows.append(Window(index, x, y, wave, after, todo.clone()))
 
 
 # --- a request's canvas -----------------------------------------------------------------------

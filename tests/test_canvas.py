@@ -255,3 +255,16 @@ def test_canvas_tokens_feed_each_window_what_came_before():
     run.write(second, torch.full((2, 64), 7))
     assert run.done and run.tokens.shape == (2, 128)
     assert run.tokens.view(2, 8, 16)[0, 0].tolist() == [*range(8), *[1000] * 4, *[7] * 4]
+
+
+def test_windows_grow_outward_from_what_is_known():
+    left = torch.zeros(8, 16, dtype=torch.bool)
+    left[:, :8] = True  # the image is the right half: outpainting to the left
+    plan = plan_windows(left, 8, 0.5)
+    assert [(w.x, w.y, w.wave) for w in plan] == [(4, 0, 0), (0, 0, 1)]
+    right = torch.zeros(8, 16, dtype=torch.bool)
+    right[:, 8:] = True
+    assert [(w.x, w.y) for w in plan_windows(right, 8, 0.5)] == [(4, 0), (8, 0)]
+    up = torch.zeros(16, 8, dtype=torch.bool)
+    up[:8] = True  # nothing known comes before the new rows: the window touching the image, then above
+    assert [(w.x, w.y) for w in plan_windows(up, 8, 0.5)] == [(0, 4), (0, 0)]
