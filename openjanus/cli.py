@@ -339,7 +339,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     from openjanus.checkpoints import read_config
     from openjanus.config import JanusConfig
     from openjanus.devices import resolve_device, resolve_dtype
-    from openjanus.inference.engine import EngineConfig, rows_that_fit
+    from openjanus.inference.engine import EngineConfig, kv_bytes_per_token, rows_that_fit
     from openjanus.inference.pipeline import prepare_for_inference, resolve_model_source
     from openjanus.model.janus import Janus
 
@@ -363,10 +363,9 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"  {name:<14} {n:>15,d}")
     print(f"  {'total':<14} {total:>15,d}   weights: {weights / 2**30:.2f} GiB")
     c = cfg.llm
-    nbytes = torch.finfo(dtype).bits // 8
     seq = args.seq_len or (args.prompt_len + cfg.num_gen_tokens)
     rows = args.batch * (1 if args.seq_len else 2)  # image generation runs cond + uncond rows
-    per_row = 2 * c.n_layers * c.n_kv_heads * seq * c.head_dim * nbytes
+    per_row = seq * kv_bytes_per_token(model)  # the engine's own formula
     kv = rows * per_row
     what = f"{rows} rows x {seq} positions" + ("" if args.seq_len else f" (batch {args.batch} images with CFG)")
     print(f"KV cache: {kv / 2**30:.3f} GiB for {what}")
