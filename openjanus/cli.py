@@ -381,7 +381,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"LLM: dim {c.dim}, {c.n_layers} layers, {c.n_heads} heads ({c.n_kv_heads} kv), ffn {c.ffn_dim}, "
           f"vocab {c.vocab_size}; image tokens: {cfg.num_und_tokens} understanding, {cfg.num_gen_tokens} generation")
     if args.size is not None:
-        _info_canvas(cfg, args, per_row, nbytes, weights)
+        _info_canvas(cfg, args, per_row, dtype.itemsize, weights)
 
 
 def _info_canvas(cfg, args: argparse.Namespace, per_row: int, nbytes: int, weights: int) -> None:
