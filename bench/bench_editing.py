@@ -229,7 +229,8 @@ def run_outpaint(pipe, args, grids: dict) -> dict:
         reqs = [ImageRequest(spec.prompt, n=args.images, seed=args.seed + i, image=image, outpaint={side: size})
                 for i, (spec, _, image) in enumerate(data)]
         ratios, found = [], Score()
-        for (_, scene, _), r in zip(data, pipe.run(reqs, progress=True, desc=f"outpaint {side}")):
+        results = pipe.run(reqs, progress=True, desc=f"outpaint {side}")
+        for (_, scene, _), r in zip(data, results):
             for im in r.images:
                 a = np.asarray(im, dtype=np.float32)
                 if side in ("up", "down"):
@@ -241,7 +242,7 @@ def run_outpaint(pipe, args, grids: dict) -> dict:
                                ((size, 0, 2 * size, size) if side == "left" else (0, size, size, 2 * size)))
                 dets = detect(crop)
                 found.add(all(any(d.shape == o.shape and d.color == o.color for d in dets) for o in scene.objects))
-        shown.append((side, data[0][2], r.images[0]))
+        shown.append((side, data[0][2], results[0].images[0]))
         out[side] = {"seam ratio mean": float(np.mean(ratios)), "seam ratio median": float(np.median(ratios)),
                      "objects found": vars(found)}
         print(f"{side:>6} | {np.mean(ratios):6.2f} (median {np.median(ratios):.2f})       | {found}")
