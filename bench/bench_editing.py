@@ -224,7 +224,7 @@ def run_outpaint(pipe, args, grids: dict) -> dict:
     data = list(scenes(args.prompts, size, args.seed + 1, ("single_object", "colors")))
     out, shown = {}, []
     print(f"\noutpaint: {args.prompts} scenes x {args.images} images, extended by {size} px")
-    print(f"{'side':>6} | seam (step ratio, 1 = none) | source objects still found")
+    print(f"{'side':>6} | seam: step across / mean step elsewhere | source objects still found")
     for side in ("right", "left", "down", "up"):
         reqs = [ImageRequest(spec.prompt, n=args.images, seed=args.seed + i, image=image, outpaint={side: size})
                 for i, (spec, _, image) in enumerate(data)]
@@ -271,6 +271,7 @@ WIDE_PROMPTS = [("a red circle to the left of a blue square", ("square", "blue")
 
 
 def run_wide(pipe, args, grids: dict) -> dict:
+    from openjanus.canvas import Geometry, plan_windows
     from openjanus.requests import ImageRequest
     from openjanus.shapes import score_image
     from openjanus.shapes.spec import Requirement, Spec
@@ -282,9 +283,9 @@ def run_wide(pipe, args, grids: dict) -> dict:
     rows = []
     configs = [("native", None, None)] + [("2x wide", (2 * size, size), ov) for ov in args.overlaps]
     for name, wh, overlap in configs:
-        reqs = [ImageRequest(s.prompt, n=args.images, seed=args.seed + i, size=wh,
+        reqs = [ImageRequest(s.prompt, n=args.images, seed=args.seed + 1000 * i + k, size=wh,
                              **({"overlap": overlap} if overlap is not None else {}))
-                for i, s in enumerate(specs) for _ in range(args.wide_repeats)]
+                for i, s in enumerate(specs) for k in range(args.wide_repeats)]
         t0 = time.perf_counter()
         results = pipe.run(reqs, progress=True, desc=f"{name} {overlap or ''}")
         seconds = time.perf_counter() - t0
@@ -295,17 +296,20 @@ def run_wide(pipe, args, grids: dict) -> dict:
         images = sum(len(r.images) for r in results)
         passes = sum(r.cost.forward_passes for r in results) / len(results)
         key = f"{name} overlap {overlap}" if overlap is not None else name
+        geo = Geometry.of(pipe.model.cfg)
+        windows = 1 if wh is None else len(plan_windows(torch.ones(wh[1] // geo.patch, wh[0] // geo.patch,
+                                                                   dtype=torch.bool), geo.native, overlap))
         out[key] = vars(score) | {"rate": score.rate, "seconds_per_image": seconds / images,
-                                  "forward_passes_per_request": passes}
-        rows.append((key, score, seconds / images, passes))
+                                  "forward_passes_per_request": passes, "windows": windows}
+        rows.append((key, score, seconds / images, passes, windows))
         if overlap == args.overlaps[len(args.overlaps) // 2] or (overlap is None and not args.overlaps):
             grids["wide"] = [(s.prompt, r.images[0]) for s, r in zip(specs, results[::args.wide_repeats])]
         if overlap is None:
             grids["native"] = [(s.prompt, r.images[0]) for s, r in zip(specs, results[::args.wide_repeats])]
     print(f"\nwide: '<a> to the left of <b>', {len(specs)} prompts x {args.wide_repeats} seeds x {args.images} images")
-    print(f"{'':>24} | accuracy             | s/image | forward passes/request")
-    for key, score, spi, passes in rows:
-        print(f"{key:>24} | {score!s:>20} | {spi:7.3f} | {passes:.0f}")
+    print(f"{'':>24} | windows | accuracy             | s/image | forward passes/request")
+    for key, score, spi, passes, windows in rows:
+        print(f"{key:>24} | {windows:7d} | {score!s:>20} | {spi:7.3f} | {passes:.0f}")
     return out
 
 
