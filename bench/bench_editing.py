@@ -213,53 +213,73 @@ def run_edit(pipe, args, grids: dict) -> dict:
     return out
 
 
+def _halves(im: Image.Image, side: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, new) pixels [h, w, 3] of an image extended by `size` on `side`."""
+    a = np.asarray(im, dtype=np.float32)
+    if side in ("up", "down"):
+        a = a.transpose(1, 0, 2)  # lines are columns now: the boundary is vertical
+    cut = size if side in ("right", "down") else a.shape[1] - size
+    kept, new = (a[:, :cut], a[:, cut:]) if side in ("right", "down") else (a[:, cut:], a[:, :cut])
+    return kept, new
+
+
+def _continuity(im: Image.Image, side: str, size: int) -> tuple[float, float]:
+    """(seam, tint): the mean colour step across the boundary over the mean step between
+    neighbouring pixel lines elsewhere; and the distance between the median colours of the kept
+    and the new part (the backgrounds dominate both), in 0..255 units."""
+    kept, new = _halves(im, side, size)
+    a = np.concatenate([kept, new], axis=1) if side in ("right", "down") else np.concatenate([new, kept], axis=1)
+    cut = kept.shape[1] if side in ("right", "down") else new.shape[1]
+    steps = np.abs(np.diff(a, axis=1)).mean(axis=(0, 2))  # [W - 1]: step between neighbouring lines
+    seam = float(steps[cut - 1] / np.delete(steps, cut - 1).mean())
+    tint = float(np.abs(np.median(kept.reshape(-1, 3), 0) - np.median(new.reshape(-1, 3), 0)).mean())
+    return seam, tint
+
+
 def run_outpaint(pipe, args, grids: dict) -> dict:
-    """A scene extended by the native side to the right, left, down or up. Measured: the seam, as
-    the mean colour step across the boundary over the mean step between neighbouring pixel lines
-    elsewhere (1 = no visible seam), and whether the source's objects are still found."""
+    """A scene extended by the native side to the right, left, down or up. Measured: how the new
+    part continues the source (seam and background tint, `_continuity`), against the source's
+    tokens with a separate image of the same prompt beside them, decoded together the same way;
+    and whether the source's objects are still found."""
     from openjanus.requests import ImageRequest
     from openjanus.shapes import detect
 
-    size = pipe.image_size
+    size, grid = pipe.image_size, pipe.model.cfg.vq.grid
     data = list(scenes(args.prompts, size, args.seed + 1, ("single_object", "colors")))
     out, shown = {}, []
     print(f"\noutpaint: {args.prompts} scenes x {args.images} images, extended by {size} px")
-    print(f"{'side':>6} | seam: step across / mean step elsewhere | source objects still found")
+    print(f"{'extended':>30} | seam: mean, median | tint: mean, median | source objects still found")
+
+    def report(name: str, values: list[tuple[float, float]], found: Score | None) -> dict:
+        seam, tint = np.array([v[0] for v in values]), np.array([v[1] for v in values])
+        print(f"{name:>30} | {seam.mean():5.2f}, {np.median(seam):5.2f}      | {tint.mean():5.1f}, "
+              f"{np.median(tint):5.1f}      | {found if found is not None else ''}")
+        return {"seam mean": float(seam.mean()), "seam median": float(np.median(seam)), "tint mean": float(tint.mean()),
+                "tint median": float(np.median(tint)), **({"objects found": vars(found)} if found else {})}
+
     for side in ("right", "left", "down", "up"):
         reqs = [ImageRequest(spec.prompt, n=args.images, seed=args.seed + i, image=image, outpaint={side: size})
                 for i, (spec, _, image) in enumerate(data)]
-        ratios, found = [], Score()
+        values, found = [], Score()
         results = pipe.run(reqs, progress=True, desc=f"outpaint {side}")
         for (_, scene, _), r in zip(data, results):
             for im in r.images:
-                a = np.asarray(im, dtype=np.float32)
-                if side in ("up", "down"):
-                    a = a.transpose(1, 0, 2)  # lines are columns now: the seam is vertical
-                cut = size if side in ("right", "down") else a.shape[1] - size
-                steps = np.abs(np.diff(a, axis=1)).mean(axis=(0, 2))  # [W - 1]: step between neighbouring lines
-                ratios.append(float(steps[cut - 1] / np.delete(steps, cut - 1).mean()))
-                crop = im.crop((0, 0, size, size) if side in ("right", "down") else
-                               ((size, 0, 2 * size, size) if side == "left" else (0, size, size, 2 * size)))
+                values.append(_continuity(im, side, size))
+                kept, _ = _halves(im, side, size)
+                crop = Image.fromarray((kept.transpose(1, 0, 2) if side in ("up", "down") else kept).astype(np.uint8))
                 dets = detect(crop)
                 found.add(all(any(d.shape == o.shape and d.color == o.color for d in dets) for o in scene.objects))
         shown.append((side, data[0][2], results[0].images[0]))
-        out[side] = {"seam ratio mean": float(np.mean(ratios)), "seam ratio median": float(np.median(ratios)),
-                     "objects found": vars(found)}
-        print(f"{side:>6} | {np.mean(ratios):6.2f} (median {np.median(ratios):.2f})       | {found}")
-    # The reference: the source with a separate image of the same prompt pasted on its right.
+        out[side] = report(side, values, found)
     plain = pipe.run([ImageRequest(spec.prompt, n=args.images, seed=args.seed + i)
-                      for i, (spec, _, _) in enumerate(data)], progress=True, desc="pasted")
-    ratios = []
+                      for i, (spec, _, _) in enumerate(data)], progress=True, desc="beside")
+    values = []
     for (_, _, image), r in zip(data, plain):
-        recon = pipe.decode_tokens(pipe.encode_images([image]))[0]  # the source as outpainting keeps it
-        for im in r.images:
-            both = Image.new("RGB", (2 * size, size))
-            both.paste(recon, (0, 0))
-            both.paste(im, (size, 0))
-            steps = np.abs(np.diff(np.asarray(both, dtype=np.float32), axis=1)).mean(axis=(0, 2))
-            ratios.append(float(steps[size - 1] / np.delete(steps, size - 1).mean()))
-    out["pasted"] = {"seam ratio mean": float(np.mean(ratios)), "seam ratio median": float(np.median(ratios))}
-    print(f"{'a separate image pasted right':>6} | {np.mean(ratios):6.2f} (median {np.median(ratios):.2f})")
+        source = pipe.encode_images([image]).cpu().view(1, grid, grid)
+        beside = torch.cat([source.expand(len(r.images), -1, -1), r.tokens.view(-1, grid, grid)], dim=2)
+        for im in pipe.decode_tokens(beside.reshape(len(r.images), -1), (grid, 2 * grid)):
+            values.append(_continuity(im, "right", size))
+    out["another image beside"] = report("another image beside (right)", values, None)
     grids["outpaint"] = shown
     return out
 
