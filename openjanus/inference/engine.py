@@ -144,7 +144,7 @@ def decode_tokens(model: Janus, tokens: Tensor, grid: tuple[int, int] | None = N
                         f"got {list(tokens.shape)}")
     if int(tokens.min()) < 0 or int(tokens.max()) >= model.cfg.vq.codebook_size:
         raise UserError(f"image tokens must lie in [0, {model.cfg.vq.codebook_size})")
-    return tokens_to_pil(model.gen_tokenizer.decode_codes(tokens, (rows, cols)))
+    return tokens_to_pil(model.decode_image_tokens(tokens, grid))
 
 
 # --- the core: one step of scheduler and runner, no threads -----------------------------------
