@@ -9,7 +9,7 @@ boolean *regenerate* mask over it (True: sample this token; False: it is known, 
 source image) and a plan of *windows*, native-size squares that the engine decodes one after
 another or, where they do not depend on each other, as rows of one batch. No model runs here.
 
-Rules (the README's "Editing and large images" section says the same):
+Rules (the README's "Editing, outpainting and images of any size" says the same):
 
 * **Size**: each side a multiple of the patch, at least the native side and at most
   `MAX_SIDE_FACTOR` times it (1536 px for Janus-Pro, 256 px for the demo model).
