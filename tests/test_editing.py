@@ -118,6 +118,9 @@ def test_a_wide_canvas_equals_its_windows_run_one_by_one(pipe):
         (state,) = run_jobs(BatchRunner(pipe.model, rows=4), [job])
         tokens.write(w, state.tokens)
     assert torch.equal(result.tokens, tokens.tokens)
+    # its first window is the native image of the same seed
+    plain = pipe.generate(ImageRequest(request.prompt, n=2, seed=3))
+    assert torch.equal(result.tokens.view(2, 16, 16)[:, :8, :8], plain.tokens.view(2, 8, 8))
 
 
 def test_outpainting_keeps_the_source_and_crops_to_the_pixels_asked(pipe):
