@@ -229,7 +229,7 @@ def test_auto_through_the_engine_is_lossless_and_measures_once(tiny_pipeline):
     plain = tiny_pipeline.generate(ImageRequest("a red circle", n=2, sampling=GREEDY))
     auto = tiny_pipeline.generate(ImageRequest("a red circle", n=2, sampling=GREEDY, jacobi="auto"))
     assert torch.equal(plain.tokens, auto.tokens)
-    chooser = tiny_pipeline.engine.windows
+    chooser = tiny_pipeline.engine.window_chooser
     assert set(chooser._costs) == {(2, True)} and all(c > 0 for c in chooser._costs[(2, True)].values())
     rates = chooser.rates(2, greedy=True)
     assert rates[chooser.choose(2, greedy=True)] >= rates[0]

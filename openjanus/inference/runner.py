@@ -11,9 +11,16 @@ Rows are never padded: each job's rows start at cache slot 0 and have their own 
 job can join the running batch at any step (its prompt is prefilled on its own rows, then
 its rows take part in the shared decode step) and leave as soon as it is done.
 
-A step asks each decoder in turn (image, text, Jacobi) to sample its jobs' next tokens and
-say what to feed back, then feeds everything in one forward pass: Jacobi windows of every
-image and every caller are verified together, beside the plain jobs' single tokens.
+A step asks each decoder in turn (image, masked image, text, Jacobi) to sample its jobs' next
+tokens and say what to feed back, then feeds everything in one forward pass: Jacobi windows of
+every image and every caller are verified together, beside the other jobs' tokens (rows fed
+fewer positions than the longest are padded; the padding writes a scratch slot).
+
+Masked completion (image editing, outpainting, the windows of a large image): an image job may
+carry `known` tokens. Those are fed, never sampled, in both CFG rows; the known tokens before
+the first one to sample join the prompt's prefill, and each run of known tokens after a sampled
+one is fed with it in one forward pass. A job whose tokens are all to be sampled decodes exactly
+as a plain one.
 """
 
 from __future__ import annotations
@@ -28,14 +35,14 @@ import torch
 from torch import Tensor
 
 from openjanus.errors import UserError
-from openjanus.inference.sampling import cfg_combine, filter_logits, jacobi_step, non_finite, sample
+from openjanus.inference.sampling import cfg_combine, filter_logits, next_drafts, non_finite, sample, verify_window
 from openjanus.model.janus import Janus
 from openjanus.model.llm import KVCache, cache_mask
 from openjanus.processing import unconditional_prompt
 from openjanus.requests import SamplingParams
 
-__all__ = ["Job", "JobState", "BatchRunner", "NonFiniteLogits", "Decoder", "ImageDecoder", "TextDecoder",
-           "JacobiDecoder", "image_job", "round_up"]
+__all__ = ["Job", "JobState", "BatchRunner", "NonFiniteLogits", "Decoder", "ImageDecoder", "MaskedImageDecoder",
+           "TextDecoder", "JacobiDecoder", "image_job", "round_up"]
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -78,6 +85,11 @@ class Job:
     pixel_values: Tensor | None = None  # text jobs: [n_images, 3, S, S]
     jacobi: int = 0  # image jobs of one image: draft this many tokens per forward pass (0 = off)
     coupled: bool = True  # Jacobi drafts redrawn coupled to the previous ones (MC-SJD), else afresh (SJD)
+    # Image jobs of masked completion: [images, steps] int64 on the model's device, the token at
+    # each known position and -1 where it is sampled (the same positions for every image).
+    known: Tensor | None = None
+    # Derived from `known`: for each position t, the next position after t to sample (steps if none).
+    _next_sample: list[int] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         lengths = {len(r) for r in self.prompt_ids}
@@ -87,6 +99,22 @@ class Job:
             raise ValueError("an image job has a conditional and an unconditional row per image")
         if self.jacobi and (self.kind != "image" or self.n_rows != 2):
             raise ValueError("speculative Jacobi decoding runs one image per job")
+        if self.known is not None:
+            if self.kind != "image" or tuple(self.known.shape) != (self.n_rows // 2, self.steps):
+                raise ValueError(f"known tokens of an image job are [images, steps] = [{self.n_rows // 2}, "
+                                 f"{self.steps}], got {list(self.known.shape)}")
+            sampled = (self.known < 0).cpu()
+            if bool((sampled != sampled[0]).any()):
+                raise ValueError("every image of a job samples the same positions")
+            todo = sampled[0].tolist()
+            if not any(todo):
+                raise ValueError("a masked job must sample at least one token")
+            nxt, after = [self.steps] * self.steps, self.steps
+            for t in range(self.steps - 1, -1, -1):
+                nxt[t] = after
+                if todo[t]:
+                    after = t
+            object.__setattr__(self, "_next_sample", nxt)
 
     @property
     def n_rows(self) -> int:
@@ -100,6 +128,17 @@ class Job:
     def length(self) -> int:
         """Cache slots each of this job's rows needs at most."""
         return self.prompt_len + self.steps
+
+    @property
+    def prefix(self) -> int:
+        """Known tokens before the first one to sample (prefilled with the prompt)."""
+        if self._next_sample is None:
+            return 0
+        return 0 if bool(self.known[0, 0] < 0) else self._next_sample[0]
+
+    def next_sample(self, t: int) -> int:
+        """The first position after `t` to sample (`steps` when none is left)."""
+        return t + 1 if self._next_sample is None else self._next_sample[t]
 
     @property
     def images(self) -> int:
@@ -176,7 +215,7 @@ class ImageDecoder(Decoder):
 
     @staticmethod
     def takes(job: Job) -> bool:
-        return job.kind == "image" and not job.jacobi
+        return job.kind == "image" and not job.jacobi and job.known is None
 
     def sample(self, runner: BatchRunner, states: list[JobState]) -> tuple[list[JobState], list[Feed]]:
         model, device = runner.model, runner.device
@@ -207,6 +246,56 @@ class ImageDecoder(Decoder):
             for (s, _), hs in zip(continuing, h.split([s.job.n_rows for s, _ in continuing])):
                 feeds.append((s, s._row_ids(), hs))
         return finished, feeds
+
+
+class MaskedImageDecoder(Decoder):
+    """Image jobs with known tokens (masked completion): one guided token per image where the
+    mask says sample, then that token and the run of known tokens after it fed in one pass.
+
+    Invariant between steps: the rows' last hidden state predicts position `done_steps`, which
+    is always one to sample (the prefill fed the known prefix; each feed runs up to the next).
+    """
+
+    @staticmethod
+    def takes(job: Job) -> bool:
+        return job.kind == "image" and not job.jacobi and job.known is not None
+
+    def sample(self, runner: BatchRunner, states: list[JobState]) -> tuple[list[JobState], list[Feed]]:
+        model, device = runner.model, runner.device
+        finished: list[JobState] = []
+        rows = _upload(torch.cat([s._row_ids() for s in states]), device)
+        logits = model.image_logits(runner.hidden[rows])  # [R, codebook]
+        continuing: list[tuple[JobState, Tensor]] = []
+        for s, lg in zip(states, logits.split([s.job.n_rows for s in states])):
+            job, t = s.job, s.done_steps
+            guided = cfg_combine(lg, job.guidance)
+            s.nonfinite |= non_finite(guided)
+            try:
+                tokens = sample(guided, job.sampling, job.generator)  # [n]
+            except RuntimeError:  # multinomial refuses NaN/inf probabilities
+                s.error = NonFiniteLogits()
+                finished.append(s)
+                continue
+            s.tokens[:, t] = tokens
+            u = job.next_sample(t)
+            s.tokens[:, t + 1:u] = job.known[:, t + 1:u]
+            s.done_steps = t + 1  # the slot of the first token fed (`next_slot`) is t's
+            if u == job.steps:  # the rest is known: nothing more to feed
+                s.done_steps = job.steps
+                if bool(s.nonfinite):
+                    s.error = NonFiniteLogits()
+                finished.append(s)
+            else:
+                continuing.append((s, s.tokens[:, t:u]))
+        feeds: list[Feed] = []
+        for s, window in continuing:  # [n, L]: the sampled token, then the known run after it
+            h = model.embed_image_tokens(window).repeat_interleave(2, dim=0)  # [2n, L, D]: cond, uncond
+            feeds.append((s, s._row_ids(), h))
+        return finished, feeds
+
+    def fed(self, runner: BatchRunner, state: JobState, rows: Tensor, out: Tensor) -> None:
+        runner.hidden[_upload(rows, runner.device)] = out[:, -1]
+        state.done_steps = state.job.next_sample(state.done_steps - 1)
 
 
 class TextDecoder(Decoder):
@@ -252,8 +341,12 @@ class TextDecoder(Decoder):
 class JacobiDecoder(Decoder):
     """Image jobs of one image decoded by speculative Jacobi decoding: each step verifies the
     drafts of every job's last window and feeds each a new window (the rule, and MC-SJD's
-    coupled redraw of drafts: `sampling.jacobi_step`). One read of the image head serves every
-    job's window; the windows are fed in the step's one forward pass."""
+    coupled redraw of drafts: `sampling.verify_window`, `sampling.next_drafts`). One read of the
+    image head serves every job's window; the windows are fed in the step's one forward pass.
+
+    With known tokens (masked completion) a known position's draft is the known token and is
+    kept without a test; a window reaches over known runs to hold `jacobi` positions to sample.
+    """
 
     @staticmethod
     def takes(job: Job) -> bool:
@@ -296,23 +389,40 @@ class JacobiDecoder(Decoder):
         """Keep what the last window accepts (`logits` [cond/uncond, m, V] of its m outputs); the
         next window (the new exact token, then the next drafts), or None when the image is done."""
         job, d = s.job, s.drafts
+        m = logits.shape[1]
+        base = s.done_steps  # the position output 0 predicts
+        known = job.known[0] if job.known is not None else None  # [steps], -1 where sampled
         guided = logits[1] + job.guidance * (logits[0] - logits[1])  # [m, V], as cfg_combine
         s.nonfinite |= non_finite(guided)
         greedy = job.sampling.temperature == 0
         probs = None if greedy else torch.softmax(
             filter_logits(guided / job.sampling.temperature, job.sampling.top_k, job.sampling.top_p), dim=-1)
+        best = guided.argmax(-1) if greedy else None
         drafts = d.tokens if d.tokens is not None else torch.empty(0, dtype=torch.long, device=guided.device)
-        step = jacobi_step(probs, guided.argmax(-1) if greedy else None, drafts, d.proposals,
-                           job.steps - s.done_steps, job.jacobi, job.generator, coupled=job.coupled)
-        s.tokens[0, s.done_steps:s.done_steps + len(step.tokens)] = step.tokens
-        s.done_steps += len(step.tokens)
-        s.drafts_accepted += step.accepted
-        if step.drafts is None:  # the image is done
+        tokens, accepted = verify_window(probs, best, drafts, d.proposals, job.generator,
+                                         known=None if known is None else known[base:base + m])
+        tokens = tokens[:job.steps - base]
+        s.tokens[0, base:base + len(tokens)] = tokens
+        s.done_steps += len(tokens)
+        s.drafts_accepted += accepted
+        if job.next_sample(s.done_steps - 1) >= job.steps:  # done, or only known tokens are left
+            if known is not None:
+                s.tokens[0, s.done_steps:] = known[s.done_steps:]
+            s.done_steps = job.steps
             if bool(s.nonfinite):
                 raise RuntimeError("non-finite logits")
             return None
-        d.tokens, d.proposals = step.drafts, step.proposals
-        return torch.cat([step.tokens[-1:], step.drafts])
+        # Drafts up to the `jacobi`-th position still to sample (known positions: the known token).
+        last = s.done_steps - 1
+        for _ in range(job.jacobi):
+            if job.next_sample(last) >= job.steps:
+                break
+            last = job.next_sample(last)
+        n_drafts = last - s.done_steps + 1
+        d.tokens, d.proposals = next_drafts(
+            probs, best, drafts, d.proposals, accepted, n_drafts, job.generator, coupled=job.coupled,
+            known=None if known is None else known[s.done_steps:s.done_steps + n_drafts])
+        return torch.cat([tokens[-1:], d.tokens])
 
 
 def _position_keys(job: Job, image_hashes: list[bytes]) -> tuple:
@@ -389,6 +499,8 @@ class PrefixCache:
         self.tokens -= len(keys)
 
 
+
+
 class BatchRunner:
     """Decodes many jobs together on one KV cache of at most `rows` rows.
 
@@ -415,7 +527,7 @@ class BatchRunner:
         self.draft_stats: dict[bool, list[int]] = {True: [0, 0], False: [0, 0]}
         # In this order: jobs that share a random stream (chunks of one request) see the same
         # order of draws whichever other jobs run beside them.
-        self.decoders = (ImageDecoder(), TextDecoder(), JacobiDecoder())
+        self.decoders = (ImageDecoder(), MaskedImageDecoder(), TextDecoder(), JacobiDecoder())
         self.feature_cache = 64  # images whose understanding features are kept
         self._features: OrderedDict[bytes, Tensor] = OrderedDict()
         self.cache: KVCache | None = None
@@ -472,8 +584,9 @@ class BatchRunner:
     @torch.inference_mode()
     def add_all(self, placed: Sequence[tuple[Job, int]]) -> tuple[list[JobState], list[tuple[Job, BaseException]]]:
         """Prefill jobs on the rows given (job, first row), which must be free. Jobs whose prompts
-        have the same length share one forward pass. Returns the states of the jobs that joined,
-        and the jobs whose own inputs failed (e.g. an image), with the error."""
+        (with the known image tokens before their first sampled one) have the same length share
+        one forward pass. Returns the states of the jobs that joined, and the jobs whose own
+        inputs failed (e.g. an image), with the error."""
         device = self.device
         ready: list[tuple[JobState, Tensor]] = []
         failed: list[tuple[Job, BaseException]] = []
@@ -488,6 +601,9 @@ class BatchRunner:
                 if job.kind == "text" and job.pixel_values is not None and job.pixel_values.shape[0]:
                     feats, hashes = self._und_features(job.pixel_values)  # [N, P, D]
                     h = self.model.splice_und_features(h, job.image_mask.to(device)[None], feats)
+                if job.prefix:  # known image tokens before the first to sample, in both CFG rows
+                    known = self.model.embed_image_tokens(job.known[:, :job.prefix].to(device))  # [n, P, D]
+                    h = torch.cat([h, known.repeat_interleave(2, dim=0)], dim=1)
             except Exception as e:  # this job's own input: it alone fails
                 failed.append((job, e))
                 continue
@@ -501,7 +617,7 @@ class BatchRunner:
         try:
             for state, h in ready:
                 if not self._prefill_from_cache(state, h):
-                    by_length.setdefault(state.job.prompt_len, []).append((state, h))
+                    by_length.setdefault(h.shape[1], []).append((state, h))
             for group in by_length.values():
                 self._prefill([s for s, _ in group], torch.cat([h for _, h in group]))
         except Exception:
@@ -557,6 +673,9 @@ class BatchRunner:
                 s.drafts = _Drafts(window=out[mine][:, None])  # [2, 1, D]: the exact distribution of the first token
             if job.kind == "image":
                 s.tokens = torch.empty(job.images, job.steps, dtype=torch.long, device=device)
+                if job.prefix:
+                    s.tokens[:, :job.prefix] = job.known[:, :job.prefix]
+                    s.done_steps = job.prefix
             s.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
             s.forward_passes += 1
             s.pass_ids.add(self.passes)

@@ -34,7 +34,7 @@ from torch import Tensor
 from openjanus.requests import SamplingParams
 
 __all__ = ["filter_logits", "sample", "non_finite", "cfg_combine", "accept_drafts", "residual", "couple_drafts",
-           "accepted_prefix", "JacobiStep", "jacobi_step"]
+           "accepted_prefix", "JacobiStep", "verify_window", "next_drafts", "jacobi_step"]
 
 
 def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
@@ -127,18 +127,17 @@ class JacobiStep:
     proposals: Tensor | None  # [k, V]
 
 
-def jacobi_step(probs: Tensor | None, best: Tensor | None, drafts: Tensor, proposals: Tensor | None,
-                remaining: int, window: int, generator: torch.Generator | None,
-                coupled: bool = True) -> JacobiStep:
-    """Verify one window and draw the next drafts.
+def verify_window(probs: Tensor | None, best: Tensor | None, drafts: Tensor, proposals: Tensor | None,
+                  generator: torch.Generator | None, known: Tensor | None = None) -> tuple[Tensor, int]:
+    """Verify one window: (the tokens kept: accepted drafts, then one exact token; how many
+    drafts were accepted).
 
     probs [m, V]: the target distribution at each of the window's m outputs (output i is exact
     when the window's drafts before it are kept); None when greedy, with `best` [m] its argmaxes.
     drafts [m-1]: the drafts the window fed after its exact token (draft i is checked against
-    output i), drawn from `proposals` [m-1, V]. `remaining`: tokens still to sample (the step
-    keeps at most that many); `window`: drafts to feed next at most. `coupled`: MC-SJD's coupled
-    redraw of the next drafts (SJD's independent redraw when False). Greedy keeps a draft iff it
-    is the argmax, and drafts are argmaxes.
+    output i), drawn from `proposals` [m-1, V]. Greedy keeps a draft iff it is the argmax.
+    known [<= m]: tokens fixed in advance at the outputs' positions (-1 where sampled; masked
+    completion): a known draft is kept without a test, and a known next position takes its token.
     """
     greedy = probs is None
     m = (best if greedy else probs).shape[0]
@@ -151,30 +150,62 @@ def jacobi_step(probs: Tensor | None, best: Tensor | None, drafts: Tensor, propo
             k = torch.arange(m - 1, device=device)
             u = torch.rand(m - 1, generator=generator, device=device)
             ok = accept_drafts(probs[k, drafts], proposals[k, drafts], u)
+        if known is not None:
+            ok = ok | (known[:m - 1] >= 0)  # known tokens are exact
         accepted = accepted_prefix(ok)
-    if greedy:
+    if known is not None and accepted < len(known) and bool(known[accepted] >= 0):
+        new = known[accepted:accepted + 1]
+    elif greedy:
         new = best[accepted:accepted + 1]
     elif accepted < m - 1:
         new = torch.multinomial(residual(probs[accepted], proposals[accepted]), 1, generator=generator)
     else:
         new = torch.multinomial(probs[m - 1], 1, generator=generator)
-    tokens = torch.cat([drafts[:accepted], new])[:remaining]
+    return torch.cat([drafts[:accepted], new]), accepted
+
+
+def next_drafts(probs: Tensor | None, best: Tensor | None, drafts: Tensor, proposals: Tensor | None,
+                accepted: int, n_drafts: int, generator: torch.Generator | None, coupled: bool = True,
+                known: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """The `n_drafts` drafts to feed after the new token of a window that accepted `accepted`
+    drafts, and the proposals they were drawn from (None when greedy); arguments as
+    `verify_window`. Draft i's proposal is output accepted + 1 + i (the last output again past
+    the window). `coupled`: MC-SJD's coupled redraw where the old window had a draft at the same
+    position (SJD's independent redraw when False). known [n_drafts]: known tokens at the drafts'
+    positions (-1 where sampled) replace those drafts."""
+    greedy = probs is None
+    m = (best if greedy else probs).shape[0]
+    device = (best if greedy else probs).device
+    src = torch.clamp(torch.arange(accepted + 1, accepted + 1 + n_drafts, device=device), max=m - 1)
+    if greedy:
+        nxt, new_proposals = best[src], None
+    else:
+        new_proposals = probs[src]  # [n_drafts, V]
+        # The old window's drafts at the same positions (old draft accepted + 1 + i) are coupled;
+        # positions the old window did not reach are drawn afresh.
+        paired = max(min(n_drafts, m - 2 - accepted), 0) if coupled else 0
+        parts = []
+        if paired:
+            old = slice(accepted + 1, accepted + 1 + paired)
+            parts.append(couple_drafts(drafts[old], proposals[old], new_proposals[:paired], generator))
+        if paired < n_drafts:
+            parts.append(torch.multinomial(new_proposals[paired:], 1, generator=generator).squeeze(-1))
+        nxt = torch.cat(parts)
+    if known is not None:
+        nxt = torch.where(known >= 0, known, nxt)
+    return nxt, new_proposals
+
+
+def jacobi_step(probs: Tensor | None, best: Tensor | None, drafts: Tensor, proposals: Tensor | None,
+                remaining: int, window: int, generator: torch.Generator | None,
+                coupled: bool = True) -> JacobiStep:
+    """Verify one window and draw the next drafts (no known tokens): `verify_window`, then
+    `next_drafts` for up to `window` of the `remaining` tokens still to sample after it (the
+    step keeps at most `remaining`)."""
+    tokens, accepted = verify_window(probs, best, drafts, proposals, generator)
+    tokens = tokens[:remaining]
     n_drafts = min(window, remaining - len(tokens))
     if n_drafts <= 0:
         return JacobiStep(tokens, accepted, None, None)
-    # Next drafts, for the positions after the new token: from the outputs past it (output
-    # accepted + 1 + i predicts the position of next draft i), then the last output again.
-    src = torch.clamp(torch.arange(accepted + 1, accepted + 1 + n_drafts, device=device), max=m - 1)
-    if greedy:
-        return JacobiStep(tokens, accepted, best[src], None)
-    new_proposals = probs[src]  # [n_drafts, V]
-    # The old window's drafts at the same positions (old draft accepted + 1 + i) are coupled;
-    # positions the old window did not reach are drawn afresh.
-    paired = min(n_drafts, m - 2 - accepted) if coupled else 0
-    parts = []
-    if paired > 0:
-        old = slice(accepted + 1, accepted + 1 + paired)
-        parts.append(couple_drafts(drafts[old], proposals[old], new_proposals[:paired], generator))
-    if paired < n_drafts:
-        parts.append(torch.multinomial(new_proposals[max(paired, 0):], 1, generator=generator).squeeze(-1))
-    return JacobiStep(tokens, accepted, torch.cat(parts), new_proposals)
+    nxt, new_proposals = next_drafts(probs, best, drafts, proposals, accepted, n_drafts, generator, coupled)
+    return JacobiStep(tokens, accepted, nxt, new_proposals)
