@@ -223,22 +223,23 @@ def _generate_prompt_file(args: argparse.Namespace) -> None:
 
     def request_of(unit) -> ImageRequest:
         return ImageRequest(unit.line.prompt, n=1, guidance=unit.guidance, sampling=sampling, seed=unit.seed,
-                            jacobi=args.jacobi)
+                            jacobi=args.jacobi, size=unit.line.size)
 
     run_batch_job(Path(args.prompts), Path(args.out), load=lambda: open_pipeline(args), settings_of=settings_of,
-                  request_of=request_of, native_size=_native_image_size(args.model), device=device,
+                  request_of=request_of, geometry=_geometry(args.model), device=device,
                   on_bad_line=args.on_bad_line, overwrite=args.overwrite)
 
 
-def _native_image_size(model: str | None) -> int:
-    """The image size a model generates, from its config alone (no weights loaded)."""
+def _geometry(model: str | None):
+    """The image token grid a model generates, from its config alone (no weights loaded)."""
+    from openjanus.canvas import Geometry
     from openjanus.checkpoints import read_config
     from openjanus.config import JanusConfig
     from openjanus.inference.pipeline import resolve_model_source
 
     source = resolve_model_source(model)
     cfg = JanusConfig.from_name(source) if isinstance(source, str) else read_config(source)[0]
-    return cfg.vq.image_size
+    return Geometry.of(cfg)
 
 
 # --- vq ---------------------------------------------------------------------------------------
