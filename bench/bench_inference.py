@@ -1,32 +1,45 @@
-"""Inference speed: openjanus vs transformers' Janus on the same random weights, in one run.
+"""Inference speed: openjanus vs transformers' Janus on the same random weights, each contender
+in its own process.
 
     python bench/bench_inference.py --preset small                      # CPU-sized, end to end
-    python bench/bench_inference.py --preset janus-pro-1b --device cuda --dtype bfloat16 --parallel 16
+    python bench/bench_inference.py --preset janus-pro-1b --device cuda --dtype bfloat16 --images 1 8
     python bench/bench_inference.py --preset janus-pro-1b --steps 8 --parts --no-e2e --json out.json
 
-End to end (default; `--no-e2e` skips it): text-to-image images/s and ms per token step (CFG,
-`--parallel` images per prompt), understanding prefill ms and decode tokens/s, with the
-pipeline in `--dtype` / `--quantize`.
+Like with like: every contender runs in a process of its own that builds only its own weights
+(the same seeded random weights), so a janus-pro-1b comparison never holds two models at once;
+transformers runs in the same dtype beside each of our formats (bf16 beside bf16, fp32 beside
+fp32; our int8, which computes in bf16, beside transformers bf16). Each timed run watches the
+kernel's page-reclaim counters and the process's major faults (bench/_reclaim.py): a run
+during which the machine reclaimed memory is flagged and no ratio is printed from it.
+
+End to end (default; `--no-e2e` skips it): a whole text-to-image request of each of `--images`
+image counts (CFG, one prompt; seconds per request and images/s), and understanding prefill ms
+and decode tokens/s, with our pipeline in `--dtype` / `--quantize` (`--jacobi N|auto` for our
+images) and transformers in `--dtype`.
 
 `--steps N`: the model-level text-to-image decode step (LLM + image head + next-token
 embedding, CFG argmax), timed over N steps after 2 warm-up steps, for 1 image (2 rows) and
-`--parallel` images, in fp32, bf16 and int8 (bf16 activations) beside transformers fp32 on the
-same weight tensors. Each figure is printed against its format's floor (LLM + image-head
-weight bytes / this machine's read bandwidth, measured in the run), and the 1-image run
-reports the guided logits' largest difference from fp32 and how many greedy tokens agree.
+`--parallel` images, for ours in fp32, bf16 and int8 (bf16 activations) and transformers in fp32
+and bf16. Each figure is printed against its format's floor (LLM + image-head weight bytes /
+this machine's read bandwidth, measured in the parent process), and the 1-image runs report the
+guided logits' largest difference from our fp32 and how many greedy tokens agree.
 
 `--parts`: SigLIP forward, VQ decode and VQ encode of one image, ours (fp32, bf16) beside
-transformers fp32 on the same weights.
+transformers fp32 on the same weights (small models: one process).
 
-Figures are medians over `--repeats` rounds that run every contender in turn (the machine is
-shared: compare the ratios of one run, not absolute times across runs).
+Figures are medians over `--repeats` runs inside each process; `--rounds R` runs every
+contender's process R times in turn (the machine is shared: compare the ratios of one run, not
+absolute times across runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +59,7 @@ from openjanus.model.llm import KVCache, cache_mask
 from openjanus.requests import ChatRequest, ImageRequest, Message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _reclaim import ReclaimWatch  # noqa: E402
 from _twins import DECODE_PARTS, VISUAL_PARTS, bandwidth, build_parts, converted, hf_twin  # noqa: E402
 
 PROMPT = "a red circle above a blue square, watercolor"
@@ -57,27 +71,38 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median seconds of `repeats` runs of `fn`, after one warm-up run."""
+RECLAIMED: dict[str, str] = {}  # figure -> what the machine reclaimed while it was timed (this process)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int, label: str = "") -> float:
+    """Median seconds of `repeats` runs of `fn`, after one warm-up run; a reclaim during the
+    timed runs is recorded under `label`."""
     fn()
     times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
+    with ReclaimWatch() as watch:
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    if watch.reclaimed:
+        RECLAIMED[label] = watch.describe()
     return statistics.median(times)
 
 
 def bench_openjanus(pipe: JanusPipeline, args: argparse.Namespace) -> dict[str, float]:
     dev = pipe.device
-    n_tok = pipe.model.cfg.num_gen_tokens
     if args.compile:
         pipe.start_engine(EngineConfig(compile=True))
-    request = ImageRequest(PROMPT, n=args.parallel, seed=0, jacobi=args.jacobi)
-    t2i = timed(lambda: pipe.generate(request), dev, args.repeats)
-    passes = pipe.generate(request).cost.forward_passes
+    jacobi = args.jacobi if args.jacobi == "auto" else int(args.jacobi)
+    out: dict[str, float] = {}
+    for n in args.images:
+        request = ImageRequest(PROMPT, n=n, seed=0, jacobi=jacobi)
+        secs = timed(lambda r=request: pipe.generate(r), dev, args.repeats, f"{n} images")
+        out[f"s/request ({n} img)"] = secs
+        out[f"images/s ({n} img)"] = n / secs
+        out[f"passes ({n} img)"] = pipe.generate(request).cost.forward_passes
     image = Image.new("RGB", (pipe.und_image_size, pipe.und_image_size), (120, 30, 200))
 
     def prefill_only() -> None:
@@ -86,51 +111,47 @@ def bench_openjanus(pipe: JanusPipeline, args: argparse.Namespace) -> dict[str, 
     def full_answer() -> None:  # exactly new_tokens tokens: EOS does not end it
         pipe.generate(ChatRequest.ask(QUESTION, [image], max_new_tokens=args.new_tokens, stop_at_eos=False))
 
-    prefill = timed(prefill_only, dev, args.repeats)
-    answer = timed(full_answer, dev, args.repeats)
-    return {"images/s": args.parallel / t2i, "ms/token step": 1000 * t2i / n_tok,
-            "passes/image": passes / (args.parallel if args.jacobi else 1),
-            "prefill ms": 1000 * prefill, "decode tok/s": (args.new_tokens - 1) / max(answer - prefill, 1e-9)}
+    # A fresh question each time: the prefix cache would otherwise serve the repeated prompt.
+    pipe.start_engine(EngineConfig(compile=args.compile, prefix_cache=False))
+    prefill = timed(prefill_only, dev, args.repeats, "prefill")
+    answer = timed(full_answer, dev, args.repeats, "answer")
+    out["prefill ms"] = 1000 * prefill
+    out["decode tok/s"] = (args.new_tokens - 1) / max(answer - prefill, 1e-9)
+    return out
 
 
-def bench_transformers(pipe: JanusPipeline, args: argparse.Namespace) -> dict[str, float] | None:
+def bench_transformers(model_dir: str, pipe_processor, dtype: torch.dtype, dev: torch.device,
+                       und_size: int, args: argparse.Namespace) -> dict[str, float] | None:
+    """transformers' Janus loaded from `model_dir` (our weights saved in its layout)."""
     try:
-        from transformers import JanusForConditionalGeneration
+        from transformers import GenerationConfig, JanusForConditionalGeneration
         from transformers.utils import logging as hf_logging
     except ImportError:
         return None
     hf_logging.set_verbosity_error()
-    from openjanus.checkpoints import save_model
-
-    dev, dtype = pipe.device, pipe.dtype
-    cfg = pipe.model.cfg
-    tok = pipe.processor.tokenizer
-    with tempfile.TemporaryDirectory() as tmp:
-        save_model(pipe.model, tmp, layout="hf")
-        # The stand-in tokenizer's placeholder id, so transformers finds the image positions.
-        cfg_path = Path(tmp) / "config.json"
-        raw = json.loads(cfg_path.read_text())
-        raw["image_token_id"] = tok.image_id
-        cfg_path.write_text(json.dumps(raw))
-        hf = JanusForConditionalGeneration.from_pretrained(tmp, torch_dtype=dtype).to(dev).eval()
+    hf = JanusForConditionalGeneration.from_pretrained(model_dir, torch_dtype=dtype).to(dev).eval()
+    tok = pipe_processor.tokenizer
     # Same token ids as our pipeline feeds: the processor's formatted prompt.
-    prompt_ids = torch.tensor([tok.encode(pipe.processor.t2i_prompt(PROMPT))], device=dev)
-    n_tok = cfg.num_gen_tokens
+    prompt_ids = torch.tensor([tok.encode(pipe_processor.t2i_prompt(PROMPT))], device=dev)
+    n_tok = args.num_gen_tokens
+    out: dict[str, float] = {}
+    for n in args.images:
+        # transformers' image mode reads BOI from generation_kwargs; the prompt ends with BOI as ours does.
+        gen_cfg = GenerationConfig(guidance_scale=5.0, num_return_sequences=n, do_sample=True,
+                                   max_new_tokens=n_tok, min_new_tokens=n_tok, bos_token_id=tok.bos_id,
+                                   pad_token_id=tok.pad_id, generation_kwargs={"boi_token_id": tok.boi_id})
 
-    from transformers import GenerationConfig
+        def t2i(gen_cfg=gen_cfg) -> None:
+            with torch.inference_mode():
+                hf.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
+                            generation_mode="image", generation_config=gen_cfg)
 
-    # transformers' image mode reads BOI from generation_kwargs; the prompt ends with BOI as ours does.
-    gen_cfg = GenerationConfig(guidance_scale=5.0, num_return_sequences=args.parallel, do_sample=True,
-                               max_new_tokens=n_tok, min_new_tokens=n_tok, bos_token_id=tok.bos_id,
-                               pad_token_id=tok.pad_id, generation_kwargs={"boi_token_id": tok.boi_id})
+        secs = timed(t2i, dev, args.repeats, f"{n} images")
+        out[f"s/request ({n} img)"] = secs
+        out[f"images/s ({n} img)"] = n / secs
 
-    def t2i() -> None:
-        with torch.inference_mode():
-            hf.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
-                        generation_mode="image", generation_config=gen_cfg)
-
-    image = Image.new("RGB", (pipe.und_image_size, pipe.und_image_size), (120, 30, 200))
-    sample = pipe.processor.encode_chat([Message("user", [image, QUESTION])])
+    image = Image.new("RGB", (und_size, und_size), (120, 30, 200))
+    sample = pipe_processor.encode_chat([Message("user", [image, QUESTION])])
     ids = torch.tensor([sample.input_ids], device=dev)
     pixels = sample.pixel_values.to(dev, dtype)
 
@@ -140,11 +161,11 @@ def bench_transformers(pipe: JanusPipeline, args: argparse.Namespace) -> dict[st
                         max_new_tokens=n, min_new_tokens=n, do_sample=False, generation_mode="text",
                         pad_token_id=tok.eos_id, eos_token_id=None)
 
-    t = timed(t2i, dev, args.repeats)
-    prefill = timed(lambda: understand(1), dev, args.repeats)
-    answer = timed(lambda: understand(args.new_tokens), dev, args.repeats)
-    return {"images/s": args.parallel / t, "ms/token step": 1000 * t / n_tok,
-            "prefill ms": 1000 * prefill, "decode tok/s": (args.new_tokens - 1) / max(answer - prefill, 1e-9)}
+    prefill = timed(lambda: understand(1), dev, args.repeats, "prefill")
+    answer = timed(lambda: understand(args.new_tokens), dev, args.repeats, "answer")
+    out["prefill ms"] = 1000 * prefill
+    out["decode tok/s"] = (args.new_tokens - 1) / max(answer - prefill, 1e-9)
+    return out
 
 
 # --- the model-level decode step ------------------------------------------------------------
@@ -235,60 +256,109 @@ def agreement(tokens: Tensor, logits: Tensor, ref_tokens: Tensor, ref_logits: Te
     return {"greedy_agree": int(same.sum()), "greedy_prefix": run, "max_logit_diff": diff}
 
 
-def bench_steps(cfg, args: argparse.Namespace) -> dict:
-    device = resolve_device(args.device)
+STEP_CONTENDERS = ("float32", "bfloat16", "int8", "transformers float32", "transformers bfloat16")
+# Whom each of our formats is compared with: transformers in the dtype it computes in.
+PEER = {"float32": "transformers float32", "bfloat16": "transformers bfloat16", "int8": "transformers bfloat16"}
+
+
+def step_contender(cfg, name: str, device: torch.device):
+    """(model, floor bytes) of one contender: its own seeded random weights, nothing else."""
     base = build_parts(cfg, DECODE_PARTS)
-    for name in DECODE_PARTS:  # the rest stays on meta
-        base.get_submodule(name).to(device)
-    # Each format as `JanusPipeline.load` prepares it (fused projections outside fp32).
-    contenders = {"float32": base, "bfloat16": prepare_for_inference(converted(base, torch.bfloat16))}
-    contenders["int8"] = prepare_for_inference(converted(base, torch.bfloat16), "int8")
-    hf = None if args.no_peer else hf_twin(base)
+    for part in DECODE_PARTS:  # the rest stays on meta
+        base.get_submodule(part).to(device)
+    fmt = name.removeprefix("transformers ")
+    if fmt != "float32":
+        base = prepare_for_inference(converted(base, torch.bfloat16), "int8" if fmt == "int8" else "none")
+        gc.collect()
+    floor = floor_bytes(base)
+    # transformers' twin holds the very tensors of ours in the same dtype (its own layout).
+    return (hf_twin(base) if name.startswith("transformers") else base), floor
+
+
+def steps_child(cfg, name: str, args: argparse.Namespace) -> dict:
+    """One contender's decode steps, in this process (see `--steps`)."""
+    device = resolve_device(args.device)
+    model, floor = step_contender(cfg, name, device)
+    run = hf_steps if name.startswith("transformers") else ours_steps
+    out: dict = {"name": name, "floor_bytes": floor, "seconds": {}, "reclaimed": {}}
+    for images in sorted({1, args.parallel}):
+        times = []
+        with ReclaimWatch() as watch:
+            for _ in range(args.repeats):
+                t, tok, lg = run(model, images, args.steps)
+                times.append(statistics.median(t))
+                if images == 1:
+                    out["tokens"], out["logits"] = tok.cpu(), lg.cpu()
+        out["seconds"][images] = statistics.median(times)
+        if watch.reclaimed:
+            out["reclaimed"][images] = watch.describe()
+    return out
+
+
+def in_child(args: argparse.Namespace, child: str) -> dict | None:
+    """Run this script for one contender (`--child`) in a fresh process; its results, or None
+    when it failed (its error is printed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.pt"
+        argv = sys.argv[1:]
+        if "--json" in argv:  # the parent alone writes the report
+            i = argv.index("--json")
+            argv = argv[:i] + argv[i + 2:]
+        proc = subprocess.run([sys.executable, __file__, *argv, "--child", child, "--child-out", str(out)],
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if proc.returncode != 0 or not out.exists():
+            print(f"  {child}: failed (exit {proc.returncode})", file=sys.stderr)
+            return None
+        return torch.load(out, weights_only=True)
+
+
+def bench_steps(args: argparse.Namespace) -> dict:
+    device = resolve_device(args.device)
+    bw = bandwidth(device)  # before any model exists
+    names = [n for n in STEP_CONTENDERS if not (args.no_peer and n.startswith("transformers"))]
+    runs: dict[str, list[dict]] = {}
+    for r in range(args.rounds):
+        for name in names:
+            res = in_child(args, f"steps:{name}")
+            if res is not None:
+                runs.setdefault(name, []).append(res)
+        print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr)
     sizes = sorted({1, args.parallel})
-    runs: dict[tuple[str, int], list[float]] = {}
-    seqs: dict[str, tuple[Tensor, Tensor]] = {}
-    bws = []
-    for r in range(args.repeats):
-        bws.append(bandwidth(device))
-        for images in sizes:
-            if hf is not None:
-                t, tok, lg = hf_steps(hf, images, args.steps)
-                runs.setdefault(("transformers float32", images), []).append(statistics.median(t))
-                if images == 1:
-                    seqs["transformers float32"] = (tok, lg)
-            for name, model in contenders.items():
-                t, tok, lg = ours_steps(model, images, args.steps)
-                runs.setdefault((name, images), []).append(statistics.median(t))
-                if images == 1:
-                    seqs[name] = (tok, lg)
-        print(f"  round {r + 1}/{args.repeats} done", file=sys.stderr)
-    bw = max(bws)
-    floors = {name: floor_bytes(m) / bw for name, m in contenders.items()}
-    floors["transformers float32"] = floors["float32"]
-    peer = {images: statistics.median(runs[("transformers float32", images)]) for images in sizes} if hf else None
-    ref_tok, ref_lg = seqs["float32"]
+    sec = {(n, i): statistics.median(res["seconds"][i] for res in rs) for n, rs in runs.items() for i in sizes}
+    reclaimed = {(n, i): "; ".join(res["reclaimed"][i] for res in rs if i in res["reclaimed"])
+                 for n, rs in runs.items() for i in sizes}
+    ref = runs.get("float32", [None])[0]
     rows = []
-    for (name, images), ts in runs.items():
-        sec = statistics.median(ts)
-        row = {"format": name, "images": images, "rows": 2 * images, "ms_per_step": 1000 * sec,
-               "floor_ms": 1000 * floors[name], "x_floor": sec / floors[name],
-               "per_image_vs_1": sec / statistics.median(runs[(name, 1)])}
-        if peer:
-            row["speedup_vs_transformers_fp32"] = peer[images] / sec
-        if images == 1:
-            row.update(agreement(*seqs[name], ref_tok, ref_lg))
-        rows.append(row)
+    for name, rs in runs.items():
+        floor = rs[0]["floor_bytes"] / bw
+        for images in sizes:
+            s = sec[(name, images)]
+            row = {"format": name, "images": images, "rows": 2 * images, "ms_per_step": 1000 * s,
+                   "floor_ms": 1000 * floor, "x_floor": s / floor, "reclaimed": reclaimed[(name, images)]}
+            peer = PEER.get(name)
+            if peer in runs and not row["reclaimed"] and not reclaimed[(peer, images)]:
+                row["speedup_vs_" + peer.replace(" ", "_")] = sec[(peer, images)] / s
+            if images == 1 and ref is not None:
+                row.update(agreement(rs[0]["tokens"], rs[0]["logits"], ref["tokens"], ref["logits"]))
+            rows.append(row)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"\ndecode step ({args.preset}, {where}, read bandwidth {bw / 1e9:.1f} GB/s, "
-          f"{args.steps} steps x {args.repeats} rounds, tokens compared over {WARMUP + args.steps} steps)")
-    print(f"{'format':<22}{'images':>7}{'ms/step':>9}{'floor ms':>9}{'x floor':>8}{'vs HF fp32':>11}"
-          f"{'N/1 img':>8}{'max dlogit':>11}{'greedy agree':>13}")
+    print(f"\ndecode step ({args.preset}, {where}, read bandwidth {bw / 1e9:.1f} GB/s, {args.steps} steps x "
+          f"{args.repeats} runs x {args.rounds} rounds, each contender in its own process; tokens compared over "
+          f"{WARMUP + args.steps} steps)")
+    print(f"{'format':<24}{'images':>7}{'ms/step':>9}{'floor ms':>9}{'x floor':>8}{'vs HF same dtype':>17}"
+          f"{'max dlogit':>11}{'greedy agree':>13}")
     for r in sorted(rows, key=lambda r: (r["images"], r["format"])):
-        vs = f"{r['speedup_vs_transformers_fp32']:.2f}x" if "speedup_vs_transformers_fp32" in r else "-"
+        peer = PEER.get(r["format"])
+        key = "speedup_vs_" + peer.replace(" ", "_") if peer else None
+        vs = f"{r[key]:.2f}x" if key in r else ("reclaim: no ratio" if peer and (
+            r["reclaimed"] or reclaimed.get((peer, r["images"]))) else "-")
         ag = f"{r['greedy_agree']}/{WARMUP + args.steps}" if "greedy_agree" in r else ""
         dl = f"{r['max_logit_diff']:.3g}" if "max_logit_diff" in r else ""
-        print(f"{r['format']:<22}{r['images']:>7}{r['ms_per_step']:>9.1f}{r['floor_ms']:>9.1f}{r['x_floor']:>8.2f}"
-              f"{vs:>11}{r['per_image_vs_1']:>8.2f}{dl:>11}{ag:>13}")
+        print(f"{r['format']:<24}{r['images']:>7}{r['ms_per_step']:>9.1f}{r['floor_ms']:>9.1f}{r['x_floor']:>8.2f}"
+              f"{vs:>17}{dl:>11}{ag:>13}")
+    for (name, images), what in reclaimed.items():
+        if what:
+            print(f"  the machine reclaimed memory while {name} ({images} images) ran: {what}")
     return {"bandwidth_gb_s": bw / 1e9, "steps": args.steps, "rows": rows}
 
 
@@ -357,11 +427,13 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--quantize", default="none", choices=["none", "int8"], help="end-to-end pipeline weights")
-    ap.add_argument("--jacobi", type=int, default=0,
-                    help="speculative Jacobi window for our end-to-end images (0: off)")
-    ap.add_argument("--parallel", type=int, default=4, help="images per prompt (CFG doubles the rows)")
+    ap.add_argument("--jacobi", default="0",
+                    help="speculative Jacobi window for our end-to-end images (0: off), or 'auto'")
+    ap.add_argument("--images", type=int, nargs="+", default=[1, 8], help="images per end-to-end request")
+    ap.add_argument("--parallel", type=int, default=4, help="images of the --steps batch figure (CFG doubles the rows)")
     ap.add_argument("--new-tokens", type=int, default=32, help="answer length for the decode figure")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1, help="times each contender's process runs, in turn")
     ap.add_argument("--steps", type=int, default=0, help="time N model-level decode steps per format (0: skip)")
     ap.add_argument("--parts", action="store_true", help="time SigLIP and the VQ against transformers")
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end pipeline figures")
@@ -372,6 +444,8 @@ def main() -> None:
     ap.add_argument("--no-keep-freed-memory", action="store_true",
                     help="leave glibc's allocator as it is (the openjanus commands, and by default this "
                          "script for every contender alike, keep freed memory: openjanus.allocator)")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one contender, in a process of its own
+    ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -385,44 +459,98 @@ def main() -> None:
         key, _, value = item.partition("=")
         overrides[key] = tuple(int(v) for v in value.split(",")) if "," in value else int(value)
     cfg = JanusConfig.from_name(args.preset, **overrides)
+    args.num_gen_tokens = cfg.num_gen_tokens
     torch.set_grad_enabled(False)
+    if args.child:
+        kind, _, name = args.child.partition(":")
+        result = steps_child(cfg, name, args) if kind == "steps" else e2e_child(name, args, overrides)
+        torch.save(result, args.child_out)
+        return
     report: dict = {"preset": args.preset, "overrides": overrides, "threads": torch.get_num_threads(),
                     "torch": torch.__version__}
     if args.steps:
-        report["decode_step"] = bench_steps(cfg, args)
+        report["decode_step"] = bench_steps(args)
     if args.parts:
         report["parts"] = bench_parts(cfg, args)
     if not args.no_e2e:
-        report["end_to_end"] = bench_end_to_end(args, overrides)
+        report["end_to_end"] = bench_end_to_end(args)
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
 
 
-def bench_end_to_end(args: argparse.Namespace, overrides: dict) -> dict:
+def e2e_child(name: str, args: argparse.Namespace, overrides: dict) -> dict:
+    """One end-to-end contender (`ours` or `transformers`) in this process."""
     dev = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, dev)
     pipe = JanusPipeline.from_preset(args.preset, device=dev, dtype=dtype, **overrides)
-    prepare_for_inference(pipe.model, args.quantize)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\nend to end: preset {args.preset}, {str(dtype).removeprefix('torch.')}, quantize {args.quantize}, {name}, "
-          f"torch {torch.__version__}, {args.parallel} images per prompt, {args.new_tokens}-token answers, "
-          f"median of {args.repeats}")
-    ours = bench_openjanus(pipe, args)
-    # The floor of a token step: the LLM and image-head weights read once, at this device's bandwidth.
-    ours["floor ms"] = 1000 * floor_bytes(pipe.model) / bandwidth(dev)
-    ours["x floor"] = ours["ms/token step"] / ours["floor ms"]
-    peer = None if args.no_peer else bench_transformers(pipe, args)
-    print(f"{'metric':<16}{'openjanus':>12}" + (f"{'transformers':>14}{'ratio':>8}" if peer else ""))
-    for key, value in ours.items():
-        line = f"{key:<16}{value:>12.2f}"
-        if peer and key in peer:
-            # Ratio > 1 means openjanus is better (higher throughput or lower latency).
-            ratio = peer[key] / value if key.endswith("ms") or key.startswith("ms") else value / peer[key]
-            line += f"{peer[key]:>14.2f}{ratio:>7.2f}x"
+    if name == "ours":
+        prepare_for_inference(pipe.model, args.quantize)
+        figures = bench_openjanus(pipe, args)
+        # The floor of a token step: the LLM and image-head weights read once.
+        figures["floor bytes"] = floor_bytes(pipe.model)
+        pipe.close()
+    else:
+        from openjanus.checkpoints import save_model
+
+        processor, und_size = pipe.processor, pipe.und_image_size
+        with tempfile.TemporaryDirectory() as tmp:
+            save_model(pipe.model, tmp, layout="hf")
+            pipe.close()
+            del pipe
+            gc.collect()  # our copy goes before transformers loads its own
+            # The stand-in tokenizer's placeholder id, so transformers finds the image positions.
+            cfg_path = Path(tmp) / "config.json"
+            raw = json.loads(cfg_path.read_text())
+            raw["image_token_id"] = processor.tokenizer.image_id
+            cfg_path.write_text(json.dumps(raw))
+            figures = bench_transformers(tmp, processor, dtype, dev, und_size, args)
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    return {"figures": figures, "reclaimed": dict(RECLAIMED), "dtype": str(dtype).removeprefix("torch."),
+            "device": where}
+
+
+def bench_end_to_end(args: argparse.Namespace) -> dict:
+    dev = resolve_device(args.device)
+    bw = bandwidth(dev)  # before any model exists
+    runs = {name: in_child(args, f"e2e:{name}") for name in (["ours"] if args.no_peer else ["ours", "transformers"])}
+    ours = runs["ours"]
+    if ours is None:
+        raise SystemExit("our end-to-end run failed")
+    peer = runs.get("transformers")
+    peer_fig = peer["figures"] if peer else None
+    fig = ours["figures"]
+    n_tok = args.num_gen_tokens
+    fig["floor ms"] = 1000 * fig.pop("floor bytes") / bw
+    for n in args.images:
+        fig[f"ms/token step ({n} img)"] = 1000 * fig[f"s/request ({n} img)"] / n_tok
+        fig[f"x floor ({n} img)"] = fig[f"ms/token step ({n} img)"] / fig["floor ms"]
+        if peer_fig:
+            peer_fig[f"ms/token step ({n} img)"] = 1000 * peer_fig[f"s/request ({n} img)"] / n_tok
+    print(f"\nend to end: preset {args.preset}, {ours['dtype']} (transformers too), quantize {args.quantize}, "
+          f"jacobi {args.jacobi}, {ours['device']}, torch {torch.__version__}, one prompt, {args.new_tokens}-token "
+          f"answers, median of {args.repeats}; each contender in its own process")
+    reclaimed = {**{("openjanus", k): v for k, v in ours["reclaimed"].items()},
+                 **{("transformers", k): v for k, v in (peer["reclaimed"] if peer else {}).items()}}
+    print(f"{'metric':<26}{'openjanus':>12}" + (f"{'transformers':>14}{'ratio':>9}" if peer_fig else ""))
+    for key, value in fig.items():
+        line = f"{key:<26}{value:>12.3f}"
+        if peer_fig and key in peer_fig:
+            # The timed runs a figure comes from: a request's, the prefill's, the answer's (and prefill).
+            labels = [f"{n} images" for n in args.images if f"({n} img)" in key] or \
+                (["prefill"] if key.startswith("prefill") else ["prefill", "answer"])
+            if any((who, lab) in reclaimed for who in ("openjanus", "transformers") for lab in labels):
+                line += f"{peer_fig[key]:>14.3f}{'reclaim':>9}"
+            else:
+                # Ratio > 1 means openjanus is better (higher throughput or lower latency).
+                lower_better = key.startswith(("s/", "ms", "prefill"))
+                ratio = peer_fig[key] / value if lower_better else value / peer_fig[key]
+                line += f"{peer_fig[key]:>14.3f}{ratio:>8.2f}x"
         print(line)
+    for (who, label), what in reclaimed.items():
+        print(f"  the machine reclaimed memory while {who} timed {label}: {what} (no ratio printed from it)")
     if peer is None and not args.no_peer:
-        print("(transformers not installed: no peer figures)")
-    return {"openjanus": ours, "transformers": peer}
+        print("(transformers failed or is not installed: no peer figures)")
+    return {"openjanus": fig, "transformers": peer_fig, "reclaimed": {f"{w} {k}": v for (w, k), v in reclaimed.items()}}
 
 
 if __name__ == "__main__":

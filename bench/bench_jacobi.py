@@ -1,14 +1,23 @@
-"""Speculative Jacobi decoding against plain decoding: forward passes per image and wall-clock.
+"""Speculative Jacobi decoding against plain decoding: forward passes and wall-clock per request.
 
     python bench/bench_jacobi.py                                  # shipped demo model, CPU
-    python bench/bench_jacobi.py --model janus-pro-1b --dtype bfloat16 --tokens 48 --images 1
+    python bench/bench_jacobi.py --model janus-pro-1b --dtype bfloat16 --tokens 48 --images 1 --windows 8
 
-For each window N in --windows (0 = plain decoding) it samples --images images of each prompt
-(one job per image, as the engine runs Jacobi requests; plain decoding batches the images of a
-prompt) and prints forward passes per image, tokens per forward pass and seconds, greedy and
-sampled (temperature 1, cfg 5). With random weights (presets) the model's distributions are
-nearly flat, so drafts are rarely accepted: use real or trained weights for acceptance figures;
-the preset still shows what one window costs against one token.
+For each number of images per request in --images, and greedy and sampled (temperature 1, cfg
+5: the default settings), it runs 3 prompts through the runner as the engine does (plain: one
+job of n images sharing one random stream; Jacobi: one job per image, every window of the
+request verified in the same forward passes) and prints the request's forward passes, the
+tokens each image gains per pass, seconds per request and per image, and the ratio to plain:
+
+- plain decoding;
+- SJD (arXiv 2410.01699: drafts redrawn independently every pass) with each window;
+- MC-SJD (arXiv 2510.24211: drafts redrawn coupled to the previous ones) with each window;
+- `auto`: the window the engine would choose (`openjanus.inference.autowindow`), measured on
+  this machine, with the acceptance seen in the MC-SJD runs before it.
+
+With random weights (presets) the model's distributions are nearly flat and barely depend on the
+prefix, so acceptance is not representative: use the demo model or real weights for it; a
+preset still shows what a window costs against one token.
 """
 
 from __future__ import annotations
@@ -25,16 +34,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="folder or preset (default: the shipped demo model)")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--windows", type=int, nargs="+", default=[0, 2, 4, 8])
-    ap.add_argument("--images", type=int, default=4, help="images per prompt")
+    ap.add_argument("--windows", type=int, nargs="+", default=[4, 16])
+    ap.add_argument("--images", type=int, nargs="+", default=[1, 4, 16], help="images per request")
     ap.add_argument("--tokens", type=int, default=None, help="image tokens per image (default: all)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--modes", nargs="+", default=["greedy", "sampled"], choices=["greedy", "sampled"])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from openjanus.inference.autowindow import WindowChooser
     from openjanus.inference.engine import run_jobs
     from openjanus.inference.pipeline import JanusPipeline
     from openjanus.inference.runner import BatchRunner, image_job
@@ -46,38 +57,53 @@ def main() -> None:
     prompts = ["a red circle", "two blue squares left of a green star", "three yellow triangles"]
     ids = [tok.encode(pipe.processor.t2i_prompt(p)) for p in prompts]
 
-    def run(window: int, sampling: SamplingParams, seed: int) -> tuple[float, float]:
-        g = torch.Generator().manual_seed(seed)
-        forwards = 0
+    def run(runner: BatchRunner, images: int, window: int, coupled: bool, sampling: SamplingParams,
+            seed: int) -> tuple[float, float]:
+        """(seconds per request, forward passes per request), over the prompts."""
+        passes = 0
         t = time.perf_counter()
-        for prompt in ids:
+        for k, prompt in enumerate(ids):
             if window:
-                jobs = [image_job(prompt, tok.pad_id, 1, 5.0, sampling, g, n_tokens, jacobi=window)
-                        for _ in range(args.images)]
+                jobs = [image_job(prompt, tok.pad_id, 1, 5.0, sampling,
+                                  torch.Generator().manual_seed(1000 * seed + 100 * k + i), n_tokens,
+                                  jacobi=window, coupled=coupled) for i in range(images)]
             else:
-                jobs = [image_job(prompt, tok.pad_id, args.images, 5.0, sampling, g, n_tokens)]
-            states = run_jobs(BatchRunner(pipe.model, rows=2 * args.images), jobs)
-            # Plain decoding feeds all images of the prompt in each pass: one pass serves each image.
-            forwards += max(s.forward_passes for s in states) if not window else \
-                sum(s.forward_passes for s in states) / args.images
-        return time.perf_counter() - t, forwards / len(ids)
+                jobs = [image_job(prompt, tok.pad_id, images, 5.0, sampling,
+                                  torch.Generator().manual_seed(1000 * seed + 100 * k), n_tokens)]
+            before = runner.passes
+            run_jobs(runner, jobs)
+            passes += runner.passes - before  # every job of the request shares these passes
+        return (time.perf_counter() - t) / len(ids), passes / len(ids)
 
     rows = []
-    print(f"model {pipe.name} ({args.dtype}), {len(prompts)} prompts x {args.images} images x {n_tokens} tokens, "
+    print(f"model {pipe.name} ({args.dtype}), {len(prompts)} prompts x {n_tokens} tokens per image, "
           f"{torch.get_num_threads()} threads; median of {args.repeats}")
-    print(f"{'mode':<8} {'window':>6} {'passes/image':>13} {'tokens/pass':>12} {'seconds':>8} {'vs plain':>9}")
-    for mode, sampling in (("greedy", SamplingParams(0.0)), ("sampled", SamplingParams(1.0))):
-        run(args.windows[0], sampling, 0)  # warm-up
-        base = None
-        for window in args.windows:
-            runs = [run(window, sampling, seed) for seed in range(args.repeats)]
-            secs = statistics.median(r[0] for r in runs)
-            passes = statistics.median(r[1] for r in runs)
-            base = base or secs
-            rows.append({"mode": mode, "window": window, "passes_per_image": round(passes, 1),
-                         "tokens_per_pass": round(n_tokens / passes, 2), "seconds": round(secs, 3),
-                         "speedup": round(base / secs, 2)})
-            print(f"{mode:<8} {window:>6} {passes:>13.1f} {n_tokens / passes:>12.2f} {secs:>8.2f} {base / secs:>8.2f}x")
+    print(f"{'mode':<8}{'images':>7} {'method':<8}{'window':>7}{'passes':>8}{'tokens/pass':>12}"
+          f"{'s/request':>10}{'s/image':>9}{'vs plain':>9}")
+    for mode in args.modes:
+        sampling = SamplingParams(0.0) if mode == "greedy" else SamplingParams(1.0)
+        for images in args.images:
+            runner = BatchRunner(pipe.model, rows=2 * images)
+            chooser = WindowChooser(pipe.model, lambda greedy, r=runner: tuple(r.draft_stats[greedy]))
+            contenders = [("plain", 0, True)]
+            for w in args.windows:
+                contenders += [("SJD", w, False), ("MC-SJD", w, True)]
+            run(runner, images, 0, True, sampling, 99)  # warm-up (allocates the cache)
+            base = None
+            for method, window, coupled in [*contenders, ("auto", None, True)]:
+                if window is None:  # after the MC-SJD runs, which fed the acceptance counters
+                    window = chooser.choose(images, greedy=mode == "greedy")
+                runs = [run(runner, images, window, coupled, sampling, seed) for seed in range(args.repeats)]
+                secs = statistics.median(r[0] for r in runs)
+                passes = statistics.median(r[1] for r in runs)
+                base = base or secs
+                row = {"mode": mode, "images": images, "method": method, "window": window,
+                       "passes": round(passes, 1), "tokens_per_pass": round(n_tokens / passes, 2),
+                       "seconds_per_request": round(secs, 3), "seconds_per_image": round(secs / images, 4),
+                       "vs_plain": round(base / secs, 2)}
+                rows.append(row)
+                print(f"{mode:<8}{images:>7} {method:<8}{window:>7}{passes:>8.1f}{n_tokens / passes:>12.2f}"
+                      f"{secs:>10.3f}{secs / images:>9.4f}{base / secs:>8.2f}x", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": pipe.name, "dtype": args.dtype, "tokens": n_tokens, "rows": rows}, f, indent=2)

@@ -101,7 +101,7 @@ class BatchSettings:
     top_p: float | None
     guidance: float  # for lines without their own
     seed: int  # base of the derived seeds, for lines without their own
-    jacobi: int
+    jacobi: int | str  # a window, or "auto"
 
 
 def image_seed(base_seed: int, line: PromptLine, index: int) -> int:

@@ -26,6 +26,7 @@ from openjanus.options import (
     add_sampling,
     add_seed,
     integer_flag,
+    jacobi_flag,
     number_flag,
     open_pipeline,
     sampling_params,
@@ -391,8 +392,9 @@ def register(sub: Any) -> None:
     p.add_argument("-n", type=integer_flag(1), default=ImageRequest.n, help="images per prompt")
     p.add_argument("--guidance", type=number_flag(), default=ImageRequest.guidance,
                    help="(--prompts: for lines without their own) classifier-free guidance weight")
-    p.add_argument("--jacobi", type=integer_flag(0, 64), default=ImageRequest.jacobi,
-                   help="speculative Jacobi window (0 = off)")
+    p.add_argument("--jacobi", type=jacobi_flag, default=ImageRequest.jacobi,
+                   help="speculative Jacobi window: drafts per forward pass (MC-SJD; 0 = off), or 'auto' to pick "
+                        "the window (or none) from what this machine measures")
     p.add_argument("--size", type=image_size, default=None,
                    help="WIDTHxHEIGHT in pixels, multiples of the image token size (16 px for Janus-Pro), from the "
                         "native size up to 4x it per side: larger or non-square images by a sliding window")
@@ -424,8 +426,8 @@ def register(sub: Any) -> None:
                         "scaled to cover it and centre-cropped")
     p.add_argument("--overlap", type=number_flag(), default=ImageRequest.overlap,
                    help="sliding-window overlap, a fraction of the window side, for sizes above native")
-    p.add_argument("--jacobi", type=integer_flag(0, 64), default=ImageRequest.jacobi,
-                   help="speculative Jacobi window (0 = off)")
+    p.add_argument("--jacobi", type=jacobi_flag, default=ImageRequest.jacobi,
+                   help="speculative Jacobi window (MC-SJD; 0 = off), or 'auto'")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")
     p.set_defaults(func=cmd_edit)
 

@@ -73,6 +73,11 @@ def integer_flag(low: int | None = None, high: int | None = None):
 seed_flag = integer_flag(0, MAX_SEED)
 
 
+def jacobi_flag(text: str) -> int | str:
+    """`--jacobi`: a window in [0, 64] (0 = off), or 'auto'."""
+    return "auto" if text == "auto" else integer_flag(0, 64)(text)
+
+
 # --- the parser -------------------------------------------------------------------------------
 
 

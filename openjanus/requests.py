@@ -74,8 +74,11 @@ class ImageRequest:
     rule (fitting, mask rounding, limits).
 
     The same request with the same seed gives the same tokens, alone or batched with others.
-    `jacobi` > 0 drafts that many tokens per forward pass (speculative Jacobi decoding; the
-    output distribution is that of plain sampling).
+    `jacobi` > 0 drafts that many tokens per forward pass (speculative Jacobi decoding with
+    coupled drafts, MC-SJD; the output distribution is that of plain sampling, and greedy
+    output is plain decoding's); "auto" lets the engine pick the window, or plain decoding,
+    from what it measures (the window then depends on the machine, so a seed reproduces
+    sampled images only with a fixed window).
     """
 
     prompt: str
@@ -83,7 +86,7 @@ class ImageRequest:
     guidance: float = 5.0
     sampling: SamplingParams = SamplingParams(temperature=1.0)
     seed: int | None = 0
-    jacobi: int = 0
+    jacobi: int | Literal["auto"] = 0
     size: tuple[int, int] | str | None = None
     image: ImageInput | None = None
     mask: ImageInput | Tensor | None = None
@@ -97,7 +100,10 @@ class ImageRequest:
         _count("n (images per prompt)", self.n, 1)
         _finite("guidance", self.guidance)
         check_seed(self.seed)
-        _count("jacobi", self.jacobi, 0, 64)
+        if isinstance(self.jacobi, str) and self.jacobi != "auto":
+            raise UserError(f"jacobi must be an integer in [0, 64] or 'auto', got {self.jacobi!r}")
+        if self.jacobi != "auto":
+            _count("jacobi", self.jacobi, 0, 64)
         if isinstance(self.size, str):
             object.__setattr__(self, "size", parse_size(self.size))
         elif self.size is not None:
@@ -209,11 +215,13 @@ class ChatRequest:
 @dataclass
 class Cost:
     """What a request cost: wall-clock from submission, time waiting in the queue, and the
-    model forward passes it took part in (a prefill counts one)."""
+    model forward passes it took part in (a prefill counts one), and the prompt positions whose
+    keys and values came from the prefix cache instead of being computed."""
 
     seconds: float = 0.0
     queued_seconds: float = 0.0
     forward_passes: int = 0
+    cached_tokens: int = 0
 
 
 @dataclass

@@ -32,9 +32,10 @@ LAYERS = {
     "sampling": set(),
     "scheduler": set(),
     "runner": {"sampling"},
+    "autowindow": {"sampling", "runner"},  # times the runner's steps for jacobi="auto"
     "windows": {"sampling", "scheduler", "runner"},  # the jobs of an image-conditioned request's canvas
-    "engine": {"sampling", "scheduler", "runner", "windows"},
-    "pipeline": {"sampling", "scheduler", "runner", "windows", "engine"},
+    "engine": {"sampling", "scheduler", "runner", "autowindow", "windows"},
+    "pipeline": {"sampling", "scheduler", "runner", "autowindow", "windows", "engine"},
 }
 ABOVE_INFERENCE = ("openjanus.serve", "openjanus.eval", "openjanus.cli", "openjanus.demo", "openjanus.train")
 # What the inference package stands on: none of it may import inference.

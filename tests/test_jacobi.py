@@ -9,6 +9,7 @@ import torch
 from conftest import build_tiny
 
 import openjanus.inference.runner as gen
+import openjanus.inference.sampling as spec
 from openjanus.inference.engine import generate_image_tokens, run_jobs
 from openjanus.inference.runner import BatchRunner, image_job
 from openjanus.requests import ImageRequest, SamplingParams
@@ -41,50 +42,60 @@ TOP_K = 3  # a small support, so that a few thousand samples pin the joint distr
 CFG = 5.0
 
 
-def exact_first_two(model, prompt):
-    """P(t0, t1) of plain CFG sampling with top-k, by full recomputation: {(t0, t1): p}."""
+def exact_first(model, prompt, n_tokens):
+    """P(t0, ..., t_{n-1}) of plain CFG sampling with top-k, by full recomputation: {tokens: p}."""
     rows = torch.tensor([prompt, gen.unconditional_prompt(prompt, 3)])
-    h = model.embed_text(rows)
 
-    def dist(h):
+    def dist(tokens):
+        h = model.embed_text(rows)
+        if tokens:
+            h = torch.cat([h, model.embed_image_tokens(torch.tensor(tokens))[None].expand(2, -1, -1)], 1)
         hidden = model.llm(h, torch.arange(h.shape[1]).expand(2, -1))[:, -1]
         lg = model.image_logits(hidden)
         guided = lg[1] + CFG * (lg[0] - lg[1])
         return torch.softmax(gen.filter_logits(guided[None], TOP_K, None), -1)[0].double()
 
+    joint = {(): 1.0}
     with torch.no_grad():
-        p0 = dist(h)
-        joint = {}
-        for t0 in p0.nonzero().flatten().tolist():
-            p1 = dist(torch.cat([h, model.embed_image_tokens(torch.tensor([t0, t0]))[:, None]], 1))
-            for t1 in p1.nonzero().flatten().tolist():
-                joint[(t0, t1)] = float(p0[t0] * p1[t1])
+        for _ in range(n_tokens):
+            joint = {seq + (t,): p * float(q[t]) for seq, p in joint.items()
+                     for q in [dist(list(seq))] for t in q.nonzero().flatten().tolist()}
     return joint
 
 
-def jacobi_first_two(model, prompt, n, seed):
+def jacobi_first(model, prompt, n, seed, n_tokens=2, window=3, coupled=True):
     g = torch.Generator().manual_seed(seed)
     sampling = SamplingParams(temperature=1.0, top_k=TOP_K)
-    counts: dict[tuple[int, int], int] = {}
-    per_run = 16
+    counts: dict[tuple[int, ...], int] = {}
+    per_run = 48
     for _ in range(n // per_run):
-        # steps=2: the first token is drawn exactly, the second is a draft verified in one window.
-        jobs = [image_job(prompt, 3, 1, CFG, sampling, g, 2, jacobi=3) for _ in range(per_run)]
+        # n_tokens=2: the first token is drawn exactly, the second is a draft verified in one
+        # window. n_tokens=3, window 2: when the first draft is rejected, the third position's
+        # draft is redrawn (coupled, with MC-SJD) before it is verified.
+        jobs = [image_job(prompt, 3, 1, CFG, sampling, g, n_tokens, jacobi=window, coupled=coupled)
+                for _ in range(per_run)]
         for s in run_jobs(BatchRunner(model, rows=2 * per_run), jobs):
             key = tuple(s.tokens[0].tolist())
             counts[key] = counts.get(key, 0) + 1
     return counts
 
 
-def chi_square(counts, joint) -> float:
+def chi_square(counts, joint) -> tuple[float, float]:
+    """(statistic, critical value at p = 0.001); outcomes expected fewer than 5 times are pooled
+    (one unlucky draw of a rare outcome would otherwise dominate the statistic)."""
     n = sum(counts.values())
     if not set(counts) <= set(joint):
-        return float("inf")  # a pair the plain sampler can never produce
-    return sum((counts.get(k, 0) - n * p) ** 2 / (n * p) for k, p in joint.items())
+        return float("inf"), 0.0  # an outcome the plain sampler can never produce
+    rare = [k for k, p in joint.items() if n * p < 5]
+    bins = [(counts.get(k, 0), n * p) for k, p in joint.items() if n * p >= 5]
+    if rare:
+        bins.append((sum(counts.get(k, 0) for k in rare), n * sum(joint[k] for k in rare)))
+    dof = len(bins) - 1
+    # Wilson-Hilferty's chi-square quantile (z = 3.09 at p = 0.001): within 0.3% from 5 dof up.
+    critical = dof * (1 - 2 / (9 * dof) + 3.09 * (2 / (9 * dof)) ** 0.5) ** 3
+    return sum((c - e) ** 2 / e for c, e in bins), critical
 
 
-# Critical value of chi-square with 8 degrees of freedom (9 pairs) at p = 0.001.
-CRITICAL = 26.12
 N_SAMPLES = 2400
 PROMPT = [1, 9, 8, 7, 6, 5]
 
@@ -92,20 +103,156 @@ PROMPT = [1, 9, 8, 7, 6, 5]
 @pytest.fixture(scope="module")
 def model_and_joint():
     model = build_tiny(seed=3)
-    return model, exact_first_two(model, PROMPT)
+    return model, exact_first(model, PROMPT, 2)
 
 
 def test_sampled_tokens_follow_the_plain_distribution(model_and_joint):
     model, joint = model_and_joint
     assert len(joint) == TOP_K**2
-    assert chi_square(jacobi_first_two(model, PROMPT, N_SAMPLES, seed=0), joint) < CRITICAL
+    statistic, critical = chi_square(jacobi_first(model, PROMPT, N_SAMPLES, seed=0), joint)
+    assert statistic < critical
 
 
 @pytest.mark.parametrize("broken", ["always accept", "resample from p"])
 def test_the_distribution_test_fails_when_the_rule_is_broken(model_and_joint, monkeypatch, broken):
     model, joint = model_and_joint
     if broken == "always accept":
-        monkeypatch.setattr(gen, "accept_drafts", lambda p, q, u: torch.ones_like(p, dtype=torch.bool))
+        monkeypatch.setattr(spec, "accept_drafts", lambda p, q, u: torch.ones_like(p, dtype=torch.bool))
     else:
-        monkeypatch.setattr(gen, "residual", lambda p, q: p)
-    assert chi_square(jacobi_first_two(model, PROMPT, N_SAMPLES, seed=0), joint) > CRITICAL
+        monkeypatch.setattr(spec, "residual", lambda p, q: p)
+    statistic, critical = chi_square(jacobi_first(model, PROMPT, N_SAMPLES, seed=0), joint)
+    assert statistic > critical
+
+
+# --- the coupled redraw (MC-SJD) on the model ---------------------------------------------------
+
+N_COUPLED = 2400  # the wrong coupling scores ~950 against a critical value of 54
+
+
+@pytest.fixture(scope="module")
+def model_and_joint3():
+    model = build_tiny(seed=3)
+    return model, exact_first(model, PROMPT, 3)
+
+
+def test_coupled_drafts_follow_the_plain_distribution(model_and_joint3):
+    model, joint = model_and_joint3
+    statistic, critical = chi_square(jacobi_first(model, PROMPT, N_COUPLED, seed=1, n_tokens=3, window=2), joint)
+    assert statistic < critical
+
+
+def test_the_distribution_test_fails_for_a_wrong_coupling(model_and_joint3, monkeypatch):
+    model, joint = model_and_joint3
+    # Keep the previous draft unconditionally: it follows the old proposal but is tested as if
+    # drawn from the new one.
+    monkeypatch.setattr(spec, "couple_drafts", lambda drafts, q, new_q, g: drafts)
+    statistic, critical = chi_square(jacobi_first(model, PROMPT, N_COUPLED, seed=1, n_tokens=3, window=2), joint)
+    assert statistic > critical
+
+
+# --- shared forward passes ------------------------------------------------------------------------
+
+
+def test_jacobi_images_share_forward_passes():
+    """Four images' windows (and a plain job beside them) are verified in the same forward
+    passes: together they take no more passes than the slowest of them alone (+1: slack for a
+    prefill of its own), and each image's tokens are those it gets alone."""
+    model = build_tiny(seed=1)
+    sampling = SamplingParams(temperature=1.0)
+    steps = model.cfg.num_gen_tokens
+
+    def jobs():
+        return [image_job(PROMPTS[0], 3, 1, CFG, sampling, torch.Generator().manual_seed(i), steps,
+                          jacobi=4 if i < 4 else 0) for i in range(5)]
+
+    alone = []
+    for job in jobs():
+        runner = BatchRunner(model, rows=2)
+        state, = run_jobs(runner, [job])
+        alone.append((runner.passes, state.tokens))
+    runner = BatchRunner(model, rows=10)
+    together = run_jobs(runner, jobs())
+    slowest_jacobi = max(p for p, _ in alone[:4])
+    assert slowest_jacobi < steps  # the windows pay here
+    assert runner.passes <= max(p for p, _ in alone) + 1, (runner.passes, [p for p, _ in alone])
+    for (_, tokens), state in zip(alone, together):
+        assert torch.equal(tokens, state.tokens)
+    # Without the plain job the four images take the slowest one's passes.
+    runner = BatchRunner(model, rows=8)
+    run_jobs(runner, jobs()[:4])
+    assert runner.passes <= slowest_jacobi + 1, (runner.passes, slowest_jacobi)
+
+
+def test_request_cost_counts_shared_passes_once(tiny_pipeline):
+    one = tiny_pipeline.generate(ImageRequest("a red circle", n=1, seed=3, jacobi=4))
+    four = tiny_pipeline.generate(ImageRequest("a red circle", n=4, seed=3, jacobi=4))
+    assert one.cost.forward_passes < tiny_pipeline.model.cfg.num_gen_tokens
+    # Image 0 of the four is the one-image request's image (same seed); the others are no
+    # faster than a few passes more in this tiny random model.
+    assert torch.equal(four.tokens[0], one.tokens[0])
+    assert four.cost.forward_passes <= tiny_pipeline.model.cfg.num_gen_tokens + 1
+
+
+# --- jacobi="auto" --------------------------------------------------------------------------------
+
+
+def chooser_with(costs, stats=(0, 0)):
+    from openjanus.inference.autowindow import WindowChooser
+
+    chooser = WindowChooser(build_tiny(), lambda greedy: stats)
+    chooser._costs = {(images, greedy): {w: costs(w + 1) for w in chooser.windows}
+                      for images in (1, 4) for greedy in (False, True)}
+    return chooser
+
+
+def test_auto_picks_long_windows_when_weights_dominate_and_none_when_compute_does():
+    from openjanus.inference.autowindow import expected_tokens
+
+    def memory_bound(positions):  # 17 positions cost 1.16x one
+        return 1.0 + 0.01 * positions
+
+    # With the prior alone (one draft in two kept) a pass keeps < 2 tokens whatever the window:
+    # 4 drafts (1.94 tokens for 1.04x) beat 16 (2.0 tokens for 1.16x).
+    assert chooser_with(memory_bound).choose(1, greedy=False) == 4
+    # Drafts kept 9 times in 10: long windows pay.
+    assert chooser_with(memory_bound, stats=(90, 100)).choose(1, greedy=False) == 16
+    compute_bound = chooser_with(lambda positions: float(positions))  # cost grows with the positions fed
+    assert compute_bound.choose(1, greedy=False) == 0  # no window keeps w + 1 tokens a pass
+    # Drafts that are nearly always kept make a compute-bound window pay after all.
+    sure = chooser_with(lambda positions: 1.0 + 0.3 * positions, stats=(990, 1000))
+    rates = sure.rates(1, greedy=False)
+    assert sure.choose(1, greedy=False) == max(rates, key=rates.get) > 0
+    assert rates[16] == pytest.approx(expected_tokens(991 / 1002, 16) / (1.0 + 0.3 * 17))
+
+
+def test_auto_through_the_engine_is_lossless_and_measures_once(tiny_pipeline):
+    plain = tiny_pipeline.generate(ImageRequest("a red circle", n=2, sampling=GREEDY))
+    auto = tiny_pipeline.generate(ImageRequest("a red circle", n=2, sampling=GREEDY, jacobi="auto"))
+    assert torch.equal(plain.tokens, auto.tokens)
+    chooser = tiny_pipeline.engine.window_chooser
+    assert set(chooser._costs) == {(2, True)} and all(c > 0 for c in chooser._costs[(2, True)].values())
+    rates = chooser.rates(2, greedy=True)
+    assert rates[chooser.choose(2, greedy=True)] >= rates[0]
+
+
+@pytest.mark.parametrize("bad", ["fast", -1, 65, 2.5])
+def test_jacobi_must_be_a_window_or_auto(bad):
+    from openjanus.errors import UserError
+
+    with pytest.raises(UserError, match="jacobi"):
+        ImageRequest("x", jacobi=bad)
+
+
+def test_cli_generate_with_an_auto_window(tmp_path, capsys):
+    import json
+
+    from openjanus.cli import main
+
+    out = tmp_path / "run"
+    assert main(["generate", "--model", "tiny", "--out", str(out), "--temperature", "0", "--jacobi", "auto",
+                 "a red circle"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["jacobi"] == "auto" and len(run["images"]) == 1
+    with pytest.raises(SystemExit) as bad:
+        main(["generate", "--model", "tiny", "--out", str(tmp_path / "x"), "--jacobi", "fast", "x"])
+    assert bad.value.code == 2 and "expected an integer" in capsys.readouterr().err

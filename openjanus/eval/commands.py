@@ -23,6 +23,7 @@ from openjanus.options import (
     add_seed,
     default_of,
     integer_flag,
+    jacobi_flag,
     number_flag,
     open_pipeline,
 )
@@ -48,13 +49,16 @@ def _gen_flags(p: argparse.ArgumentParser) -> None:
                    help="classifier-free guidance weight")
     p.add_argument("--temperature", type=number_flag(0), default=ImageRequest.sampling.temperature,
                    help="sampling temperature (0 = greedy)")
+    p.add_argument("--jacobi", type=jacobi_flag, default=default_of(GenerationSettings, "jacobi"),
+                   help="speculative Jacobi window (MC-SJD), or 'auto'; the images' distribution is unchanged")
 
 
 def _settings(args: argparse.Namespace) -> GenerationSettings:
     """The run's sampling settings; prompts go to the engine as many at a time as fill --rows
     (an image takes two rows)."""
     return GenerationSettings(n_per_prompt=args.n, seed=args.seed, guidance=args.guidance,
-                              temperature=args.temperature, batch_size=max(1, args.rows // (2 * args.n)))
+                              temperature=args.temperature, batch_size=max(1, args.rows // (2 * args.n)),
+                              jacobi=args.jacobi)
 
 
 def _print_scores(report: GenerationReport | UnderstandingReport, out: Path) -> None:

@@ -97,6 +97,7 @@ class GenerationSettings:
     guidance: float = ImageRequest.guidance
     temperature: float = 1.0
     batch_size: int = 8
+    jacobi: int | str = 0  # speculative Jacobi window, or "auto" (the image distribution is unchanged)
 
     def __post_init__(self) -> None:
         if self.n_per_prompt < 1:
@@ -107,7 +108,8 @@ class GenerationSettings:
     def request(self, prompt: str, index: int) -> ImageRequest:
         """The engine request for prompt `index` of a run (seed + index: reproducible per prompt)."""
         return ImageRequest(prompt, n=self.n_per_prompt, guidance=self.guidance,
-                            sampling=SamplingParams(temperature=self.temperature), seed=self.seed + index)
+                            sampling=SamplingParams(temperature=self.temperature), seed=self.seed + index,
+                            jacobi=self.jacobi)
 
 
 def is_shapes_spec(spec: Spec) -> bool:

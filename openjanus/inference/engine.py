@@ -20,6 +20,7 @@ its worker, `close()` stops it (a context manager does both); a closed engine st
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import random
 import sys
@@ -38,6 +39,7 @@ from openjanus.canvas import Geometry, image_to_pixels, prepare_canvas
 from openjanus.errors import UserError
 from openjanus.images import open_image
 from openjanus.inference import scheduler as sched
+from openjanus.inference.autowindow import WindowChooser
 from openjanus.inference.runner import BatchRunner, Job, JobState, image_job
 from openjanus.inference.scheduler import QueueFull, Scheduler, chunk_sizes
 from openjanus.inference.windows import CanvasRun
@@ -88,6 +90,9 @@ class EngineConfig:
     max_n: images one request may ask for (larger ones run in chunks of the batch size).
     length_bucket: cache lengths and attention spans round up to multiples of this.
     compile: compile the decode step (and capture it as a CUDA graph on a GPU).
+    prefix_cache: keep finished conversations' keys and values so that a later prompt starting
+        the same way (a chat's next turn) skips recomputing them; shared by all callers, held
+        within the KV budget beside the running requests, least recently used evicted first.
     """
 
     rows: int = 64
@@ -97,6 +102,7 @@ class EngineConfig:
     max_n: int = 1000
     length_bucket: int = 128
     compile: bool = False
+    prefix_cache: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.kv_cache_gib < float("inf"):
@@ -204,7 +210,7 @@ class EngineCore:
 
     def end(self, state: JobState) -> None:
         """A running job leaves before its last step (a chat reached a stop string)."""
-        self.runner.remove(state)
+        self.runner.remove(state, keep_prefix=True)
         state.finished = True
         self._finish(state)
 
@@ -236,12 +242,23 @@ class EngineCore:
                 out.started.append((owner_of[state.job], state))
             for owner, _ in out.failed:
                 self.drop(owner)
+            # After the prefills (which may read entries): trim to what the new jobs leave.
+            self._bound_prefix_cache()
         if self.runner.states:
             for state in self.runner.step():
                 owner = self.scheduler.owner_of(state.job)
                 self._finish(state)
                 out.finished.append((owner, state))
+            self._bound_prefix_cache()
         return out
+
+    def _bound_prefix_cache(self) -> None:
+        """The prefix cache holds what the KV budget leaves beside the running jobs."""
+        prefixes = self.runner.prefix_cache
+        if prefixes is not None:
+            with self.lock:
+                prefixes.capacity = max(0, self.scheduler.max_cached_tokens - self.scheduler.used_tokens())
+            prefixes.trim()
 
 
 def run_jobs(runner: BatchRunner, jobs: Sequence[Job], max_cached_tokens: int | None = None) -> list[JobState]:
@@ -437,7 +454,8 @@ class RequestHandle:
         now = time.perf_counter()
         started = self.started if self.started is not None else now
         return Cost(seconds=now - self.submitted, queued_seconds=started - self.submitted,
-                    forward_passes=sum(s.forward_passes for s in self.states.values()))
+                    forward_passes=len(set().union(*(s.pass_ids for s in self.states.values()))),
+                    cached_tokens=sum(s.cached_prefix for s in self.states.values()))
 
 
 class _Chat:
@@ -481,8 +499,9 @@ class Engine:
         self.config = config or EngineConfig()
         self.max_cached_tokens = max_cached_tokens(model, self.config)
         runner = BatchRunner(model, rows=self.config.rows, length_bucket=self.config.length_bucket,
-                             compile=self.config.compile)
+                             compile=self.config.compile, prefix_cache=self.config.prefix_cache)
         self.core = EngineCore(runner, Scheduler(self.config.rows, self.max_cached_tokens, self.config.queue))
+        self.window_chooser = WindowChooser(model, lambda greedy: tuple(runner.draft_stats[greedy]))
         self._lock = self.core.lock
         self._live: dict[JobState, tuple[RequestHandle, _Chat | None]] = {}
         self._thread: threading.Thread | None = None
@@ -586,6 +605,9 @@ class Engine:
         per_chunk = rows_that_fit(self.model, len(ids) + cfg.num_gen_tokens, self.config) // 2
         if per_chunk < 1:
             raise UserError(f"one image needs {per_image} cached tokens; the engine allows {self.max_cached_tokens}")
+        if request.jacobi == "auto":  # the window, or plain decoding, from what this machine measures
+            window = self.window_chooser.choose(request.n, greedy=request.sampling.temperature == 0)
+            request = dataclasses.replace(request, jacobi=window)
         geo = Geometry.of(cfg)
         if request.image is not None or (request.size is not None and request.size != (geo.native_px,) * 2):
             run = self._canvas_run(request, seed, ids, per_chunk, geo)

@@ -12,7 +12,9 @@ job can join the running batch at any step (its prompt is prefilled on its own r
 its rows take part in the shared decode step) and leave as soon as it is done.
 
 A step asks each decoder in turn (image, masked image, text, Jacobi) to sample its jobs' next
-tokens and say what to feed back, then feeds everything in one forward pass per window length.
+tokens and say what to feed back, then feeds everything in one forward pass: Jacobi windows of
+every image and every caller are verified together, beside the other jobs' tokens (rows fed
+fewer positions than the longest are padded; the padding writes a scratch slot).
 
 Masked completion (image editing, outpainting, the windows of a large image): an image job may
 carry `known` tokens. Those are fed, never sampled, in both CFG rows; the known tokens before
@@ -33,7 +35,7 @@ import torch
 from torch import Tensor
 
 from openjanus.errors import UserError
-from openjanus.inference.sampling import accept_drafts, cfg_combine, filter_logits, non_finite, residual, sample
+from openjanus.inference.sampling import cfg_combine, filter_logits, next_drafts, non_finite, sample, verify_window
 from openjanus.model.janus import Janus
 from openjanus.model.llm import KVCache, cache_mask
 from openjanus.processing import unconditional_prompt
@@ -82,6 +84,7 @@ class Job:
     image_mask: Tensor | None = None  # text jobs: bool [T], positions the image features fill
     pixel_values: Tensor | None = None  # text jobs: [n_images, 3, S, S]
     jacobi: int = 0  # image jobs of one image: draft this many tokens per forward pass (0 = off)
+    coupled: bool = True  # Jacobi drafts redrawn coupled to the previous ones (MC-SJD), else afresh (SJD)
     # Image jobs of masked completion: [images, steps] int64 on the model's device, the token at
     # each known position and -1 where it is sampled (the same positions for every image).
     known: Tensor | None = None
@@ -161,6 +164,11 @@ class JobState:
     start_row: int
     done_steps: int = 0
     forward_passes: int = 0
+    drafts_accepted: int = 0  # Jacobi jobs: drafts kept so far (tokens beyond one per pass)
+    pass_ids: set[int] = field(default_factory=set)  # the runner's passes it took part in
+    cached_prefix: int = 0  # text jobs: prompt positions whose keys/values came from the prefix cache
+    keys: tuple = ()  # text jobs: a key per prompt position (the prefix cache's)
+    fed_tokens: int = 0  # text jobs: sampled tokens fed back (their keys/values are cached)
     finished: bool = False
     error: BaseException | None = None
     tokens: Tensor | None = None  # image: [n, steps] long on the model's device
@@ -331,15 +339,10 @@ class TextDecoder(Decoder):
 
 
 class JacobiDecoder(Decoder):
-    """Image jobs of one image decoded by speculative Jacobi decoding (arXiv 2410.01699): each
-    step verifies the drafts of the last window and feeds a new window.
-
-    The window's outputs give, in order, the exact distribution p of each draft's position as
-    long as every draft before it was accepted. A draft x drawn from q is accepted with
-    probability min(1, p(x)/q(x)); at the first rejection the token is drawn from
-    normalise(max(0, p - q)), so every kept token is distributed exactly as plain sampling would
-    draw it. Greedy: a draft is kept iff it is the argmax. Drafts for the next window come from
-    the outputs past the rejection.
+    """Image jobs of one image decoded by speculative Jacobi decoding: each step verifies the
+    drafts of every job's last window and feeds each a new window (the rule, and MC-SJD's
+    coupled redraw of drafts: `sampling.verify_window`, `sampling.next_drafts`). One read of the
+    image head serves every job's window; the windows are fed in the step's one forward pass.
 
     With known tokens (masked completion) a known position's draft is the known token and is
     kept without a test; a window reaches over known runs to hold `jacobi` positions to sample.
@@ -350,67 +353,58 @@ class JacobiDecoder(Decoder):
         return job.kind == "image" and bool(job.jacobi)
 
     def sample(self, runner: BatchRunner, states: list[JobState]) -> tuple[list[JobState], list[Feed]]:
+        model = runner.model
+        windows = [s.drafts.window for s in states]  # each [2, m, D]
+        logits = model.image_logits(torch.cat([w.flatten(0, 1) for w in windows]))  # [sum 2m, V]
         finished: list[JobState] = []
-        feeds: list[Feed] = []
-        for s in states:
+        going: list[tuple[JobState, Tensor]] = []
+        for s, w, lg in zip(states, windows, logits.split([w.shape[0] * w.shape[1] for w in windows])):
+            kept = s.drafts_accepted
             try:
-                window = self._next_window(runner.model, s)
-            except RuntimeError:
+                window = self._next_window(s, lg.view(2, w.shape[1], -1))
+            except RuntimeError:  # non-finite logits (multinomial refuses them too)
                 s.error = NonFiniteLogits()
                 window = None
+            # Drafts verified: those kept, and the first rejected one if any was.
+            kept = s.drafts_accepted - kept
+            stats = runner.draft_stats[s.job.sampling.temperature == 0]
+            stats[0] += kept
+            stats[1] += kept + (kept < w.shape[1] - 1)
             if window is None:
                 finished.append(s)
             else:
-                h = runner.model.embed_image_tokens(window)  # [L, D]
-                feeds.append((s, s._row_ids(), h[None].expand(2, -1, -1)))
+                going.append((s, window))
+        feeds: list[Feed] = []
+        if going:
+            h = model.embed_image_tokens(torch.cat([w for _, w in going]))  # [sum L, D]
+            for (s, _), hs in zip(going, h.split([len(w) for _, w in going])):
+                feeds.append((s, s._row_ids(), hs[None].expand(2, -1, -1)))
         return finished, feeds
 
     def fed(self, runner: BatchRunner, state: JobState, rows: Tensor, out: Tensor) -> None:
         state.drafts.window = out
 
     @staticmethod
-    def _next_window(model: Janus, s: JobState) -> Tensor | None:
-        """Keep what the last window accepts; the next window (the new exact token, then fresh
-        drafts), or None when the image is done."""
-        job, d, g = s.job, s.drafts, s.job.generator
-        m = d.window.shape[1]
+    def _next_window(s: JobState, logits: Tensor) -> Tensor | None:
+        """Keep what the last window accepts (`logits` [cond/uncond, m, V] of its m outputs); the
+        next window (the new exact token, then the next drafts), or None when the image is done."""
+        job, d = s.job, s.drafts
+        m = logits.shape[1]
         base = s.done_steps  # the position output 0 predicts
         known = job.known[0] if job.known is not None else None  # [steps], -1 where sampled
-        logits = model.image_logits(d.window.reshape(2 * m, -1)).view(2, m, -1)  # [cond/uncond, m, V]
         guided = logits[1] + job.guidance * (logits[0] - logits[1])  # [m, V], as cfg_combine
         s.nonfinite |= non_finite(guided)
         greedy = job.sampling.temperature == 0
         probs = None if greedy else torch.softmax(
             filter_logits(guided / job.sampling.temperature, job.sampling.top_k, job.sampling.top_p), dim=-1)
         best = guided.argmax(-1) if greedy else None
-        accepted = 0
-        if m > 1:
-            drafts = d.tokens  # [m-1], draft k checked against output k
-            if greedy:
-                ok = best[:m - 1] == drafts
-            else:
-                k = torch.arange(m - 1, device=drafts.device)
-                u = torch.rand(m - 1, generator=g, device=drafts.device)
-                ok = accept_drafts(probs[k, drafts], d.proposals[k, drafts], u)
-            if known is not None:
-                ok = ok | (known[base:base + m - 1] >= 0)  # known tokens are exact
-            for flag in ok.tolist():  # the host decides how many tokens are kept
-                if not flag:
-                    break
-                accepted += 1
-        kept = [d.tokens[:accepted]] if accepted else []
-        at = base + accepted
-        if known is not None and at < job.steps and bool(known[at] >= 0):
-            new = known[at:at + 1]  # every draft kept and the next position is known
-        elif greedy:
-            new = best[accepted:accepted + 1]
-        elif accepted < m - 1:
-            new = torch.multinomial(residual(probs[accepted], d.proposals[accepted]), 1, generator=g)
-        else:
-            new = torch.multinomial(probs[m - 1], 1, generator=g)
-        tokens = torch.cat([*kept, new])[:job.steps - s.done_steps]
-        s.tokens[0, s.done_steps:s.done_steps + len(tokens)] = tokens
+        drafts = d.tokens if d.tokens is not None else torch.empty(0, dtype=torch.long, device=guided.device)
+        tokens, accepted = verify_window(probs, best, drafts, d.proposals, job.generator,
+                                         known=None if known is None else known[base:base + m])
+        tokens = tokens[:job.steps - base]
+        s.tokens[0, base:base + len(tokens)] = tokens
         s.done_steps += len(tokens)
+        s.drafts_accepted += accepted
         if job.next_sample(s.done_steps - 1) >= job.steps:  # done, or only known tokens are left
             if known is not None:
                 s.tokens[0, s.done_steps:] = known[s.done_steps:]
@@ -418,24 +412,93 @@ class JacobiDecoder(Decoder):
             if bool(s.nonfinite):
                 raise RuntimeError("non-finite logits")
             return None
-        # Fresh drafts up to the `jacobi`-th position still to sample: from the outputs past the
-        # rejected position, then the last output again (known positions: the known token).
+        # Drafts up to the `jacobi`-th position still to sample (known positions: the known token).
         last = s.done_steps - 1
         for _ in range(job.jacobi):
             if job.next_sample(last) >= job.steps:
                 break
             last = job.next_sample(last)
         n_drafts = last - s.done_steps + 1
-        src = torch.clamp(torch.arange(accepted + 1, accepted + 1 + n_drafts), max=m - 1).to(guided.device)
-        if greedy:
-            d.tokens = best[src]
-        else:
-            d.proposals = probs[src]  # [n_drafts, V]
-            d.tokens = torch.multinomial(d.proposals, 1, generator=g).squeeze(-1)
-        if known is not None:
-            ahead = known[s.done_steps:s.done_steps + n_drafts]
-            d.tokens = torch.where(ahead >= 0, ahead, d.tokens)
-        return torch.cat([new, d.tokens])
+        d.tokens, d.proposals = next_drafts(
+            probs, best, drafts, d.proposals, accepted, n_drafts, job.generator, coupled=job.coupled,
+            known=None if known is None else known[s.done_steps:s.done_steps + n_drafts])
+        return torch.cat([tokens[-1:], d.tokens])
+
+
+def _position_keys(job: Job, image_hashes: list[bytes]) -> tuple:
+    """A key per prompt position of a text job: its token id, or at an image's positions the
+    image's content hash and the offset in it (the ids there are one placeholder for all images)."""
+    keys: list = list(job.prompt_ids[0])
+    if image_hashes:
+        where = job.image_mask.nonzero().flatten().tolist()
+        per_image = len(where) // len(image_hashes)
+        for i, pos in enumerate(where):
+            keys[pos] = (image_hashes[i // per_image], i % per_image)
+    return tuple(keys)
+
+
+class PrefixCache:
+    """Keys and values of finished conversations, reused by later prompts that start the same way
+    (a chat's next turn repeats every earlier turn and image): exact, shared by all callers,
+    least recently used first out.
+
+    An entry is one row's cached positions with a key per position: the token id, or at an
+    image's positions the image's content hash and the offset in it (the ids there are all the
+    same placeholder). A prompt reuses the longest common prefix with any entry: the keys and
+    values of positions before it depend on those positions only. `capacity` (cached positions)
+    is set by the engine to what the KV budget leaves beside the running jobs, and `trim`
+    evicts down to it.
+    """
+
+    def __init__(self, capacity: int = 0) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[int, tuple[tuple, Tensor, Tensor]] = OrderedDict()  # id -> (keys, k, v)
+        self._next = 0
+        self.tokens = 0  # cached positions held
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, keys: tuple) -> tuple[int, Tensor | None, Tensor | None]:
+        """(length P of the longest prefix of `keys` held, its keys [layers, H, P, hd] and values)."""
+        best, found = 0, None
+        for eid, (stored, _, _) in self._entries.items():
+            n = min(len(stored), len(keys))
+            same = next((i for i in range(n) if stored[i] != keys[i]), n)
+            if same > best:
+                best, found = same, eid
+        if found is None:
+            return 0, None, None
+        self._entries.move_to_end(found)  # most recently used last
+        _, k, v = self._entries[found]
+        return best, k[:, :, :best], v[:, :, :best]
+
+    def store(self, keys: tuple, k: Tensor, v: Tensor) -> None:
+        """Hold one row's keys/values k, v [layers, H, P, hd] for the positions `keys` [P],
+        unless an entry already covers them (the owner trims to capacity with `trim`, once the
+        job that made the entry has freed its rows)."""
+        if not keys:
+            return
+        for eid, (stored, _, _) in list(self._entries.items()):
+            if stored[:len(keys)] == keys:  # covered already
+                self._entries.move_to_end(eid)
+                return
+            if keys[:len(stored)] == stored:  # the new entry covers this one
+                self._drop(eid)
+        self._entries[self._next] = (keys, k, v)
+        self._next += 1
+        self.tokens += len(keys)
+
+    def trim(self) -> None:
+        """Drop least recently used entries until what is held fits the capacity."""
+        while self._entries and self.tokens > self.capacity:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, eid: int) -> None:
+        keys, _, _ = self._entries.pop(eid)
+        self.tokens -= len(keys)
+
+
 
 
 class BatchRunner:
@@ -449,7 +512,8 @@ class BatchRunner:
     """
 
     def __init__(self, model: Janus, rows: int = 16, length_bucket: int = 128,
-                 compile: bool = False, compile_backend: str | Callable = "inductor") -> None:
+                 compile: bool = False, compile_backend: str | Callable = "inductor",
+                 prefix_cache: bool = False) -> None:
         if rows < 2:
             raise ValueError(f"rows must be >= 2 (an image takes two rows), got {rows}")
         self.model = model
@@ -457,6 +521,10 @@ class BatchRunner:
         self.length_bucket = length_bucket
         self.compile = compile
         self.states: list[JobState] = []
+        self.passes = 0  # forward passes run: prefills, and decode steps (each feeds every job)
+        self.prefix_cache: PrefixCache | None = PrefixCache() if prefix_cache else None
+        # Jacobi drafts (kept, verified) so far, greedy (True) and sampled apart.
+        self.draft_stats: dict[bool, list[int]] = {True: [0, 0], False: [0, 0]}
         # In this order: jobs that share a random stream (chunks of one request) see the same
         # order of draws whichever other jobs run beside them.
         self.decoders = (ImageDecoder(), MaskedImageDecoder(), TextDecoder(), JacobiDecoder())
@@ -529,8 +597,9 @@ class BatchRunner:
             try:
                 ids = torch.tensor(job.prompt_ids, dtype=torch.long, device=device)  # [R, T]
                 h = self.model.embed_text(ids)
+                hashes: list[bytes] = []
                 if job.kind == "text" and job.pixel_values is not None and job.pixel_values.shape[0]:
-                    feats = self._und_features(job.pixel_values)  # [N, P, D]
+                    feats, hashes = self._und_features(job.pixel_values)  # [N, P, D]
                     h = self.model.splice_und_features(h, job.image_mask.to(device)[None], feats)
                 if job.prefix:  # known image tokens before the first to sample, in both CFG rows
                     known = self.model.embed_image_tokens(job.known[:, :job.prefix].to(device))  # [n, P, D]
@@ -540,12 +609,15 @@ class BatchRunner:
                 continue
             self._ensure_cache(start + job.n_rows, job.length)
             state = JobState(job, start)
+            if job.kind == "text":
+                state.keys = _position_keys(job, hashes)
             self.states.append(state)  # holds its rows from now on
             ready.append((state, h))
         by_length: dict[int, list[tuple[JobState, Tensor]]] = {}
-        for state, h in ready:
-            by_length.setdefault(h.shape[1], []).append((state, h))
         try:
+            for state, h in ready:
+                if not self._prefill_from_cache(state, h):
+                    by_length.setdefault(h.shape[1], []).append((state, h))
             for group in by_length.values():
                 self._prefill([s for s, _ in group], torch.cat([h for _, h in group]))
         except Exception:
@@ -554,20 +626,41 @@ class BatchRunner:
             raise
         return [s for s, _ in ready], failed
 
-    def _prefill(self, states: list[JobState], h: Tensor) -> None:
-        """One forward pass over the prompts of `states` (all T long), h [R, T, D]."""
+    def _prefill_from_cache(self, state: JobState, h: Tensor) -> bool:
+        """Prefill a text job whose prompt starts as a prefix-cache entry does: copy the entry's
+        keys/values into its row, run the rest of the prompt on its own. False when nothing is
+        cached for it (it joins the shared prefill)."""
+        if self.prefix_cache is None or state.job.kind != "text":
+            return False
+        # At least the last prompt position runs: its output is the first token's distribution.
+        keys = state.keys[:-1]
+        n, k, v = self.prefix_cache.lookup(keys)
+        if n == 0:
+            return False
+        row = state.start_row
+        for layer in range(len(self.cache.k)):
+            self.cache.k[layer][row, :, :n] = k[layer]
+            self.cache.v[layer][row, :, :n] = v[layer]
+        state.cached_prefix = n
+        self._prefill([state], h[:, n:], start=n)
+        return True
+
+    def _prefill(self, states: list[JobState], h: Tensor, start: int = 0) -> None:
+        """One forward pass over the prompts of `states` (all the same length), h [R, T, D]: the
+        prompt positions from `start` (slots before it already hold keys/values: one job only)."""
         device = self.device
         R, T = h.shape[:2]
-        slots = torch.arange(T, device=device)
+        slots = torch.arange(start, start + T, device=device)
         positions = slots.expand(R, T)
-        mask = cache_mask(slots, torch.ones(R, T, dtype=torch.bool, device=device))
+        mask = cache_mask(slots, torch.ones(R, start + T, dtype=torch.bool, device=device))
         if len(states) == 1:  # write straight into the job's rows
             cache = self.cache.rows(states[0].start_row, states[0].start_row + R)
         else:  # a scratch cache, copied into each job's rows below
             llm = self.model.llm.cfg
             cache = KVCache.allocate(llm.n_layers, R, T, llm.n_kv_heads, llm.head_dim, device=device, dtype=h.dtype)
-        # The prompt fills slots 0..T-1 of its own rows: attend over those only.
-        out = self.model.llm(h, positions, mask=mask, cache=cache, slots=slots, kv_len=T)[:, -1]
+        # The prompt fills slots 0..start+T-1 of its own rows: attend over those only.
+        self.passes += 1
+        out = self.model.llm(h, positions, mask=mask, cache=cache, slots=slots, kv_len=start + T)[:, -1]
         offset = 0
         for s in states:
             job = s.job
@@ -585,13 +678,14 @@ class BatchRunner:
                     s.done_steps = job.prefix
             s.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
             s.forward_passes += 1
+            s.pass_ids.add(self.passes)
 
-    def _und_features(self, pixels: Tensor) -> Tensor:
-        """Understanding features [N, P, D] of preprocessed images [N, 3, S, S], each image
-        encoded on its own (so its features never depend on what it was batched with) and
-        remembered by content: a conversation re-sends its images every turn, and benchmarks
-        ask many questions about one image."""
-        out = []
+    def _und_features(self, pixels: Tensor) -> tuple[Tensor, list[bytes]]:
+        """Understanding features [N, P, D] of preprocessed images [N, 3, S, S], and each image's
+        content hash. Each image is encoded on its own (so its features never depend on what it
+        was batched with) and remembered by content: a conversation re-sends its images every
+        turn, and benchmarks ask many questions about one image."""
+        out, hashes = [], []
         dtype = self.model.llm.embed.weight.dtype
         for image in pixels:
             key = hashlib.sha1(image.contiguous().view(torch.uint8).cpu().numpy().tobytes()).digest()
@@ -602,12 +696,24 @@ class BatchRunner:
             while len(self._features) > self.feature_cache:
                 self._features.popitem(last=False)
             out.append(feats)
-        return torch.stack(out)
+            hashes.append(key)
+        return torch.stack(out), hashes
 
-    def remove(self, state: JobState) -> None:
-        """Take a job out of the batch (finished or cancelled); its rows are free at once."""
-        if state in self.states:
-            self.states.remove(state)
+    def remove(self, state: JobState, keep_prefix: bool = False) -> None:
+        """Take a job out of the batch (finished or cancelled); its rows are free at once. With
+        `keep_prefix`, a text job's cached positions (prompt and the answer tokens fed) go to
+        the prefix cache first."""
+        if state not in self.states:
+            return
+        if keep_prefix and self.prefix_cache is not None and state.job.kind == "text" and state.error is None:
+            # Fed: the prompt, then every sampled token but a last one that ended the job unfed.
+            fed = state.job.prompt_len + state.fed_tokens
+            keys = state.keys + tuple(state.token_ids[:state.fed_tokens])
+            row = state.start_row
+            k = torch.stack([t[row, :, :fed] for t in self.cache.k])  # [layers, H, fed, hd]
+            v = torch.stack([t[row, :, :fed] for t in self.cache.v])
+            self.prefix_cache.store(keys[:fed], k, v)
+        self.states.remove(state)
 
     # --- decoding ---------------------------------------------------------------------------
 
@@ -633,39 +739,45 @@ class BatchRunner:
                 feeds += fed
         for s in finished:
             s.finished = True
-            self.remove(s)
-        # One forward pass per window length: plain jobs and answers feed one token per row.
-        for length in sorted({h.shape[1] for _, _, h in feeds}):
-            group = [(s, r, h) for s, r, h in feeds if h.shape[1] == length]
-            rows = _upload(torch.cat([r for _, r, _ in group]), self.device)
-            out = self._forward(rows, torch.cat([h for _, _, h in group]), [s for s, _, _ in group])
-            for (s, r, _), os in zip(group, out.split([len(r) for _, r, _ in group])):
+            self.remove(s, keep_prefix=True)
+        # One forward pass for every job: plain jobs and answers feed one token per row, Jacobi
+        # jobs their windows (a row's positions past its own window are padding).
+        if feeds:
+            self.passes += 1
+            for (s, r, h), out in zip(feeds, self._forward(feeds)):
                 s.forward_passes += 1
-                self._decoder(s.job).fed(self, s, r, os)
+                s.fed_tokens += h.shape[1]
+                s.pass_ids.add(self.passes)
+                self._decoder(s.job).fed(self, s, r, out)
         return finished
 
-    def _forward(self, rows: Tensor, h: Tensor, states: list[JobState]) -> Tensor:
-        """Feed `h` [N, T, D] to `rows` [N] (of `states`, at their next slots) in one pass over the
-        cache rows [0, hi): rows not fed write only the scratch slot at the end of the cache and
-        their output is dropped, so the batch stays a plain slice of the cache. -> [N, T, D]."""
+    def _forward(self, feeds: list[Feed]) -> list[Tensor]:
+        """Feed every (state, rows [N], h [N, L, D]) at its state's next slots in one pass over
+        the cache rows [0, hi), T = the longest L: positions past a row's L, and rows not fed,
+        write only the scratch slot at the end of the cache and their output is dropped, so the
+        batch stays a plain slice of the cache. -> the outputs [N, L, D] of each feed."""
         hi = max(s.rows.stop for s in self.states)
         if self.compile:
             hi = min(self.cache.batch, _pow2_at_least(hi))  # a few row buckets, not every count
-        T = h.shape[1]
+        T = max(h.shape[1] for _, _, h in feeds)
         scratch = self.cache.max_len - 1
         slots = torch.full((hi, T), scratch, dtype=torch.long)
         top = 0
-        for s in states:
-            slots[s.rows] = torch.arange(s.next_slot, s.next_slot + T)
-            top = max(top, s.next_slot + T)
+        for s, r, h in feeds:
+            L = h.shape[1]
+            slots[r, :L] = torch.arange(s.next_slot, s.next_slot + L)
+            top = max(top, s.next_slot + L)
         kv_len = min(self.cache.max_len, round_up(top, self.length_bucket))
-        x = torch.zeros(hi, T, h.shape[-1], device=h.device, dtype=h.dtype)
-        x[rows] = h
-        return self._step_fn(x, _upload(slots, h.device), kv_len)[rows]
+        h0 = feeds[0][2]
+        x = torch.zeros(hi, T, h0.shape[-1], device=h0.device, dtype=h0.dtype)
+        rows = _upload(torch.cat([r for _, r, _ in feeds]), h0.device)
+        x[rows] = torch.cat([torch.nn.functional.pad(h, (0, 0, 0, T - h.shape[1])) for _, _, h in feeds])
+        out = self._step_fn(x, _upload(slots, h0.device), kv_len)[rows]
+        return [o[:, :h.shape[1]] for o, (_, _, h) in zip(out.split([len(r) for _, r, _ in feeds]), feeds)]
 
 
 def image_job(prompt_ids: Sequence[int], pad_id: int, n: int, guidance: float, sampling: SamplingParams,
-              generator: torch.Generator | None, num_tokens: int, jacobi: int = 0) -> Job:
+              generator: torch.Generator | None, num_tokens: int, jacobi: int = 0, coupled: bool = True) -> Job:
     """The job of `n` images of one prompt: (conditional, unconditional) rows per image."""
     rows = [list(prompt_ids), unconditional_prompt(prompt_ids, pad_id)] * n
-    return Job("image", rows, num_tokens, sampling, generator, guidance=guidance, jacobi=jacobi)
+    return Job("image", rows, num_tokens, sampling, generator, guidance=guidance, jacobi=jacobi, coupled=coupled)

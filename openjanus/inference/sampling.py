@@ -1,18 +1,40 @@
 """Sampling as small pure functions on logits: filtering, drawing, classifier-free guidance,
-and speculative (Jacobi) decoding's accept test and residual.
+and speculative Jacobi decoding's verify-and-redraw step.
 
 Each takes a seeded `torch.Generator` where it draws, so a request's tokens depend on its own
 random stream only; nothing here knows about rows, caches or requests.
+
+Speculative Jacobi decoding (SJD, arXiv 2410.01699) feeds, after the newest exact token, drafts
+for the next positions; one forward pass gives the target distribution p of every position,
+exact as long as every draft before it is kept. A draft x drawn from a proposal q is kept with
+probability min(1, p(x)/q(x)); at the first rejection the token is drawn from
+normalise(max(0, p - q)). So each kept token is distributed exactly as plain sampling draws it.
+
+MC-SJD (maximal-coupling SJD, arXiv 2510.24211) changes how the next drafts are drawn. SJD draws
+each of them afresh from its new proposal q'; MC-SJD draws it from q' *coupled* with the previous
+draft x at the same position (drawn from q): keep x with probability min(1, q'(x)/q(x)), else draw
+from normalise(max(0, q' - q)). The new draft is still distributed as q' (the coupling's
+marginal), so the verification above stays exact, but it equals the previous draft with the
+largest probability any coupling allows, sum_v min(q, q'). Drafts stop flickering between
+iterations, so the context the next pass verifies against changes less and more drafts are kept.
+
+Why it stays lossless: a draft at position i is drawn from information about positions before i
+only (q' comes from outputs that attend to the window up to i - 1; the previous draft there was
+itself distributed as its proposal given the same kind of information), so given everything
+that decides the tokens before i, the draft is distributed as the proposal it is tested with.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from openjanus.requests import SamplingParams
 
-__all__ = ["filter_logits", "sample", "non_finite", "cfg_combine", "accept_drafts", "residual"]
+__all__ = ["filter_logits", "sample", "non_finite", "cfg_combine", "accept_drafts", "residual", "couple_drafts",
+           "accepted_prefix", "JacobiStep", "verify_window", "next_drafts", "jacobi_step"]
 
 
 def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
@@ -65,6 +87,125 @@ def accept_drafts(p_draft: Tensor, q_draft: Tensor, uniform: Tensor) -> Tensor:
 
 
 def residual(p: Tensor, q: Tensor) -> Tensor:
-    """Where to draw from after a rejection: normalise(max(0, p - q)) (unnormalised here)."""
+    """Where to draw from after a rejection: normalise(max(0, p - q)) (unnormalised here), row
+    by row over [..., V]; a row where p == q (up to rounding) has no residual: p itself."""
     r = (p - q).clamp(min=0)
-    return r if float(r.sum()) > 0 else p  # p == q up to rounding: then p itself
+    empty = r.sum(-1, keepdim=True) <= 0
+    return torch.where(empty, p, r)
+
+
+def couple_drafts(drafts: Tensor, proposals: Tensor, new_proposals: Tensor,
+                  generator: torch.Generator | None) -> Tensor:
+    """Maximal coupling: drafts [k] drawn from `proposals` [k, V] -> drafts [k] distributed as
+    `new_proposals` [k, V] that equal the old ones with probability sum_v min(q, q') each.
+
+    Keep the old draft x with probability min(1, q'(x)/q(x)) (speculative sampling's test with
+    the roles of target and proposal taken by q' and q), else draw from normalise(max(0, q' - q)):
+    P(new = v) = q(v) min(1, q'(v)/q(v)) + (1 - sum min(q, q')) (q'(v) - q(v))+ / sum (q' - q)+ = q'(v).
+    """
+    k = torch.arange(drafts.shape[0], device=drafts.device)
+    u = torch.rand(drafts.shape[0], generator=generator, device=drafts.device)
+    keep = accept_drafts(new_proposals[k, drafts], proposals[k, drafts], u)
+    fresh = torch.multinomial(residual(new_proposals, proposals), 1, generator=generator).squeeze(-1)
+    return torch.where(keep, drafts, fresh)
+
+
+def accepted_prefix(ok: Tensor) -> int:
+    """How many leading entries of the bool vector `ok` are True (one host sync)."""
+    return int(ok.long().cumprod(0).sum()) if ok.numel() else 0
+
+
+@dataclass
+class JacobiStep:
+    """What one verified window gives: the tokens kept (accepted drafts, then one exact token),
+    how many drafts were accepted, and the drafts to feed next with the proposals they were drawn
+    from (None when greedy; drafts None when nothing is left to draft)."""
+
+    tokens: Tensor  # [n] long
+    accepted: int
+    drafts: Tensor | None  # [k] long
+    proposals: Tensor | None  # [k, V]
+
+
+def verify_window(probs: Tensor | None, best: Tensor | None, drafts: Tensor, proposals: Tensor | None,
+                  generator: torch.Generator | None, known: Tensor | None = None) -> tuple[Tensor, int]:
+    """Verify one window: (the tokens kept: accepted drafts, then one exact token; how many
+    drafts were accepted).
+
+    probs [m, V]: the target distribution at each of the window's m outputs (output i is exact
+    when the window's drafts before it are kept); None when greedy, with `best` [m] its argmaxes.
+    drafts [m-1]: the drafts the window fed after its exact token (draft i is checked against
+    output i), drawn from `proposals` [m-1, V]. Greedy keeps a draft iff it is the argmax.
+    known [<= m]: tokens fixed in advance at the outputs' positions (-1 where sampled; masked
+    completion): a known draft is kept without a test, and a known next position takes its token.
+    """
+    greedy = probs is None
+    m = (best if greedy else probs).shape[0]
+    device = (best if greedy else probs).device
+    accepted = 0
+    if m > 1:
+        if greedy:
+            ok = best[:m - 1] == drafts
+        else:
+            k = torch.arange(m - 1, device=device)
+            u = torch.rand(m - 1, generator=generator, device=device)
+            ok = accept_drafts(probs[k, drafts], proposals[k, drafts], u)
+        if known is not None:
+            ok = ok | (known[:m - 1] >= 0)  # known tokens are exact
+        accepted = accepted_prefix(ok)
+    if known is not None and accepted < len(known) and bool(known[accepted] >= 0):
+        new = known[accepted:accepted + 1]
+    elif greedy:
+        new = best[accepted:accepted + 1]
+    elif accepted < m - 1:
+        new = torch.multinomial(residual(probs[accepted], proposals[accepted]), 1, generator=generator)
+    else:
+        new = torch.multinomial(probs[m - 1], 1, generator=generator)
+    return torch.cat([drafts[:accepted], new]), accepted
+
+
+def next_drafts(probs: Tensor | None, best: Tensor | None, drafts: Tensor, proposals: Tensor | None,
+                accepted: int, n_drafts: int, generator: torch.Generator | None, coupled: bool = True,
+                known: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """The `n_drafts` drafts to feed after the new token of a window that accepted `accepted`
+    drafts, and the proposals they were drawn from (None when greedy); arguments as
+    `verify_window`. Draft i's proposal is output accepted + 1 + i (the last output again past
+    the window). `coupled`: MC-SJD's coupled redraw where the old window had a draft at the same
+    position (SJD's independent redraw when False). known [n_drafts]: known tokens at the drafts'
+    positions (-1 where sampled) replace those drafts."""
+    greedy = probs is None
+    m = (best if greedy else probs).shape[0]
+    device = (best if greedy else probs).device
+    src = torch.clamp(torch.arange(accepted + 1, accepted + 1 + n_drafts, device=device), max=m - 1)
+    if greedy:
+        nxt, new_proposals = best[src], None
+    else:
+        new_proposals = probs[src]  # [n_drafts, V]
+        # The old window's drafts at the same positions (old draft accepted + 1 + i) are coupled;
+        # positions the old window did not reach are drawn afresh.
+        paired = max(min(n_drafts, m - 2 - accepted), 0) if coupled else 0
+        parts = []
+        if paired:
+            old = slice(accepted + 1, accepted + 1 + paired)
+            parts.append(couple_drafts(drafts[old], proposals[old], new_proposals[:paired], generator))
+        if paired < n_drafts:
+            parts.append(torch.multinomial(new_proposals[paired:], 1, generator=generator).squeeze(-1))
+        nxt = torch.cat(parts)
+    if known is not None:
+        nxt = torch.where(known >= 0, known, nxt)
+    return nxt, new_proposals
+
+
+def jacobi_step(probs: Tensor | None, best: Tensor | None, drafts: Tensor, proposals: Tensor | None,
+                remaining: int, window: int, generator: torch.Generator | None,
+                coupled: bool = True) -> JacobiStep:
+    """Verify one window and draw the next drafts (no known tokens): `verify_window`, then
+    `next_drafts` for up to `window` of the `remaining` tokens still to sample after it (the
+    step keeps at most `remaining`)."""
+    tokens, accepted = verify_window(probs, best, drafts, proposals, generator)
+    tokens = tokens[:remaining]
+    n_drafts = min(window, remaining - len(tokens))
+    if n_drafts <= 0:
+        return JacobiStep(tokens, accepted, None, None)
+    nxt, new_proposals = next_drafts(probs, best, drafts, proposals, accepted, n_drafts, generator, coupled)
+    return JacobiStep(tokens, accepted, nxt, new_proposals)

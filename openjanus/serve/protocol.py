@@ -12,7 +12,7 @@ project's:
     size "WxH" / "auto"                    ImageRequest.size (auto: native; edits keep the image's aspect)
     image, mask (edits form)               ImageRequest.image, mask (transparent pixels = regenerate)
     guidance_scale (extension)             ImageRequest.guidance (classifier-free guidance scale)
-    top_k, jacobi (extensions)             SamplingParams.top_k, ImageRequest.jacobi
+    top_k, jacobi (extensions)             SamplingParams.top_k, ImageRequest.jacobi (N or "auto")
     usage.prompt_tokens / input_tokens     ChatResult.prompt_tokens / ImageResult.prompt_tokens
 
 `top_p`: OpenAI accepts 0 to 1, and 0 keeps only the most likely token (a nucleus always holds
@@ -370,7 +370,7 @@ def image_request(body: dict, geometry: Geometry, settings: ServeSettings,
         raise APIError(400, "only output_format 'png' is supported", param="output_format")
     return ImageRequest(prompt, n=n, guidance=_number(body, "guidance_scale", 0, 100, ImageRequest.guidance),
                         sampling=_sampling(body, ImageRequest.sampling), seed=_seed(body),
-                        jacobi=_field(body, "jacobi", int, ImageRequest.jacobi), size=wh, **extra)
+                        jacobi=_field(body, "jacobi", (int, str), ImageRequest.jacobi), size=wh, **extra)
 
 
 def partial_images(body: dict) -> int:
