@@ -24,9 +24,12 @@ from openjanus.config import PRESETS, JanusConfig
 from openjanus.devices import resolve_device, resolve_dtype
 from openjanus.engine import Engine, EngineConfig, RequestHandle
 from openjanus.errors import UserError
+from openjanus.hub import download as hub_download
+from openjanus.hub import parse_hub_id
 from openjanus.images import ImageInput
 from openjanus.model.janus import Janus
 from openjanus.model.llm import fuse_projections
+from openjanus.model_card import ModelCard
 from openjanus.processing import JanusProcessor, standin_processor
 from openjanus.quantize import Int8Linear, quantize_model
 from openjanus.requests import ChatRequest, ChatResult, ImageRequest, ImageResult
@@ -43,7 +46,8 @@ _RANDOM_NOTICE_SHOWN: set[str] = set()
 def resolve_model_source(model: str | Path | None) -> Path | str:
     """What `--model` names: a checkpoint folder (Path) or a preset name (str).
 
-    An existing folder wins over a name; None and "janus-shapes" mean the shipped demo model.
+    An existing folder wins over a name; None and "janus-shapes" mean the shipped demo model;
+    "owner/name[@revision]" is fetched through huggingface_hub's cache (`openjanus.hub`).
     """
     if model is not None and Path(model).exists():
         if not Path(model).is_dir():
@@ -57,8 +61,10 @@ def resolve_model_source(model: str | Path | None) -> Path | str:
         return DEMO_MODEL_DIR
     if isinstance(model, str) and model in PRESETS:
         return model
-    raise UserError(f"model {str(model)!r} is neither a checkpoint folder nor a known name "
-                    f"({', '.join([DEMO_MODEL_NAME] + sorted(PRESETS))})")
+    if isinstance(model, str) and parse_hub_id(model) is not None:  # owner/name[@revision], no such folder
+        return hub_download(model)
+    raise UserError(f"model {str(model)!r} is neither a checkpoint folder, a hub id (owner/name[@revision]) "
+                    f"nor a known name ({', '.join([DEMO_MODEL_NAME] + sorted(PRESETS))})")
 
 
 def prepare_for_inference(model: Janus, quantize: str | None = None) -> Janus:
@@ -77,10 +83,13 @@ def tokens_to_pil(images: Tensor) -> list[Image.Image]:
 
 
 class JanusPipeline:
-    def __init__(self, model: Janus, processor: JanusProcessor, name: str = "model") -> None:
+    def __init__(self, model: Janus, processor: JanusProcessor, name: str = "model",
+                 card: ModelCard | None = None) -> None:
         self.model = model.eval()
         self.processor = processor
         self.name = name
+        # What the model folder says about using it: default settings, examples, vocabulary.
+        self.card = card or ModelCard()
         self._engine: Engine | None = None
 
     # --- construction ---------------------------------------------------------------------
@@ -114,7 +123,9 @@ class JanusPipeline:
         net = load_model(source, device=dev, dtype=dt, check_finite=check_finite)
         processor = JanusProcessor.from_dir(source, net.cfg, roles=roles or "pro")
         cls._check_vocab(net, processor)
-        return cls(net, processor, name=source.name)
+        # A hub model is named by its id, not by the cache's snapshot hash.
+        name = model if isinstance(model, str) and parse_hub_id(model) and not Path(model).exists() else source.name
+        return cls(net, processor, name=name, card=ModelCard.read(source))
 
     @classmethod
     def from_preset(cls, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
