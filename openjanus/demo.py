@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from openjanus.errors import UserError
 from openjanus.eval.report import GenerationReport, UnderstandingReport
 
 # Prompts shown in the gallery; the last three ask for held-out compositions (see docs/shapes-world.md).
@@ -137,9 +139,30 @@ def write_report(out: Path, scores: dict[str, Any], cards, qa_rows) -> Path:
     return path
 
 
+# What a demo run writes into its folder (anything else there is left alone).
+DEMO_OUTPUTS = ("report.html", "scores.json", "gallery", "scenes", "geneval", "pope")
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds an earlier demo unless `overwrite`; then remove only what a
+    demo writes. Runs before the model loads, so a refusal costs nothing."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    earlier = [name for name in DEMO_OUTPUTS if (out / name).exists()]
+    if not earlier:
+        return
+    if not overwrite:
+        raise UserError(f"{out} already holds a demo run ({', '.join(earlier)}); pass --overwrite to replace it, "
+                        "or choose another folder")
+    for name in earlier:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """Generate, answer and benchmark with the demo model; write report.html and scores.json."""
     out = Path(args.out)
+    prepare_out(out, args.overwrite)
     scores = run_demo(args.model, out, args.device, args.dtype, args.seed, args.per_category, args.n_images,
                       quantize=args.quantize)
     hd = scores["headline"]["heldout"]
@@ -154,9 +177,11 @@ def register(subparsers: Any) -> None:
 
     p.add_argument("--out", required=True, help="output folder (report.html, scores.json, images)")
     add_model_flags(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the gallery, the scenes and the benchmarks' sampling")
     p.add_argument("--per-category", type=int, default=6, help="GenEval-style prompts per category")
     p.add_argument("--n-images", type=int, default=40, help="scenes for the understanding benchmark")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the output of an earlier demo in --out (only the files a demo writes)")
     p.set_defaults(func=cmd_demo)
 
 

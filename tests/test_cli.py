@@ -130,6 +130,33 @@ def test_demo_writes_report_and_scores(tiny_checkpoint, tmp_path):
     assert "a photo of a red star" in page and page.count("<img") >= 7 * 4
 
 
+def test_demo_rerun_refuses_before_any_work_and_overwrite_replaces_only_its_files(tiny_checkpoint, tmp_path,
+                                                                                    monkeypatch, capsys):
+    from openjanus.errors import UserError
+    from openjanus.pipeline import JanusPipeline
+
+    out = tmp_path / "demo"
+    for name in ("gallery", "geneval/000000"):
+        (out / name).mkdir(parents=True)
+    (out / "report.html").write_text("earlier report")
+    (out / "notes.txt").write_text("mine")
+    loads = []
+
+    def no_load(*args, **kwargs):  # the model must not even be loaded
+        loads.append(args)
+        raise UserError("model loading reached")
+
+    monkeypatch.setattr(JanusPipeline, "load", no_load)
+    assert main(["demo", "--model", str(tiny_checkpoint), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "--overwrite" in err and "\n" not in err and loads == []
+    assert (out / "report.html").read_text() == "earlier report"
+    # --overwrite: the earlier demo's files go, the user's stay, and the run starts.
+    assert main(["demo", "--model", str(tiny_checkpoint), "--out", str(out), "--overwrite"]) == 2
+    assert "model loading reached" in capsys.readouterr().err and len(loads) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
 @pytest.mark.parametrize("argv", [
     ["chat", "--model", "tiny", "hi"],
     ["generate", "--model", "tiny", "--out", "OUT", "x"],

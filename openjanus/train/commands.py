@@ -127,8 +127,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     main = os.environ.get("RANK", "0") == "0"
     if state.interrupted:
         if main:
-            print(f"exit status {EXIT_INTERRUPTED}: interrupted, resumable ({resume_command(args.config, args.override)})",
-                  file=sys.stderr)
+            resume = resume_command(args.config, args.override)
+            print(f"exit status {EXIT_INTERRUPTED}: interrupted, resumable ({resume})", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED)
     if main:
         print(f"trained to step {state.step}; checkpoints in {cfg.output_dir}/checkpoints", file=sys.stderr)
