@@ -29,7 +29,9 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, the record's extra fields, and
-    the traceback (as one string) when there is one."""
+    the traceback (as one string) when there is one. Times are UTC."""
+
+    converter = time.gmtime
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
