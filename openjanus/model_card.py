@@ -28,6 +28,7 @@ the project's defaults (greedy answers; images at temperature 1, guidance 5) and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -37,7 +38,8 @@ from typing import Any, Literal
 from openjanus.errors import UserError
 from openjanus.requests import SamplingParams
 
-__all__ = ["ModelCard", "GenerationDefaults", "ChatDefaults", "ImageDefaults", "Examples", "GENERIC_EXAMPLES"]
+__all__ = ["ModelCard", "GenerationDefaults", "ChatDefaults", "ImageDefaults", "Examples", "GENERIC_EXAMPLES",
+           "fingerprint"]
 
 GENERATION_CONFIG = "generation_config.json"
 CARD_FILE = "openjanus.json"
@@ -219,3 +221,33 @@ def _read_card(path: Path) -> tuple[Examples, frozenset[str] | None]:
     vocab = data.get("vocabulary")
     vocabulary = None if vocab is None else frozenset(w.lower() for w in _strings(vocab, path, "vocabulary"))
     return examples, vocabulary
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+_SAMPLE = 1 << 20  # bytes read at each end of a weight file
+
+
+def fingerprint(folder: str | Path | None, weights: str, name: str = "") -> str:
+    """"fp_" and 12 hex digits naming these weights in this format, as OpenAI's
+    `system_fingerprint` names a backend configuration: a different checkpoint, a different
+    dtype or quantization, or another openjanus version gives another one.
+
+    A checkpoint's weight files are identified by their names, sizes and their first and last
+    MiB (reading every byte of a 14 GB checkpoint at each start would take minutes); a model
+    without a folder (a preset's random weights) by its name.
+    """
+    from openjanus import __version__
+
+    h = hashlib.sha256(f"openjanus {__version__}|{weights}|{name}".encode())
+    if folder is not None:
+        for path in sorted(Path(folder).iterdir()):
+            if path.suffix not in _WEIGHT_SUFFIXES and path.name != "config.json":
+                continue
+            size = path.stat().st_size
+            h.update(f"|{path.name}:{size}".encode())
+            with path.open("rb") as f:
+                h.update(f.read(_SAMPLE))
+                if size > 2 * _SAMPLE:
+                    f.seek(size - _SAMPLE)
+                    h.update(f.read(_SAMPLE))
+    return "fp_" + h.hexdigest()[:12]

@@ -91,3 +91,24 @@ def test_a_bad_card_is_one_line(tmp_path):
     (tmp_path / "openjanus.json").write_text(json.dumps({"examples": {"prompts": "a red circle"}}))
     with pytest.raises(UserError, match="examples.prompts must be a list of non-empty strings"):
         ModelCard.read(tmp_path)
+
+
+def test_fingerprint_names_the_weights_and_their_format(tmp_path):
+    import shutil
+
+    from openjanus.model_card import fingerprint
+
+    demo = Path(openjanus.__file__).parent / "assets" / "janus-shapes"
+    a = fingerprint(demo, "janus-shapes, float32")
+    assert re.fullmatch(r"fp_[0-9a-f]{12}", a) and a == fingerprint(demo, "janus-shapes, float32")
+    assert a != fingerprint(demo, "janus-shapes, bfloat16")  # the format is part of it
+    copy = tmp_path / "copy"
+    shutil.copytree(demo, copy)
+    assert fingerprint(copy, "janus-shapes, float32") == a  # a copy is the same weights
+    with (copy / "model.safetensors").open("r+b") as f:  # one byte of the last tensors changed
+        f.seek(-5, 2)
+        byte = f.read(1)
+        f.seek(-5, 2)
+        f.write(bytes([byte[0] ^ 1]))
+    assert fingerprint(copy, "janus-shapes, float32") != a
+    assert fingerprint(None, "tiny, float32", "tiny") != fingerprint(None, "small, float32", "small")
