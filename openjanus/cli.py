@@ -118,17 +118,17 @@ def _sampling(p: argparse.ArgumentParser, temperature: float) -> None:
 
 
 def _pipeline(args: argparse.Namespace):
-    from openjanus.engine import EngineConfig
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.engine import EngineConfig
+    from openjanus.inference.pipeline import JanusPipeline
 
     pipe = JanusPipeline.load(args.model, device=args.device, dtype=args.dtype,
                               roles=getattr(args, "roles", None), seed=args.seed,
                               check_finite=getattr(args, "check_finite", False),
                               quantize=getattr(args, "quantize", None))
     # Commands without engine flags get EngineConfig's defaults, as the lazily made engine would.
-    pipe.start_engine(EngineConfig(max_rows=getattr(args, "batch_rows", None) or EngineConfig.max_rows,
-                                   max_cache_gib=getattr(args, "kv_cache_gib", EngineConfig.max_cache_gib),
-                                   compile_step=getattr(args, "compile", False)))
+    pipe.start_engine(EngineConfig(rows=getattr(args, "batch_rows", None) or EngineConfig.rows,
+                                   kv_cache_gib=getattr(args, "kv_cache_gib", EngineConfig.kv_cache_gib),
+                                   compile=getattr(args, "compile", False)))
     return pipe
 
 
@@ -235,7 +235,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     pipe = _pipeline(args)
     sampling = _sampling_params(args)
     # Prompt i uses seed + i, so two prompts of one run never share a random stream.
-    requests = [ImageRequest(p, n=args.n, cfg_weight=args.cfg, sampling=sampling, seed=args.seed + i,
+    requests = [ImageRequest(p, n=args.n, guidance=args.cfg, sampling=sampling, seed=args.seed + i,
                              jacobi=args.jacobi) for i, p in enumerate(args.prompt)]
     t0 = time.perf_counter()
     results = pipe.run(requests, progress=True, desc=f"sampling {args.n * len(requests)} image(s)")
@@ -252,7 +252,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     np.save(out / "tokens.npy", tokens)
     run = {
         "model": pipe.name, "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
-        "prompts": list(args.prompt), "n": args.n, "cfg_weight": args.cfg, "temperature": sampling.temperature,
+        "prompts": list(args.prompt), "n": args.n, "guidance": args.cfg, "temperature": sampling.temperature,
         "top_k": sampling.top_k, "top_p": sampling.top_p, "seed": args.seed, "jacobi": args.jacobi,
         "quantize": args.quantize, "weights": pipe.weights, "batch_rows": args.batch_rows,
         "kv_cache_gib": args.kv_cache_gib, "compile": args.compile, "seconds": round(seconds, 3),
@@ -298,9 +298,9 @@ def cmd_info(args: argparse.Namespace) -> None:
     from openjanus.checkpoints import read_config
     from openjanus.config import JanusConfig
     from openjanus.devices import resolve_device, resolve_dtype
-    from openjanus.engine import EngineConfig, rows_that_fit
+    from openjanus.inference.engine import EngineConfig, kv_bytes_per_token, rows_that_fit
+    from openjanus.inference.pipeline import prepare_for_inference, resolve_model_source
     from openjanus.model.janus import Janus
-    from openjanus.pipeline import prepare_for_inference, resolve_model_source
 
     source = resolve_model_source(args.model)
     if isinstance(source, str):
@@ -322,20 +322,19 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"  {name:<14} {n:>15,d}")
     print(f"  {'total':<14} {total:>15,d}   weights: {weights / 2**30:.2f} GiB")
     c = cfg.llm
-    nbytes = torch.finfo(dtype).bits // 8
     seq = args.seq_len or (args.prompt_len + cfg.num_gen_tokens)
     rows = args.batch * (1 if args.seq_len else 2)  # image generation runs cond + uncond rows
-    per_row = 2 * c.n_layers * c.n_kv_heads * seq * c.head_dim * nbytes
+    per_row = seq * kv_bytes_per_token(model)  # the engine's own formula
     kv = rows * per_row
     what = f"{rows} rows x {seq} positions" + ("" if args.seq_len else f" (batch {args.batch} images with CFG)")
     print(f"KV cache: {kv / 2**30:.3f} GiB for {what}")
     step = 1 if args.seq_len else 2
-    engine = EngineConfig(max_cache_gib=args.kv_cache_gib)
+    engine = EngineConfig(kv_cache_gib=args.kv_cache_gib)
     fit = max(step, rows_that_fit(model, seq, engine) // step * step)  # the engine's own rule
     if rows <= fit:
         print(f"together: {(weights + kv) / 2**30:.2f} GiB (weights + KV cache) in one batch")
     else:
-        print(f"the engine (--kv-cache-gib {args.kv_cache_gib:g}, {engine.max_rows} rows at most) holds {fit} rows: "
+        print(f"the engine (--kv-cache-gib {args.kv_cache_gib:g}, {engine.rows} rows at most) holds {fit} rows: "
               f"{args.batch} run as batches of {fit // step}, {(weights + fit * per_row) / 2**30:.2f} GiB "
               f"(weights + KV cache); in one batch {(weights + kv) / 2**30:.2f} GiB")
     print(f"LLM: dim {c.dim}, {c.n_layers} layers, {c.n_heads} heads ({c.n_kv_heads} kv), ffn {c.ffn_dim}, "

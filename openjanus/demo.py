@@ -49,7 +49,7 @@ def headline_scores(geneval: GenerationReport, pope: UnderstandingReport) -> dic
 def run_demo(model: str | None, out: Path, device: str | None, dtype: str | None, seed: int,
              per_category: int, n_images: int, quantize: str | None = None) -> dict[str, Any]:
     from openjanus.eval.runners import GenerationSettings, run_geneval_shapes, run_pope_shapes
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
     from openjanus.requests import ImageRequest
     from openjanus.shapes.tasks import sample_scene_in_split
     from openjanus.shapes.text import scene_questions

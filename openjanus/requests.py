@@ -80,7 +80,7 @@ class ImageRequest:
 
     prompt: str
     n: int = 1
-    cfg_weight: float = 5.0
+    guidance: float = 5.0
     sampling: SamplingParams = SamplingParams(temperature=1.0)
     seed: int | None = 0
     jacobi: int = 0
@@ -89,7 +89,7 @@ class ImageRequest:
         if not isinstance(self.prompt, str):
             raise UserError(f"the prompt must be a string, got {type(self.prompt).__name__}")
         _count("n (images per prompt)", self.n, 1)
-        _finite("cfg_weight", self.cfg_weight)
+        _finite("guidance", self.guidance)
         check_seed(self.seed)
         _count("jacobi", self.jacobi, 0, 64)
 
@@ -185,8 +185,9 @@ class Cost:
 class ImageResult:
     request: ImageRequest
     images: list[Image.Image]
-    tokens: Tensor  # [n, num_gen_tokens] int64 VQ codes, raster order, on the CPU
+    tokens: Tensor  # [n, num_gen_tokens] int64 image tokens, raster order, on the CPU
     seed: int
+    prompt_tokens: int  # tokens of the prompt (as the conditional row of each image holds it)
     cost: Cost = field(default_factory=Cost)
 
 

@@ -133,7 +133,7 @@ def test_demo_writes_report_and_scores(tiny_checkpoint, tmp_path):
 def test_demo_rerun_refuses_before_any_work_and_overwrite_replaces_only_its_files(tiny_checkpoint, tmp_path,
                                                                                     monkeypatch, capsys):
     from openjanus.errors import UserError
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
 
     out = tmp_path / "demo"
     for name in ("gallery", "geneval/000000"):
@@ -168,7 +168,7 @@ def test_demo_rerun_refuses_before_any_work_and_overwrite_replaces_only_its_file
 def test_every_command_that_loads_a_model_honours_quantize(argv, monkeypatch, tmp_path):
     """--quantize is one of the shared model flags: no command may accept it and ignore it."""
     from openjanus.errors import UserError
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
 
     seen = {}
 
@@ -190,7 +190,7 @@ def test_generate_writes_run_json_with_every_setting(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["model"] == "tiny" and run["dtype"] == "bfloat16" and run["quantize"] == "int8"
     assert run["weights"] == "tiny, bfloat16, int8 LLM and heads"
-    assert (run["n"], run["seed"], run["cfg_weight"], run["top_k"], run["jacobi"]) == (2, 3, 4.5, 50, 0)
+    assert (run["n"], run["seed"], run["guidance"], run["top_k"], run["jacobi"]) == (2, 3, 4.5, 50, 0)
     assert run["prompts"] == ["a red circle", "a blue square"] and run["kv_cache_gib"] == 4.0
     assert run["seconds"] > 0 and run["forward_passes"] > 0 and run["tokens_per_image"] == 64
     # Prompt i uses seed + i; every image names its prompt and seed.

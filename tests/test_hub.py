@@ -127,8 +127,9 @@ def test_pipeline_load_names_the_model_by_its_hub_id(tmp_path):
     shutil.copytree(DEMO, repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    code = ("from openjanus.pipeline import JanusPipeline; p = JanusPipeline.load('acme/cached', device='cpu', "
-            "dtype='float32'); print(p.name, p.card.examples.prompts[0])")
+    code = ("from openjanus.inference.pipeline import JanusPipeline\n"
+            "p = JanusPipeline.load('acme/cached', device='cpu', dtype='float32')\n"
+            "print(p.name, p.card.examples.prompts[0])")
     r = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(
         tmp_path / "hub")), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

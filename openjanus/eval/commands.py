@@ -36,7 +36,7 @@ def _gen_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _pipeline(args: argparse.Namespace) -> Any:
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
 
     return JanusPipeline.load(args.model, device=args.device, dtype=args.dtype, seed=args.seed,
                               quantize=args.quantize)
@@ -45,7 +45,7 @@ def _pipeline(args: argparse.Namespace) -> Any:
 def _settings(args: argparse.Namespace) -> Any:
     from openjanus.eval.runners import GenerationSettings
 
-    return GenerationSettings(n_per_prompt=args.per_prompt, seed=args.seed, cfg_weight=args.cfg,
+    return GenerationSettings(n_per_prompt=args.per_prompt, seed=args.seed, guidance=args.cfg,
                               temperature=args.temperature, batch_size=args.batch_size)
 
 

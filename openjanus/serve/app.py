@@ -29,10 +29,10 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from openjanus.engine import Cancelled, ContextTooLong, QueueFull, RequestHandle
 from openjanus.errors import UserError
 from openjanus.images import ImageLoadError
-from openjanus.pipeline import JanusPipeline
+from openjanus.inference.engine import Cancelled, ContextTooLong, QueueFull, RequestHandle
+from openjanus.inference.pipeline import JanusPipeline
 from openjanus.requests import MAX_SEED, ChatRequest, ImageProgress, ImageRequest, Message, SamplingParams, TextDelta
 
 log = logging.getLogger("openjanus.serve")
@@ -280,7 +280,7 @@ def _image_request(body: dict, pipe: JanusPipeline, settings: ServeSettings) -> 
         raise APIError(400, "only output_format 'png' is supported", param="output_format")
     sampling = SamplingParams(_number(body, "temperature", 0, 2, 1.0), top_k=_field(body, "top_k", int),
                               top_p=_number(body, "top_p", 0, 1, None) or None)
-    return ImageRequest(prompt, n=n, cfg_weight=_number(body, "guidance_scale", 0, 100, 5.0), sampling=sampling,
+    return ImageRequest(prompt, n=n, guidance=_number(body, "guidance_scale", 0, 100, 5.0), sampling=sampling,
                         seed=_seed(body), jacobi=_field(body, "jacobi", int, 0))
 
 

@@ -44,13 +44,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except ModuleNotFoundError as e:
         raise UserError(f"openjanus serve needs the serve extra ({e.name} is missing): "
                         "pip install -e '.[serve]'") from None
-    from openjanus.engine import EngineConfig
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.engine import EngineConfig
+    from openjanus.inference.pipeline import JanusPipeline
 
     pipe = JanusPipeline.load(args.model, device=args.device, dtype=args.dtype,
                               check_finite=getattr(args, "check_finite", False), quantize=args.quantize)
-    pipe.start_engine(EngineConfig(max_rows=args.batch_rows, max_queue=args.max_queue,
-                                   max_cache_gib=args.kv_cache_gib))
+    pipe.start_engine(EngineConfig(rows=args.batch_rows, queue=args.max_queue,
+                                   kv_cache_gib=args.kv_cache_gib))
     settings = ServeSettings(model_id=args.model_id or pipe.name,
                              api_key=args.api_key or os.environ.get("OPENJANUS_API_KEY") or None,
                              max_body_bytes=args.max_body_mb * 2**20, max_n=args.max_n,

@@ -14,7 +14,7 @@ from bad_input import cli_error
 from openjanus import __version__
 from openjanus.cli import MAX_SEED, main
 from openjanus.errors import UserError
-from openjanus.pipeline import JanusPipeline
+from openjanus.inference.pipeline import JanusPipeline
 from openjanus.requests import ChatRequest, Message
 
 
@@ -199,7 +199,7 @@ def test_info_knows_the_demo_model_by_name(capsys):
 
 
 def test_random_weight_presets_say_so_once(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("openjanus.pipeline._RANDOM_NOTICE_SHOWN", set())
+    monkeypatch.setattr("openjanus.inference.pipeline._RANDOM_NOTICE_SHOWN", set())
     for i in range(2):
         assert main(["generate", "--model", "tiny", "--out", str(tmp_path / f"o{i}"), "p"]) == 0
     err = capsys.readouterr().err
