@@ -186,7 +186,9 @@ class ImageResult:
     request: ImageRequest
     images: list[Image.Image]
     tokens: Tensor  # [n, num_gen_tokens] int64 image tokens, raster order, on the CPU
-    seed: int
+    seed: int  # the request's seed (drawn at random when the request left it None)
+    # Each image's own seed: ImageRequest(prompt, n=1, seed=seeds[i]) gives image i alone.
+    seeds: list[int]
     prompt_tokens: int  # tokens of the prompt (as the conditional row of each image holds it)
     cost: Cost = field(default_factory=Cost)
 

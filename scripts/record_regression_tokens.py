@@ -3,8 +3,9 @@
 The committed file was recorded at commit aeb7478, before the batching engine, with that
 commit's API (`generate_images`, and `generate_text` on a left-padded batch of the chat
 questions); this script now records the same cases through the engine and gives the same file,
-which `tests/test_regression_tokens.py` checks (fp32, CPU). The cases are plain data below so
-the test and this script agree on them.
+which `tests/test_regression_tokens.py` checks (fp32, CPU), except image case 1, re-recorded
+when each image of a request got its own random stream (see that test's docstring). The cases
+are plain data below so the test and this script agree on them.
 
     python scripts/record_regression_tokens.py > tests/data/regression_tokens.json
 """

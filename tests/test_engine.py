@@ -179,6 +179,29 @@ def test_large_requests_run_in_chunks_that_fit(tiny_pipeline):
         engine.close()
 
 
+def test_each_image_of_a_request_is_its_own_request_with_its_seed(tiny_pipeline):
+    """Image i of `n=N, seed=S` draws from its own stream, seeded `result.seeds[i]`: a one-image
+    request with that seed gives it exactly, whether the N images ran in one batch or in chunks,
+    plain or speculative. (Before, the N images shared one stream, so image 0 of `n=4` was not
+    image 0 of `n=1`.)"""
+    sampling = SamplingParams(temperature=1.0, top_k=50)
+    together = tiny_pipeline.generate(ImageRequest("a red circle", n=4, seed=7, sampling=sampling))
+    assert together.seeds[0] == 7 and len(set(together.seeds)) == 4
+    for i, seed in enumerate(together.seeds):
+        alone = tiny_pipeline.generate(ImageRequest("a red circle", n=1, seed=seed, sampling=sampling))
+        assert alone.seeds == [seed] and torch.equal(alone.tokens[0], together.tokens[i])
+        assert alone.images[0].tobytes() == together.images[i].tobytes()
+    engine = tiny_pipeline.start_engine(EngineConfig(rows=4))  # 2 images per chunk
+    try:
+        chunked = tiny_pipeline.generate(ImageRequest("a red circle", n=4, seed=7, sampling=sampling))
+    finally:
+        engine.close()
+    assert torch.equal(chunked.tokens, together.tokens) and chunked.seeds == together.seeds
+    # Speculative Jacobi images use the same seeds (their draws differ, their distribution does not).
+    jacobi = tiny_pipeline.generate(ImageRequest("a red circle", n=2, seed=7, sampling=sampling, jacobi=4))
+    assert jacobi.seeds == together.seeds[:2]
+
+
 def test_queue_and_row_caps(tiny_pipeline):
     engine = tiny_pipeline.start_engine(EngineConfig(rows=2, queue=2))
     try:

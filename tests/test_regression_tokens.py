@@ -5,6 +5,15 @@ commit aeb7478 (fp32, CPU). Equality is exact: these are greedy and seeded-sampl
 the shipped demo model and the tiny preset, and a request run alone must take exactly the
 arithmetic path the recorded run took (same rows, same kernels), so any difference is a
 behaviour change, not noise.
+
+One case was re-recorded since, on purpose: image case 1 (three sampled images of one prompt,
+seed 7). Its images used to share one random stream (one multinomial call over the three rows
+per step), so image i depended on how many images were asked for and `n=1` could not give
+image 1 or 2 of `n=3` (issue 22). Each image now draws from its own stream, seeded
+`image_seed(7, i)`; image 0 keeps seed 7, and its first token is unchanged, but from the second
+step on it no longer shares the stream with the other two. The greedy cases, the one-image
+case and the chats are as recorded at aeb7478 (tests/test_engine.py shows each image of the new
+recording is a one-image request with its seed).
 """
 
 from __future__ import annotations
