@@ -81,7 +81,7 @@ def run_demo(model: str | None, out: Path, device: str | None, dtype: str | None
         name = f"scenes/s{i}.png"
         image.save(out / name)
         qs = scene_questions(scene, rng_for(seed, 9002, i))[:5]
-        answers = pipe.answer([image] * len(qs), [q.question for q in qs], max_new_tokens=24)
+        answers = pipe.answer([q.question for q in qs], [image] * len(qs), max_new_tokens=24)
         qa_rows.append((name, split, [(q.question, q.answer, a) for q, a in zip(qs, answers)]))
 
     log("benchmark: GenEval-style generation (shapes world)")

@@ -32,7 +32,7 @@ def test_chat_prints_only_the_answer(tiny_checkpoint, tiny_pipeline, tmp_path, c
                "What is in this picture?"])
     assert rc == 0
     out = capsys.readouterr().out
-    expected = tiny_pipeline.answer([Image.open(img)], ["What is in this picture?"], max_new_tokens=5)[0]
+    expected = tiny_pipeline.answer(["What is in this picture?"], [Image.open(img)], max_new_tokens=5)[0]
     assert out.strip() == expected
 
 

@@ -75,8 +75,8 @@ class Pipeline(Protocol):
 
     def answer(
         self,
-        images: list[Image.Image | list[Image.Image]],
         questions: list[str],
+        images: list[Image.Image | list[Image.Image]],
         max_new_tokens: int = 32,
     ) -> list[str]: ...
 
@@ -318,8 +318,8 @@ def _answer_all(
     for start in range(0, len(questions), batch_size):
         log(f"{what}: questions {start + 1}-{min(start + batch_size, len(questions))} of {len(questions)}")
         answers += pipeline.answer(
-            list(images[start : start + batch_size]),
             list(questions[start : start + batch_size]),
+            list(images[start : start + batch_size]),
             max_new_tokens=max_new_tokens,
         )
     if len(answers) != len(questions):
@@ -596,5 +596,5 @@ class WorldOracle:
                                                            self.image_size)) for n in range(r.n)]))
         return out
 
-    def answer(self, images: list[Any], questions: list[str], max_new_tokens: int = 32) -> list[str]:
+    def answer(self, questions: list[str], images: list[Any], max_new_tokens: int = 32) -> list[str]:
         raise UserError("the world oracle only generates images")

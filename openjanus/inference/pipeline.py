@@ -241,12 +241,18 @@ class JanusPipeline:
 
     # --- understanding --------------------------------------------------------------------
 
-    def answer(self, images: Sequence[ImageInput | Sequence[ImageInput]], questions: Sequence[str],
+    def answer(self, questions: Sequence[str], images: Sequence[ImageInput | Sequence[ImageInput]],
                max_new_tokens: int = 32, **request: object) -> list[str]:
-        """Single-turn questions, one per image (a path, bytes, a PIL image, or a list of them),
-        answered together; greedy unless `sampling=` says otherwise."""
+        """Single-turn questions, each about its image (a path, bytes, a PIL image, or a list of
+        them), answered together: `answer(["how many objects are there?"], ["scene.png"])`. The
+        question comes first, as in `ChatRequest.ask(question, images)`; greedy unless
+        `sampling=` says otherwise. Other keywords are `ChatRequest`'s."""
+        if isinstance(questions, str) or not all(isinstance(q, str) for q in questions):
+            raise UserError("questions must be a list of strings and come first: answer(questions, images), "
+                            "as in ChatRequest.ask(question, images)")
         if len(images) != len(questions):
-            raise UserError(f"{len(images)} images but {len(questions)} questions")
+            raise UserError(f"{len(questions)} questions but {len(images)} images: one image (or list of "
+                            "images) per question")
         if not questions:
             raise UserError("no questions given")
         requests = [ChatRequest.ask(q, list(im) if isinstance(im, (list, tuple)) else [im],

@@ -63,7 +63,7 @@ class TruthAnswerer:
             truth[(img(self.root / "images" / r["image"]), r["text"])] = r["answer"]
         return truth
 
-    def answer(self, images, questions, max_new_tokens=32):
+    def answer(self, questions, images, max_new_tokens=32):
         if self.always_yes:
             return ["yes"] * len(questions)
         self.truth = self.truth or self._load()
@@ -141,7 +141,7 @@ def test_real_pope_and_mme_files(tmp_path):
         image_size = und_image_size = 32
         weights = "a stand-in pipeline, no weights"
 
-        def answer(self, images, questions, max_new_tokens=32):
+        def answer(self, questions, images, max_new_tokens=32):
             return ["Yes, there is." if "dog" in q else "No, there is not." for q in questions]
 
     m = run_pope(Says(), qfile, imgs, tmp_path / "out")
