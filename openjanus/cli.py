@@ -247,7 +247,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
         for j, im in enumerate(res.images):
             name = f"image_{len(files)}.png"
             im.save(out / name)
-            files.append({"file": name, "prompt": res.request.prompt, "seed": res.seed, "index": j})
+            # `-n 1 --seed SEED` with this image's own seed regenerates it alone, pixel for pixel.
+            files.append({"file": name, "prompt": res.request.prompt, "seed": res.seeds[j],
+                          "request_seed": res.seed, "index": j})
     tokens = np.concatenate([r.tokens.numpy() for r in results]).astype(np.int64)
     np.save(out / "tokens.npy", tokens)
     run = {

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from openjanus.cli import main
+from openjanus.inference.sampling import image_seed
 
 
 def test_generate_writes_images_and_tokens(tiny_checkpoint, tmp_path, capsys):
@@ -193,6 +194,26 @@ def test_generate_writes_run_json_with_every_setting(tmp_path):
     assert (run["n"], run["seed"], run["guidance"], run["top_k"], run["jacobi"]) == (2, 3, 4.5, 50, 0)
     assert run["prompts"] == ["a red circle", "a blue square"] and run["kv_cache_gib"] == 4.0
     assert run["seconds"] > 0 and run["forward_passes"] > 0 and run["tokens_per_image"] == 64
-    # Prompt i uses seed + i; every image names its prompt and seed.
-    assert [(f["prompt"], f["seed"]) for f in run["images"]] == [("a red circle", 3)] * 2 + [("a blue square", 4)] * 2
+    # Prompt i uses seed + i; every image names its prompt, its request's seed and its own.
+    assert [(f["prompt"], f["request_seed"], f["index"]) for f in run["images"]] == \
+        [("a red circle", 3, 0), ("a red circle", 3, 1), ("a blue square", 4, 0), ("a blue square", 4, 1)]
+    assert [f["seed"] for f in run["images"]] == [3, image_seed(3, 1), 4, image_seed(4, 1)]
     assert all((out / f["file"]).is_file() for f in run["images"])
+
+
+def test_any_image_of_a_run_regenerates_alone_from_its_seed_in_run_json(tiny_checkpoint, tmp_path):
+    """`-n 1 --seed S` with S from run.json gives that image again, byte for byte (PNG and tokens).
+    (A checkpoint, not a preset: a preset's random weights are drawn from --seed.)"""
+    import numpy as np
+
+    first = tmp_path / "first"
+    model = ["--model", str(tiny_checkpoint), "--dtype", "float32"]
+    assert main(["generate", *model, "--out", str(first), "-n", "3", "--seed", "7", "a red circle"]) == 0
+    run = json.loads((first / "run.json").read_text())
+    tokens = np.load(first / "tokens.npy")
+    for i in (0, 2):
+        again = tmp_path / f"again{i}"
+        assert main(["generate", *model, "--out", str(again), "-n", "1", "--seed", str(run["images"][i]["seed"]),
+                     "a red circle"]) == 0
+        assert (again / "image_0.png").read_bytes() == (first / f"image_{i}.png").read_bytes()
+        assert np.array_equal(np.load(again / "tokens.npy")[0], tokens[i])
