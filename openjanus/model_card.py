@@ -31,12 +31,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from openjanus.errors import UserError
-from openjanus.requests import SamplingParams
+from openjanus.requests import ChatRequest, ImageRequest, SamplingParams
 
 __all__ = ["ModelCard", "GenerationDefaults", "ChatDefaults", "ImageDefaults", "Examples", "GENERIC_EXAMPLES",
            "fingerprint"]
@@ -79,6 +79,17 @@ class GenerationDefaults:
                        top_p: float | None = None) -> SamplingParams:
         """The images' sampling with the given fields replaced (None keeps the default)."""
         return _merge(self.image.sampling, temperature, top_k, top_p)
+
+    def apply(self, request: ImageRequest | ChatRequest) -> ImageRequest | ChatRequest:
+        """`request` with the settings it left None set to these defaults (the engine does this
+        at submission, so every caller gets the model's defaults). A chat's max_new_tokens stays
+        None here: the engine caps the default by what the context leaves."""
+        if isinstance(request, ImageRequest):
+            return replace(request, guidance=self.image.guidance if request.guidance is None else request.guidance,
+                           sampling=self.image.sampling if request.sampling is None else request.sampling)
+        if isinstance(request, ChatRequest) and request.sampling is None:
+            return replace(request, sampling=self.chat.sampling)
+        return request
 
     def to_dict(self) -> dict[str, Any]:
         """What the server's /v1/models and the web page show (the page fills its controls with it)."""

@@ -73,15 +73,19 @@ class SamplingParams:
 class ImageRequest:
     """Text-to-image: `n` images of one prompt, sampled with classifier-free guidance.
 
-    The same request with the same seed gives the same tokens, alone or batched with others.
+    The same request with the same seed gives the same tokens, alone or batched with others;
+    image i draws from its own stream (`ImageResult.seeds[i]`). `guidance` and `sampling` left
+    None take the model's defaults (its generation_config.json; without one, guidance 5 and
+    temperature 1, the official settings). `guidance` is u + g (c - u) over the unconditional
+    and conditional logits: 1 is no guidance, 0 the unconditional image; it must be >= 0.
     `jacobi` > 0 drafts that many tokens per forward pass (speculative Jacobi decoding; the
     output distribution is that of plain sampling).
     """
 
     prompt: str
     n: int = 1
-    guidance: float = 5.0
-    sampling: SamplingParams = SamplingParams(temperature=1.0)
+    guidance: float | None = None
+    sampling: SamplingParams | None = None
     seed: int | None = 0
     jacobi: int = 0
 
@@ -89,7 +93,10 @@ class ImageRequest:
         if not isinstance(self.prompt, str):
             raise UserError(f"the prompt must be a string, got {type(self.prompt).__name__}")
         _count("n (images per prompt)", self.n, 1)
-        _finite("guidance", self.guidance)
+        if self.guidance is not None and _finite("guidance", self.guidance) < 0:
+            raise UserError(f"guidance must be >= 0 (1: no guidance, 0: the unconditional image), got {self.guidance}")
+        if self.sampling is not None and not isinstance(self.sampling, SamplingParams):
+            raise UserError(f"sampling must be a SamplingParams, got {type(self.sampling).__name__}")
         check_seed(self.seed)
         _count("jacobi", self.jacobi, 0, 64)
 
@@ -124,14 +131,15 @@ class Message:
 class ChatRequest:
     """Answer the last user message of a conversation.
 
-    `max_new_tokens` None fills what the context leaves, up to 512. Generation ends at EOS
-    (unless `stop_at_eos` is False), at any of the `stop` strings (not included in the text),
-    or after `max_new_tokens`.
+    `max_new_tokens` and `sampling` left None take the model's defaults (its
+    generation_config.json; without one: greedy, and what the context leaves up to 512 tokens).
+    Generation ends at EOS (unless `stop_at_eos` is False), at any of the `stop` strings (not
+    included in the text), or after `max_new_tokens`.
     """
 
     messages: Sequence[Message]
     max_new_tokens: int | None = None
-    sampling: SamplingParams = SamplingParams(temperature=0.0)
+    sampling: SamplingParams | None = None
     seed: int | None = 0
     stop_at_eos: bool = True
     stop: tuple[str, ...] = ()
@@ -145,6 +153,8 @@ class ChatRequest:
                 raise UserError(f"messages must be openjanus.Message objects, got {type(m).__name__}")
         if self.max_new_tokens is not None:
             _count("max_new_tokens", self.max_new_tokens, 1)
+        if self.sampling is not None and not isinstance(self.sampling, SamplingParams):
+            raise UserError(f"sampling must be a SamplingParams, got {type(self.sampling).__name__}")
         check_seed(self.seed)
         if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
             raise UserError("stop must be a list of non-empty strings")

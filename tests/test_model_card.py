@@ -112,3 +112,41 @@ def test_fingerprint_names_the_weights_and_their_format(tmp_path):
         f.write(bytes([byte[0] ^ 1]))
     assert fingerprint(copy, "janus-shapes, float32") != a
     assert fingerprint(None, "tiny, float32", "tiny") != fingerprint(None, "small, float32", "small")
+
+
+def test_requests_left_open_take_the_models_defaults_everywhere(tiny_checkpoint, tmp_path):
+    """A request that leaves sampling, guidance or length open runs with the model folder's
+    generation_config.json, and gives exactly what the same request with those values spelt
+    out gives; the result carries the settings it ran with."""
+    import shutil
+
+    from PIL import Image
+
+    from openjanus.inference.pipeline import JanusPipeline
+    from openjanus.requests import ChatRequest, ImageRequest
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, folder)
+    (folder / "generation_config.json").write_text(json.dumps(
+        {"do_sample": True, "temperature": 0.7, "top_k": 20, "max_new_tokens": 5, "guidance_scale": 3.0,
+         "image": {"temperature": 0.5}}))
+    with JanusPipeline.load(str(folder), device="cpu", dtype="float32") as pipe:
+        image = Image.new("RGB", (32, 32), "red")
+        chat = pipe.generate(ChatRequest.ask("what is it?", [image], seed=4))
+        assert chat.request.sampling == SamplingParams(0.7, top_k=20) and chat.completion_tokens <= 5
+        spelt = pipe.generate(ChatRequest.ask("what is it?", [image], seed=4, max_new_tokens=5,
+                                              sampling=SamplingParams(0.7, top_k=20)))
+        assert spelt.token_ids == chat.token_ids
+        assert pipe.answer(["what is it?"], [image], seed=4) == [chat.text]
+        img = pipe.generate(ImageRequest("a red circle", seed=1))
+        assert img.request.guidance == 3.0 and img.request.sampling == SamplingParams(0.5)
+        assert img.tokens.equal(pipe.generate(ImageRequest("a red circle", seed=1, guidance=3.0,
+                                                           sampling=SamplingParams(0.5))).tokens)
+
+
+def test_negative_guidance_is_refused():
+    from openjanus.requests import ImageRequest
+
+    with pytest.raises(UserError, match="guidance must be >= 0"):
+        ImageRequest("a red circle", guidance=-1)
+    assert ImageRequest("a red circle", guidance=0).guidance == 0  # the unconditional image: allowed

@@ -37,6 +37,7 @@ from openjanus.eval.report import (
 )
 from openjanus.files import write_json
 from openjanus.jsonl import write_jsonl
+from openjanus.model_card import ImageDefaults
 from openjanus.requests import ImageRequest, ImageResult, SamplingParams
 from openjanus.shapes.scorer import check_spec, detect
 from openjanus.shapes.spec import TAGS, Spec
@@ -94,7 +95,7 @@ class GenerationSettings:
 
     n_per_prompt: int = 4
     seed: int = 0
-    guidance: float = ImageRequest.guidance
+    guidance: float = ImageDefaults.guidance  # the benchmarks' own settings (the official ones), explicit
     temperature: float = 1.0
     batch_size: int = 8
 

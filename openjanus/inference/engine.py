@@ -41,6 +41,7 @@ from openjanus.inference.runner import BatchRunner, Job, JobState, image_job
 from openjanus.inference.sampling import image_seed
 from openjanus.inference.scheduler import QueueFull, Scheduler, chunk_sizes
 from openjanus.model.janus import Janus
+from openjanus.model_card import GenerationDefaults, ImageDefaults
 from openjanus.processing import JanusProcessor
 from openjanus.requests import (
     ChatRequest,
@@ -260,7 +261,7 @@ def generate_image_tokens(
     prompt_ids: Sequence[int],
     pad_id: int,
     n: int = 1,
-    guidance: float = ImageRequest.guidance,
+    guidance: float = ImageDefaults.guidance,
     sampling: SamplingParams = SamplingParams(),
     generator: torch.Generator | None = None,
     compile: bool = False,
@@ -452,10 +453,13 @@ class _Chat:
 class Engine:
     """Batches the requests of every caller on `model` (see the module doc)."""
 
-    def __init__(self, model: Janus, processor: JanusProcessor, config: EngineConfig | None = None) -> None:
+    def __init__(self, model: Janus, processor: JanusProcessor, config: EngineConfig | None = None,
+                 defaults: GenerationDefaults | None = None) -> None:
         self.model = model
         self.processor = processor
         self.config = config or EngineConfig()
+        # What a request leaves None (sampling, guidance, answer length): the model's defaults.
+        self.defaults = defaults or GenerationDefaults()
         self.max_cached_tokens = max_cached_tokens(model, self.config)
         runner = BatchRunner(model, rows=self.config.rows, length_bucket=self.config.length_bucket,
                              compile=self.config.compile)
@@ -521,7 +525,10 @@ class Engine:
 
     def submit(self, request: Request, wait: bool = False) -> RequestHandle:
         """Queue `request`; returns at once (with `wait`, first waits for room in a full queue).
-        Raises UserError for a request that cannot run, `QueueFull` when the queue is full."""
+        Raises UserError for a request that cannot run, `QueueFull` when the queue is full.
+        Settings the request left None take the engine's defaults (the handle and the result
+        carry the request as run)."""
+        request = self.defaults.apply(request)
         seed = request.seed if request.seed is not None else random.randrange(2**63)
         if isinstance(request, ImageRequest):
             jobs, prompt_tokens = self._image_jobs(request, seed)
@@ -583,7 +590,9 @@ class Engine:
             raise UserError(str(e)) from None
         n = len(sample.input_ids)
         room = context - n
-        max_new = request.max_new_tokens if request.max_new_tokens is not None else min(DEFAULT_MAX_NEW_TOKENS, room)
+        # Not asked: the model's default length, else what the context leaves up to 512.
+        max_new = request.max_new_tokens if request.max_new_tokens is not None else \
+            min(self.defaults.chat.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, room)
         if room < 1 or max_new > room:
             advice = f"lower max_new_tokens to at most {room}" if room >= 1 else \
                 "shorten the prompt, which alone fills the context"

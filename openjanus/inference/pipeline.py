@@ -84,7 +84,7 @@ class JanusPipeline:
         self.name = name
         # What the model folder says about using it: default settings, examples, vocabulary.
         self.card = card or ModelCard()
-        self._engine = Engine(model, processor, engine)  # its worker starts on first use
+        self._engine = Engine(model, processor, engine, self.card.defaults)  # its worker starts on first use
         self._closed = False
 
     # --- construction ---------------------------------------------------------------------
@@ -177,7 +177,7 @@ class JanusPipeline:
         if self._closed:
             raise UserError(f"the pipeline {self.name!r} is closed")
         if self._engine.closed:
-            self._engine = Engine(self.model, self.processor, self._engine.config)
+            self._engine = Engine(self.model, self.processor, self._engine.config, self.card.defaults)
         return self._engine.start()
 
     def start_engine(self, config: EngineConfig) -> Engine:
@@ -185,7 +185,7 @@ class JanusPipeline:
         if self._closed:
             raise UserError(f"the pipeline {self.name!r} is closed")
         self._engine.close(cancel=False)
-        self._engine = Engine(self.model, self.processor, config)
+        self._engine = Engine(self.model, self.processor, config, self.card.defaults)
         return self._engine.start()
 
     def close(self) -> None:
@@ -242,11 +242,11 @@ class JanusPipeline:
     # --- understanding --------------------------------------------------------------------
 
     def answer(self, questions: Sequence[str], images: Sequence[ImageInput | Sequence[ImageInput]],
-               max_new_tokens: int = 32, **request: object) -> list[str]:
+               max_new_tokens: int | None = None, **request: object) -> list[str]:
         """Single-turn questions, each about its image (a path, bytes, a PIL image, or a list of
         them), answered together: `answer(["how many objects are there?"], ["scene.png"])`. The
-        question comes first, as in `ChatRequest.ask(question, images)`; greedy unless
-        `sampling=` says otherwise. Other keywords are `ChatRequest`'s."""
+        question comes first, as in `ChatRequest.ask(question, images)`. What is not given
+        (`max_new_tokens`, `sampling=`, ...: `ChatRequest`'s keywords) takes the model's defaults."""
         if isinstance(questions, str) or not all(isinstance(q, str) for q in questions):
             raise UserError("questions must be a list of strings and come first: answer(questions, images), "
                             "as in ChatRequest.ask(question, images)")
