@@ -217,3 +217,17 @@ def test_bad_requests_do_not_disturb_a_running_one(tiny):
         worker.join(30)
     done = [e["b64_json"] for e in result["events"] if e["type"] == "image_generation.completed"]
     assert done == [d["b64_json"] for d in alone["data"]]
+
+
+def test_top_p_zero_means_the_most_likely_token_on_chat_and_images(tiny):
+    """OpenAI's top_p = 0 (a nucleus of one token): the same as greedy decoding, on both endpoints."""
+    with Server(tiny, ServeSettings(model_id="tiny")) as s:
+        chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "seed": 3}
+        greedy = httpx.post(s.url + "/v1/chat/completions", json={**chat, "temperature": 0}, timeout=30).json()
+        nucleus = httpx.post(s.url + "/v1/chat/completions", json={**chat, "temperature": 1, "top_p": 0},
+                             timeout=30).json()
+        assert nucleus["choices"][0]["message"] == greedy["choices"][0]["message"]
+        image = {"prompt": "a red circle", "seed": 3}
+        greedy = httpx.post(s.url + "/v1/images/generations", json={**image, "temperature": 0}, timeout=30).json()
+        nucleus = httpx.post(s.url + "/v1/images/generations", json={**image, "top_p": 0}, timeout=30).json()
+        assert nucleus["data"] == greedy["data"]
