@@ -103,7 +103,8 @@ def main() -> int:
         print(f"{'leak' if args.leak else 'close':<8} {step:>5} {rss:>9.1f} {threads:>15}")
     half = len(samples) // 2
     first, last = samples[half][1], samples[-1][1]  # from the second half: past warm-up allocations
-    print(f"{len(samples)} evaluations; RSS from evaluation {half + 1} to {len(samples)}: {first:.1f} -> {last:.1f} MiB "
+    print(f"{len(samples)} evaluations; RSS from evaluation {half + 1} to {len(samples)}: "
+          f"{first:.1f} -> {last:.1f} MiB "
           f"({last - first:+.1f}); engine threads after the last: {samples[-1][2]}")
     return 0
 

@@ -19,13 +19,17 @@ from typing import Any
 
 from openjanus.allocator import keep_freed_memory
 from openjanus.errors import UserError
+from openjanus.model_card import demo_card
 from openjanus.options import (
     EngineOptions,
+    ExamplesHelpFormatter,
     ModelOptions,
     Parser,
     add_sampling,
     add_seed,
+    demo_examples,
     integer_flag,
+    model_default,
     number_flag,
     open_pipeline,
     sampling_params,
@@ -43,11 +47,21 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
     with open_pipeline(args) as pipe:
         images = [load_image(p) for p in args.image]
-        opts = dict(max_new_tokens=args.max_new_tokens, sampling=sampling_params(args), seed=args.seed)
+        sampling = sampling_params(args, pipe.card.defaults.chat.sampling)
+        opts = dict(max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed)
         if args.question:
-            _stream_answer(pipe, [Message("user", [*images, " ".join(args.question)])], opts)
+            question = " ".join(args.question)
+            _notice(pipe, question, "question")
+            _stream_answer(pipe, [Message("user", [*images, question])], opts)
         else:
             _interactive(pipe, images, opts)
+
+
+def _notice(pipe, text: str, kind: str) -> None:
+    """One line on stderr naming the words of `text` the model never saw (it still runs)."""
+    note = pipe.card.notice(text, kind)
+    if note is not None:
+        print(note, file=sys.stderr)
 
 
 def _stream_answer(pipe, messages, opts) -> str:
@@ -96,6 +110,7 @@ def _interactive(pipe, images, opts) -> None:
             print(f"error: unknown command {line.split()[0]!r}; commands: /image PATH, /reset, /quit",
                   file=sys.stderr)
             continue
+        _notice(pipe, line, "question")
         turn = Message("user", [*pending, line])
         try:
             answer = _stream_answer(pipe, history + [turn], opts)
@@ -131,8 +146,10 @@ def _generate(pipe, args: argparse.Namespace, out: Path) -> None:
 
     import numpy as np
 
-    sampling = sampling_params(args)
+    sampling = sampling_params(args, pipe.card.defaults.image.sampling)
     engine = pipe.engine.config
+    for prompt in args.prompt:
+        _notice(pipe, prompt, "prompt")
     # Prompt i uses seed + i, so two prompts of one run never share a random stream.
     requests = [ImageRequest(p, n=args.n, guidance=args.guidance, sampling=sampling, seed=args.seed + i,
                              jacobi=args.jacobi) for i, p in enumerate(args.prompt)]
@@ -151,10 +168,11 @@ def _generate(pipe, args: argparse.Namespace, out: Path) -> None:
                           "request_seed": res.seed, "index": j})
     tokens = np.concatenate([r.tokens.numpy() for r in results]).astype(np.int64)
     np.save(out / "tokens.npy", tokens)
+    ran = results[0].request  # the settings as run: flags over the model's defaults
     run = {
         "model": pipe.name, "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
-        "prompts": list(args.prompt), "n": args.n, "guidance": args.guidance, "temperature": sampling.temperature,
-        "top_k": sampling.top_k, "top_p": sampling.top_p, "seed": args.seed, "jacobi": args.jacobi,
+        "prompts": list(args.prompt), "n": args.n, "guidance": ran.guidance, "temperature": ran.sampling.temperature,
+        "top_k": ran.sampling.top_k, "top_p": ran.sampling.top_p, "seed": args.seed, "jacobi": args.jacobi,
         "quantize": args.quantize, "roles": args.roles, "weights": pipe.weights, "rows": engine.rows,
         "kv_cache_gib": engine.kv_cache_gib, "compile": engine.compile, "seconds": round(seconds, 3),
         "forward_passes": sum(r.cost.forward_passes for r in results),
@@ -255,27 +273,37 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def register(sub: Any) -> None:
     """chat, generate, vq and info, registered as every command module registers its own."""
-    p = sub.add_parser("chat", help="ask about images (interactive without a question)")
+    p = sub.add_parser("chat", help="ask about images (interactive without a question)",
+                       formatter_class=ExamplesHelpFormatter, epilog=demo_examples(
+                           'openjanus generate --out shapes/ -n 4 "{prompt}"',
+                           'openjanus chat --image shapes/image_0.png "{question}"',
+                           "openjanus chat --image shapes/image_0.png      # interactive: /image, /reset, /quit"))
     ModelOptions.add_to(p)
     EngineOptions.add_to(p)
     add_seed(p)
-    add_sampling(p, ChatRequest)
+    add_sampling(p, "chat")
     p.add_argument("question", nargs="*", help="the question; omit for an interactive chat")
     p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
-    p.add_argument("--max-new-tokens", type=integer_flag(1), default=ChatRequest.max_new_tokens,
-                   help="answer length cap (default: what the context leaves, up to 512)")
+    p.add_argument("--max-new-tokens", type=integer_flag(1), default=None,
+                   help="answer length cap (default: the model's max_new_tokens from its generation_config.json, "
+                        f"the demo model: {demo_card().defaults.chat.max_new_tokens}; without one, what the "
+                        "context leaves, up to 512)")
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("generate", help="text-to-image")
+    p = sub.add_parser("generate", help="text-to-image", formatter_class=ExamplesHelpFormatter, epilog=demo_examples(
+        'openjanus generate --out shapes/ -n 4 --seed 7 "{prompt}"',
+        "# any one image again, alone: its own seed is in shapes/run.json",
+        'openjanus generate --out one/ -n 1 --seed SEED "{prompt}"'))
     ModelOptions.add_to(p)
     EngineOptions.add_to(p)
     add_seed(p)
-    add_sampling(p, ImageRequest)
+    add_sampling(p, "image")
     p.add_argument("prompt", nargs="+", help="one or more prompts")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("-n", type=integer_flag(1), default=ImageRequest.n, help="images per prompt")
-    p.add_argument("--guidance", type=number_flag(), default=ImageRequest.guidance,
-                   help="classifier-free guidance weight")
+    p.add_argument("--guidance", type=number_flag(0), default=None,
+                   help="classifier-free guidance weight, >= 0: 1 = none, 0 = the unconditional image "
+                        + model_default(demo_card().defaults.image.guidance))
     p.add_argument("--jacobi", type=integer_flag(0, 64), default=ImageRequest.jacobi,
                    help="speculative Jacobi window (0 = off)")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")

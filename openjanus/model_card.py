@@ -32,6 +32,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +40,7 @@ from openjanus.errors import UserError
 from openjanus.requests import ChatRequest, ImageRequest, SamplingParams
 
 __all__ = ["ModelCard", "GenerationDefaults", "ChatDefaults", "ImageDefaults", "Examples", "GENERIC_EXAMPLES",
-           "fingerprint"]
+           "fingerprint", "demo_card", "DEMO_MODEL_DIR"]
 
 GENERATION_CONFIG = "generation_config.json"
 CARD_FILE = "openjanus.json"
@@ -232,6 +233,16 @@ def _read_card(path: Path) -> tuple[Examples, frozenset[str] | None]:
     vocab = data.get("vocabulary")
     vocabulary = None if vocab is None else frozenset(w.lower() for w in _strings(vocab, path, "vocabulary"))
     return examples, vocabulary
+
+
+# The shipped demo model (see the README); the pipeline loads it when no model is named.
+DEMO_MODEL_DIR = Path(__file__).parent / "assets" / "janus-shapes"
+
+
+@lru_cache(maxsize=1)
+def demo_card() -> ModelCard:
+    """The demo model's card (--help quotes its defaults; reading it costs two small files)."""
+    return ModelCard.read(DEMO_MODEL_DIR) if DEMO_MODEL_DIR.is_dir() else ModelCard()
 
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from openjanus import model_card
 from openjanus.checkpoints import load_model
 from openjanus.config import PRESETS, JanusConfig
 from openjanus.devices import resolve_device, resolve_dtype
@@ -38,7 +39,7 @@ from openjanus.requests import ChatRequest, ChatResult, ImageRequest, ImageResul
 # The demo model shipped with the package (see the README); used when no model is named, and
 # when the model is named by its name (its architecture alone is the preset "janus-shapes-arch").
 DEMO_MODEL_NAME = "janus-shapes"
-DEMO_MODEL_DIR = Path(__file__).parents[1] / "assets" / DEMO_MODEL_NAME
+DEMO_MODEL_DIR = model_card.DEMO_MODEL_DIR
 
 # Preset names whose "random weights" notice was printed already (once per process).
 _RANDOM_NOTICE_SHOWN: set[str] = set()
@@ -84,6 +85,8 @@ class JanusPipeline:
         self.name = name
         # What the model folder says about using it: default settings, examples, vocabulary.
         self.card = card or ModelCard()
+        self.source: Path | None = None  # the checkpoint folder it was loaded from, if any
+        self._fingerprint: str | None = None
         self._engine = Engine(model, processor, engine, self.card.defaults)  # its worker starts on first use
         self._closed = False
 
@@ -120,7 +123,9 @@ class JanusPipeline:
         cls._check_vocab(net, processor)
         # A hub model is named by its id, not by the cache's snapshot hash.
         name = model if isinstance(model, str) and parse_hub_id(model) and not Path(model).exists() else source.name
-        return cls(net, processor, name=name, card=ModelCard.read(source))
+        pipe = cls(net, processor, name=name, card=ModelCard.read(source))
+        pipe.source = source
+        return pipe
 
     @classmethod
     def from_preset(cls, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -150,6 +155,13 @@ class JanusPipeline:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.llm.embed.weight.dtype
+
+    @property
+    def fingerprint(self) -> str:
+        """"fp_..." naming these weights in this format (the server's system_fingerprint)."""
+        if self._fingerprint is None:
+            self._fingerprint = model_card.fingerprint(self.source, self.weights, self.name)
+        return self._fingerprint
 
     @property
     def weights(self) -> str:

@@ -12,7 +12,8 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e '.[dev]')")
 
 from openjanus.inference.engine import Cancelled, ContextTooLong, QueueFull  # noqa: E402
-from openjanus.requests import ChatRequest, ImageRequest, SamplingParams  # noqa: E402
+from openjanus.model_card import ChatDefaults, GenerationDefaults, ImageDefaults  # noqa: E402
+from openjanus.requests import ImageRequest, SamplingParams  # noqa: E402
 from openjanus.serve import protocol  # noqa: E402
 from openjanus.serve.app import Requests  # noqa: E402
 from openjanus.serve.protocol import APIError, ServeSettings  # noqa: E402
@@ -21,12 +22,19 @@ SETTINGS = ServeSettings()
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
 
-def test_omitted_fields_mean_the_typed_requests_defaults():
+def test_omitted_fields_are_left_to_the_models_defaults():
+    """Omitted sampling, guidance and length stay None in the typed request, as in the Python
+    API, so the engine applies the model's generation_config.json (as vLLM does): a request at
+    default settings gets the answer the CLI and Python give. Set fields go over the model's."""
     image = protocol.image_request({"prompt": "a red circle"}, 64, SETTINGS)
-    assert image == ImageRequest("a red circle", seed=None)
+    assert image == ImageRequest("a red circle", seed=None) and (image.guidance, image.sampling) == (None, None)
     chat = protocol.chat_request(CHAT, SETTINGS)
-    # OpenAI's chat default is sampling at temperature 1 (a Python ChatRequest is greedy).
-    assert (chat.sampling, chat.max_new_tokens, chat.stop) == (SamplingParams(1.0), ChatRequest.max_new_tokens, ())
+    assert (chat.sampling, chat.max_new_tokens, chat.stop) == (None, None, ())
+    model = GenerationDefaults(ChatDefaults(SamplingParams(0.6, top_k=40)), ImageDefaults(SamplingParams(0.9), 3.0))
+    chat = protocol.chat_request({**CHAT, "top_p": 0.5}, SETTINGS, model)
+    assert chat.sampling == SamplingParams(0.6, top_k=40, top_p=0.5)
+    image = protocol.image_request({"prompt": "x", "temperature": 0.2}, 64, SETTINGS, model)
+    assert image.sampling == SamplingParams(0.2) and image.guidance is None
 
 
 def test_openai_names_map_to_the_projects():
@@ -43,7 +51,8 @@ def test_openai_names_map_to_the_projects():
 def test_top_p_zero_keeps_only_the_most_likely_token_on_both_endpoints():
     image = protocol.image_request({"prompt": "x", "top_p": 0}, 64, SETTINGS)
     chat = protocol.chat_request({**CHAT, "top_p": 0}, SETTINGS)
-    assert image.sampling == SamplingParams(1.0, top_k=1) and chat.sampling == SamplingParams(1.0, top_k=1)
+    # Over the defaults (here the project's: images at temperature 1, answers greedy).
+    assert image.sampling == SamplingParams(1.0, top_k=1) and chat.sampling == SamplingParams(0.0, top_k=1)
 
 
 @pytest.mark.parametrize("body,param", [
