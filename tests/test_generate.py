@@ -167,7 +167,9 @@ def test_per_row_draws_are_torch_multinomial_row_by_row(dtype, vocab):
     assert a.tolist() == [int(t) for t in b]
 
 
-def test_image_seed_keeps_image_zero_and_spreads_the_rest():
-    assert image_seed(7, 0) == 7
-    seeds = [image_seed(2**63 - 1, i) for i in range(1000)]
-    assert len(set(seeds)) == 1000 and all(0 <= s < 2**63 for s in seeds)
+def test_image_seed_keeps_image_zero_and_spreads_the_rest_exactly_as_doubles():
+    assert image_seed(7, 0) == 7 and image_seed(2**63 - 1, 0) == 2**63 - 1
+    for base in (0, 7, 2**63 - 1):
+        seeds = [image_seed(base, i) for i in range(1, 1000)]
+        # distinct, and each survives a JSON reader that holds numbers as doubles (jq, JavaScript)
+        assert len(set(seeds)) == 999 and all(0 <= s < 2**53 and int(float(s)) == s for s in seeds)

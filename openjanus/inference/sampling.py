@@ -97,6 +97,7 @@ def residual(p: Tensor, q: Tensor) -> Tensor:
 
 def image_seed(seed: int, index: int) -> int:
     """The seed of image `index` of a request seeded `seed`: image 0 keeps it, the others are
-    spread over the seed space (by the golden-ratio increment), so `n=1, seed=image_seed(S, i)`
-    draws exactly image i of `n=N, seed=S`."""
-    return (seed + index * 0x9E3779B97F4A7C15) % 2**63
+    spread (by the golden-ratio increment) below 2**53, so `n=1, seed=image_seed(S, i)` draws
+    exactly image i of `n=N, seed=S`. Below 2**53 because JSON readers that hold numbers as
+    doubles (jq, JavaScript: the web page) would round a larger seed written in run.json."""
+    return seed if index == 0 else (seed + index * 0x9E3779B97F4A7C15) % 2**53
