@@ -104,8 +104,7 @@ def main() -> int:
     half = len(samples) // 2
     first, last = samples[half][1], samples[-1][1]  # from the second half: past warm-up allocations
     print(f"{len(samples)} evaluations; RSS from evaluation {half + 1} to {len(samples)}: "
-          f"{first:.1f} -> {last:.1f} MiB "
-          f"({last - first:+.1f}); engine threads after the last: {samples[-1][2]}")
+          f"{first:.1f} -> {last:.1f} MiB ({last - first:+.1f}); engine threads after the last: {samples[-1][2]}")
     return 0
 
 
