@@ -144,9 +144,15 @@ def test_requests_left_open_take_the_models_defaults_everywhere(tiny_checkpoint,
                                                            sampling=SamplingParams(0.5))).tokens)
 
 
-def test_negative_guidance_is_refused():
+def test_negative_guidance_is_refused(capsys, tmp_path):
+    from openjanus.cli import main
     from openjanus.requests import ImageRequest
 
     with pytest.raises(UserError, match="guidance must be >= 0"):
         ImageRequest("a red circle", guidance=-1)
     assert ImageRequest("a red circle", guidance=0).guidance == 0  # the unconditional image: allowed
+    for argv in (["generate", "--out", str(tmp_path / "o"), "a red circle"],
+                 ["eval", "geneval-shapes", "--out", str(tmp_path / "e")]):
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "--guidance", "-1"])
+        assert e.value.code == 2 and "argument --guidance: must be >= 0, got -1" in capsys.readouterr().err
