@@ -79,7 +79,13 @@ class Pipeline(Protocol):
         questions: list[str],
         images: list[Image.Image | list[Image.Image]],
         max_new_tokens: int = 32,
+        sampling: SamplingParams | None = None,
     ) -> list[str]: ...
+
+
+# Benchmark answers are greedy whatever a model's generation_config.json prefers for chat, so
+# every model is scored the same way (as the official evaluations decode).
+BENCHMARK_ANSWERS = SamplingParams(temperature=0.0)
 
 
 Log = Callable[[str], None]
@@ -322,6 +328,7 @@ def _answer_all(
             list(questions[start : start + batch_size]),
             list(images[start : start + batch_size]),
             max_new_tokens=max_new_tokens,
+            sampling=BENCHMARK_ANSWERS,
         )
     if len(answers) != len(questions):
         raise RuntimeError(f"the model returned {len(answers)} answers for {len(questions)} questions")
@@ -597,5 +604,6 @@ class WorldOracle:
                                                            self.image_size)) for n in range(r.n)]))
         return out
 
-    def answer(self, questions: list[str], images: list[Any], max_new_tokens: int = 32) -> list[str]:
+    def answer(self, questions: list[str], images: list[Any], max_new_tokens: int = 32,
+               sampling: SamplingParams | None = None) -> list[str]:
         raise UserError("the world oracle only generates images")
