@@ -319,12 +319,16 @@ def test_too_long_a_chat_is_context_too_long(tiny_pipeline):
         engine.close()
 
 
-def test_image_decode_steps_never_wait_for_the_device(tiny_pipeline, monkeypatch):
+@pytest.mark.parametrize("streams", ["shared", "per image"])
+def test_image_decode_steps_never_wait_for_the_device(tiny_pipeline, monkeypatch, streams):
     """No `.item()`, `bool()`, `int()`, `.tolist()` on a tensor during image steps: on a GPU
-    each would stall the host until the device catches up (and break CUDA-graph replay)."""
+    each would stall the host until the device catches up (and break CUDA-graph replay). Both
+    with one random stream for the job and with one per image (what the engine gives)."""
     tok = tiny_pipeline.processor.tokenizer
     ids = tok.encode(tiny_pipeline.processor.t2i_prompt("a red circle"))
-    job = image_job(ids, tok.pad_id, 2, 5.0, SamplingParams(top_k=50, top_p=0.9), torch.Generator().manual_seed(0),
+    generator = torch.Generator().manual_seed(0) if streams == "shared" else \
+        [torch.Generator().manual_seed(s) for s in (0, 1)]
+    job = image_job(ids, tok.pad_id, 2, 5.0, SamplingParams(top_k=50, top_p=0.9), generator,
                     tiny_pipeline.model.cfg.num_gen_tokens)
     runner = BatchRunner(tiny_pipeline.model, rows=4)
     state = runner.add(job)
