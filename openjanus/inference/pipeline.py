@@ -65,8 +65,8 @@ def resolve_model_source(model: str | Path | None) -> Path | str:
         return model
     if isinstance(model, str) and parse_hub_id(model) is not None:  # owner/name[@revision], no such folder
         return hub_download(model)
-    raise UserError(f"model {str(model)!r} is neither a checkpoint folder, a hub id (owner/name[@revision]) "
-                    f"nor a known name ({', '.join([DEMO_MODEL_NAME] + sorted(PRESETS))})")
+    raise UserError(f"model {str(model)!r} is neither a checkpoint folder nor a known name "
+                    f"({', '.join([DEMO_MODEL_NAME] + sorted(PRESETS))}); a hub model is owner/name[@revision]")
 
 
 def prepare_for_inference(model: Janus, quantize: str | None = None) -> Janus:
