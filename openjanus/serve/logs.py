@@ -47,11 +47,23 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-5s %(message)s", "%Y-%m-%d %H:%M:%S")
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record comes (a redirect, a test's capture),
+    never to a stream that has been closed since the server started."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):  # StreamHandler.emit reads self.stream
+        return sys.stderr
+
+
 def configure(fmt: Literal["text", "json"] = "text", level: int = logging.INFO) -> logging.Handler:
     """Send the server's log (and uvicorn's own errors) to stderr in `fmt`; returns the handler."""
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     for name in ("openjanus.serve", "uvicorn.error"):
         logger = logging.getLogger(name)

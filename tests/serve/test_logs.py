@@ -4,7 +4,6 @@ JSON when asked, and a failure's traceback in the log, never in the response."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 
@@ -49,12 +48,11 @@ def _app() -> FastAPI:
 
 
 @pytest.fixture
-def captured():
-    def make(fmt: str) -> io.StringIO:
-        out = io.StringIO()
-        handler = logs.configure(fmt)
-        handler.setStream(out)
-        return out
+def captured(capsys):
+    def make(fmt: str):
+        logs.configure(fmt)
+        capsys.readouterr()  # what came before
+        return capsys
 
     yield make
     for name in ("openjanus.serve", "uvicorn.error"):
@@ -68,7 +66,7 @@ def test_one_text_line_per_request_with_status_latency_and_usage(captured):
     assert client.get("/ok").status_code == 200
     assert client.get("/stream").text == "chunk 0\nchunk 1\nchunk 2\n"
     assert client.get("/missing").status_code == 404
-    lines = out.getvalue().splitlines()
+    lines = out.readouterr().err.splitlines()
     assert len(lines) == 3, lines
     assert " INFO  GET /ok 200 " in lines[0] and lines[0].endswith("ms prompt_tokens=7 completion_tokens=3")
     assert "GET /stream 200 " in lines[1] and lines[1].endswith("ms images=3")
@@ -81,7 +79,7 @@ def test_json_lines_and_a_500_logs_its_traceback_server_side_only(captured):
     r = client.get("/boom")
     assert r.status_code == 500 and "secret" not in r.text and "Traceback" not in r.text
     client.get("/ok")
-    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    records = [json.loads(line) for line in out.readouterr().err.splitlines()]
     error, boom, ok = records
     assert error["level"] == "ERROR" and "RuntimeError: secret internals" in error["traceback"]
     assert boom["event"] == "access" and boom["status"] == 500 and boom["path"] == "/boom"
