@@ -19,14 +19,18 @@ from typing import Any
 
 from openjanus.allocator import keep_freed_memory
 from openjanus.errors import UserError
+from openjanus.model_card import ModelCard, demo_card
 from openjanus.options import (
     EngineOptions,
+    ExamplesHelpFormatter,
     ModelOptions,
     Parser,
     add_sampling,
     add_seed,
+    demo_examples,
     integer_flag,
     jacobi_flag,
+    model_default,
     number_flag,
     open_pipeline,
     sampling_params,
@@ -54,11 +58,21 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
     with open_pipeline(args) as pipe:
         images = [load_image(p) for p in args.image]
-        opts = dict(max_new_tokens=args.max_new_tokens, sampling=sampling_params(args), seed=args.seed)
+        sampling = sampling_params(args, pipe.card.defaults.chat.sampling)
+        opts = dict(max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed)
         if args.question:
-            _stream_answer(pipe, [Message("user", [*images, " ".join(args.question)])], opts)
+            question = " ".join(args.question)
+            _notice(pipe.card, question, "question")
+            _stream_answer(pipe, [Message("user", [*images, question])], opts)
         else:
             _interactive(pipe, images, opts)
+
+
+def _notice(card: ModelCard, text: str, kind: str) -> None:
+    """One line on stderr naming the words of `text` the model never saw (it still runs)."""
+    note = card.notice(text, kind)
+    if note is not None:
+        print(note, file=sys.stderr)
 
 
 def _stream_answer(pipe, messages, opts) -> str:
@@ -107,6 +121,7 @@ def _interactive(pipe, images, opts) -> None:
             print(f"error: unknown command {line.split()[0]!r}; commands: /image PATH, /reset, /quit",
                   file=sys.stderr)
             continue
+        _notice(pipe.card, line, "question")
         turn = Message("user", [*pending, line])
         try:
             answer = _stream_answer(pipe, history + [turn], opts)
@@ -130,10 +145,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
         return
     if not args.prompt:
         raise UserError("no prompt given: pass one or more prompts, or --prompts FILE.jsonl")
-    sampling = sampling_params(args)
+    card = _model_card(args)
+    sampling = sampling_params(args, card.defaults.image.sampling)  # None: the model's defaults whole
+    for prompt in args.prompt:
+        _notice(card, prompt, "prompt")
     # Prompt i uses seed + i, so two prompts of one run never share a random stream.
     requests = [ImageRequest(p, n=args.n, guidance=args.guidance, sampling=sampling, seed=args.seed + i,
-                             jacobi=args.jacobi, size=args.size) for i, p in enumerate(args.prompt)]
+                             jacobi=args.jacobi, size=args.size, seed_per_image=args.seed_per_image)
+                for i, p in enumerate(args.prompt)]
     _generate_to_folder(args, requests, {"size": args.size})
 
 
@@ -149,7 +168,10 @@ def cmd_edit(args: argparse.Namespace) -> None:
             raise UserError(f"--{name} {path}: no such file")
     region = parse_region(args.region) if args.region is not None else None
     outpaint = parse_outpaint(args.outpaint) if args.outpaint is not None else None
-    requests = [ImageRequest(" ".join(args.prompt), n=args.n, guidance=args.guidance, sampling=sampling_params(args),
+    card = _model_card(args)
+    _notice(card, " ".join(args.prompt), "prompt")
+    sampling = sampling_params(args, card.defaults.image.sampling)
+    requests = [ImageRequest(" ".join(args.prompt), n=args.n, guidance=args.guidance, sampling=sampling,
                              seed=args.seed, jacobi=args.jacobi, size=args.size, image=Path(args.image),
                              mask=Path(args.mask) if args.mask else None, region=region, outpaint=outpaint,
                              overlap=args.overlap)]
@@ -176,7 +198,6 @@ def _generate(pipe, args: argparse.Namespace, out: Path, requests: list[ImageReq
 
     import numpy as np
 
-    sampling = requests[0].sampling
     engine = pipe.engine.config
     t0 = time.perf_counter()
     results = pipe.run(requests, progress=True, desc=f"sampling {args.n * len(requests)} image(s)")
@@ -188,14 +209,20 @@ def _generate(pipe, args: argparse.Namespace, out: Path, requests: list[ImageReq
         for j, im in enumerate(res.images):
             name = f"image_{len(files)}.png"
             im.save(out / name)
-            files.append({"file": name, "prompt": res.request.prompt, "seed": res.seed, "index": j})
+            # With a seed of its own, `-n 1 --seed SEED` regenerates the image alone, pixel for pixel;
+            # images that shared their request's stream come back with its seed and n.
+            files.append({"file": name, "prompt": res.request.prompt,
+                          "seed": res.seeds[j] if res.seeds is not None else res.seed,
+                          "request_seed": res.seed, "index": j, "own_stream": res.seeds is not None})
     tokens = np.concatenate([r.tokens.numpy() for r in results]).astype(np.int64)
     np.save(out / "tokens.npy", tokens)
+    ran = results[0].request  # the settings as run: flags over the model's defaults
     run = {
         "model": pipe.name, "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
-        "prompts": [r.prompt for r in requests], "n": args.n, "guidance": args.guidance,
-        "temperature": sampling.temperature,
-        "top_k": sampling.top_k, "top_p": sampling.top_p, "seed": args.seed, "jacobi": args.jacobi,
+        "prompts": [r.prompt for r in requests], "n": args.n, "guidance": ran.guidance,
+        "temperature": ran.sampling.temperature,
+        "top_k": ran.sampling.top_k, "top_p": ran.sampling.top_p, "seed": args.seed, "jacobi": args.jacobi,
+        "seed_per_image": ran.seed_per_image,
         "quantize": args.quantize, "roles": args.roles, "weights": pipe.weights, "rows": engine.rows,
         "kv_cache_gib": engine.kv_cache_gib, "compile": engine.compile, "seconds": round(seconds, 3),
         "forward_passes": sum(r.cost.forward_passes for r in results),
@@ -215,11 +242,13 @@ def _generate_prompt_file(args: argparse.Namespace) -> None:
 
     device = resolve_device(args.device, env_dist_info().local_rank)  # one GPU per rank
     args.device = str(device)
-    sampling = sampling_params(args)
+    card = _model_card(args)  # the job records its settings: flags over the model's defaults, resolved
+    sampling = sampling_params(args, card.defaults.image.sampling) or card.defaults.image.sampling
+    guidance = card.defaults.image.guidance if args.guidance is None else args.guidance
 
     def settings_of(pipe) -> BatchSettings:
         return BatchSettings(weights=pipe.weights, temperature=sampling.temperature, top_k=sampling.top_k,
-                             top_p=sampling.top_p, guidance=args.guidance, seed=args.seed, jacobi=args.jacobi)
+                             top_p=sampling.top_p, guidance=guidance, seed=args.seed, jacobi=args.jacobi)
 
     def request_of(unit) -> ImageRequest:
         return ImageRequest(unit.line.prompt, n=1, guidance=unit.guidance, sampling=sampling, seed=unit.seed,
@@ -228,6 +257,15 @@ def _generate_prompt_file(args: argparse.Namespace) -> None:
     run_batch_job(Path(args.prompts), Path(args.out), load=lambda: open_pipeline(args), settings_of=settings_of,
                   request_of=request_of, geometry=_geometry(args.model), device=device,
                   on_bad_line=args.on_bad_line, overwrite=args.overwrite)
+
+
+def _model_card(args: argparse.Namespace) -> ModelCard:
+    """The model's card, read before its weights load: the flags go over its defaults, and its
+    vocabulary names unknown words of the prompts."""
+    from openjanus.inference.pipeline import resolve_model_source
+
+    source = resolve_model_source(args.model)
+    return ModelCard.read(source) if isinstance(source, Path) else ModelCard()
 
 
 def _geometry(model: str | None):
@@ -364,22 +402,31 @@ def _info_canvas(cfg, args: argparse.Namespace, per_row: int, nbytes: int, weigh
 
 def register(sub: Any) -> None:
     """chat, generate, vq and info, registered as every command module registers its own."""
-    p = sub.add_parser("chat", help="ask about images (interactive without a question)")
+    p = sub.add_parser("chat", help="ask about images (interactive without a question)",
+                       formatter_class=ExamplesHelpFormatter, epilog=demo_examples(
+                           'openjanus generate --out shapes/ -n 4 "{prompt}"',
+                           'openjanus chat --image shapes/image_0.png "{question}"',
+                           "openjanus chat --image shapes/image_0.png      # interactive: /image, /reset, /quit"))
     ModelOptions.add_to(p)
     EngineOptions.add_to(p)
     add_seed(p)
-    add_sampling(p, ChatRequest)
+    add_sampling(p, "chat")
     p.add_argument("question", nargs="*", help="the question; omit for an interactive chat")
     p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
-    p.add_argument("--max-new-tokens", type=integer_flag(1), default=ChatRequest.max_new_tokens,
-                   help="answer length cap (default: what the context leaves, up to 512)")
+    p.add_argument("--max-new-tokens", type=integer_flag(1), default=None,
+                   help="answer length cap (default: the model's max_new_tokens from its generation_config.json, "
+                        f"the demo model: {demo_card().defaults.chat.max_new_tokens}; without one, what the "
+                        "context leaves, up to 512)")
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("generate", help="text-to-image")
+    p = sub.add_parser("generate", help="text-to-image", formatter_class=ExamplesHelpFormatter, epilog=demo_examples(
+        'openjanus generate --out shapes/ -n 4 --seed 7 "{prompt}"',
+        "# any one image again, alone: its own seed is in shapes/run.json",
+        'openjanus generate --out one/ -n 1 --seed SEED "{prompt}"'))
     ModelOptions.add_to(p)
     EngineOptions.add_to(p)
     add_seed(p)
-    add_sampling(p, ImageRequest)
+    add_sampling(p, "image")
     p.add_argument("prompt", nargs="*", help="one or more prompts (or --prompts FILE.jsonl)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--prompts", default=None, metavar="FILE.jsonl",
@@ -390,11 +437,15 @@ def register(sub: Any) -> None:
                    help="--prompts: a malformed line stops the job before it starts (stop), or is reported "
                         "and left out (skip)")
     p.add_argument("-n", type=integer_flag(1), default=ImageRequest.n, help="images per prompt")
-    p.add_argument("--guidance", type=number_flag(), default=ImageRequest.guidance,
-                   help="(--prompts: for lines without their own) classifier-free guidance weight")
+    p.add_argument("--guidance", type=number_flag(0), default=None,
+                   help="(--prompts: for lines without their own) classifier-free guidance weight, >= 0: 1 = none, "
+                        "0 = the unconditional image " + model_default(demo_card().defaults.image.guidance))
     p.add_argument("--jacobi", type=jacobi_flag, default=ImageRequest.jacobi,
                    help="speculative Jacobi window: drafts per forward pass (MC-SJD; 0 = off), or 'auto' to pick "
                         "the window (or none) from what this machine measures")
+    p.add_argument("--seed-per-image", action="store_true",
+                   help="give each image a random stream of its own (recorded in run.json), so -n 1 --seed <its seed> "
+                        "regenerates it alone; without it the images share one stream, as the official sampler does")
     p.add_argument("--size", type=image_size, default=None,
                    help="WIDTHxHEIGHT in pixels, multiples of the image token size (16 px for Janus-Pro), from the "
                         "native size up to 4x it per side: larger or non-square images by a sliding window")
@@ -407,7 +458,7 @@ def register(sub: Any) -> None:
     ModelOptions.add_to(p)
     EngineOptions.add_to(p)
     add_seed(p)
-    add_sampling(p, ImageRequest)
+    add_sampling(p, "image")
     p.add_argument("prompt", nargs="+", help="what the image should show (the whole image, not only the change)")
     p.add_argument("--image", required=True, help="the image to edit")
     where = p.add_mutually_exclusive_group()
@@ -419,8 +470,8 @@ def register(sub: Any) -> None:
                        help="extend the image: SIDE=PIXELS[,...] with sides left, right, up, down (e.g. right=128)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("-n", type=integer_flag(1), default=ImageRequest.n, help="images")
-    p.add_argument("--guidance", type=number_flag(), default=ImageRequest.guidance,
-                   help="classifier-free guidance weight")
+    p.add_argument("--guidance", type=number_flag(0), default=None,
+                   help="classifier-free guidance weight, >= 0 " + model_default(demo_card().defaults.image.guidance))
     p.add_argument("--size", type=image_size, default=None,
                    help="WIDTHxHEIGHT of the result (default: the image's aspect, short side native); the image is "
                         "scaled to cover it and centre-cropped")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from openjanus.errors import UserError
 from openjanus.eval.report import GenerationReport, UnderstandingReport
 from openjanus.options import EngineOptions, ModelOptions, add_seed, integer_flag, open_pipeline
 
@@ -82,7 +84,7 @@ def run_demo(pipe: JanusPipeline, out: Path, seed: int, per_category: int, n_ima
         name = f"scenes/s{i}.png"
         image.save(out / name)
         qs = scene_questions(scene, rng_for(seed, 9002, i))[:5]
-        answers = pipe.answer([image] * len(qs), [q.question for q in qs], max_new_tokens=24)
+        answers = pipe.answer([q.question for q in qs], [image] * len(qs), max_new_tokens=24)
         qa_rows.append((name, split, [(q.question, q.answer, a) for q, a in zip(qs, answers)]))
 
     log("benchmark: GenEval-style generation (shapes world)")
@@ -142,9 +144,30 @@ def write_report(out: Path, scores: dict[str, Any], cards, qa_rows) -> Path:
     return path
 
 
+# What a demo run writes into its folder (anything else there is left alone).
+DEMO_OUTPUTS = ("report.html", "scores.json", "gallery", "scenes", "geneval", "pope")
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds an earlier demo unless `overwrite`; then remove only what a
+    demo writes. Runs before the model loads, so a refusal costs nothing."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    earlier = [name for name in DEMO_OUTPUTS if (out / name).exists()]
+    if not earlier:
+        return
+    if not overwrite:
+        raise UserError(f"{out} already holds a demo run ({', '.join(earlier)}); pass --overwrite to replace it, "
+                        "or choose another folder")
+    for name in earlier:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """Generate, answer and benchmark with the demo model; write report.html and scores.json."""
     out = Path(args.out)
+    prepare_out(out, args.overwrite)  # before the model loads: a refusal costs nothing
     with open_pipeline(args) as pipe:
         scores = run_demo(pipe, out, args.seed, args.per_category, args.n_images)
     hd = scores["headline"]["heldout"]
@@ -161,6 +184,8 @@ def register(subparsers: Any) -> None:
     add_seed(p)
     p.add_argument("--per-category", type=integer_flag(1), default=6, help="GenEval-style prompts per category")
     p.add_argument("--n-images", type=integer_flag(1), default=40, help="scenes for the understanding benchmark")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the output of an earlier demo in --out (only the files a demo writes)")
     p.set_defaults(func=cmd_demo)
 
 

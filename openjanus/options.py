@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from openjanus.inference.pipeline import JanusPipeline
 
 __all__ = ["Parser", "number_flag", "integer_flag", "seed_flag", "ModelOptions", "EngineOptions", "open_pipeline",
-           "add_seed", "add_sampling", "sampling_params", "default_of"]
+           "add_seed", "add_sampling", "sampling_params", "default_of", "model_default", "demo_examples",
+           "ExamplesHelpFormatter"]
 
 
 # --- flag types: a bad value is one line from argparse, before any model is loaded ----------
@@ -88,6 +89,21 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False or action.default == []:
             return action.help
         return super()._get_help_string(action)
+
+
+class ExamplesHelpFormatter(_HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in --help, and the epilog's example commands kept as written (one per line)."""
+
+
+def demo_examples(*commands: str) -> str:
+    """A --help epilog of example commands in the demo model's own words ({prompt} and
+    {question} are its first example prompt and question)."""
+    from openjanus.model_card import demo_card
+
+    card = demo_card()
+    lines = [c.format(prompt=card.example_prompts[0], question=card.example_questions[0]) for c in commands]
+    return ("examples with the shipped demo model, in its own words (it knows only the shapes world's,\n"
+            "listed in openjanus/assets/janus-shapes/openjanus.json):\n" + "\n".join(f"  {line}" for line in lines))
 
 
 class Parser(argparse.ArgumentParser):
@@ -220,19 +236,35 @@ def add_seed(p: argparse.ArgumentParser, help: str = "random seed in [0, 2**63 -
     p.add_argument("--seed", type=seed_flag, default=default_of(ImageRequest, "seed"), help=help)
 
 
-def add_sampling(p: argparse.ArgumentParser, request: type) -> None:
-    """--temperature, --top-k, --top-p, defaulting to `request`'s sampling (ChatRequest: greedy,
-    ImageRequest: temperature 1). Their ranges are the requests' own (checked when built)."""
-    sampling = default_of(request, "sampling")
-    p.add_argument("--temperature", type=number_flag(), default=sampling.temperature, help="0 = greedy")
-    p.add_argument("--top-k", type=integer_flag(0), default=sampling.top_k,
-                   help="sample from the k most likely tokens only (0 = off)")
-    p.add_argument("--top-p", type=number_flag(), default=sampling.top_p,
-                   help="sample from the smallest set of tokens whose probability reaches p, in (0, 1] "
-                        "(1 = off)")
+def model_default(value: object) -> str:
+    """How --help states a default that the model decides: its generation_config.json's value,
+    with the shipped demo model's as the example (the help is written before a model loads)."""
+    return f"(default: the model's, from its generation_config.json; the demo model: {value})"
 
 
-def sampling_params(args: argparse.Namespace):
+def add_sampling(p: argparse.ArgumentParser, kind: Literal["chat", "image"]) -> None:
+    """--temperature, --top-k, --top-p. Left out, each takes the model's default for `kind`
+    (its generation_config.json; see `openjanus.model_card`), so the CLI asks what the Python
+    API, the server and the web page ask when nobody sets them. Ranges are the requests' own."""
+    from openjanus.model_card import demo_card
+
+    demo = demo_card().defaults.chat.sampling if kind == "chat" else demo_card().defaults.image.sampling
+    p.add_argument("--temperature", type=number_flag(), default=None,
+                   help=f"0 = greedy {model_default(demo.temperature)}")
+    p.add_argument("--top-k", type=integer_flag(0), default=None,
+                   help=f"sample from the k most likely tokens only, 0 = off {model_default(demo.top_k or 0)}")
+    p.add_argument("--top-p", type=number_flag(), default=None,
+                   help="sample from the smallest set of tokens whose probability reaches p, in (0, 1], 1 = off "
+                        + model_default(1.0 if demo.top_p is None else demo.top_p))
+
+
+def sampling_params(args: argparse.Namespace, defaults):
+    """The sampling flags over `defaults` (the model's SamplingParams); None when no flag was
+    given, so the request takes the model's defaults whole."""
     from openjanus.requests import SamplingParams
 
-    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    if args.temperature is None and args.top_k is None and args.top_p is None:
+        return None
+    return SamplingParams(temperature=defaults.temperature if args.temperature is None else args.temperature,
+                          top_k=defaults.top_k if args.top_k is None else args.top_k,
+                          top_p=defaults.top_p if args.top_p is None else args.top_p)

@@ -74,6 +74,14 @@ class ImageRequest:
     rule (fitting, mask rounding, limits).
 
     The same request with the same seed gives the same tokens, alone or batched with others.
+    Random streams: by default the `n` images share the request's one stream, one draw over all
+    of them per step, as the official sampler does (`--dtype float32` reproduces its images for
+    any `n` under the same seed); `seed_per_image=True` gives image i a stream of its own, seeded
+    `ImageResult.seeds[i]`, so `n=1` with that seed gives image i alone, pixel for pixel (Jacobi
+    windows and canvases always draw per image). `guidance` and `sampling` left
+    None take the model's defaults (its generation_config.json; without one, guidance 5 and
+    temperature 1, the official settings). `guidance` is u + g (c - u) over the unconditional
+    and conditional logits: 1 is no guidance, 0 the unconditional image; it must be >= 0.
     `jacobi` > 0 drafts that many tokens per forward pass (speculative Jacobi decoding with
     coupled drafts, MC-SJD; the output distribution is that of plain sampling, and greedy
     output is plain decoding's); "auto" lets the engine pick the window, or plain decoding,
@@ -83,8 +91,8 @@ class ImageRequest:
 
     prompt: str
     n: int = 1
-    guidance: float = 5.0
-    sampling: SamplingParams = SamplingParams(temperature=1.0)
+    guidance: float | None = None
+    sampling: SamplingParams | None = None
     seed: int | None = 0
     jacobi: int | Literal["auto"] = 0
     size: tuple[int, int] | str | None = None
@@ -93,12 +101,18 @@ class ImageRequest:
     region: tuple[int, int, int, int] | str | None = None
     outpaint: dict[str, int] | str | None = None
     overlap: float = DEFAULT_OVERLAP
+    seed_per_image: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
             raise UserError(f"the prompt must be a string, got {type(self.prompt).__name__}")
         _count("n (images per prompt)", self.n, 1)
-        _finite("guidance", self.guidance)
+        if not isinstance(self.seed_per_image, bool):
+            raise UserError(f"seed_per_image must be true or false, got {self.seed_per_image!r}")
+        if self.guidance is not None and _finite("guidance", self.guidance) < 0:
+            raise UserError(f"guidance must be >= 0 (1: no guidance, 0: the unconditional image), got {self.guidance}")
+        if self.sampling is not None and not isinstance(self.sampling, SamplingParams):
+            raise UserError(f"sampling must be a SamplingParams, got {type(self.sampling).__name__}")
         check_seed(self.seed)
         if isinstance(self.jacobi, str) and self.jacobi != "auto":
             raise UserError(f"jacobi must be an integer in [0, 64] or 'auto', got {self.jacobi!r}")
@@ -165,14 +179,15 @@ class Message:
 class ChatRequest:
     """Answer the last user message of a conversation.
 
-    `max_new_tokens` None fills what the context leaves, up to 512. Generation ends at EOS
-    (unless `stop_at_eos` is False), at any of the `stop` strings (not included in the text),
-    or after `max_new_tokens`.
+    `max_new_tokens` and `sampling` left None take the model's defaults (its
+    generation_config.json; without one: greedy, and what the context leaves up to 512 tokens).
+    Generation ends at EOS (unless `stop_at_eos` is False), at any of the `stop` strings (not
+    included in the text), or after `max_new_tokens`.
     """
 
     messages: Sequence[Message]
     max_new_tokens: int | None = None
-    sampling: SamplingParams = SamplingParams(temperature=0.0)
+    sampling: SamplingParams | None = None
     seed: int | None = 0
     stop_at_eos: bool = True
     stop: tuple[str, ...] = ()
@@ -186,6 +201,8 @@ class ChatRequest:
                 raise UserError(f"messages must be openjanus.Message objects, got {type(m).__name__}")
         if self.max_new_tokens is not None:
             _count("max_new_tokens", self.max_new_tokens, 1)
+        if self.sampling is not None and not isinstance(self.sampling, SamplingParams):
+            raise UserError(f"sampling must be a SamplingParams, got {type(self.sampling).__name__}")
         check_seed(self.seed)
         if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
             raise UserError("stop must be a list of non-empty strings")
@@ -229,7 +246,11 @@ class ImageResult:
     request: ImageRequest
     images: list[Image.Image]
     tokens: Tensor  # [n, rows * columns] int64 image tokens, raster order, on the CPU (native: num_gen_tokens)
-    seed: int
+    seed: int  # the request's seed (drawn at random when the request left it None)
+    # Each image's own seed where images draw from streams of their own (seed_per_image, Jacobi,
+    # canvases): ImageRequest(prompt, n=1, seed=seeds[i], ...) gives image i alone. None where
+    # the n images shared the request's stream (the default, the official sampler's way).
+    seeds: list[int] | None
     prompt_tokens: int  # tokens of the prompt (as the conditional row of each image holds it)
     cost: Cost = field(default_factory=Cost)
     grid: tuple[int, int] | None = None  # (rows, columns) of `tokens` when not the native square

@@ -32,7 +32,7 @@ def test_chat_prints_only_the_answer(tiny_checkpoint, tiny_pipeline, tmp_path, c
                "What is in this picture?"])
     assert rc == 0
     out = capsys.readouterr().out
-    expected = tiny_pipeline.answer([Image.open(img)], ["What is in this picture?"], max_new_tokens=5)[0]
+    expected = tiny_pipeline.answer(["What is in this picture?"], [Image.open(img)], max_new_tokens=5)[0]
     assert out.strip() == expected
 
 
@@ -130,6 +130,33 @@ def test_demo_writes_report_and_scores(tiny_checkpoint, tmp_path):
     assert "a photo of a red star" in page and page.count("<img") >= 7 * 4
 
 
+def test_demo_rerun_refuses_before_any_work_and_overwrite_replaces_only_its_files(tiny_checkpoint, tmp_path,
+                                                                                    monkeypatch, capsys):
+    from openjanus.errors import UserError
+    from openjanus.inference.pipeline import JanusPipeline
+
+    out = tmp_path / "demo"
+    for name in ("gallery", "geneval/000000"):
+        (out / name).mkdir(parents=True)
+    (out / "report.html").write_text("earlier report")
+    (out / "notes.txt").write_text("mine")
+    loads = []
+
+    def no_load(*args, **kwargs):  # the model must not even be loaded
+        loads.append(args)
+        raise UserError("model loading reached")
+
+    monkeypatch.setattr(JanusPipeline, "load", no_load)
+    assert main(["demo", "--model", str(tiny_checkpoint), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "--overwrite" in err and "\n" not in err and loads == []
+    assert (out / "report.html").read_text() == "earlier report"
+    # --overwrite: the earlier demo's files go, the user's stay, and the run starts.
+    assert main(["demo", "--model", str(tiny_checkpoint), "--out", str(out), "--overwrite"]) == 2
+    assert "model loading reached" in capsys.readouterr().err and len(loads) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
 @pytest.mark.parametrize("argv", [
     ["chat", "--model", "tiny", "hi"],
     ["generate", "--model", "tiny", "--out", "OUT", "x"],
@@ -166,6 +193,32 @@ def test_generate_writes_run_json_with_every_setting(tmp_path):
     assert (run["n"], run["seed"], run["guidance"], run["top_k"], run["jacobi"]) == (2, 3, 4.5, 50, 0)
     assert run["prompts"] == ["a red circle", "a blue square"] and run["kv_cache_gib"] == 4.0
     assert run["seconds"] > 0 and run["forward_passes"] > 0 and run["tokens_per_image"] == 64
-    # Prompt i uses seed + i; every image names its prompt and seed.
-    assert [(f["prompt"], f["seed"]) for f in run["images"]] == [("a red circle", 3)] * 2 + [("a blue square", 4)] * 2
+    # Prompt i uses seed + i; every image names its prompt, its request's seed and its own.
+    assert [(f["prompt"], f["request_seed"], f["index"]) for f in run["images"]] == \
+        [("a red circle", 3, 0), ("a red circle", 3, 1), ("a blue square", 4, 0), ("a blue square", 4, 1)]
+    # The images of one prompt share its request's stream (the official sampler's): its seed, and
+    # their index in it.
+    assert [f["seed"] for f in run["images"]] == [3, 3, 4, 4] and run["seed_per_image"] is False
+    assert not any(f["own_stream"] for f in run["images"])
     assert all((out / f["file"]).is_file() for f in run["images"])
+
+
+def test_any_image_of_a_run_regenerates_alone_from_its_seed_in_run_json(tiny_checkpoint, tmp_path):
+    """With --seed-per-image, `-n 1 --seed S` with S from run.json gives that image again, byte for
+    byte (PNG and tokens).
+    (A checkpoint, not a preset: a preset's random weights are drawn from --seed.)"""
+    import numpy as np
+
+    first = tmp_path / "first"
+    model = ["--model", str(tiny_checkpoint), "--dtype", "float32"]
+    assert main(["generate", *model, "--out", str(first), "-n", "3", "--seed", "7", "--seed-per-image",
+                 "a red circle"]) == 0
+    run = json.loads((first / "run.json").read_text())
+    assert run["seed_per_image"] is True and run["images"][0]["seed"] == 7
+    tokens = np.load(first / "tokens.npy")
+    for i in (0, 2):
+        again = tmp_path / f"again{i}"
+        assert main(["generate", *model, "--out", str(again), "-n", "1", "--seed", str(run["images"][i]["seed"]),
+                     "a red circle"]) == 0
+        assert (again / "image_0.png").read_bytes() == (first / f"image_{i}.png").read_bytes()
+        assert np.array_equal(np.load(again / "tokens.npy")[0], tokens[i])

@@ -111,9 +111,10 @@ def test_a_wide_canvas_equals_its_windows_run_one_by_one(pipe):
     tok = pipe.processor.tokenizer
     ids = tok.encode(pipe.processor.t2i_prompt(request.prompt))
     for w in tokens.windows:
-        base = image_job(ids, tok.pad_id, 2, request.guidance, request.sampling,
-                         torch.Generator().manual_seed(window_seed(3, w.index)), 64)
-        job = Job("image", base.prompt_ids, 64, request.sampling, base.generator, guidance=request.guidance,
+        streams = [torch.Generator().manual_seed(window_seed(3, w.index, i)) for i in range(2)]  # one per image
+        ran = result.request  # the settings it ran with (the model's defaults filled in)
+        base = image_job(ids, tok.pad_id, 2, ran.guidance, ran.sampling, streams, 64)
+        job = Job("image", base.prompt_ids, 64, ran.sampling, base.generator, guidance=ran.guidance,
                   known=tokens.known(w))
         (state,) = run_jobs(BatchRunner(pipe.model, rows=4), [job])
         tokens.write(w, state.tokens)

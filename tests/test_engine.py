@@ -179,6 +179,52 @@ def test_large_requests_run_in_chunks_that_fit(tiny_pipeline):
         engine.close()
 
 
+def test_each_image_of_a_request_is_its_own_request_with_its_seed(tiny_pipeline):
+    """With `seed_per_image`, image i of `n=N, seed=S` draws from its own stream, seeded
+    `result.seeds[i]`: a one-image request with that seed gives it exactly, tokens and pixels,
+    whether the N images ran in one batch or in chunks, plain or speculative."""
+    sampling = SamplingParams(temperature=1.0, top_k=50)
+    together = tiny_pipeline.generate(ImageRequest("a red circle", n=4, seed=7, sampling=sampling,
+                                                   seed_per_image=True))
+    assert together.seeds[0] == 7 and len(set(together.seeds)) == 4
+    for i, seed in enumerate(together.seeds):
+        alone = tiny_pipeline.generate(ImageRequest("a red circle", n=1, seed=seed, sampling=sampling,
+                                                    seed_per_image=True))
+        assert alone.seeds == [seed] and torch.equal(alone.tokens[0], together.tokens[i])
+        assert alone.images[0].tobytes() == together.images[i].tobytes()
+    engine = tiny_pipeline.start_engine(EngineConfig(rows=4))  # 2 images per chunk
+    try:
+        chunked = tiny_pipeline.generate(ImageRequest("a red circle", n=4, seed=7, sampling=sampling,
+                                                      seed_per_image=True))
+    finally:
+        engine.close()
+    assert torch.equal(chunked.tokens, together.tokens) and chunked.seeds == together.seeds
+    # Speculative Jacobi images use the same seeds (their draws differ, their distribution does not).
+    jacobi = tiny_pipeline.generate(ImageRequest("a red circle", n=2, seed=7, sampling=sampling, jacobi=4))
+    assert jacobi.seeds == together.seeds[:2]
+
+
+def test_by_default_the_images_of_a_request_share_the_official_stream(tiny_pipeline):
+    """Without `seed_per_image` the N images draw from the request's one stream, one multinomial
+    over all of them per step (the official sampler, which `generate_image_tokens` restates
+    literally) when they run in one batch; no per-image seeds are claimed."""
+    from openjanus.inference.engine import generate_image_tokens
+
+    sampling = SamplingParams(temperature=1.0, top_k=50)
+    tiny_pipeline.start_engine(EngineConfig())  # rows for all four at once (an earlier test may have left fewer)
+    shared = tiny_pipeline.generate(ImageRequest("a red circle", n=4, seed=7, sampling=sampling, guidance=5.0))
+    assert shared.seeds is None
+    ids = tiny_pipeline.processor.tokenizer.encode(tiny_pipeline.processor.t2i_prompt("a red circle"))
+    g = torch.Generator().manual_seed(7)
+    official = generate_image_tokens(tiny_pipeline.model, ids, tiny_pipeline.processor.tokenizer.pad_id, n=4,
+                                     guidance=5.0, sampling=sampling, generator=g)
+    assert torch.equal(shared.tokens, official.cpu())
+    per_image = tiny_pipeline.generate(ImageRequest("a red circle", n=4, seed=7, sampling=sampling, guidance=5.0,
+                                                    seed_per_image=True))
+    assert torch.equal(per_image.tokens[0, :1], shared.tokens[0, :1])  # the first draw of image 0 is shared
+    assert not torch.equal(per_image.tokens, shared.tokens)
+
+
 def test_queue_and_row_caps(tiny_pipeline):
     engine = tiny_pipeline.start_engine(EngineConfig(rows=2, queue=2))
     try:
@@ -296,12 +342,16 @@ def test_too_long_a_chat_is_context_too_long(tiny_pipeline):
         engine.close()
 
 
-def test_image_decode_steps_never_wait_for_the_device(tiny_pipeline, monkeypatch):
+@pytest.mark.parametrize("streams", ["shared", "per image"])
+def test_image_decode_steps_never_wait_for_the_device(tiny_pipeline, monkeypatch, streams):
     """No `.item()`, `bool()`, `int()`, `.tolist()` on a tensor during image steps: on a GPU
-    each would stall the host until the device catches up (and break CUDA-graph replay)."""
+    each would stall the host until the device catches up (and break CUDA-graph replay). Both
+    with one random stream for the job and with one per image (what the engine gives)."""
     tok = tiny_pipeline.processor.tokenizer
     ids = tok.encode(tiny_pipeline.processor.t2i_prompt("a red circle"))
-    job = image_job(ids, tok.pad_id, 2, 5.0, SamplingParams(top_k=50, top_p=0.9), torch.Generator().manual_seed(0),
+    generator = torch.Generator().manual_seed(0) if streams == "shared" else \
+        [torch.Generator().manual_seed(s) for s in (0, 1)]
+    job = image_job(ids, tok.pad_id, 2, 5.0, SamplingParams(top_k=50, top_p=0.9), generator,
                     tiny_pipeline.model.cfg.num_gen_tokens)
     runner = BatchRunner(tiny_pipeline.model, rows=4)
     state = runner.add(job)

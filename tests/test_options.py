@@ -12,6 +12,7 @@ import pytest
 
 from openjanus.cli import build_parser, main
 from openjanus.errors import UserError
+from openjanus.eval.runners import GenerationSettings
 from openjanus.inference.engine import EngineConfig
 from openjanus.numbers import check_integer, check_number
 from openjanus.processing import JanusProcessor
@@ -181,14 +182,36 @@ def test_every_flag_with_a_default_shows_it_in_help():
 
 def test_defaults_are_read_from_the_typed_requests_and_configs():
     generate = build_parser().parse_args(["generate", "--out", "o", "p"])
-    assert (generate.guidance, generate.n, generate.temperature, generate.jacobi) == (
-        ImageRequest.guidance, ImageRequest.n, ImageRequest.sampling.temperature, ImageRequest.jacobi)
+    assert (generate.n, generate.jacobi) == (ImageRequest.n, ImageRequest.jacobi)
     assert (generate.rows, generate.kv_cache_gib, generate.queue, generate.compile) == (
         EngineConfig.rows, EngineConfig.kv_cache_gib, EngineConfig.queue, EngineConfig.compile)
+    # Sampling, guidance and length are the model's (left None, as the typed requests leave them).
     chat = build_parser().parse_args(["chat", "q"])
-    assert (chat.temperature, chat.max_new_tokens) == (ChatRequest.sampling.temperature, ChatRequest.max_new_tokens)
+    assert (chat.temperature, chat.top_k, chat.top_p, chat.max_new_tokens) == (None, None, None, None)
+    assert (ChatRequest.sampling, ChatRequest.max_new_tokens) == (None, None)
+    assert (generate.temperature, generate.guidance) == (None, None) == (ImageRequest.sampling, ImageRequest.guidance)
     geneval = build_parser().parse_args(["eval", "geneval-shapes", "--out", "o"])
-    assert geneval.guidance == ImageRequest.guidance and geneval.rows == EngineConfig.rows
+    assert geneval.guidance == GenerationSettings.guidance and geneval.rows == EngineConfig.rows
+
+
+def test_flags_the_model_decides_say_so_and_quote_the_demo_models_value():
+    """--temperature, --top-k, --top-p, --guidance, --max-new-tokens default to the model's
+    generation_config.json: --help says so, with the demo model's value, and the demo model's
+    examples follow as the epilog."""
+    from openjanus.model_card import demo_card
+
+    card = demo_card()
+    for command, flags in (("chat", {"--temperature": card.defaults.chat.sampling.temperature,
+                                     "--max-new-tokens": card.defaults.chat.max_new_tokens}),
+                           ("generate", {"--temperature": card.defaults.image.sampling.temperature,
+                                         "--guidance": card.defaults.image.guidance, "--top-k": 0, "--top-p": 1.0})):
+        parser = dict(_parsers(build_parser()))[(command,)]
+        text = " ".join(parser.format_help().split())
+        for flag, value in flags.items():
+            action = next(a for a in parser._actions if flag in a.option_strings)
+            help_text = " ".join(action.help.split())
+            assert "generation_config.json" in help_text and f"the demo model: {value}" in help_text, (command, flag)
+        assert card.example_prompts[0] in text and "examples with the shipped demo model" in text
 
 
 def test_no_command_module_imports_the_cli():

@@ -21,8 +21,8 @@ def images():
 def test_batched_answers_equal_one_by_one(tiny_pipeline):
     ims = images()
     qs = ["what is this?", "how many circles are there in this picture of shapes?", "is there a star?"]
-    batched = tiny_pipeline.answer(ims, qs, max_new_tokens=6)
-    alone = [tiny_pipeline.answer([im], [q], max_new_tokens=6)[0] for im, q in zip(ims, qs)]
+    batched = tiny_pipeline.answer(qs, ims, max_new_tokens=6)
+    alone = [tiny_pipeline.answer([q], [im], max_new_tokens=6)[0] for im, q in zip(ims, qs)]
     assert batched == alone
 
 
@@ -75,8 +75,8 @@ def test_bad_parameters_are_user_errors(tiny_pipeline):
         tiny_pipeline.submit(ImageRequest("word " * 600))
     with pytest.raises(UserError, match="image tokens"):
         tiny_pipeline.decode_tokens(torch.zeros(1, 5, dtype=torch.long))
-    with pytest.raises(UserError, match="2 images but 1 questions"):
-        tiny_pipeline.answer(images()[:2], ["q"])
+    with pytest.raises(UserError, match="1 questions but 2 images"):
+        tiny_pipeline.answer(["q"], images()[:2])
 
 
 def test_preset_pipeline_and_default_model_message(monkeypatch, tmp_path):

@@ -27,7 +27,6 @@ from openjanus.options import (
     number_flag,
     open_pipeline,
 )
-from openjanus.requests import ImageRequest
 
 if TYPE_CHECKING:
     from openjanus.eval.report import GenerationReport, UnderstandingReport
@@ -45,9 +44,10 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
 def _gen_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", type=integer_flag(1), default=default_of(GenerationSettings, "n_per_prompt"),
                    help="images per prompt")
-    p.add_argument("--guidance", type=number_flag(), default=ImageRequest.guidance,
-                   help="classifier-free guidance weight")
-    p.add_argument("--temperature", type=number_flag(0), default=ImageRequest.sampling.temperature,
+    # The benchmarks' own settings (the official ones), the same for every model, so reports compare.
+    p.add_argument("--guidance", type=number_flag(0), default=default_of(GenerationSettings, "guidance"),
+                   help="classifier-free guidance weight, >= 0 (1 = none)")
+    p.add_argument("--temperature", type=number_flag(0), default=default_of(GenerationSettings, "temperature"),
                    help="sampling temperature (0 = greedy)")
     p.add_argument("--jacobi", type=jacobi_flag, default=default_of(GenerationSettings, "jacobi"),
                    help="speculative Jacobi window (MC-SJD), or 'auto'; the images' distribution is unchanged")

@@ -37,6 +37,7 @@ from openjanus.eval.report import (
 )
 from openjanus.files import write_json
 from openjanus.jsonl import write_jsonl
+from openjanus.model_card import ImageDefaults
 from openjanus.requests import ImageRequest, ImageResult, SamplingParams
 from openjanus.shapes.scorer import check_spec, detect
 from openjanus.shapes.spec import TAGS, Spec
@@ -75,10 +76,16 @@ class Pipeline(Protocol):
 
     def answer(
         self,
-        images: list[Image.Image | list[Image.Image]],
         questions: list[str],
+        images: list[Image.Image | list[Image.Image]],
         max_new_tokens: int = 32,
+        sampling: SamplingParams | None = None,
     ) -> list[str]: ...
+
+
+# Benchmark answers are greedy whatever a model's generation_config.json prefers for chat, so
+# every model is scored the same way (as the official evaluations decode).
+BENCHMARK_ANSWERS = SamplingParams(temperature=0.0)
 
 
 Log = Callable[[str], None]
@@ -94,7 +101,7 @@ class GenerationSettings:
 
     n_per_prompt: int = 4
     seed: int = 0
-    guidance: float = ImageRequest.guidance
+    guidance: float = ImageDefaults.guidance  # the benchmarks' own settings (the official ones), explicit
     temperature: float = 1.0
     batch_size: int = 8
     jacobi: int | str = 0  # speculative Jacobi window, or "auto" (the image distribution is unchanged)
@@ -320,9 +327,10 @@ def _answer_all(
     for start in range(0, len(questions), batch_size):
         log(f"{what}: questions {start + 1}-{min(start + batch_size, len(questions))} of {len(questions)}")
         answers += pipeline.answer(
-            list(images[start : start + batch_size]),
             list(questions[start : start + batch_size]),
+            list(images[start : start + batch_size]),
             max_new_tokens=max_new_tokens,
+            sampling=BENCHMARK_ANSWERS,
         )
     if len(answers) != len(questions):
         raise RuntimeError(f"the model returned {len(answers)} answers for {len(questions)} questions")
@@ -598,5 +606,6 @@ class WorldOracle:
                                                            self.image_size)) for n in range(r.n)]))
         return out
 
-    def answer(self, images: list[Any], questions: list[str], max_new_tokens: int = 32) -> list[str]:
+    def answer(self, questions: list[str], images: list[Any], max_new_tokens: int = 32,
+               sampling: SamplingParams | None = None) -> list[str]:
         raise UserError("the world oracle only generates images")

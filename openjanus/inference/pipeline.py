@@ -20,14 +20,18 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from openjanus import model_card
 from openjanus.checkpoints import load_model
 from openjanus.config import PRESETS, JanusConfig
 from openjanus.devices import resolve_device, resolve_dtype
 from openjanus.errors import UserError
+from openjanus.hub import download as hub_download
+from openjanus.hub import parse_hub_id
 from openjanus.images import ImageInput
 from openjanus.inference.engine import Engine, EngineConfig, RequestHandle, decode_tokens
 from openjanus.model.janus import Janus
 from openjanus.model.llm import fuse_projections
+from openjanus.model_card import ModelCard
 from openjanus.processing import JanusProcessor, standin_processor
 from openjanus.quantize import Int8Linear, quantize_model
 from openjanus.requests import ChatRequest, ChatResult, ImageRequest, ImageResult
@@ -35,7 +39,7 @@ from openjanus.requests import ChatRequest, ChatResult, ImageRequest, ImageResul
 # The demo model shipped with the package (see the README); used when no model is named, and
 # when the model is named by its name (its architecture alone is the preset "janus-shapes-arch").
 DEMO_MODEL_NAME = "janus-shapes"
-DEMO_MODEL_DIR = Path(__file__).parents[1] / "assets" / DEMO_MODEL_NAME
+DEMO_MODEL_DIR = model_card.DEMO_MODEL_DIR
 
 # Preset names whose "random weights" notice was printed already (once per process).
 _RANDOM_NOTICE_SHOWN: set[str] = set()
@@ -44,7 +48,8 @@ _RANDOM_NOTICE_SHOWN: set[str] = set()
 def resolve_model_source(model: str | Path | None) -> Path | str:
     """What `--model` names: a checkpoint folder (Path) or a preset name (str).
 
-    An existing folder wins over a name; None and "janus-shapes" mean the shipped demo model.
+    An existing folder wins over a name; None and "janus-shapes" mean the shipped demo model;
+    "owner/name[@revision]" is fetched through huggingface_hub's cache (`openjanus.hub`).
     """
     if model is not None and Path(model).exists():
         if not Path(model).is_dir():
@@ -58,8 +63,10 @@ def resolve_model_source(model: str | Path | None) -> Path | str:
         return DEMO_MODEL_DIR
     if isinstance(model, str) and model in PRESETS:
         return model
+    if isinstance(model, str) and parse_hub_id(model) is not None:  # owner/name[@revision], no such folder
+        return hub_download(model)
     raise UserError(f"model {str(model)!r} is neither a checkpoint folder nor a known name "
-                    f"({', '.join([DEMO_MODEL_NAME] + sorted(PRESETS))})")
+                    f"({', '.join([DEMO_MODEL_NAME] + sorted(PRESETS))}); a hub model is owner/name[@revision]")
 
 
 def prepare_for_inference(model: Janus, quantize: str | None = None) -> Janus:
@@ -72,11 +79,15 @@ def prepare_for_inference(model: Janus, quantize: str | None = None) -> Janus:
 
 class JanusPipeline:
     def __init__(self, model: Janus, processor: JanusProcessor, name: str = "model",
-                 engine: EngineConfig | None = None) -> None:
+                 engine: EngineConfig | None = None, card: ModelCard | None = None) -> None:
         self.model = model.eval()
         self.processor = processor
         self.name = name
-        self._engine = Engine(model, processor, engine)  # its worker starts on first use
+        # What the model folder says about using it: default settings, examples, vocabulary.
+        self.card = card or ModelCard()
+        self.source: Path | None = None  # the checkpoint folder it was loaded from, if any
+        self._fingerprint: str | None = None
+        self._engine = Engine(model, processor, engine, self.card.defaults)  # its worker starts on first use
         self._closed = False
 
     # --- construction ---------------------------------------------------------------------
@@ -110,7 +121,11 @@ class JanusPipeline:
         net = load_model(source, device=dev, dtype=dt, check_finite=check_finite)
         processor = JanusProcessor.from_dir(source, net.cfg, roles=roles or "pro")
         cls._check_vocab(net, processor)
-        return cls(net, processor, name=source.name)
+        # A hub model is named by its id, not by the cache's snapshot hash.
+        name = model if isinstance(model, str) and parse_hub_id(model) and not Path(model).exists() else source.name
+        pipe = cls(net, processor, name=name, card=ModelCard.read(source))
+        pipe.source = source
+        return pipe
 
     @classmethod
     def from_preset(cls, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -142,6 +157,13 @@ class JanusPipeline:
         return self.model.llm.embed.weight.dtype
 
     @property
+    def fingerprint(self) -> str:
+        """"fp_..." naming these weights in this format (the server's system_fingerprint)."""
+        if self._fingerprint is None:
+            self._fingerprint = model_card.fingerprint(self.source, self.weights, self.name)
+        return self._fingerprint
+
+    @property
     def weights(self) -> str:
         """The model and its weight format, as reports record it: "janus-shapes, bfloat16"."""
         fmt = str(self.dtype).removeprefix("torch.")
@@ -167,7 +189,7 @@ class JanusPipeline:
         if self._closed:
             raise UserError(f"the pipeline {self.name!r} is closed")
         if self._engine.closed:
-            self._engine = Engine(self.model, self.processor, self._engine.config)
+            self._engine = Engine(self.model, self.processor, self._engine.config, self.card.defaults)
         return self._engine.start()
 
     def start_engine(self, config: EngineConfig) -> Engine:
@@ -175,7 +197,7 @@ class JanusPipeline:
         if self._closed:
             raise UserError(f"the pipeline {self.name!r} is closed")
         self._engine.close(cancel=False)
-        self._engine = Engine(self.model, self.processor, config)
+        self._engine = Engine(self.model, self.processor, config, self.card.defaults)
         return self._engine.start()
 
     def close(self) -> None:
@@ -231,12 +253,18 @@ class JanusPipeline:
 
     # --- understanding --------------------------------------------------------------------
 
-    def answer(self, images: Sequence[ImageInput | Sequence[ImageInput]], questions: Sequence[str],
-               max_new_tokens: int = 32, **request: object) -> list[str]:
-        """Single-turn questions, one per image (a path, bytes, a PIL image, or a list of them),
-        answered together; greedy unless `sampling=` says otherwise."""
+    def answer(self, questions: Sequence[str], images: Sequence[ImageInput | Sequence[ImageInput]],
+               max_new_tokens: int | None = None, **request: object) -> list[str]:
+        """Single-turn questions, each about its image (a path, bytes, a PIL image, or a list of
+        them), answered together: `answer(["how many objects are there?"], ["scene.png"])`. The
+        question comes first, as in `ChatRequest.ask(question, images)`. What is not given
+        (`max_new_tokens`, `sampling=`, ...: `ChatRequest`'s keywords) takes the model's defaults."""
+        if isinstance(questions, str) or not all(isinstance(q, str) for q in questions):
+            raise UserError("questions must be a list of strings and come first: answer(questions, images), "
+                            "as in ChatRequest.ask(question, images)")
         if len(images) != len(questions):
-            raise UserError(f"{len(images)} images but {len(questions)} questions")
+            raise UserError(f"{len(questions)} questions but {len(images)} images: one image (or list of "
+                            "images) per question")
         if not questions:
             raise UserError("no questions given")
         requests = [ChatRequest.ask(q, list(im) if isinstance(im, (list, tuple)) else [im],

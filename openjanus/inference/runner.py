@@ -78,7 +78,8 @@ class Job:
     prompt_ids: list[list[int]]  # one list per row, all the same length
     steps: int  # tokens to sample (image: num_gen_tokens; text: at most max_new_tokens)
     sampling: SamplingParams
-    generator: torch.Generator | None
+    # One stream for all rows, or (image jobs) one per image: image i then draws from its own.
+    generator: torch.Generator | Sequence[torch.Generator] | None
     guidance: float = 1.0  # image jobs
     eos_id: int | None = None  # text jobs: stop after sampling it
     image_mask: Tensor | None = None  # text jobs: bool [T], positions the image features fill

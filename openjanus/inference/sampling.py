@@ -26,6 +26,7 @@ that decides the tokens before i, the draft is distributed as the proposal it is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,8 +34,8 @@ from torch import Tensor
 
 from openjanus.requests import SamplingParams
 
-__all__ = ["filter_logits", "sample", "non_finite", "cfg_combine", "accept_drafts", "residual", "couple_drafts",
-           "accepted_prefix", "JacobiStep", "verify_window", "next_drafts", "jacobi_step"]
+__all__ = ["filter_logits", "sample", "multinomial_rows", "image_seed", "non_finite", "cfg_combine", "accept_drafts",
+           "residual", "couple_drafts", "accepted_prefix", "JacobiStep", "verify_window", "next_drafts", "jacobi_step"]
 
 
 def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
@@ -53,14 +54,36 @@ def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Ten
     return logits
 
 
-def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> Tensor:
-    """[B, V] logits -> [B] token ids. Greedy at temperature 0, otherwise one multinomial call
-    for all B rows (as the official sampler, so a seed gives the official tokens)."""
+def sample(logits: Tensor, params: SamplingParams,
+           generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor:
+    """[B, V] logits -> [B] token ids. Greedy at temperature 0. With one generator, one
+    multinomial call for all B rows (the official sampler: a seed gives the official tokens of
+    P images drawn together); with B generators, row i draws from generator i alone, exactly as
+    torch.multinomial would for that row on its own (see `multinomial_rows`)."""
     if params.temperature == 0:
         return logits.argmax(dim=-1)
     logits = filter_logits(logits / params.temperature, params.top_k, params.top_p)
     probs = torch.softmax(logits, dim=-1)
+    if isinstance(generator, Sequence):
+        return multinomial_rows(probs, generator)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def multinomial_rows(probs: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
+    """[B, V] probabilities -> [B] draws, row i from `generators[i]`: the token torch.multinomial
+    (probs[i:i+1], 1, generator=generators[i]) draws, and the generator left in the same state.
+
+    torch.multinomial draws one sample as argmax(p / q) with q ~ Exp(1), one variate per
+    probability from the generator (tests/inference/test_sampling.py holds torch to it); here
+    each row's variates come from its own generator, then one division and one argmax serve
+    all rows: B small draws, no host sync.
+    """
+    if len(generators) != probs.shape[0]:
+        raise ValueError(f"{probs.shape[0]} rows but {len(generators)} generators")
+    q = torch.empty_like(probs)
+    for row, g in zip(q, generators):
+        row.exponential_(generator=g)
+    return (probs / q).argmax(dim=-1)
 
 
 def non_finite(logits: Tensor, dim: int | None = None) -> Tensor:
@@ -209,3 +232,11 @@ def jacobi_step(probs: Tensor | None, best: Tensor | None, drafts: Tensor, propo
         return JacobiStep(tokens, accepted, None, None)
     nxt, new_proposals = next_drafts(probs, best, drafts, proposals, accepted, n_drafts, generator, coupled)
     return JacobiStep(tokens, accepted, nxt, new_proposals)
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image `index` of a request seeded `seed`: image 0 keeps it, the others are
+    spread (by the golden-ratio increment) below 2**53, so `n=1, seed=image_seed(S, i)` draws
+    exactly image i of `n=N, seed=S`. Below 2**53 because JSON readers that hold numbers as
+    doubles (jq, JavaScript: the web page) would round a larger seed written in run.json."""
+    return seed if index == 0 else (seed + index * 0x9E3779B97F4A7C15) % 2**53

@@ -9,10 +9,11 @@ Rules:
   behind it (a large request is never overtaken forever).
 - Rows: a job takes a contiguous range of rows, the lowest free one (first fit).
 - KV budget: the running jobs' rows x cache slots stay within `max_cached_tokens`.
-- Chunks: a request may be several jobs. Chunks that share one random stream run one after
-  another, each next chunk queued behind what arrived meanwhile; `together` chunks (each with
-  its own stream) queue at once. A request may `extend` itself with jobs made from what its
-  finished ones produced (the windows of a large image), queued behind what arrived meanwhile.
+- Chunks: a request may be several jobs. Plain image chunks run one after another, each next
+  chunk queued behind what arrived meanwhile (a large request does not starve later ones);
+  `together` chunks (speculative images, each keeping its own window) queue at once. A request
+  may `extend` itself with jobs made from what its finished ones produced (the windows of a
+  large image), queued behind what arrived meanwhile.
 - The queue holds at most `queue` requests (a request's later chunks are not counted).
 """
 

@@ -6,11 +6,11 @@ the windows of a wave do not read each other's tokens, so they run together as r
 batch. A stage is one chunk of images of every window of a wave; the next stage's jobs are made
 when a stage finishes, from the canvas tokens it wrote (their known tokens are data of the job).
 
-Random streams: window w of a request with seed s draws from seed s + w * WINDOW_SEED_STRIDE
-(window 0 from s itself, so a native-size edit draws as a plain request does); the chunks of a
-window share its stream and run one after another; with Jacobi decoding each image of a
-window has its own stream, as plain Jacobi requests do. The tokens therefore depend only on
-the request, never on what else runs or in which order the engine admits the stages.
+Random streams: image i of a request seeded s has its own seed image_seed(s, i), as in a plain
+request, and draws window w from image_seed(s, i) + w * WINDOW_SEED_STRIDE (window 0 from the
+image's seed itself, so a native-size edit draws as a plain request does). The tokens therefore
+depend only on the request, never on what else runs, on the chunking or on the order the engine
+admits the stages, and `n=1` with an image's seed gives that image alone.
 """
 
 from __future__ import annotations
@@ -23,18 +23,20 @@ from torch import Tensor
 
 from openjanus.canvas import Canvas, CanvasTokens, Window
 from openjanus.inference.runner import Job, JobState, image_job
+from openjanus.inference.sampling import image_seed
 from openjanus.inference.scheduler import chunk_sizes
 from openjanus.requests import ImageRequest
 
 __all__ = ["CanvasRun", "WINDOW_SEED_STRIDE", "IMAGE_SEED_STRIDE", "window_seed"]
 
-WINDOW_SEED_STRIDE = 0xD1B54A32D192ED03  # odd: windows of one request get distinct streams
-IMAGE_SEED_STRIDE = 0x9E3779B97F4A7C15  # the engine's per-image stride for Jacobi requests
+WINDOW_SEED_STRIDE = 0xD1B54A32D192ED03  # odd: windows of one image get distinct streams
+IMAGE_SEED_STRIDE = 0x9E3779B97F4A7C15  # image_seed's stride (openjanus.inference.sampling)
 
 
-def window_seed(seed: int, window: int, image: int | None = None) -> int:
-    s = (seed + window * WINDOW_SEED_STRIDE) % 2**63
-    return s if image is None else (s + image * IMAGE_SEED_STRIDE) % 2**63
+def window_seed(seed: int, window: int, image: int = 0) -> int:
+    """The stream of `window` of image `image` of a request seeded `seed`."""
+    s = image_seed(seed, image)
+    return s if window == 0 else (s + window * WINDOW_SEED_STRIDE) % 2**63
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,8 @@ class CanvasRun:
                 start += k
         self._stages = [[_Part(w, images) for w in wave for images in chunk]
                         for wave in self.tokens.waves for chunk in image_chunks]
-        self._generators = {}
-        for w in self.tokens.windows:
-            if request.jacobi:
-                for i in range(n):
-                    self._generators[(w.index, i)] = generator(window_seed(seed, w.index, i))
-            else:
-                self._generators[(w.index, None)] = generator(window_seed(seed, w.index))
+        self._generators = {(w.index, i): generator(window_seed(seed, w.index, i))
+                            for w in self.tokens.windows for i in range(n)}
         self.stage = -1
         self.parts: dict[Job, _Part] = {}  # the current stage's jobs
         self.done: set[Job] = set()
@@ -86,10 +83,11 @@ class CanvasRun:
             return []
         r = self.request
         for part in self._stages[self.stage]:
-            key = (part.window.index, part.images.start if r.jacobi else None)
+            # One stream per image of the part (a Jacobi part holds one image).
+            streams = [self._generators[(part.window.index, i)] for i in range(*part.images.indices(self.request.n))]
             known = self.tokens.known(part.window, part.images).to(self.device)
             base = image_job(self.prompt_ids, self.pad_id, known.shape[0], r.guidance, r.sampling,
-                             self._generators[key], self.native ** 2, r.jacobi)
+                             streams[0] if r.jacobi else streams, self.native ** 2, r.jacobi)
             job = Job("image", base.prompt_ids, base.steps, r.sampling, base.generator, guidance=r.guidance,
                       jacobi=r.jacobi, known=known)
             self.parts[job] = part

@@ -29,9 +29,11 @@ from openjanus.canvas import Geometry
 from openjanus.errors import UserError
 from openjanus.inference.engine import RequestHandle
 from openjanus.inference.pipeline import JanusPipeline
-from openjanus.requests import ChatRequest, ImageProgress, ImageRequest, TextDelta
+from openjanus.requests import ChatRequest, ChatResult, ImageProgress, ImageRequest, ImageResult, TextDelta
 from openjanus.serve import protocol
 from openjanus.serve.edits import FormError, read_edit_form
+from openjanus.serve.favicon import favicon_ico
+from openjanus.serve.logs import AccessLog
 from openjanus.serve.protocol import APIError, ServeSettings
 
 __all__ = ["create_app", "ServeSettings", "Requests"]
@@ -203,14 +205,28 @@ async def read_json(request: Request, settings: ServeSettings) -> dict:
 # --- routes ---------------------------------------------------------------------------------------------
 
 
-def _info_routes(settings: ServeSettings, metrics: Metrics) -> APIRouter:
+def _info_routes(settings: ServeSettings, metrics: Metrics, pipe: JanusPipeline) -> APIRouter:
     router = APIRouter()
     created = int(time.time())
     card = {"id": settings.model_id, "object": "model", "created": created, "owned_by": "openjanus"}
+    # What the page shows: the model's examples, vocabulary and defaults (its controls start there).
+    model_card = {"model": settings.model_id, "weights": pipe.weights, "fingerprint": pipe.fingerprint,
+                  "defaults": pipe.card.defaults.to_dict(),
+                  "examples": {"prompts": list(pipe.card.example_prompts),
+                               "questions": list(pipe.card.example_questions)},
+                  "vocabulary": sorted(pipe.card.vocabulary) if pipe.card.vocabulary is not None else None}
 
     @router.get("/", include_in_schema=False)
     async def index():
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @router.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return Response(favicon_ico(), media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"})
+
+    @router.get("/model-card")
+    async def model_card_route():
+        return model_card
 
     @router.get("/health")
     async def health():
@@ -234,23 +250,32 @@ def _info_routes(settings: ServeSettings, metrics: Metrics) -> APIRouter:
     return router
 
 
-def _chat_routes(requests: Requests, settings: ServeSettings, metrics: Metrics) -> APIRouter:
+def _chat_usage(request: Request, result: ChatResult) -> None:
+    """What the access line reports for an answer."""
+    request.state.usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens}
+
+
+def _chat_routes(requests: Requests, settings: ServeSettings, metrics: Metrics, pipe: JanusPipeline) -> APIRouter:
     router = APIRouter()
+    defaults, fingerprint = pipe.card.defaults, pipe.fingerprint
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await read_json(request, settings)
-        chat = await anyio.to_thread.run_sync(protocol.chat_request, body, settings)  # decodes (or fetches) images
+        # Decodes (or fetches) the images; fields left out take the model's defaults.
+        chat = await anyio.to_thread.run_sync(protocol.chat_request, body, settings, defaults)
         handle = await requests.submit(chat)
         cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if protocol.wants_stream(body):
-            chunks = protocol.ChatChunks(cid, now, settings.model_id, protocol.usage_wanted(body))
-            return StreamingResponse(stream(handle, chunks), media_type="text/event-stream", headers=STREAM_HEADERS)
+            chunks = protocol.ChatChunks(cid, now, settings.model_id, protocol.usage_wanted(body), fingerprint)
+            return StreamingResponse(stream(handle, chunks, request), media_type="text/event-stream",
+                                     headers=STREAM_HEADERS)
         result = await requests.wait(handle, request)
         metrics.tokens.labels("text").inc(result.completion_tokens)
-        return protocol.chat_completion(result, cid, now, settings.model_id)
+        _chat_usage(request, result)
+        return protocol.chat_completion(result, cid, now, settings.model_id, fingerprint)
 
-    async def stream(handle: RequestHandle, chunks: protocol.ChatChunks) -> AsyncIterator[bytes]:
+    async def stream(handle: RequestHandle, chunks: protocol.ChatChunks, request: Request) -> AsyncIterator[bytes]:
         try:
             yield chunks.first()
             async for event in requests.events(handle):
@@ -262,6 +287,7 @@ def _chat_routes(requests: Requests, settings: ServeSettings, metrics: Metrics) 
                 yield chunks.error(e)
                 return
             metrics.tokens.labels("text").inc(result.completion_tokens)
+            _chat_usage(request, result)
             for chunk in chunks.end(result):
                 yield chunk
         finally:
@@ -276,7 +302,7 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
     @router.post("/v1/images/generations")
     async def image_generations(request: Request):
         body = await read_json(request, settings)
-        image_request = protocol.image_request(body, Geometry.of(pipe.model.cfg), settings)
+        image_request = protocol.image_request(body, Geometry.of(pipe.model.cfg), settings, None, pipe.card.defaults)
         return await respond_images(request, body, image_request, "image_generation")
 
     @router.post("/v1/images/edits")
@@ -289,7 +315,8 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
         except FormError as e:
             raise APIError(413 if "over the limit" in str(e) else 400, str(e), param=e.param) from None
         image_request = await anyio.to_thread.run_sync(protocol.image_request, form.body,
-                                                       Geometry.of(pipe.model.cfg), settings, form)
+                                                       Geometry.of(pipe.model.cfg), settings, form,
+                                                       pipe.card.defaults)
         return await respond_images(request, form.body, image_request, "image_edit")
 
     async def respond_images(request: Request, body: dict, image_request: ImageRequest, kind: str):
@@ -298,13 +325,18 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
         w, h = handle.canvas.canvas.output_size if handle.canvas is not None else (pipe.image_size,) * 2
         size = f"{w}x{h}"
         if protocol.wants_stream(body):
-            return StreamingResponse(stream(handle, partial, protocol.ImageEvents(size, kind)),
+            return StreamingResponse(stream(handle, partial, protocol.ImageEvents(size, kind), request),
                                      media_type="text/event-stream", headers=STREAM_HEADERS)
         result = await requests.wait(handle, request)
         metrics.image_result(result)
+        _image_usage(request, result)
         return protocol.images_response(result, size)
 
-    async def stream(handle: RequestHandle, partial: int, events: protocol.ImageEvents) -> AsyncIterator[bytes]:
+    def _image_usage(request: Request, result: ImageResult) -> None:
+        request.state.usage = {"prompt_tokens": result.prompt_tokens, "images": len(result.images)}
+
+    async def stream(handle: RequestHandle, partial: int, events: protocol.ImageEvents,
+                     request: Request) -> AsyncIterator[bytes]:
         try:
             async for index, images in _partial_images(handle, partial):
                 for im in images:
@@ -315,6 +347,7 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
                 yield events.error(e)
                 return
             metrics.image_result(result)
+            _image_usage(request, result)
             for event in events.completed(result):
                 yield event
         finally:
@@ -381,8 +414,11 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
     app.state.cancel_running = requests.cancel_running
     _add_guard(app, settings, metrics)
     _add_error_handlers(app)
-    routers: Iterable[APIRouter] = (_info_routes(settings, metrics), _chat_routes(requests, settings, metrics),
+    routers: Iterable[APIRouter] = (_info_routes(settings, metrics, pipe),
+                                    _chat_routes(requests, settings, metrics, pipe),
                                     _image_routes(requests, settings, metrics, pipe))
     for router in routers:
         app.include_router(router)
+    # Outermost: one access line per request, written when its response has gone out whole.
+    app.add_middleware(AccessLog)
     return app

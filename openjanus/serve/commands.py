@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -31,6 +32,8 @@ def register(sub) -> None:
                    help="fetch http(s) image URLs in chat messages (bounded in size and time; off: data: URLs only)")
     p.add_argument("--shutdown-grace", type=number_flag(0), default=30.0,
                    help="on SIGTERM/Ctrl-C, seconds running requests get to finish before they are cancelled")
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="the log on stderr: a start line, one access line per request, errors with tracebacks")
     g = p.add_argument_group("replicas on Ray Serve (the cluster extra; see openjanus.serve.ray_app)")
     g.add_argument("--replicas", type=integer_flag(1), default=None,
                    help="serve the same app from this many replicas, one engine each, behind Ray Serve's proxy")
@@ -49,6 +52,28 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse, before the model loads, an address this process cannot listen on (a port in use,
+    an address not on this machine): one line instead of a traceback after the load."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        # As uvicorn binds: SO_REUSEADDR, so a port left in TIME_WAIT by a server just stopped is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(f"port {port} on {host} is in use (another server?); choose another with --port") \
+                    from None
+            raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     """Load the model, then serve it until SIGTERM / Ctrl-C: running requests get --shutdown-grace
     seconds to finish, then are cancelled cleanly."""
@@ -59,6 +84,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except ModuleNotFoundError as e:
         raise UserError(f"openjanus serve needs the serve extra ({e.name} is missing): "
                         "pip install -e '.[serve]'") from None
+    from openjanus.serve import logs
+
+    check_port(args.host, args.port)  # before the model loads: a busy port costs nothing
+    logs.configure(args.log_format)
     if args.replicas is not None or args.min_replicas is not None or args.max_replicas is not None:
         _serve_on_ray(args)
         return
@@ -69,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def _serve(pipe, args: argparse.Namespace) -> None:
     import uvicorn
 
+    from openjanus.serve import logs
     from openjanus.serve.app import create_app
 
     settings = ServeSettings(model_id=args.model_id or pipe.name,
@@ -90,6 +120,16 @@ def _serve(pipe, args: argparse.Namespace) -> None:
             super().handle_exit(sig, frame)
 
     app = create_app(pipe, settings)
+    engine = pipe.engine
+    logs.log.info(
+        f"serving {settings.model_id} ({pipe.weights}, {pipe.fingerprint}) on {pipe.device}; "
+        f"rows {engine.config.rows}, KV budget {engine.config.kv_cache_gib:g} GiB ({engine.max_cached_tokens:,} "
+        f"tokens), queue {engine.config.queue}; http://{args.host}:{args.port}/ (API under /v1, key "
+        f"{'required' if settings.api_key else 'not required'})",
+        extra={"event": "start", "model": settings.model_id, "weights": pipe.weights, "fingerprint": pipe.fingerprint,
+               "device": str(pipe.device), "rows": engine.config.rows, "kv_cache_gib": engine.config.kv_cache_gib,
+               "kv_cache_tokens": engine.max_cached_tokens, "queue": engine.config.queue,
+               "address": f"http://{args.host}:{args.port}/"})
 
     def cancel_the_rest() -> None:
         app.state.cancel_running()  # first the requests themselves, then the engine
@@ -98,8 +138,10 @@ def _serve(pipe, args: argparse.Namespace) -> None:
         except Exception as e:  # the requests are cancelled already; the app's shutdown closes it again
             print(f"warning: closing the engine failed: {type(e).__name__}: {e}", file=sys.stderr)
 
-    server = Server(uvicorn.Config(app, host=args.host, port=args.port,
-                                   timeout_graceful_shutdown=grace + 10, log_level="info"))
+    # uvicorn's own log setup is skipped (log_config=None) and its access log off: ours writes one
+    # line per request (openjanus.serve.logs), in the format asked for.
+    server = Server(uvicorn.Config(app, host=args.host, port=args.port, timeout_graceful_shutdown=grace + 10,
+                                   log_level="info", log_config=None, access_log=False))
     # uvicorn re-raises the signal that stopped it once it is done; handling SIGTERM here makes the
     # end of a clean shutdown a normal exit (status 0) rather than death by signal.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)

@@ -13,13 +13,16 @@ project's:
     image, mask (edits form)               ImageRequest.image, mask (transparent pixels = regenerate)
     guidance_scale (extension)             ImageRequest.guidance (classifier-free guidance scale)
     top_k, jacobi (extensions)             SamplingParams.top_k, ImageRequest.jacobi (N or "auto")
+    seed_per_image (extension, boolean)    ImageRequest.seed_per_image (each image its own stream)
     usage.prompt_tokens / input_tokens     ChatResult.prompt_tokens / ImageResult.prompt_tokens
 
 `top_p`: OpenAI accepts 0 to 1, and 0 keeps only the most likely token (a nucleus always holds
-one token); here it means the same on both endpoints. An omitted field takes the typed
-request's default (`ImageRequest.guidance` 5, ...), except where OpenAI defines its own: chat's
-temperature is 1 (OpenAI's default; a Python `ChatRequest` is greedy by default) and an omitted
-seed is a fresh random one.
+one token); here it means the same on both endpoints. An omitted temperature, top_p, top_k,
+max_tokens or guidance_scale takes the model's default (its generation_config.json, as vLLM
+applies a model's generation config; see `openjanus.model_card`), so a request at default
+settings gets the answer the CLI and the Python API give (the demo model answers greedily;
+without a generation_config.json: greedy answers, images at temperature 1 and guidance 5). An
+omitted seed is a fresh random one. `system_fingerprint` names the weights and their format.
 
 Fields, object names and status codes follow OpenAI's API reference; errors are
 `{"error": {"message", "type", "param", "code"}}` and never carry a traceback.
@@ -43,6 +46,7 @@ from openjanus.canvas import Geometry, check_size, parse_size
 from openjanus.errors import UserError
 from openjanus.images import ImageLoadError, has_alpha
 from openjanus.inference.engine import Cancelled, ContextTooLong, QueueFull
+from openjanus.model_card import GenerationDefaults
 from openjanus.numbers import check_integer, check_number
 from openjanus.requests import (
     MAX_SEED,
@@ -152,12 +156,14 @@ def _integer(body: dict, name: str, low: int, high: int | None, default: int | N
 
 
 # OpenAI's chat default is temperature 1 (sampling); a Python ChatRequest defaults to greedy.
-OPENAI_CHAT_SAMPLING = SamplingParams(temperature=1.0)
 
 
-def _sampling(body: dict, default: SamplingParams) -> SamplingParams:
-    """temperature, top_p and top_k (an extension) over `default`; top_p 0 keeps the most
-    likely token only."""
+def _sampling(body: dict, default: SamplingParams) -> SamplingParams | None:
+    """temperature, top_p and top_k (an extension) over `default` (the model's); None when the
+    body sets none of them (the engine then applies the model's defaults whole). top_p 0 keeps
+    the most likely token only."""
+    if all(body.get(name) is None for name in ("temperature", "top_p", "top_k")):
+        return None
     temperature = _number(body, "temperature", 0, 2, default.temperature)
     top_p = _number(body, "top_p", 0, 1, default.top_p)
     top_k = _integer(body, "top_k", 0, None, default.top_k)
@@ -310,8 +316,10 @@ _UNSUPPORTED_CHAT = {"tools": (None, []), "functions": (None, []), "tool_choice"
                      "modalities": (None, ["text"]), "response_format": (None, {"type": "text"})}
 
 
-def chat_request(body: dict, settings: ServeSettings) -> ChatRequest:
-    """The typed request of a chat-completions body (decodes its images: run it on a worker thread)."""
+def chat_request(body: dict, settings: ServeSettings,
+                 defaults: GenerationDefaults = GenerationDefaults()) -> ChatRequest:
+    """The typed request of a chat-completions body (decodes its images: run it on a worker
+    thread); fields left out take `defaults` (the model's)."""
     for name, off in _UNSUPPORTED_CHAT.items():
         if name in body and body[name] not in off:
             raise APIError(400, f"'{name}' is not supported by this server", param=name, code="unsupported_parameter")
@@ -327,15 +335,16 @@ def chat_request(body: dict, settings: ServeSettings) -> ChatRequest:
     if stop is not None and (not isinstance(stop, list) or len(stop) > 4
                              or not all(isinstance(s, str) and s for s in stop)):
         raise APIError(400, "'stop' must be a string or an array of up to 4 non-empty strings", param="stop")
-    return ChatRequest(messages, max_new_tokens=max_tokens, sampling=_sampling(body, OPENAI_CHAT_SAMPLING),
+    return ChatRequest(messages, max_new_tokens=max_tokens, sampling=_sampling(body, defaults.chat.sampling),
                        seed=_seed(body), stop=tuple(stop or ()))
 
 
-def image_request(body: dict, geometry: Geometry, settings: ServeSettings,
-                  edit: EditForm | None = None) -> ImageRequest:
+def image_request(body: dict, geometry: Geometry, settings: ServeSettings, edit: EditForm | None = None,
+                  defaults: GenerationDefaults = GenerationDefaults()) -> ImageRequest:
     """The typed request of an images-generations body, or of an edits form (`edit`: its image and
     mask; `body`: its text fields), for a model of `geometry`. `size` is "auto" or WxH: any multiple
-    of the image token size from the native side up to the cap (a sliding window above native)."""
+    of the image token size from the native side up to the cap (a sliding window above native).
+    Fields left out take `defaults` (the model's)."""
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise APIError(400, "'prompt' must be a non-empty string", param="prompt")
@@ -368,9 +377,10 @@ def image_request(body: dict, geometry: Geometry, settings: ServeSettings,
                        param="response_format")
     if _field(body, "output_format", str, "png") != "png":
         raise APIError(400, "only output_format 'png' is supported", param="output_format")
-    return ImageRequest(prompt, n=n, guidance=_number(body, "guidance_scale", 0, 100, ImageRequest.guidance),
-                        sampling=_sampling(body, ImageRequest.sampling), seed=_seed(body),
-                        jacobi=_field(body, "jacobi", (int, str), ImageRequest.jacobi), size=wh, **extra)
+    return ImageRequest(prompt, n=n, guidance=_number(body, "guidance_scale", 0, 100, None),
+                        sampling=_sampling(body, defaults.image.sampling), seed=_seed(body),
+                        jacobi=_field(body, "jacobi", (int, str), ImageRequest.jacobi), size=wh,
+                        seed_per_image=_field(body, "seed_per_image", bool, False), **extra)
 
 
 def partial_images(body: dict) -> int:
@@ -404,9 +414,10 @@ def chat_usage(result: ChatResult) -> dict:
             "total_tokens": result.prompt_tokens + result.completion_tokens}
 
 
-def chat_completion(result: ChatResult, cid: str, created: int, model_id: str) -> dict:
+def chat_completion(result: ChatResult, cid: str, created: int, model_id: str, fingerprint: str) -> dict:
     return {
-        "id": cid, "object": "chat.completion", "created": created, "model": model_id, "system_fingerprint": None,
+        "id": cid, "object": "chat.completion", "created": created, "model": model_id,
+        "system_fingerprint": fingerprint,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text, "refusal": None,
                                              "annotations": []},
                      "logprobs": None, "finish_reason": result.finish_reason}],
@@ -419,14 +430,15 @@ class ChatChunks:
     (leading whitespace of the answer dropped, as the non-streamed answer), the finish reason,
     the usage chunk when asked for, and [DONE]."""
 
-    def __init__(self, cid: str, created: int, model_id: str, usage_wanted: bool) -> None:
+    def __init__(self, cid: str, created: int, model_id: str, usage_wanted: bool, fingerprint: str) -> None:
         self.cid, self.created, self.model_id, self.usage_wanted = cid, created, model_id, usage_wanted
+        self.fingerprint = fingerprint
         self.started = False
 
     def _chunk(self, delta: dict, finish: str | None = None, usage: dict | None = None,
                choices: bool = True) -> bytes:
         body = {"id": self.cid, "object": "chat.completion.chunk", "created": self.created, "model": self.model_id,
-                "system_fingerprint": None,
+                "system_fingerprint": self.fingerprint,
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
                 if choices else []}
         if self.usage_wanted:

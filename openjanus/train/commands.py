@@ -127,11 +127,20 @@ def cmd_run(args: argparse.Namespace) -> None:
     main = os.environ.get("RANK", "0") == "0"
     if state.interrupted:
         if main:
-            print(f"exit status {EXIT_INTERRUPTED}: interrupted, resumable (openjanus train {args.config} --resume)",
-                  file=sys.stderr)
+            resume = resume_command(args.config, args.override)
+            print(f"exit status {EXIT_INTERRUPTED}: interrupted, resumable ({resume})", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED)
     if main:
         print(f"trained to step {state.step}; checkpoints in {cfg.output_dir}/checkpoints", file=sys.stderr)
+
+
+def resume_command(config: str, overrides: list[str]) -> str:
+    """The command that continues this run: the same config and overrides (an override such as
+    output_dir=... decides which run it is), quoted for a POSIX shell, then --resume."""
+    import shlex
+
+    words = ["openjanus", "train", config] + [w for o in overrides for w in ("-o", o)] + ["--resume"]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

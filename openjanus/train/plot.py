@@ -47,10 +47,14 @@ def _panel(title: str, series: dict[str, list[tuple[int, float]]], x0: float, y0
     if not points:
         return []
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    xmin, xmax = min(xs), max(xs) or 1
+    xmin, xmax = min(xs), max(xs)
     ymin, ymax = min(ys), max(ys)
+    # One step or one value: widen the range around it, so a lone point sits in the middle.
+    if xmax == xmin:
+        xmin, xmax = xmin - 1, xmax + 1
     if ymax == ymin:
-        ymax = ymin + 1
+        pad = abs(ymin) * 0.1 or 1.0
+        ymin, ymax = ymin - pad, ymax + pad
     w, h = PANEL_W - 2 * PAD, PANEL_H - 2 * PAD
 
     def sx(x: float) -> float:
@@ -69,9 +73,13 @@ def _panel(title: str, series: dict[str, list[tuple[int, float]]], x0: float, y0
         out.append(f'<text x="{sx(xv)}" y="{y0 + PAD + h + 14}" text-anchor="middle" font-size="10">{int(xv)}</text>')
     out.append(f'<text x="{x0 + PANEL_W / 2}" y="{y0 + PANEL_H - 6}" text-anchor="middle" font-size="10">step</text>')
     for i, tag in enumerate(tags):
-        pts = " ".join(f"{sx(s):.1f},{sy(v):.1f}" for s, v in series[tag] if math.isfinite(v))
+        finite = [(s, v) for s, v in series[tag] if math.isfinite(v)]
+        pts = " ".join(f"{sx(s):.1f},{sy(v):.1f}" for s, v in finite)
         color = COLORS[i % len(COLORS)]
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>')
+        if len(finite) == 1:  # a line through one point draws nothing: mark the point
+            (s, v), = finite
+            out.append(f'<circle cx="{sx(s):.1f}" cy="{sy(v):.1f}" r="3" fill="{color}"/>')
         out.append(f'<text x="{x0 + PAD + w - 4}" y="{y0 + PAD + 14 + 13 * i}" text-anchor="end" font-size="11" '
                    f'fill="{color}">{html.escape(tag)}</text>')
     return out

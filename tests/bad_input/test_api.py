@@ -21,9 +21,9 @@ def photo(tmp_path) -> Path:
 
 def test_every_image_form_gives_the_same_answer(tiny_pipeline, photo):
     forms = [str(photo), photo, photo.read_bytes(), Image.open(photo)]
-    answers = tiny_pipeline.answer(forms, ["what colour is it?"] * 4, max_new_tokens=4)
+    answers = tiny_pipeline.answer(["what colour is it?"] * 4, forms, max_new_tokens=4)
     assert len(set(answers)) == 1  # one image, four ways: one answer
-    assert tiny_pipeline.answer([[str(photo), photo]], ["two of them?"], max_new_tokens=2)  # a list = several
+    assert tiny_pipeline.answer(["two of them?"], [[str(photo), photo]], max_new_tokens=2)  # a list = several
 
 
 @pytest.mark.parametrize("image,match", [
@@ -36,14 +36,19 @@ def test_every_image_form_gives_the_same_answer(tiny_pipeline, photo):
 ])
 def test_bad_images_are_one_clear_error(tiny_pipeline, image, match):
     with pytest.raises(UserError, match=match):
-        tiny_pipeline.answer([image], ["what is it?"])
+        tiny_pipeline.answer(["what is it?"], [image])
 
 
 def test_empty_and_mismatched_questions(tiny_pipeline, photo):
     with pytest.raises(UserError, match="no questions"):
         tiny_pipeline.answer([], [])
-    with pytest.raises(UserError, match="2 images but 1 questions"):
-        tiny_pipeline.answer([photo, photo], ["q"])
+    with pytest.raises(UserError, match="1 questions but 2 images"):
+        tiny_pipeline.answer(["q"], [photo, photo])
+    # The order of ChatRequest.ask(question, images): images first is named as the mistake.
+    with pytest.raises(UserError, match=r"come first: answer\(questions, images\)"):
+        tiny_pipeline.answer([photo], ["what is it?"])
+    with pytest.raises(UserError, match="come first"):
+        tiny_pipeline.answer("what is it?", [photo])
 
 
 @pytest.mark.parametrize("build", [

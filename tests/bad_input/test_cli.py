@@ -173,9 +173,14 @@ def test_version(capsys):
 
 
 @pytest.mark.parametrize("argv,shown", [
-    (["generate", "--help"], ["guidance weight (default: 5.0)", "(default: 1.0)", "(default: 0)",
+    # Sampling, guidance and length default to the model's generation_config.json: the help says
+    # so and quotes the demo model's values.
+    (["generate", "--help"], ["the unconditional image (default: the model's, from its generation_config.json; "
+                              "the demo model: 5.0)", "0 = greedy (default: the model's, from its "
+                              "generation_config.json; the demo model: 1.0)", "(default: 0)",
                               "images per prompt (default: 1)", "(default: auto)"]),
-    (["chat", "--help"], ["what the context leaves, up to 512", "0 = greedy (default: 0.0)"]),
+    (["chat", "--help"], ["what the context leaves, up to 512", "0 = greedy (default: the model's, from its "
+                          "generation_config.json; the demo model: 0.0)"]),
     (["info", "--help"], ["(default: 64)"]),
     (["eval", "pope-shapes", "--help"], ["(default: "]),  # commands registered elsewhere too
 ])

@@ -63,7 +63,7 @@ class TruthAnswerer:
             truth[(img(self.root / "images" / r["image"]), r["text"])] = r["answer"]
         return truth
 
-    def answer(self, images, questions, max_new_tokens=32):
+    def answer(self, questions, images, max_new_tokens=32, sampling=None):
         if self.always_yes:
             return ["yes"] * len(questions)
         self.truth = self.truth or self._load()
@@ -141,7 +141,7 @@ def test_real_pope_and_mme_files(tmp_path):
         image_size = und_image_size = 32
         weights = "a stand-in pipeline, no weights"
 
-        def answer(self, images, questions, max_new_tokens=32):
+        def answer(self, questions, images, max_new_tokens=32, sampling=None):
             return ["Yes, there is." if "dog" in q else "No, there is not." for q in questions]
 
     m = run_pope(Says(), qfile, imgs, tmp_path / "out")
@@ -155,3 +155,19 @@ def test_real_pope_and_mme_files(tmp_path):
     mm = run_mme(Says(), tmp_path / "mme", tmp_path / "mme_out")
     assert mm["categories"]["existence"]["acc_plus"] == 1.0
     assert (tmp_path / "mme_out" / "results" / "existence.txt").read_text().count("\n") == 2
+
+
+def test_benchmark_answers_are_greedy_whatever_the_model_prefers():
+    """A model whose generation_config.json samples its chat answers is still scored on greedy
+    answers: every model is evaluated the same way."""
+    from openjanus.eval.runners import BENCHMARK_ANSWERS, _answer_all
+
+    seen = []
+
+    class Sampler:
+        def answer(self, questions, images, max_new_tokens=32, sampling=None):
+            seen.append(sampling)
+            return ["yes"] * len(questions)
+
+    assert _answer_all(Sampler(), [None] * 3, ["q"] * 3, 2, 8, lambda msg: None, "test") == ["yes"] * 3
+    assert seen == [BENCHMARK_ANSWERS] * 2 and BENCHMARK_ANSWERS.temperature == 0

@@ -13,7 +13,8 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed (pip ins
 
 from openjanus.canvas import Geometry  # noqa: E402
 from openjanus.inference.engine import Cancelled, ContextTooLong, QueueFull  # noqa: E402
-from openjanus.requests import ChatRequest, ImageRequest, SamplingParams  # noqa: E402
+from openjanus.model_card import ChatDefaults, GenerationDefaults, ImageDefaults  # noqa: E402
+from openjanus.requests import ImageRequest, SamplingParams  # noqa: E402
 from openjanus.serve import protocol  # noqa: E402
 from openjanus.serve.app import Requests  # noqa: E402
 from openjanus.serve.protocol import APIError, ServeSettings  # noqa: E402
@@ -23,19 +24,26 @@ DEMO = Geometry(native=8, patch=8)  # the demo model's 64 px images
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
 
-def test_omitted_fields_mean_the_typed_requests_defaults():
+def test_omitted_fields_are_left_to_the_models_defaults():
+    """Omitted sampling, guidance and length stay None in the typed request, as in the Python
+    API, so the engine applies the model's generation_config.json (as vLLM does): a request at
+    default settings gets the answer the CLI and Python give. Set fields go over the model's."""
     image = protocol.image_request({"prompt": "a red circle"}, DEMO, SETTINGS)
-    assert image == ImageRequest("a red circle", seed=None)
+    assert image == ImageRequest("a red circle", seed=None) and (image.guidance, image.sampling) == (None, None)
     chat = protocol.chat_request(CHAT, SETTINGS)
-    # OpenAI's chat default is sampling at temperature 1 (a Python ChatRequest is greedy).
-    assert (chat.sampling, chat.max_new_tokens, chat.stop) == (SamplingParams(1.0), ChatRequest.max_new_tokens, ())
+    assert (chat.sampling, chat.max_new_tokens, chat.stop) == (None, None, ())
+    model = GenerationDefaults(ChatDefaults(SamplingParams(0.6, top_k=40)), ImageDefaults(SamplingParams(0.9), 3.0))
+    chat = protocol.chat_request({**CHAT, "top_p": 0.5}, SETTINGS, model)
+    assert chat.sampling == SamplingParams(0.6, top_k=40, top_p=0.5)
+    image = protocol.image_request({"prompt": "x", "temperature": 0.2}, DEMO, SETTINGS, None, model)
+    assert image.sampling == SamplingParams(0.2) and image.guidance is None
 
 
 def test_openai_names_map_to_the_projects():
     image = protocol.image_request({"prompt": "x", "n": 3, "guidance_scale": 7.5, "temperature": 0.5, "top_k": 20,
-                                    "top_p": 0.9, "seed": 4, "jacobi": 8}, DEMO, SETTINGS)
+                                    "top_p": 0.9, "seed": 4, "jacobi": 8, "seed_per_image": True}, DEMO, SETTINGS)
     assert image == ImageRequest("x", n=3, guidance=7.5, sampling=SamplingParams(0.5, top_k=20, top_p=0.9), seed=4,
-                                 jacobi=8)
+                                 jacobi=8, seed_per_image=True)
     chat = protocol.chat_request({**CHAT, "max_completion_tokens": 7, "temperature": 0.3, "top_p": 0.5,
                                   "stop": "zz", "seed": 2}, SETTINGS)
     assert (chat.max_new_tokens, chat.sampling, chat.stop, chat.seed) == (
@@ -45,13 +53,15 @@ def test_openai_names_map_to_the_projects():
 def test_top_p_zero_keeps_only_the_most_likely_token_on_both_endpoints():
     image = protocol.image_request({"prompt": "x", "top_p": 0}, DEMO, SETTINGS)
     chat = protocol.chat_request({**CHAT, "top_p": 0}, SETTINGS)
-    assert image.sampling == SamplingParams(1.0, top_k=1) and chat.sampling == SamplingParams(1.0, top_k=1)
+    # Over the defaults (here the project's: images at temperature 1, answers greedy).
+    assert image.sampling == SamplingParams(1.0, top_k=1) and chat.sampling == SamplingParams(0.0, top_k=1)
 
 
 @pytest.mark.parametrize("body,param", [
     ({"top_p": 1.5}, "top_p"), ({"top_p": -0.1}, "top_p"), ({"temperature": 2.5}, "temperature"),
     ({"top_k": -1}, "top_k"), ({"seed": -1}, "seed"), ({"guidance_scale": "high"}, "guidance_scale"),
     ({"guidance_scale": 101}, "guidance_scale"), ({"top_p": True}, "top_p"),
+    ({"seed_per_image": "yes"}, "seed_per_image"),
 ])
 def test_bad_fields_name_the_field(body, param):
     with pytest.raises(APIError) as info:

@@ -168,3 +168,35 @@ def test_plot_writes_an_svg_of_the_losses(tmp_path):
     assert main(["train", "plot", str(run), "--out", str(tmp_path / "l.svg")]) == 0
     svg = (tmp_path / "l.svg").read_text()
     assert svg.startswith("<svg") and svg.count("<polyline") == 2 and "loss/gen" in svg
+
+
+def test_plot_of_a_run_with_one_logged_point_draws_the_point(tmp_path):
+    """One logged step (a short run): the point is drawn inside the axes, with its value on them."""
+    pytest.importorskip("tensorboard")
+    import re
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "run"
+    with SummaryWriter(str(run / "tensorboard")) as w:
+        w.add_scalar("train/loss", 4.25, 10)
+    assert main(["train", "plot", str(run), "--out", str(tmp_path / "l.svg")]) == 0
+    svg = (tmp_path / "l.svg").read_text()
+    (cx, cy), = [tuple(map(float, m)) for m in re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)"', svg)]
+    x, y, w_, h = map(float, re.search(r'<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)" '
+                                       r'fill="none"', svg).groups())
+    assert x < cx < x + w_ and y < cy < y + h  # inside the plot area, not on its edge
+    assert ">4.25<" in svg and ">10<" in svg  # the value and the step are labelled
+
+
+def test_resume_hint_carries_the_overrides():
+    """The command printed after Ctrl-C continues the same run: same config, same -o overrides
+    (output_dir among them decides which run), quoted for the shell."""
+    import shlex
+
+    from openjanus.train.commands import resume_command
+
+    cmd = resume_command("configs/train/cpu-stage1.json", ["output_dir=runs/my run", "stage.lr=5e-4"])
+    assert cmd == "openjanus train configs/train/cpu-stage1.json -o 'output_dir=runs/my run' -o stage.lr=5e-4 --resume"
+    assert shlex.split(cmd)[2:] == ["configs/train/cpu-stage1.json", "-o", "output_dir=runs/my run",
+                                    "-o", "stage.lr=5e-4", "--resume"]
