@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "openjanus" / "train"
-FORBIDDEN = ("openjanus.eval", "openjanus.pipeline")
+FORBIDDEN = ("openjanus.eval", "openjanus.inference.pipeline")
 
 
 def _imported_modules(path: Path) -> list[str]:

@@ -15,7 +15,7 @@ from torch import nn
 
 from openjanus.errors import UserError
 from openjanus.eval import runners
-from openjanus.pipeline import JanusPipeline
+from openjanus.inference.pipeline import JanusPipeline
 from openjanus.processing import JanusProcessor
 from openjanus.train.trainer import EvalHook
 

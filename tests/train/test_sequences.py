@@ -10,7 +10,7 @@ import torch
 from data_helpers import CFG
 from PIL import Image
 
-from openjanus.generate import image_job
+from openjanus.inference.runner import image_job
 from openjanus.processing import format_conversation, preprocess_und_images, unconditional_prompt
 from openjanus.requests import SamplingParams
 from openjanus.train.batch import DATA_KINDS, IGNORE
