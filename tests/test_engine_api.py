@@ -7,17 +7,19 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
-from openjanus.engine import EngineConfig, QueueFull
+from openjanus.inference.engine import EngineConfig
+from openjanus.inference.scheduler import QueueFull
 from openjanus.errors import UserError
 from openjanus.requests import ChatRequest, ImageProgress, ImageRequest, Message
 
 
 @pytest.fixture
 def engine(tiny_pipeline):
-    engine = tiny_pipeline.start_engine(EngineConfig(max_rows=4))
+    engine = tiny_pipeline.start_engine(EngineConfig(rows=4))
     yield engine
     engine.close()
 
@@ -56,9 +58,13 @@ def test_wrong_request_objects_and_lone_surrogates_are_user_errors(engine):
 
 
 def test_a_submitter_waiting_for_room_learns_the_engine_shut_down(tiny_pipeline):
-    engine = tiny_pipeline.start_engine(EngineConfig(max_rows=2, max_queue=1))
-    first = engine.submit(ImageRequest("a", n=4))
-    next(iter(first))
+    engine = tiny_pipeline.start_engine(EngineConfig(rows=2, queue=1))
+    gate = threading.Event()
+    step = engine.core.runner.step
+    engine.core.runner.step = lambda: gate.wait(60) and step()  # the running request holds its rows
+    first = engine.submit(ImageRequest("a"))
+    while not engine.core.scheduler.running:  # admitted: the worker waits at the gate
+        time.sleep(0.01)
     engine.submit(ImageRequest("b"))  # fills the queue
     box: dict = {}
 
@@ -72,17 +78,21 @@ def test_a_submitter_waiting_for_room_learns_the_engine_shut_down(tiny_pipeline)
     t.start()
     t.join(timeout=1.0)
     assert t.is_alive()  # waiting for room
-    engine.close(cancel=True)
+    closing = threading.Thread(target=engine.close, kwargs={"cancel": True})
+    closing.start()
     t.join(timeout=30)
+    gate.set()
+    closing.join(timeout=60)
     assert not isinstance(box["e"], QueueFull) and isinstance(box["e"], UserError)
     assert "shut down" in str(box["e"])
+    assert first.done()
 
 
 def test_a_script_that_exits_while_the_engine_is_busy_exits_cleanly(tmp_path):
     script = tmp_path / "busy.py"
     script.write_text(
         "import sys\n"
-        "from openjanus.pipeline import JanusPipeline\n"
+        "from openjanus.inference.pipeline import JanusPipeline\n"
         "from openjanus.requests import ImageRequest\n"
         "pipe = JanusPipeline.load('tiny')\n"
         "handle = pipe.submit(ImageRequest('a red circle', n=8, seed=1))\n"

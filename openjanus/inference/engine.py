@@ -20,11 +20,12 @@ its worker, `close()` stops it (a context manager does both); a closed engine st
 
 from __future__ import annotations
 
-import queue
+import atexit
 import random
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -303,9 +304,6 @@ def generate_text(
 
 # --- requests -------------------------------------------------------------------------------
 
-_DONE = object()
-
-
 class RequestHandle:
     """A submitted request: wait for its result, iterate its events, or cancel it."""
 
@@ -318,7 +316,8 @@ class RequestHandle:
         self.states: dict[Job, JobState] = {}  # the jobs that started, filled by the worker
         self.submitted = time.perf_counter()
         self.started: float | None = None
-        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._events: list[Event] = []  # every event so far: each iteration replays them from the start
+        self._new_event = threading.Condition()
         self._done = threading.Event()
         self._result: Result | None = None
         self._error: BaseException | None = None
@@ -342,11 +341,17 @@ class RequestHandle:
 
     def __iter__(self) -> Iterator[Event]:
         """Events as they happen (text pieces, image progress) until the request ends; call
-        `result()` afterwards for the result or the error."""
+        `result()` afterwards for the result or the error. Each iteration sees every event from
+        the first, so a handle may be iterated again, or from several threads at once."""
+        seen = 0
         while True:
-            event = self._events.get()
-            if event is _DONE:
-                return
+            with self._new_event:
+                while seen == len(self._events) and not self._done.is_set():
+                    self._new_event.wait()
+                if seen == len(self._events):  # ended, and every event was seen
+                    return
+                event = self._events[seen]
+            seen += 1
             yield event
 
     def cancel(self) -> None:
@@ -395,14 +400,17 @@ class RequestHandle:
     # --- for the worker -------------------------------------------------------------------
 
     def _emit(self, event: Event) -> None:
-        self._events.put(event)
+        with self._new_event:
+            self._events.append(event)
+            self._new_event.notify_all()
 
     def _finish(self, result: Result | None = None, error: BaseException | None = None) -> None:
-        if self._done.is_set():
-            return
-        self._result, self._error = result, error
-        self._done.set()
-        self._events.put(_DONE)
+        with self._new_event:
+            if self._done.is_set():
+                return
+            self._result, self._error = result, error
+            self._done.set()
+            self._new_event.notify_all()
 
     def _cost(self) -> Cost:
         now = time.perf_counter()
@@ -443,6 +451,18 @@ class _Chat:
             self.emitted = len(self.text)
 
 
+# Engines whose worker may still run. A script that exits while one is busy closes it first
+# (cancelling its requests): a daemon worker still inside torch while the interpreter finalizes
+# aborts the process ("terminate called without an active exception", exit status 134).
+_running: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for engine in list(_running):
+        engine.close(cancel=True)
+
+
 class Engine:
     """Batches the requests of every caller on `model` (see the module doc)."""
 
@@ -469,6 +489,7 @@ class Engine:
             if self._closed:
                 raise UserError("the engine is closed; start a new one")
             if self._thread is None:
+                _running.add(self)
                 self._post = ThreadPoolExecutor(1, thread_name_prefix="openjanus-vq")
                 self._thread = threading.Thread(target=self._loop, name="openjanus-engine", daemon=True)
                 self._thread.start()
@@ -516,6 +537,8 @@ class Engine:
     def submit(self, request: Request, wait: bool = False) -> RequestHandle:
         """Queue `request`; returns at once (with `wait`, first waits for room in a full queue).
         Raises UserError for a request that cannot run, `QueueFull` when the queue is full."""
+        if not isinstance(request, (ImageRequest, ChatRequest)):
+            raise UserError(f"the engine takes an ImageRequest or a ChatRequest, got {type(request).__name__}")
         seed = request.seed if request.seed is not None else random.randrange(2**63)
         if isinstance(request, ImageRequest):
             jobs, prompt_tokens = self._image_jobs(request, seed)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from openjanus.errors import UserError
-from openjanus.inference.sampling import accept_drafts, cfg_combine, filter_logits, non_finite, residual, sample
+from openjanus.inference.sampling import accept_drafts, cfg_combine, filter_logits, non_finite, residual, sample, temper
 from openjanus.model.janus import Janus
 from openjanus.model.llm import KVCache, cache_mask
 from openjanus.processing import unconditional_prompt
@@ -215,17 +215,19 @@ class TextDecoder(Decoder):
         logits = model.text_logits(runner.hidden[rows]).float()  # [J, vocab]
         picked: list[Tensor] = []
         bad = non_finite(logits, dim=-1)
-        for s, lg in zip(states, logits.split(1)):
+        failed: set[int] = set()
+        for i, (s, lg) in enumerate(zip(states, logits.split(1))):
             try:
                 picked.append(sample(lg, s.job.sampling, s.job.generator))
-            except RuntimeError:
+            except RuntimeError:  # multinomial refused the probabilities: the row fails (never a made-up token)
+                failed.add(i)
                 picked.append(torch.zeros(1, dtype=torch.long, device=device))
         tokens = torch.cat(picked)
         values, flags = torch.stack([tokens, bad.long()]).tolist()
         finished: list[JobState] = []
         going: list[tuple[JobState, int]] = []
-        for s, t, b in zip(states, values, flags):
-            if b:
+        for i, (s, t, b) in enumerate(zip(states, values, flags)):
+            if b or i in failed:
                 s.error = NonFiniteLogits()
                 finished.append(s)
                 continue
@@ -288,7 +290,7 @@ class JacobiDecoder(Decoder):
         s.nonfinite |= non_finite(guided)
         greedy = job.sampling.temperature == 0
         probs = None if greedy else torch.softmax(
-            filter_logits(guided / job.sampling.temperature, job.sampling.top_k, job.sampling.top_p), dim=-1)
+            filter_logits(temper(guided, job.sampling.temperature), job.sampling.top_k, job.sampling.top_p), dim=-1)
         best = guided.argmax(-1) if greedy else None
         accepted = 0
         if m > 1:
@@ -405,9 +407,12 @@ class BatchRunner:
 
     @torch.inference_mode()
     def add_all(self, placed: Sequence[tuple[Job, int]]) -> tuple[list[JobState], list[tuple[Job, BaseException]]]:
-        """Prefill jobs on the rows given (job, first row), which must be free. Jobs whose prompts
-        have the same length share one forward pass. Returns the states of the jobs that joined,
-        and the jobs whose own inputs failed (e.g. an image), with the error."""
+        """Prefill jobs on the rows given (job, first row), which must be free. Each job's prompt
+        is its own forward pass, never shared with another job's: the row count of a pass's
+        matrix products would then depend on the neighbours, and with some kernels (bf16 on CPUs
+        without bf16 instructions, int8) so would the bits, breaking same-seed-same-output
+        (issue 23; the cost is measured by bench/bench_batch_invariance.py). Returns the states of
+        the jobs that joined, and the jobs whose own inputs failed (e.g. an image), with the error."""
         device = self.device
         ready: list[tuple[JobState, Tensor]] = []
         failed: list[tuple[Job, BaseException]] = []
@@ -428,46 +433,33 @@ class BatchRunner:
             state = JobState(job, start)
             self.states.append(state)  # holds its rows from now on
             ready.append((state, h))
-        by_length: dict[int, list[tuple[JobState, Tensor]]] = {}
-        for state, h in ready:
-            by_length.setdefault(state.job.prompt_len, []).append((state, h))
         try:
-            for group in by_length.values():
-                self._prefill([s for s, _ in group], torch.cat([h for _, h in group]))
+            for state, h in ready:
+                self._prefill(state, h)
         except Exception:
             for state, _ in ready:
                 self.remove(state)
             raise
         return [s for s, _ in ready], failed
 
-    def _prefill(self, states: list[JobState], h: Tensor) -> None:
-        """One forward pass over the prompts of `states` (all T long), h [R, T, D]."""
-        device = self.device
+    def _prefill(self, state: JobState, h: Tensor) -> None:
+        """One forward pass over the prompt of `state`'s job (its R rows, T long), h [R, T, D],
+        written straight into the job's rows of the cache."""
+        device, job = self.device, state.job
         R, T = h.shape[:2]
         slots = torch.arange(T, device=device)
         positions = slots.expand(R, T)
         mask = cache_mask(slots, torch.ones(R, T, dtype=torch.bool, device=device))
-        if len(states) == 1:  # write straight into the job's rows
-            cache = self.cache.rows(states[0].start_row, states[0].start_row + R)
-        else:  # a scratch cache, copied into each job's rows below
-            llm = self.model.llm.cfg
-            cache = KVCache.allocate(llm.n_layers, R, T, llm.n_kv_heads, llm.head_dim, device=device, dtype=h.dtype)
+        cache = self.cache.rows(state.start_row, state.start_row + R)
         # The prompt fills slots 0..T-1 of its own rows: attend over those only.
         out = self.model.llm(h, positions, mask=mask, cache=cache, slots=slots, kv_len=T)[:, -1]
-        offset = 0
-        for s in states:
-            job = s.job
-            rows, mine = s.rows, slice(offset, offset + job.n_rows)
-            offset += job.n_rows
-            if len(states) > 1:
-                self.cache.copy_(cache, rows, mine)
-            self.hidden[rows] = out[mine]
-            if job.jacobi:
-                s.drafts = _Drafts(window=out[mine][:, None])  # [2, 1, D]: the exact distribution of the first token
-            if job.kind == "image":
-                s.tokens = torch.empty(job.images, job.steps, dtype=torch.long, device=device)
-            s.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-            s.forward_passes += 1
+        self.hidden[state.rows] = out
+        if job.jacobi:
+            state.drafts = _Drafts(window=out[:, None])  # [2, 1, D]: the exact distribution of the first token
+        if job.kind == "image":
+            state.tokens = torch.empty(job.images, job.steps, dtype=torch.long, device=device)
+        state.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        state.forward_passes += 1
 
     def _und_features(self, pixels: Tensor) -> Tensor:
         """Understanding features [N, P, D] of preprocessed images [N, 3, S, S], each image

@@ -12,7 +12,26 @@ from torch import Tensor
 
 from openjanus.requests import SamplingParams
 
-__all__ = ["filter_logits", "sample", "non_finite", "cfg_combine", "accept_drafts", "residual"]
+__all__ = ["temper", "filter_logits", "sample", "non_finite", "cfg_combine", "accept_drafts", "residual"]
+
+
+# Below this temperature, logits are shifted to a maximum of 0 before they are divided by it.
+SHIFT_BELOW_TEMPERATURE = 0.01
+
+
+def temper(logits: Tensor, temperature: float) -> Tensor:
+    """`logits / temperature`, finite at any positive temperature.
+
+    At tiny temperatures the plain quotient overflows to +-inf (1e-300 does in any dtype, 1e-4
+    already in fp16), and the softmax of a row holding +inf is NaN. Below
+    `SHIFT_BELOW_TEMPERATURE` each row is first shifted so its largest logit is 0: the same
+    softmax mathematically, but the best token keeps 0 and the others go to -inf as the
+    temperature goes to 0, so sampling becomes greedy in the limit (tokens tied for the best are
+    drawn evenly). Above it the quotient is the plain one, bit for bit as before.
+    """
+    if temperature >= SHIFT_BELOW_TEMPERATURE:
+        return logits / temperature
+    return (logits - logits.amax(dim=-1, keepdim=True)) / temperature
 
 
 def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
@@ -33,10 +52,11 @@ def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Ten
 
 def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> Tensor:
     """[B, V] logits -> [B] token ids. Greedy at temperature 0, otherwise one multinomial call
-    for all B rows (as the official sampler, so a seed gives the official tokens)."""
+    for all B rows (as the official sampler, so a seed gives the official tokens); tiny
+    temperatures tend to greedy (`temper`)."""
     if params.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits / params.temperature, params.top_k, params.top_p)
+    logits = filter_logits(temper(logits, params.temperature), params.top_k, params.top_p)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 

@@ -8,15 +8,15 @@ import threading
 
 import httpx
 
-from openjanus.engine import EngineConfig
-from openjanus.pipeline import JanusPipeline
-from openjanus.serve.app import ServeSettings
+from openjanus.inference.engine import EngineConfig
+from openjanus.inference.pipeline import JanusPipeline
+from openjanus.serve.protocol import ServeSettings
 from serve import Server
 
 
 def test_bf16_images_are_the_same_alone_and_concurrent():
     pipe = JanusPipeline.load(None, device="cpu", dtype="bfloat16")
-    pipe.start_engine(EngineConfig(max_rows=32))
+    pipe.start_engine(EngineConfig(rows=32))
     bodies = [{"prompt": p, "seed": s, "n": n} for p, s, n in
               (("a red circle", 1, 1), ("a blue square", 2, 2), ("a green star", 3, 1), ("a red circle", 4, 1))]
     with Server(pipe, ServeSettings(model_id="janus-shapes")) as s:

@@ -19,10 +19,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from openjanus.engine import EngineConfig
-from openjanus.pipeline import JanusPipeline
+from openjanus.inference.engine import EngineConfig
+from openjanus.inference.pipeline import JanusPipeline
 from openjanus.requests import ImageRequest
-from openjanus.serve.app import ServeSettings
+from openjanus.serve.protocol import ServeSettings
 from serve import Server
 
 CHAT, IMAGES = "/v1/chat/completions", "/v1/images/generations"
@@ -141,7 +141,7 @@ def test_a_long_text_does_not_freeze_health(open_server):
 
 def test_a_full_queue_answers_429_before_decoding_images():
     pipe = JanusPipeline.load(None, device="cpu", dtype="float32")
-    pipe.start_engine(engine_config(max_rows=2, max_queue=1))
+    pipe.start_engine(engine_config(rows=2, queue=1))
     broken = png(Image.new("RGB", (64, 64), "red"))[:60]  # a valid header, truncated data
     with Server(pipe, ServeSettings(model_id="janus-shapes")) as s:
         running = pipe.submit(ImageRequest("a red circle", n=8, seed=0))
