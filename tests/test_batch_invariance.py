@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from openjanus.inference.engine import EngineConfig
-from openjanus.inference.runner import BatchRunner
 from openjanus.inference.pipeline import JanusPipeline
+from openjanus.inference.runner import BatchRunner
 from openjanus.requests import ChatRequest, ImageRequest, Message, SamplingParams
 
 FORMATS = [("float32", None), ("bfloat16", None), ("bfloat16", "int8")]  # int8 runs bf16 activations

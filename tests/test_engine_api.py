@@ -11,9 +11,9 @@ import time
 
 import pytest
 
+from openjanus.errors import UserError
 from openjanus.inference.engine import EngineConfig
 from openjanus.inference.scheduler import QueueFull
-from openjanus.errors import UserError
 from openjanus.requests import ChatRequest, ImageProgress, ImageRequest, Message
 
 

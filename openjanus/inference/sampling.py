@@ -31,7 +31,10 @@ def temper(logits: Tensor, temperature: float) -> Tensor:
     """
     if temperature >= SHIFT_BELOW_TEMPERATURE:
         return logits / temperature
-    return (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    # Times the reciprocal, capped at the dtype's largest value: a temperature such as 1e-300
+    # is 0 in float32, and the shifted best logit (0) over 0 would be NaN.
+    scale = min(1 / temperature, torch.finfo(logits.dtype).max)
+    return (logits - logits.amax(dim=-1, keepdim=True)) * scale
 
 
 def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:

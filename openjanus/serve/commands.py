@@ -31,6 +31,15 @@ def register(sub) -> None:
                    help="fetch http(s) image URLs in chat messages (bounded in size and time; off: data: URLs only)")
     p.add_argument("--shutdown-grace", type=number_flag(0), default=30.0,
                    help="on SIGTERM/Ctrl-C, seconds running requests get to finish before they are cancelled")
+    p.add_argument("--allowed-hosts", default=None,
+                   help="comma-separated Host header names the server answers to (DNS-rebinding guard; default: "
+                        "localhost, 127.0.0.1, ::1 and --host; any name when --host is 0.0.0.0 or ::); '*' for any")
+    p.add_argument("--header-timeout", type=number_flag(0, low_open=True),
+                   default=default_of(ServeSettings, "header_timeout_s"),
+                   help="seconds a client may take to send a request's headers before it is disconnected")
+    p.add_argument("--body-timeout", type=number_flag(0, low_open=True),
+                   default=default_of(ServeSettings, "body_timeout_s"),
+                   help="seconds a client may pause while sending a request body before it gets 408")
     p.set_defaults(func=cmd_serve)
 
 
@@ -45,15 +54,39 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise UserError(f"openjanus serve needs the serve extra ({e.name} is missing): "
                         "pip install -e '.[serve]'") from None
 
+    api_key = api_key_of(args)  # before the model loads: a mistake here costs nothing
     with open_pipeline(args) as pipe:
-        _serve(pipe, args, uvicorn, create_app)
+        _serve(pipe, args, uvicorn, create_app, api_key)
 
 
-def _serve(pipe, args: argparse.Namespace, uvicorn, create_app) -> None:
-    settings = ServeSettings(model_id=args.model_id or pipe.name,
-                             api_key=args.api_key or os.environ.get("OPENJANUS_API_KEY") or None,
+def api_key_of(args: argparse.Namespace) -> str | None:
+    """--api-key, else $OPENJANUS_API_KEY, else None (no key). An empty or blank key is an
+    error, never "no auth": `--api-key "$KEY"` with KEY unset must not open the server."""
+    key, where = (args.api_key, "--api-key") if args.api_key is not None else \
+        (os.environ.get("OPENJANUS_API_KEY"), "$OPENJANUS_API_KEY")
+    if key is not None and not key.strip():
+        raise UserError(f"{where} is empty: give a real API key, or leave it out to serve without one")
+    return key
+
+
+def allowed_hosts_of(args: argparse.Namespace) -> tuple[str, ...] | None:
+    from openjanus.serve.guard import host_name
+
+    if args.allowed_hosts is not None:
+        names = tuple(host_name(h) for h in args.allowed_hosts.split(",") if h.strip())
+        return None if "*" in names else names
+    if args.host in ("0.0.0.0", "::", ""):
+        return None  # bound to every address: the names clients use are not known here
+    return tuple(dict.fromkeys((*default_of(ServeSettings, "allowed_hosts"), host_name(args.host))))
+
+
+def _serve(pipe, args: argparse.Namespace, uvicorn, create_app, api_key: str | None) -> None:
+    from openjanus.serve.app import uvicorn_config
+
+    settings = ServeSettings(model_id=args.model_id or pipe.name, api_key=api_key,
                              max_body_bytes=args.max_body_mb * 2**20, max_n=args.max_n,
-                             allow_remote_images=args.allow_remote_images)
+                             allow_remote_images=args.allow_remote_images, allowed_hosts=allowed_hosts_of(args),
+                             header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout)
     grace, stopping = args.shutdown_grace, []
 
     class Server(uvicorn.Server):
@@ -61,6 +94,8 @@ def _serve(pipe, args: argparse.Namespace, uvicorn, create_app) -> None:
         # Those still running after the grace period are cancelled in the engine, so each one ends
         # its own response (a 503, or a stream's error event) instead of uvicorn killing its task.
         def handle_exit(self, sig: int, frame) -> None:
+            if app.state.guard is not None:
+                app.state.guard.stop()  # bodies still arriving get 503 now: slow clients do not hold the exit
             if not stopping:
                 timer = threading.Timer(grace, cancel_the_rest)
                 timer.daemon = True
@@ -77,8 +112,8 @@ def _serve(pipe, args: argparse.Namespace, uvicorn, create_app) -> None:
         except Exception as e:  # the requests are cancelled already; the app's shutdown closes it again
             print(f"warning: closing the engine failed: {type(e).__name__}: {e}", file=sys.stderr)
 
-    server = Server(uvicorn.Config(app, host=args.host, port=args.port,
-                                   timeout_graceful_shutdown=grace + 10, log_level="info"))
+    server = Server(uvicorn_config(app, host=args.host, port=args.port, timeout_graceful_shutdown=grace + 10,
+                                   log_level="info"))
     # uvicorn re-raises the signal that stopped it once it is done; handling SIGTERM here makes the
     # end of a clean shutdown a normal exit (status 0) rather than death by signal.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)

@@ -30,7 +30,7 @@ def test_bf16_images_are_the_same_alone_and_concurrent():
             together: list = [None] * len(bodies)
             barrier = threading.Barrier(len(bodies))
 
-            def run(i):
+            def run(i, barrier=barrier, together=together):
                 barrier.wait()
                 together[i] = get(bodies[i])
 

@@ -3,7 +3,6 @@ API key is refused at start, and SIGTERM with slow clients connected exits promp
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
