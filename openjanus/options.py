@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from openjanus.errors import UserError
 from openjanus.numbers import check_integer, check_number
-from openjanus.requests import MAX_SEED
+from openjanus.requests import MAX_SEED, ImageRequest
 
 if TYPE_CHECKING:
     from openjanus.inference.engine import EngineConfig
@@ -212,7 +212,7 @@ def open_pipeline(args: argparse.Namespace) -> JanusPipeline:
 
 def add_seed(p: argparse.ArgumentParser, help: str = "random seed in [0, 2**63 - 1] (same seed, same device: "
                                                      "same output)") -> None:
-    p.add_argument("--seed", type=seed_flag, default=0, help=help)
+    p.add_argument("--seed", type=seed_flag, default=default_of(ImageRequest, "seed"), help=help)
 
 
 def add_sampling(p: argparse.ArgumentParser, request: type) -> None:

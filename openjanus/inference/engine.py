@@ -183,6 +183,9 @@ class EngineCore:
         with self.lock:
             jobs = self.scheduler.drop(owner)
             self.lock.notify_all()  # room in the queue
+        self._let_go(jobs)
+
+    def _let_go(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
             state = self._states.pop(job, None)
             if state is not None:
@@ -203,19 +206,17 @@ class EngineCore:
         out = StepOutput()
         with self.lock:
             decided = self.scheduler.schedule(cancelled)
-            running = {self.scheduler.owner_of(j) for j in self.scheduler.running}
             if decided.admitted or decided.dropped:
                 self.lock.notify_all()  # room in the queue for a waiting submitter
-        out.cancelled = [*decided.dropped, *(o for o in running if cancelled(o) and o not in decided.dropped)]
-        for owner in out.cancelled:
-            self.drop(owner)
-        admitted = [(o, j, s) for o, j, s in decided.admitted if o not in out.cancelled]
-        if admitted:
-            owner_of = {j: o for o, j, _ in admitted}
+        for owner, jobs in decided.dropped.items():
+            self._let_go(jobs)
+            out.cancelled.append(owner)
+        if decided.admitted:
+            owner_of = {j: o for o, j, _ in decided.admitted}
             try:
-                states, failed = self.runner.add_all([(j, s) for _, j, s in admitted])
+                states, failed = self.runner.add_all([(j, s) for _, j, s in decided.admitted])
             except Exception as e:  # the shared prefill failed: none of these requests can go on
-                states, failed = [], [(j, e) for _, j, _ in admitted]
+                states, failed = [], [(j, e) for _, j, _ in decided.admitted]
             for job, error in failed:
                 if owner_of[job] not in [o for o, _ in out.failed]:
                     out.failed.append((owner_of[job], error))

@@ -69,11 +69,12 @@ class _Request:
 
 @dataclass
 class SchedulerOutput:
-    """What one `schedule()` decided: jobs to start, with their first row, in admission order,
-    and the owners of requests dropped from the queue because they were cancelled."""
+    """What one `schedule()` decided: jobs to start, with their first row, in admission order;
+    and the cancelled requests it dropped, each with its jobs that were running (their rows
+    are free now; the runner must let them go)."""
 
     admitted: list[tuple[Hashable, Schedulable, int]] = field(default_factory=list)
-    dropped: list[Hashable] = field(default_factory=list)
+    dropped: dict[Hashable, list[Schedulable]] = field(default_factory=dict)
 
 
 class Scheduler:
@@ -141,18 +142,14 @@ class Scheduler:
         self._queue.extend((request, j, i == 0) for i, j in enumerate(now))
 
     def schedule(self, cancelled: Callable[[Hashable], bool] = lambda owner: False) -> SchedulerOutput:
-        """Admit queued jobs in arrival order while they find rows and budget; drop the queued
-        jobs of cancelled requests (`drop` them afterwards to free their running rows)."""
+        """Drop the requests that are `cancelled` (queued or running), then admit queued jobs in
+        arrival order while they find rows and budget."""
         out = SchedulerOutput()
+        for owner in [o for o in self._requests if cancelled(o)]:
+            out.dropped[owner] = self.drop(owner)
         used = self.used_tokens()
         while self._queue:
             request, job, first = self._queue[0]
-            if cancelled(request.owner):
-                self._queue.popleft()
-                self.waiting -= first
-                if request.owner not in out.dropped:
-                    out.dropped.append(request.owner)
-                continue
             start = self._free_start(job.n_rows)
             if start is None or used + job.n_rows * job.length > self.max_cached_tokens:
                 break

@@ -47,16 +47,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
     """Load the model, then serve it until SIGTERM / Ctrl-C: running requests get --shutdown-grace
     seconds to finish, then are cancelled cleanly."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 (the serve extra: checked before the model loads)
 
-        from openjanus.serve.app import create_app
+        import openjanus.serve.app  # noqa: F401
     except ModuleNotFoundError as e:
         raise UserError(f"openjanus serve needs the serve extra ({e.name} is missing): "
                         "pip install -e '.[serve]'") from None
 
     api_key = api_key_of(args)  # before the model loads: a mistake here costs nothing
     with open_pipeline(args) as pipe:
-        _serve(pipe, args, uvicorn, create_app, api_key)
+        _serve(pipe, args, api_key)
 
 
 def api_key_of(args: argparse.Namespace) -> str | None:
@@ -80,8 +80,10 @@ def allowed_hosts_of(args: argparse.Namespace) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys((*default_of(ServeSettings, "allowed_hosts"), host_name(args.host))))
 
 
-def _serve(pipe, args: argparse.Namespace, uvicorn, create_app, api_key: str | None) -> None:
-    from openjanus.serve.app import uvicorn_config
+def _serve(pipe, args: argparse.Namespace, api_key: str | None) -> None:
+    import uvicorn
+
+    from openjanus.serve.app import create_app, uvicorn_config
 
     settings = ServeSettings(model_id=args.model_id or pipe.name, api_key=api_key,
                              max_body_bytes=args.max_body_mb * 2**20, max_n=args.max_n,

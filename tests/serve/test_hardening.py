@@ -109,11 +109,11 @@ def test_options_the_server_cannot_honour_are_refused_not_dropped(tiny):
 
 
 def test_a_failure_after_the_stream_started_ends_it_with_an_error_event(tiny, monkeypatch):
-    def broken(model, tokens):
+    def broken(tokens):
         raise RuntimeError("secret internals /srv/model")
 
     with Server(tiny, ServeSettings(model_id="tiny")) as s:
-        monkeypatch.setattr("openjanus.inference.engine.decode_tokens", broken)  # what the engine decodes with
+        monkeypatch.setattr(tiny.model, "decode_image_tokens", broken)  # what the engine decodes with
         with httpx.stream("POST", s.url + "/v1/images/generations", timeout=30,
                           json={"prompt": "x", "stream": True}) as r:
             assert r.status_code == 200
