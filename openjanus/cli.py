@@ -110,9 +110,15 @@ def _interactive(pipe, images, opts) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    """Generate images from text prompts; writes image_{i}.png, tokens.npy and run.json to --out."""
-
-
+    """Generate images from text prompts; writes image_{i}.png, tokens.npy and run.json to --out.
+    With --prompts FILE.jsonl: a resumable batch job over a prompt file (torchrun shards it)."""
+    if args.prompts is not None:
+        if args.prompt:
+            raise UserError("give prompts as arguments or --prompts FILE.jsonl, not both")
+        _generate_prompt_file(args)
+        return
+    if not args.prompt:
+        raise UserError("no prompt given: pass one or more prompts, or --prompts FILE.jsonl")
     out = Path(args.out)
     written = ("run.json", "tokens.npy")
     if out.exists() and not out.is_dir():
@@ -161,6 +167,40 @@ def _generate(pipe, args: argparse.Namespace, out: Path) -> None:
     (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     print(f"wrote {len(files)} image(s), tokens.npy {list(tokens.shape)} and run.json to {out} "
           f"({seconds:.1f} s)", file=sys.stderr)
+
+
+def _generate_prompt_file(args: argparse.Namespace) -> None:
+    """`generate --prompts`: see `openjanus.batch_job` (one engine per process, torchrun shards)."""
+    from openjanus.batch_job import BatchSettings, run_batch_job
+    from openjanus.devices import resolve_device
+    from openjanus.train.parallel import env_dist_info
+
+    device = resolve_device(args.device, env_dist_info().local_rank)  # one GPU per rank
+    args.device = str(device)
+    sampling = sampling_params(args)
+
+    def settings_of(pipe) -> BatchSettings:
+        return BatchSettings(weights=pipe.weights, temperature=sampling.temperature, top_k=sampling.top_k,
+                             top_p=sampling.top_p, guidance=args.guidance, seed=args.seed, jacobi=args.jacobi)
+
+    def request_of(unit) -> ImageRequest:
+        return ImageRequest(unit.line.prompt, n=1, guidance=unit.guidance, sampling=sampling, seed=unit.seed,
+                            jacobi=args.jacobi)
+
+    run_batch_job(Path(args.prompts), Path(args.out), load=lambda: open_pipeline(args), settings_of=settings_of,
+                  request_of=request_of, native_size=_native_image_size(args.model), device=device,
+                  on_bad_line=args.on_bad_line, overwrite=args.overwrite)
+
+
+def _native_image_size(model: str | None) -> int:
+    """The image size a model generates, from its config alone (no weights loaded)."""
+    from openjanus.checkpoints import read_config
+    from openjanus.config import JanusConfig
+    from openjanus.inference.pipeline import resolve_model_source
+
+    source = resolve_model_source(model)
+    cfg = JanusConfig.from_name(source) if isinstance(source, str) else read_config(source)[0]
+    return cfg.vq.image_size
 
 
 # --- vq ---------------------------------------------------------------------------------------
@@ -269,14 +309,23 @@ def register(sub: Any) -> None:
     EngineOptions.add_to(p)
     add_seed(p)
     add_sampling(p, ImageRequest)
-    p.add_argument("prompt", nargs="+", help="one or more prompts")
+    p.add_argument("prompt", nargs="*", help="one or more prompts (or --prompts FILE.jsonl)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--prompts", default=None, metavar="FILE.jsonl",
+                   help="a batch job: one JSON object per line (prompt; optional id, n, seed, guidance, size, "
+                        "meta); writes images/, tokens/ and manifest.jsonl as it goes, a re-run skips what is "
+                        "done, and under torchrun each process takes its share")
+    p.add_argument("--on-bad-line", choices=["stop", "skip"], default="stop",
+                   help="--prompts: a malformed line stops the job before it starts (stop), or is reported "
+                        "and left out (skip)")
     p.add_argument("-n", type=integer_flag(1), default=ImageRequest.n, help="images per prompt")
     p.add_argument("--guidance", type=number_flag(), default=ImageRequest.guidance,
-                   help="classifier-free guidance weight")
+                   help="(--prompts: for lines without their own) classifier-free guidance weight")
     p.add_argument("--jacobi", type=integer_flag(0, 64), default=ImageRequest.jacobi,
                    help="speculative Jacobi window (0 = off)")
-    p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that holds an earlier run (--prompts: remove that job's outputs "
+                        "and start again)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("vq", help="image -> VQ tokens -> image, printing the PSNR")
