@@ -72,3 +72,12 @@ def test_sigterm_with_slow_clients_exits_promptly_and_cleanly():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_ray_serves_app_builder_refuses_an_empty_api_key():
+    pytest.importorskip("ray")
+    from openjanus.errors import UserError
+    from openjanus.serve.ray_app import app_builder
+
+    with pytest.raises(UserError, match="api_key is empty"):
+        app_builder({"api_key": " "})
