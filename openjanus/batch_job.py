@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from openjanus.canvas import Geometry, check_size, parse_size
 from openjanus.errors import UserError
 from openjanus.files import atomic_path, write_json
 from openjanus.requests import MAX_SEED
@@ -62,6 +63,7 @@ class PromptLine:
     seed: int | None = None
     guidance: float | None = None
     meta: Any = None
+    size: tuple[int, int] | None = None  # (width, height) in pixels; None: the model's native size
 
 
 @dataclass(frozen=True)
@@ -113,20 +115,27 @@ def image_seed(base_seed: int, line: PromptLine, index: int) -> int:
 # --- the prompt file ------------------------------------------------------------------------------
 
 
-def _parse_size(value: Any, native: int) -> None:
+def _parse_size(value: Any, geometry: Geometry) -> tuple[int, int] | None:
+    """A line's size: 'WIDTHxHEIGHT' (or one integer for a square) that the model can make, by the
+    same rules as `generate --size`; None for the native size."""
+    native = geometry.native_px
     if isinstance(value, int) and not isinstance(value, bool):
         w = h = value
-    elif isinstance(value, str) and re.fullmatch(r"\s*\d+\s*x\s*\d+\s*", value):
-        w, h = (int(v) for v in value.lower().split("x"))
-    elif value == "auto":
-        return
+    elif isinstance(value, str):
+        try:
+            w, h = parse_size(value)
+        except UserError as e:
+            raise ValueError(str(e)) from None
     else:
         raise ValueError(f"size must be 'WIDTHxHEIGHT' (e.g. '{native}x{native}'), got {value!r}")
-    if (w, h) != (native, native):
-        raise ValueError(f"size {w}x{h} is not supported: this model generates {native}x{native} images only")
+    try:
+        check_size(w, h, geometry)
+    except UserError as e:
+        raise ValueError(f"size {w}x{h}: {e}") from None
+    return None if (w, h) == (native, native) else (w, h)
 
 
-def _parse_line(obj: Any, number: int, native_size: int) -> PromptLine:
+def _parse_line(obj: Any, number: int, geometry: Geometry) -> PromptLine:
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - set(FIELDS))
@@ -151,12 +160,12 @@ def _parse_line(obj: Any, number: int, native_size: int) -> PromptLine:
     if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
                                  or not math.isfinite(guidance)):
         raise ValueError(f"'guidance' must be a finite number, got {guidance!r}")
-    if obj.get("size") is not None:
-        _parse_size(obj["size"], native_size)
-    return PromptLine(number, raw_id, prompt, n, seed, None if guidance is None else float(guidance), obj.get("meta"))
+    size = _parse_size(obj["size"], geometry) if obj.get("size") is not None else None
+    return PromptLine(number, raw_id, prompt, n, seed, None if guidance is None else float(guidance), obj.get("meta"),
+                      size)
 
 
-def read_prompt_file(path: Path, native_size: int) -> tuple[list[PromptLine], list[str]]:
+def read_prompt_file(path: Path, geometry: Geometry) -> tuple[list[PromptLine], list[str]]:
     """The valid lines, and one message per malformed line ("FILE:LINE: what is wrong").
     Blank lines are skipped; an id used twice is an error on its second line."""
     if not path.is_file():
@@ -176,7 +185,7 @@ def read_prompt_file(path: Path, native_size: int) -> tuple[list[PromptLine], li
                 obj = json.loads(raw)
             except json.JSONDecodeError as e:
                 raise ValueError(f"not valid JSON ({e.msg}, column {e.colno})") from None
-            line = _parse_line(obj, number, native_size)
+            line = _parse_line(obj, number, geometry)
             if line.id in first_line_of:
                 raise ValueError(f"id {line.id!r} is already used on line {first_line_of[line.id]}")
         except ValueError as e:
@@ -377,7 +386,7 @@ class _Progress:
 
 
 def run_batch_job(prompts: Path, out: Path, *, load: Callable[[], Any], settings_of: Callable[[Any], BatchSettings],
-                  request_of: Callable[[ImageUnit], Any], native_size: int, device: torch.device,
+                  request_of: Callable[[ImageUnit], Any], geometry: Geometry, device: torch.device,
                   on_bad_line: Literal["stop", "skip"] = "stop", overwrite: bool = False,
                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Generate every missing image of `prompts` into `out`: under torchrun, this rank's share.
@@ -389,19 +398,19 @@ def run_batch_job(prompts: Path, out: Path, *, load: Callable[[], Any], settings
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     dist = _Dist(device)
     try:
-        return _run(dist, load, prompts, out, settings_of, native_size, on_bad_line, overwrite, request_of, log)
+        return _run(dist, load, prompts, out, settings_of, geometry, on_bad_line, overwrite, request_of, log)
     finally:
         from openjanus.train.parallel import destroy
 
         destroy()
 
 
-def _run(dist: _Dist, load, prompts: Path, out: Path, settings_of, native_size: int, on_bad_line: str,
+def _run(dist: _Dist, load, prompts: Path, out: Path, settings_of, geometry: Geometry, on_bad_line: str,
          overwrite: bool, request_of, log) -> dict[str, Any]:
     main = dist.rank == 0
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    lines, problems = read_prompt_file(prompts, native_size)
+    lines, problems = read_prompt_file(prompts, geometry)
     if problems:
         if main:
             for p in problems[:20]:

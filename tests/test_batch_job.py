@@ -188,14 +188,14 @@ def test_malformed_lines_stop_or_skip_and_never_lose_images(tmp_path, capsys, on
     assert gen(good, out) == 0
     before = tree(out)
     bad_lines = ['{"prompt": "a red circle", ', '{"prompt": "x", "n": 0}', '{"promt": "typo"}',
-                 '{"prompt": "x", "size": "128x128"}', '{"prompt": "x", "id": "line1"}', '["a list"]']
+                 '{"prompt": "x", "size": "100x64"}', '{"prompt": "x", "id": "line1"}', '["a list"]']
     bad = write_prompts(tmp_path / "p.jsonl", 3, extra=bad_lines)
     capsys.readouterr()
     assert gen(bad, out) == 2
     err = capsys.readouterr().err
     assert "has 6 malformed line(s)" in err and "--on-bad-line skip" in err
     for number, words in [(4, "not valid JSON"), (5, "'n' must be an integer in [1, "), (6, "unknown field(s) 'promt'"),
-                          (7, "size 128x128 is not supported: this model generates 64x64 images only"),
+                          (7, "size 100x64: width 100 is not a multiple of 8 px"),
                           (8, "id 'line1' is already used on line 1"), (9, "expected a JSON object")]:
         assert f"p.jsonl:{number}: {words}" in err, err
     assert tree(out) == before  # stopped before touching the folder
@@ -240,3 +240,21 @@ def test_prompts_and_prompt_arguments_exclude_each_other(tmp_path, capsys):
     assert "no prompt given" in capsys.readouterr().err
     assert main(["generate", "--prompts", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")]) == 2
     assert "prompt file not found" in capsys.readouterr().err
+
+
+def test_a_line_may_ask_for_another_size(tmp_path, one_thread):
+    """`size` in a line makes a larger or non-square image by the sliding window, as `generate --size`
+    does; the native size is the same as no size."""
+    from PIL import Image
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a red circle left of a blue square", "id": "wide", "size": "128x64"}\n'
+                       '{"prompt": "a red circle", "id": "native", "size": "64x64", "seed": 3}\n'
+                       '{"prompt": "a red circle", "id": "plain", "seed": 3}\n')
+    out = tmp_path / "out"
+    assert gen(prompts, out) == 0
+    records = {r["id"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    with Image.open(out / records["wide"]["file"]) as im:
+        assert im.size == (128, 64)
+    assert np.load(out / records["wide"]["tokens"]).size == 16 * 8
+    np.testing.assert_array_equal(np.load(out / records["native"]["tokens"]), np.load(out / records["plain"]["tokens"]))

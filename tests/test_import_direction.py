@@ -32,13 +32,14 @@ LAYERS = {
     "sampling": set(),
     "scheduler": set(),
     "runner": {"sampling"},
-    "engine": {"sampling", "scheduler", "runner"},
-    "pipeline": {"sampling", "scheduler", "runner", "engine"},
+    "windows": {"sampling", "scheduler", "runner"},  # the jobs of an image-conditioned request's canvas
+    "engine": {"sampling", "scheduler", "runner", "windows"},
+    "pipeline": {"sampling", "scheduler", "runner", "windows", "engine"},
 }
 ABOVE_INFERENCE = ("openjanus.serve", "openjanus.eval", "openjanus.cli", "openjanus.demo", "openjanus.train")
 # What the inference package stands on: none of it may import inference.
-BELOW_INFERENCE = ("model", "checkpoints", "shapes", "processing.py", "requests.py", "images.py", "config.py",
-                   "devices.py", "errors.py", "files.py", "jsonl.py", "quantize.py", "allocator.py")
+BELOW_INFERENCE = ("model", "checkpoints", "shapes", "processing.py", "requests.py", "images.py", "canvas.py",
+                   "config.py", "devices.py", "errors.py", "files.py", "jsonl.py", "quantize.py", "allocator.py")
 
 
 def _imported_modules(path: Path) -> list[str]:

@@ -32,12 +32,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from openjanus.allocator import release_freed_memory
+from openjanus.canvas import Geometry
 from openjanus.errors import UserError
 from openjanus.inference.engine import RequestHandle
 from openjanus.inference.pipeline import JanusPipeline
 from openjanus.inference.scheduler import QueueFull
 from openjanus.requests import ChatRequest, ImageProgress, ImageRequest, TextDelta
 from openjanus.serve import protocol
+from openjanus.serve.edits import FormError, read_edit_form
 from openjanus.serve.guard import Guard, h11_protocol
 from openjanus.serve.protocol import APIError, ServeSettings
 
@@ -302,18 +304,42 @@ def _chat_routes(requests: Requests, settings: ServeSettings, metrics: Metrics, 
     return router
 
 
-def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics, pipe: JanusPipeline) -> APIRouter:
+def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics, pipe: JanusPipeline,
+                  budget: PixelBudget) -> APIRouter:
     router = APIRouter()
-    size = f"{pipe.image_size}x{pipe.image_size}"
 
     @router.post("/v1/images/generations")
     async def image_generations(request: Request):
         body = await read_json(request, settings)
-        image_request = protocol.image_request(body, pipe.image_size, settings)
+        image_request = protocol.image_request(body, Geometry.of(pipe.model.cfg), settings)
+        return await respond_images(request, body, image_request, "image_generation")
+
+    @router.post("/v1/images/edits")
+    async def image_edits(request: Request):
+        """OpenAI's images-edit API: a multipart form with `image`, an optional `mask` (a PNG whose
+        transparent pixels mark the area to edit; without it, the image's own transparent pixels),
+        `prompt`, `n`, `size`, `response_format`, `stream`, `partial_images`."""
+        try:
+            form = await read_edit_form(request, settings.max_body_bytes)
+        except FormError as e:
+            raise APIError(413 if "over the limit" in str(e) else 400, str(e), param=e.param) from None
+        requests.check_room()  # before the uploads are decoded
+        pixels = await anyio.to_thread.run_sync(protocol.form_pixels, form, settings)  # from their headers
+        budget.take(pixels)  # held while decoded (a non-streamed edit: until it ends)
+        try:
+            image_request = await anyio.to_thread.run_sync(protocol.image_request, form.body,
+                                                           Geometry.of(pipe.model.cfg), settings, form)
+            return await respond_images(request, form.body, image_request, "image_edit")
+        finally:
+            budget.give(pixels)
+
+    async def respond_images(request: Request, body: dict, image_request: ImageRequest, kind: str):
         partial = protocol.partial_images(body)
         handle = await requests.submit(image_request)
+        w, h = handle.canvas.canvas.output_size if handle.canvas is not None else (pipe.image_size,) * 2
+        size = f"{w}x{h}"
         if protocol.wants_stream(body):
-            return StreamingResponse(stream(handle, partial, protocol.ImageEvents(size)),
+            return StreamingResponse(stream(handle, partial, protocol.ImageEvents(size, kind)),
                                      media_type="text/event-stream", headers=STREAM_HEADERS)
         try:
             result = await requests.wait(handle, request)
@@ -347,6 +373,12 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
             if not isinstance(ev, ImageProgress) or sent >= partial or ev.steps >= ev.total:
                 continue
             if ev.steps / ev.total >= marks[sent]:
+                if handle.canvas is not None:
+                    tokens, grid = handle.partial_canvas()
+                    yield sent, await anyio.to_thread.run_sync(decode_canvas, pipe, tokens, grid,
+                                                               handle.canvas.canvas.crop)
+                    sent += 1
+                    continue
                 tokens = handle.partial_tokens()
                 if tokens is None or tokens.shape[1] == 0:
                     continue
@@ -354,6 +386,13 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
                 sent += 1
 
     return router
+
+
+def decode_canvas(pipe: JanusPipeline, tokens, grid: tuple[int, int], crop) -> list[Image.Image]:
+    """A preview of an image-conditioned request's canvas (positions not decoded yet filled)."""
+    native = (pipe.model.cfg.vq.grid,) * 2
+    images = pipe.decode_tokens(tokens, None if tuple(grid) == native else grid)
+    return [im.crop(crop) for im in images] if crop is not None else images
 
 
 def decode_partial(pipe: JanusPipeline, tokens) -> list[Image.Image]:
@@ -389,7 +428,7 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
     _add_error_handlers(app)
     routers: Iterable[APIRouter] = (_info_routes(settings, metrics),
                                     _chat_routes(requests, settings, metrics, budget),
-                                    _image_routes(requests, settings, metrics, pipe))
+                                    _image_routes(requests, settings, metrics, pipe, budget))
     for router in routers:
         app.include_router(router)
 
