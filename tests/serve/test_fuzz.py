@@ -1,5 +1,6 @@
-"""Fuzzing the JSON endpoints (issue 23) with Hypothesis: bodies that mix plausible fields with
-arbitrary JSON values, raw bytes that are not JSON, and headers a client may get wrong. Every
+"""Fuzzing the server's endpoints (issue 23) with Hypothesis: JSON bodies that mix plausible
+fields with arbitrary JSON values, raw bytes that are not JSON, headers a client may get wrong,
+and edits forms with any fields and uploads. Every
 answer must come within the timeout (no hang), never be a 500, and every error must be in
 OpenAI's shape. Bounded: a fixed number of examples per endpoint, derandomized (the same
 examples every run), no example database.
@@ -123,3 +124,32 @@ def test_image_generations_never_500s(fuzz_server, body):
                                                                  "/v1/images/edits", "/v1/models", "/v1/x"]))
 def test_raw_bytes_never_500(fuzz_server, raw, kind, path):
     check(post(fuzz_server, path, raw, kind))
+
+
+def _png(mode: str, size: tuple[int, int], hole: bool) -> bytes:
+    import io
+
+    from PIL import Image
+
+    im = Image.new(mode, size, (200, 30, 30, 255) if mode == "RGBA" else (200, 30, 30))
+    if hole:
+        im.paste((0, 0, 0, 0), (8, 8, 40, 40))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+uploads = st.sampled_from([_png("RGBA", (64, 64), True), _png("RGB", (64, 64), False), _png("RGBA", (48, 80), True),
+                           b"not an image", b"", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40])
+form_values = st.one_of(texts, st.integers(-2, 4).map(str), st.sampled_from(["true", "false", "yes", "1.5", "auto",
+                                                                              "64x64", "128x64", "b64_json"]))
+edit_fields = optional(prompt=st.one_of(texts, st.just("a blue square")), n=form_values, size=form_values,
+                       stream=form_values, partial_images=form_values, seed=form_values, model=form_values,
+                       response_format=form_values, guidance_scale=form_values)
+
+
+@settings(FUZZ, max_examples=30)
+@given(fields=edit_fields, image=st.one_of(st.none(), uploads), mask=st.one_of(st.none(), uploads))
+def test_image_edits_never_500(fuzz_server, fields, image, mask):
+    files = {k: ("f.png", v, "image/png") for k, v in (("image", image), ("mask", mask)) if v is not None}
+    check(fuzz_server.post("/v1/images/edits", data=fields, files=files or {"other": ("x", b"x", "text/plain")}))
