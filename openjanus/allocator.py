@@ -39,4 +39,19 @@ def keep_freed_memory() -> bool:
     return bool(mmap_set) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-__all__ = ["keep_freed_memory"]
+def release_freed_memory() -> bool:
+    """Give the memory freed so far back to the system (glibc's malloc_trim): what a server
+    calls when a burst is over, since `keep_freed_memory` otherwise keeps its peak for good.
+    False where it does not apply (no glibc)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
+
+
+__all__ = ["keep_freed_memory", "release_freed_memory"]

@@ -20,8 +20,8 @@ __all__ = ["Int8Linear", "quantize_model", "QUANTIZATIONS"]
 
 QUANTIZATIONS = ("none", "int8")
 
-# Rows up to which torch's int8-weight CPU kernel beats converting the weights to bf16 for a
-# GEMM (measured: it costs one weight read per 4 rows, the conversion ~3 bf16 reads).
+# Rows per call of torch's int8-weight CPU kernel (it costs one weight read per 4 rows; the
+# conversion to bf16 for a GEMM ~3 bf16 reads).
 PACK_ROWS = 16
 
 
@@ -43,12 +43,19 @@ class Int8Linear(nn.Module):
         if x.device.type == "cpu":
             # bf16 activations; the result returns to the caller's dtype.
             xb, scale = x2.to(torch.bfloat16).contiguous(), self.scale.to(torch.bfloat16)
-            if x2.shape[0] <= PACK_ROWS and self.in_features % 16 == 0:
-                y = torch._weight_int8pack_mm(xb, self.weight, scale)
+            # The two kernels round differently, so the choice must not depend on how many rows
+            # share the call (that would make a row's bits depend on its neighbours in the
+            # batch, issue 23): it depends on the tokens per row. One token per row (a decode
+            # step, the heads): the int8 kernel, PACK_ROWS rows per call, each row's result the
+            # same in any call. Several (a prefill, a Jacobi window): its weights would be
+            # re-read for every 4 rows, so one conversion to bf16 and a GEMM, row-independent.
+            # in_features not a multiple of 16 always take the GEMM (torch's kernel reads out
+            # of bounds there).
+            one_token = x.dim() == 2 or x.shape[-2] == 1
+            if one_token and self.in_features % 16 == 0:
+                y = torch.cat([torch._weight_int8pack_mm(c.contiguous(), self.weight, scale)
+                               for c in xb.split(PACK_ROWS)])
             else:
-                # Many rows (prefill): the int8 kernel re-reads the weights for every 4 rows,
-                # one conversion to bf16 and a GEMM is faster. It also covers in_features not
-                # a multiple of 16, where torch's kernel reads out of bounds.
                 y = torch.mm(xb, self.weight.to(torch.bfloat16).t()) * scale
             y = y.to(x.dtype)
         else:

@@ -39,6 +39,17 @@ def _count(name: str, value: int, low: int, high: int | None = None) -> int:
     return check_integer(value, low=low, high=high, name=name)
 
 
+def check_text(name: str, text: str) -> str:
+    """`text` if it is text: a str that UTF-8 can encode (a lone surrogate such as "\\ud800",
+    which JSON escapes and Python strings allow, is not, and no tokenizer takes it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{name} holds a lone surrogate ({text[e.start]!r} at character {e.start}), which is not "
+                        "text; encode the text as UTF-8") from None
+    return text
+
+
 def check_seed(seed: int | None) -> int | None:
     """None (a fresh random seed) or an integer in [0, 2**63 - 1]."""
     return None if seed is None else _count("seed", seed, 0, MAX_SEED)
@@ -106,6 +117,7 @@ class ImageRequest:
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
             raise UserError(f"the prompt must be a string, got {type(self.prompt).__name__}")
+        check_text("the prompt", self.prompt)
         _count("n (images per prompt)", self.n, 1)
         if not isinstance(self.seed_per_image, bool):
             raise UserError(f"seed_per_image must be true or false, got {self.seed_per_image!r}")
@@ -165,6 +177,9 @@ class Message:
             raise UserError(f"message role must be user, assistant or system, got {self.role!r}")
         if not isinstance(self.content, (str, list, tuple)):
             raise UserError(f"message content must be a string or a list of parts, got {type(self.content).__name__}")
+        for part in self.parts:
+            if isinstance(part, str):
+                check_text("a message", part)
 
     @property
     def parts(self) -> list[ContentPart]:
@@ -206,6 +221,10 @@ class ChatRequest:
         check_seed(self.seed)
         if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
             raise UserError("stop must be a list of non-empty strings")
+        for text in self.stop:
+            check_text("a stop string", text)
+        if self.system_prompt is not None:
+            check_text("the system prompt", self.system_prompt)
 
     @classmethod
     def ask(cls, question: str, images: Sequence[ImageInput] = (), **kwargs) -> ChatRequest:

@@ -72,7 +72,7 @@ def _serve_one_of_each(monkeypatch) -> None:
     from fastapi.testclient import TestClient
 
     def run(server, *args, **kwargs):
-        with TestClient(server.config.app) as client:
+        with TestClient(server.config.app, base_url="http://localhost") as client:  # a Host the server answers to
             client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
             client.post("/v1/images/generations", json={"prompt": "a red circle"})
 

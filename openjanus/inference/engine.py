@@ -22,12 +22,13 @@ its worker, `close()` stops it (a context manager does both); a closed engine st
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
-import queue
 import random
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -350,9 +351,6 @@ def generate_text(
 
 # --- requests -------------------------------------------------------------------------------
 
-_DONE = object()
-
-
 class RequestHandle:
     """A submitted request: wait for its result, iterate its events, or cancel it."""
 
@@ -366,7 +364,8 @@ class RequestHandle:
         self.canvas: CanvasRun | None = None  # image-conditioned requests: their windows and tokens
         self.submitted = time.perf_counter()
         self.started: float | None = None
-        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._events: list[Event] = []  # every event so far: each iteration replays them from the start
+        self._new_event = threading.Condition()
         self._done = threading.Event()
         self._result: Result | None = None
         self._error: BaseException | None = None
@@ -390,11 +389,17 @@ class RequestHandle:
 
     def __iter__(self) -> Iterator[Event]:
         """Events as they happen (text pieces, image progress) until the request ends; call
-        `result()` afterwards for the result or the error."""
+        `result()` afterwards for the result or the error. Each iteration sees every event from
+        the first, so a handle may be iterated again, or from several threads at once."""
+        seen = 0
         while True:
-            event = self._events.get()
-            if event is _DONE:
-                return
+            with self._new_event:
+                while seen == len(self._events) and not self._done.is_set():
+                    self._new_event.wait()
+                if seen == len(self._events):  # ended, and every event was seen
+                    return
+                event = self._events[seen]
+            seen += 1
             yield event
 
     def cancel(self) -> None:
@@ -458,14 +463,17 @@ class RequestHandle:
     # --- for the worker -------------------------------------------------------------------
 
     def _emit(self, event: Event) -> None:
-        self._events.put(event)
+        with self._new_event:
+            self._events.append(event)
+            self._new_event.notify_all()
 
     def _finish(self, result: Result | None = None, error: BaseException | None = None) -> None:
-        if self._done.is_set():
-            return
-        self._result, self._error = result, error
-        self._done.set()
-        self._events.put(_DONE)
+        with self._new_event:
+            if self._done.is_set():
+                return
+            self._result, self._error = result, error
+            self._done.set()
+            self._new_event.notify_all()
 
     def _cost(self) -> Cost:
         now = time.perf_counter()
@@ -507,6 +515,18 @@ class _Chat:
             self.emitted = len(self.text)
 
 
+# Engines whose worker may still run. A script that exits while one is busy closes it first
+# (cancelling its requests): a daemon worker still inside torch while the interpreter finalizes
+# aborts the process ("terminate called without an active exception", exit status 134).
+_running: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for engine in list(_running):
+        engine.close(cancel=True)
+
+
 class Engine:
     """Batches the requests of every caller on `model` (see the module doc)."""
 
@@ -537,6 +557,7 @@ class Engine:
             if self._closed:
                 raise UserError("the engine is closed; start a new one")
             if self._thread is None:
+                _running.add(self)
                 self._post = ThreadPoolExecutor(1, thread_name_prefix="openjanus-vq")
                 self._thread = threading.Thread(target=self._loop, name="openjanus-engine", daemon=True)
                 self._thread.start()
@@ -586,6 +607,8 @@ class Engine:
         Raises UserError for a request that cannot run, `QueueFull` when the queue is full.
         Settings the request left None take the engine's defaults (the handle and the result
         carry the request as run)."""
+        if not isinstance(request, (ImageRequest, ChatRequest)):
+            raise UserError(f"the engine takes an ImageRequest or a ChatRequest, got {type(request).__name__}")
         request = self.defaults.apply(request)
         seed = request.seed if request.seed is not None else random.randrange(2**63)
         canvas = None

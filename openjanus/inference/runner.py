@@ -35,7 +35,15 @@ import torch
 from torch import Tensor
 
 from openjanus.errors import UserError
-from openjanus.inference.sampling import cfg_combine, filter_logits, next_drafts, non_finite, sample, verify_window
+from openjanus.inference.sampling import (
+    cfg_combine,
+    filter_logits,
+    next_drafts,
+    non_finite,
+    sample,
+    temper,
+    verify_window,
+)
 from openjanus.model.janus import Janus
 from openjanus.model.llm import KVCache, cache_mask
 from openjanus.processing import unconditional_prompt
@@ -312,17 +320,19 @@ class TextDecoder(Decoder):
         logits = model.text_logits(runner.hidden[rows]).float()  # [J, vocab]
         picked: list[Tensor] = []
         bad = non_finite(logits, dim=-1)
-        for s, lg in zip(states, logits.split(1)):
+        failed: set[int] = set()
+        for i, (s, lg) in enumerate(zip(states, logits.split(1))):
             try:
                 picked.append(sample(lg, s.job.sampling, s.job.generator))
-            except RuntimeError:
+            except RuntimeError:  # multinomial refused the probabilities: the row fails (never a made-up token)
+                failed.add(i)
                 picked.append(torch.zeros(1, dtype=torch.long, device=device))
         tokens = torch.cat(picked)
         values, flags = torch.stack([tokens, bad.long()]).tolist()
         finished: list[JobState] = []
         going: list[tuple[JobState, int]] = []
-        for s, t, b in zip(states, values, flags):
-            if b:
+        for i, (s, t, b) in enumerate(zip(states, values, flags)):
+            if b or i in failed:
                 s.error = NonFiniteLogits()
                 finished.append(s)
                 continue
@@ -397,7 +407,7 @@ class JacobiDecoder(Decoder):
         s.nonfinite |= non_finite(guided)
         greedy = job.sampling.temperature == 0
         probs = None if greedy else torch.softmax(
-            filter_logits(guided / job.sampling.temperature, job.sampling.top_k, job.sampling.top_p), dim=-1)
+            filter_logits(temper(guided, job.sampling.temperature), job.sampling.top_k, job.sampling.top_p), dim=-1)
         best = guided.argmax(-1) if greedy else None
         drafts = d.tokens if d.tokens is not None else torch.empty(0, dtype=torch.long, device=guided.device)
         tokens, accepted = verify_window(probs, best, drafts, d.proposals, job.generator,
@@ -584,10 +594,12 @@ class BatchRunner:
 
     @torch.inference_mode()
     def add_all(self, placed: Sequence[tuple[Job, int]]) -> tuple[list[JobState], list[tuple[Job, BaseException]]]:
-        """Prefill jobs on the rows given (job, first row), which must be free. Jobs whose prompts
-        (with the known image tokens before their first sampled one) have the same length share
-        one forward pass. Returns the states of the jobs that joined, and the jobs whose own
-        inputs failed (e.g. an image), with the error."""
+        """Prefill jobs on the rows given (job, first row), which must be free. Each job's prompt
+        is its own forward pass, never shared with another job's: the row count of a pass's
+        matrix products would then depend on the neighbours, and with some kernels (bf16 on CPUs
+        without bf16 instructions, int8) so would the bits, breaking same-seed-same-output
+        (issue 23; the cost is measured by bench/bench_batch_invariance.py). Returns the states of
+        the jobs that joined, and the jobs whose own inputs failed (e.g. an image), with the error."""
         device = self.device
         ready: list[tuple[JobState, Tensor]] = []
         failed: list[tuple[Job, BaseException]] = []
@@ -614,13 +626,12 @@ class BatchRunner:
                 state.keys = _position_keys(job, hashes)
             self.states.append(state)  # holds its rows from now on
             ready.append((state, h))
-        by_length: dict[int, list[tuple[JobState, Tensor]]] = {}
         try:
             for state, h in ready:
+                # Each job is prefilled in a pass of its own: a product's rows round the same only
+                # when computed the same way, so a request never shares its prefill (batch invariance).
                 if not self._prefill_from_cache(state, h):
-                    by_length.setdefault(h.shape[1], []).append((state, h))
-            for group in by_length.values():
-                self._prefill([s for s, _ in group], torch.cat([h for _, h in group]))
+                    self._prefill(state, h)
         except Exception:
             for state, _ in ready:
                 self.remove(state)
@@ -630,7 +641,7 @@ class BatchRunner:
     def _prefill_from_cache(self, state: JobState, h: Tensor) -> bool:
         """Prefill a text job whose prompt starts as a prefix-cache entry does: copy the entry's
         keys/values into its row, run the rest of the prompt on its own. False when nothing is
-        cached for it (it joins the shared prefill)."""
+        cached for it (it is prefilled whole)."""
         if self.prefix_cache is None or state.job.kind != "text":
             return False
         # At least the last prompt position runs: its output is the first token's distribution.
@@ -643,43 +654,33 @@ class BatchRunner:
             self.cache.k[layer][row, :, :n] = k[layer]
             self.cache.v[layer][row, :, :n] = v[layer]
         state.cached_prefix = n
-        self._prefill([state], h[:, n:], start=n)
+        self._prefill(state, h[:, n:], start=n)
         return True
 
-    def _prefill(self, states: list[JobState], h: Tensor, start: int = 0) -> None:
-        """One forward pass over the prompts of `states` (all the same length), h [R, T, D]: the
-        prompt positions from `start` (slots before it already hold keys/values: one job only)."""
-        device = self.device
+    def _prefill(self, state: JobState, h: Tensor, start: int = 0) -> None:
+        """One forward pass over the prompt of `state`'s job (its R rows), h [R, T, D]: the prompt
+        positions from `start` (slots before it already hold keys/values, from the prefix cache),
+        written straight into the job's rows of the cache."""
+        device, job = self.device, state.job
         R, T = h.shape[:2]
         slots = torch.arange(start, start + T, device=device)
         positions = slots.expand(R, T)
         mask = cache_mask(slots, torch.ones(R, start + T, dtype=torch.bool, device=device))
-        if len(states) == 1:  # write straight into the job's rows
-            cache = self.cache.rows(states[0].start_row, states[0].start_row + R)
-        else:  # a scratch cache, copied into each job's rows below
-            llm = self.model.llm.cfg
-            cache = KVCache.allocate(llm.n_layers, R, T, llm.n_kv_heads, llm.head_dim, device=device, dtype=h.dtype)
+        cache = self.cache.rows(state.start_row, state.start_row + R)
         # The prompt fills slots 0..start+T-1 of its own rows: attend over those only.
         self.passes += 1
         out = self.model.llm(h, positions, mask=mask, cache=cache, slots=slots, kv_len=start + T)[:, -1]
-        offset = 0
-        for s in states:
-            job = s.job
-            rows, mine = s.rows, slice(offset, offset + job.n_rows)
-            offset += job.n_rows
-            if len(states) > 1:
-                self.cache.copy_(cache, rows, mine)
-            self.hidden[rows] = out[mine]
-            if job.jacobi:
-                s.drafts = _Drafts(window=out[mine][:, None])  # [2, 1, D]: the exact distribution of the first token
-            if job.kind == "image":
-                s.tokens = torch.empty(job.images, job.steps, dtype=torch.long, device=device)
-                if job.prefix:
-                    s.tokens[:, :job.prefix] = job.known[:, :job.prefix]
-                    s.done_steps = job.prefix
-            s.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-            s.forward_passes += 1
-            s.pass_ids.add(self.passes)
+        self.hidden[state.rows] = out
+        if job.jacobi:
+            state.drafts = _Drafts(window=out[:, None])  # [2, 1, D]: the exact distribution of the first token
+        if job.kind == "image":
+            state.tokens = torch.empty(job.images, job.steps, dtype=torch.long, device=device)
+            if job.prefix:
+                state.tokens[:, :job.prefix] = job.known[:, :job.prefix]
+                state.done_steps = job.prefix
+        state.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        state.forward_passes += 1
+        state.pass_ids.add(self.passes)
 
     def _und_features(self, pixels: Tensor) -> tuple[Tensor, list[bytes]]:
         """Understanding features [N, P, D] of preprocessed images [N, 3, S, S], and each image's

@@ -34,8 +34,31 @@ from torch import Tensor
 
 from openjanus.requests import SamplingParams
 
-__all__ = ["filter_logits", "sample", "multinomial_rows", "image_seed", "non_finite", "cfg_combine", "accept_drafts",
-           "residual", "couple_drafts", "accepted_prefix", "JacobiStep", "verify_window", "next_drafts", "jacobi_step"]
+__all__ = ["temper", "filter_logits", "sample", "multinomial_rows", "image_seed", "non_finite", "cfg_combine",
+           "accept_drafts", "residual", "couple_drafts", "accepted_prefix", "JacobiStep", "verify_window",
+           "next_drafts", "jacobi_step"]
+
+
+# Below this temperature, logits are shifted to a maximum of 0 before they are divided by it.
+SHIFT_BELOW_TEMPERATURE = 0.01
+
+
+def temper(logits: Tensor, temperature: float) -> Tensor:
+    """`logits / temperature`, finite at any positive temperature.
+
+    At tiny temperatures the plain quotient overflows to +-inf (1e-300 does in any dtype, 1e-4
+    already in fp16), and the softmax of a row holding +inf is NaN. Below
+    `SHIFT_BELOW_TEMPERATURE` each row is first shifted so its largest logit is 0: the same
+    softmax mathematically, but the best token keeps 0 and the others go to -inf as the
+    temperature goes to 0, so sampling becomes greedy in the limit (tokens tied for the best are
+    drawn evenly). Above it the quotient is the plain one, bit for bit as before.
+    """
+    if temperature >= SHIFT_BELOW_TEMPERATURE:
+        return logits / temperature
+    # Times the reciprocal, capped at the dtype's largest value: a temperature such as 1e-300
+    # is 0 in float32, and the shifted best logit (0) over 0 would be NaN.
+    scale = min(1 / temperature, torch.finfo(logits.dtype).max)
+    return (logits - logits.amax(dim=-1, keepdim=True)) * scale
 
 
 def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
@@ -59,10 +82,11 @@ def sample(logits: Tensor, params: SamplingParams,
     """[B, V] logits -> [B] token ids. Greedy at temperature 0. With one generator, one
     multinomial call for all B rows (the official sampler: a seed gives the official tokens of
     P images drawn together); with B generators, row i draws from generator i alone, exactly as
-    torch.multinomial would for that row on its own (see `multinomial_rows`)."""
+    torch.multinomial would for that row on its own (see `multinomial_rows`). Tiny temperatures
+    tend to greedy (`temper`)."""
     if params.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits / params.temperature, params.top_k, params.top_p)
+    logits = filter_logits(temper(logits, params.temperature), params.top_k, params.top_p)
     probs = torch.softmax(logits, dim=-1)
     if isinstance(generator, Sequence):
         return multinomial_rows(probs, generator)

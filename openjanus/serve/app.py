@@ -3,13 +3,19 @@ Prometheus metrics. Every request is an engine request (so concurrent callers sh
 what the bodies and answers hold is `openjanus.serve.protocol`'s business.
 
 `create_app` assembles the pieces: the app's `Requests` (its handles in the engine, which a
-shutdown cancels), `Metrics`, the guard middleware (API key, body size, no tracebacks), the
-error handlers, and three routers (info, chat, images).
+shutdown cancels), `Metrics`, the guard middleware (`openjanus.serve.guard`: Host, Origin, API
+key, body size and type, read timeouts, no tracebacks), the error handlers, and three routers
+(info, chat, images). `uvicorn_config` is how a server runs it (header timeout included).
+
+Work a request causes is bounded before it is done: a chat body's message count and text
+length are checked before anything is tokenized, and its images are read only as far as their
+headers until the request is admitted (room in the engine's queue, and room in a server-wide
+budget of decoded pixels, held until the request ends). When the server goes idle it returns
+freed memory to the system (`allocator.release_freed_memory`).
 """
 
 from __future__ import annotations
 
-import hmac
 import threading
 import time
 import uuid
@@ -25,18 +31,21 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from openjanus.allocator import release_freed_memory
 from openjanus.canvas import Geometry
 from openjanus.errors import UserError
 from openjanus.inference.engine import RequestHandle
 from openjanus.inference.pipeline import JanusPipeline
+from openjanus.inference.scheduler import QueueFull
 from openjanus.requests import ChatRequest, ChatResult, ImageProgress, ImageRequest, ImageResult, TextDelta
 from openjanus.serve import protocol
 from openjanus.serve.edits import FormError, read_edit_form
 from openjanus.serve.favicon import favicon_ico
+from openjanus.serve.guard import Guard, h11_protocol
 from openjanus.serve.logs import AccessLog
 from openjanus.serve.protocol import APIError, ServeSettings
 
-__all__ = ["create_app", "ServeSettings", "Requests"]
+__all__ = ["create_app", "uvicorn_config", "ServeSettings", "Requests", "PixelBudget"]
 
 STATIC = Path(__file__).parent / "static"
 STREAM_HEADERS = {"Cache-Control": "no-cache"}
@@ -68,6 +77,21 @@ class Requests:
             if self._stopping:
                 handle.cancel()
         return handle
+
+    def check_room(self) -> None:
+        """429 now, before a request's images are read, when the engine's queue is full."""
+        scheduler = self.pipe.engine.core.scheduler
+        if not scheduler.has_room:
+            raise QueueFull(f"the queue is full ({scheduler.queue_limit} requests waiting)")
+
+    def ended(self) -> None:
+        """A route is done with its request: when none is left, freed memory goes back to the
+        system (a burst's peak is not kept)."""
+        with self._lock:
+            self._live.difference_update([h for h in self._live if h.done()])
+            idle = not self._live
+        if idle:
+            release_freed_memory()
 
     async def submit(self, request: ImageRequest | ChatRequest) -> RequestHandle:
         """Submit on a worker thread (tokenizing may take a while) and register the handle."""
@@ -105,6 +129,29 @@ class Requests:
             yield event
 
 
+class PixelBudget:
+    """Decoded pixels of chat images the server holds at once (every request together); a
+    request's images are decoded only once its pixels fit, and count until it ends."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self, pixels: int) -> None:
+        if pixels > self.limit:
+            raise APIError(413, f"the request's images are {pixels:,} pixels together; this server's limit is "
+                                f"{self.limit:,}", param="messages", code="image_too_large")
+        with self._lock:
+            if self.used + pixels > self.limit:
+                raise APIError(429, "the server is busy with other images; try again shortly",
+                               code="image_budget_exceeded", kind="rate_limit_error", headers={"Retry-After": "1"})
+            self.used += pixels
+
+    def give(self, pixels: int) -> None:
+        with self._lock:
+            self.used -= pixels
+
+
 def _wait_done(handle: RequestHandle, timeout: float) -> None:
     try:
         handle.result(timeout)
@@ -129,38 +176,6 @@ class Metrics:
     def image_result(self, result: Any) -> None:
         self.images.inc(len(result.images))
         self.tokens.labels("image").inc(result.tokens.numel())
-
-
-def _refusal(request: Request, settings: ServeSettings) -> APIError | None:
-    """What the guard refuses before a /v1 request runs: a missing or wrong API key, a body
-    whose declared length is over the limit."""
-    if settings.api_key is not None:
-        auth = request.headers.get("authorization", "")
-        if not hmac.compare_digest(auth.encode(), f"Bearer {settings.api_key}".encode()):
-            return APIError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-        return APIError(413, f"the request body is {int(length):,} bytes; the limit is {settings.max_body_bytes:,}",
-                        code="body_too_large")
-    return None
-
-
-def _add_guard(app: FastAPI, settings: ServeSettings, metrics: Metrics) -> None:
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        endpoint = request.url.path
-        api = endpoint.startswith("/v1/")
-        refused = _refusal(request, settings) if api else None
-        if refused is not None:
-            response = _error(refused)
-        else:
-            try:
-                response = await call_next(request)
-            except Exception:  # never a traceback to the client
-                response = _error(APIError(500, "internal server error", kind="server_error"))
-        if api:
-            metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        return response
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -255,27 +270,45 @@ def _chat_usage(request: Request, result: ChatResult) -> None:
     request.state.usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens}
 
 
-def _chat_routes(requests: Requests, settings: ServeSettings, metrics: Metrics, pipe: JanusPipeline) -> APIRouter:
+def _chat_routes(requests: Requests, settings: ServeSettings, metrics: Metrics, pipe: JanusPipeline,
+                 budget: PixelBudget) -> APIRouter:
     router = APIRouter()
     defaults, fingerprint = pipe.card.defaults, pipe.fingerprint
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await read_json(request, settings)
-        # Decodes (or fetches) the images; fields left out take the model's defaults.
-        chat = await anyio.to_thread.run_sync(protocol.chat_request, body, settings, defaults)
-        handle = await requests.submit(chat)
+        checked = protocol.check_chat(body, settings)  # counts and lengths, before any tokenizing
+        if checked.images:
+            requests.check_room()  # before the images cost anything
+            checked = await anyio.to_thread.run_sync(protocol.read_images, checked, settings)  # headers only
+        pixels = checked.pixels
+        budget.take(pixels)
+        try:
+            chat = await anyio.to_thread.run_sync(protocol.chat_from, checked, defaults)  # decodes the images;
+            # fields left out take the model's defaults
+            del checked
+            handle = await requests.submit(chat)
+            del chat
+        except BaseException:
+            budget.give(pixels)
+            raise
         cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if protocol.wants_stream(body):
             chunks = protocol.ChatChunks(cid, now, settings.model_id, protocol.usage_wanted(body), fingerprint)
-            return StreamingResponse(stream(handle, chunks, request), media_type="text/event-stream",
+            return StreamingResponse(stream(handle, chunks, request, pixels), media_type="text/event-stream",
                                      headers=STREAM_HEADERS)
-        result = await requests.wait(handle, request)
+        try:
+            result = await requests.wait(handle, request)
+        finally:
+            budget.give(pixels)
+            requests.ended()
         metrics.tokens.labels("text").inc(result.completion_tokens)
         _chat_usage(request, result)
         return protocol.chat_completion(result, cid, now, settings.model_id, fingerprint)
 
-    async def stream(handle: RequestHandle, chunks: protocol.ChatChunks, request: Request) -> AsyncIterator[bytes]:
+    async def stream(handle: RequestHandle, chunks: protocol.ChatChunks, request: Request,
+                     pixels: int) -> AsyncIterator[bytes]:
         try:
             yield chunks.first()
             async for event in requests.events(handle):
@@ -292,11 +325,14 @@ def _chat_routes(requests: Requests, settings: ServeSettings, metrics: Metrics, 
                 yield chunk
         finally:
             handle.cancel()  # no-op when finished; a client that left frees its rows
+            budget.give(pixels)
+            requests.ended()
 
     return router
 
 
-def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics, pipe: JanusPipeline) -> APIRouter:
+def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics, pipe: JanusPipeline,
+                  budget: PixelBudget) -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/images/generations")
@@ -314,10 +350,16 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
             form = await read_edit_form(request, settings.max_body_bytes)
         except FormError as e:
             raise APIError(413 if "over the limit" in str(e) else 400, str(e), param=e.param) from None
-        image_request = await anyio.to_thread.run_sync(protocol.image_request, form.body,
-                                                       Geometry.of(pipe.model.cfg), settings, form,
-                                                       pipe.card.defaults)
-        return await respond_images(request, form.body, image_request, "image_edit")
+        requests.check_room()  # before the uploads are decoded
+        pixels = await anyio.to_thread.run_sync(protocol.form_pixels, form, settings)  # from their headers
+        budget.take(pixels)  # held while decoded (a non-streamed edit: until it ends)
+        try:
+            image_request = await anyio.to_thread.run_sync(protocol.image_request, form.body,
+                                                           Geometry.of(pipe.model.cfg), settings, form,
+                                                           pipe.card.defaults)
+            return await respond_images(request, form.body, image_request, "image_edit")
+        finally:
+            budget.give(pixels)
 
     async def respond_images(request: Request, body: dict, image_request: ImageRequest, kind: str):
         partial = protocol.partial_images(body)
@@ -327,7 +369,10 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
         if protocol.wants_stream(body):
             return StreamingResponse(stream(handle, partial, protocol.ImageEvents(size, kind), request),
                                      media_type="text/event-stream", headers=STREAM_HEADERS)
-        result = await requests.wait(handle, request)
+        try:
+            result = await requests.wait(handle, request)
+        finally:
+            requests.ended()
         metrics.image_result(result)
         _image_usage(request, result)
         return protocol.images_response(result, size)
@@ -352,6 +397,7 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
                 yield event
         finally:
             handle.cancel()
+            requests.ended()
 
     async def _partial_images(handle: RequestHandle, partial: int) -> AsyncIterator[tuple[int, list[Image.Image]]]:
         """`partial` previews at even fractions of the image tokens, as the tokens arrive."""
@@ -412,13 +458,31 @@ def create_app(pipe: JanusPipeline, settings: ServeSettings | None = None) -> Fa
     app = FastAPI(title="openjanus", lifespan=_lifespan(pipe, requests), docs_url=None, redoc_url=None)
     app.state.pipeline, app.state.settings, app.state.registry = pipe, settings, metrics.registry
     app.state.cancel_running = requests.cancel_running
-    _add_guard(app, settings, metrics)
+    budget = PixelBudget(settings.max_pixels_in_flight)
     _add_error_handlers(app)
     routers: Iterable[APIRouter] = (_info_routes(settings, metrics, pipe),
-                                    _chat_routes(requests, settings, metrics, pipe),
-                                    _image_routes(requests, settings, metrics, pipe))
+                                    _chat_routes(requests, settings, metrics, pipe, budget),
+                                    _image_routes(requests, settings, metrics, pipe, budget))
     for router in routers:
         app.include_router(router)
+
+    def guard(inner):  # built by Starlette with the middleware stack; kept for `stop()`
+        app.state.guard = Guard(inner, settings, count=lambda endpoint, status: metrics.requests.labels(
+            endpoint, str(status)).inc())
+        return app.state.guard
+
+    app.add_middleware(guard)
     # Outermost: one access line per request, written when its response has gone out whole.
     app.add_middleware(AccessLog)
+    app.state.guard = None
+    app.state.budget = budget
     return app
+
+
+def uvicorn_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, **kwargs):
+    """uvicorn's configuration for `app`: its h11 protocol with the header timeout of the app's
+    settings (the guard times out bodies)."""
+    import uvicorn
+
+    settings: ServeSettings = app.state.settings
+    return uvicorn.Config(app, host=host, port=port, http=h11_protocol(settings.header_timeout_s), **kwargs)

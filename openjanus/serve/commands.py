@@ -34,6 +34,15 @@ def register(sub) -> None:
                    help="on SIGTERM/Ctrl-C, seconds running requests get to finish before they are cancelled")
     p.add_argument("--log-format", choices=["text", "json"], default="text",
                    help="the log on stderr: a start line, one access line per request, errors with tracebacks")
+    p.add_argument("--allowed-hosts", default=None,
+                   help="comma-separated Host header names the server answers to (DNS-rebinding guard; default: "
+                        "localhost, 127.0.0.1, ::1 and --host; any name when --host is 0.0.0.0 or ::); '*' for any")
+    p.add_argument("--header-timeout", type=number_flag(0, low_open=True),
+                   default=default_of(ServeSettings, "header_timeout_s"),
+                   help="seconds a client may take to send a request's headers before it is disconnected")
+    p.add_argument("--body-timeout", type=number_flag(0, low_open=True),
+                   default=default_of(ServeSettings, "body_timeout_s"),
+                   help="seconds a client may pause while sending a request body before it gets 408")
     g = p.add_argument_group("replicas on Ray Serve (the cluster extra; see openjanus.serve.ray_app)")
     g.add_argument("--replicas", type=integer_flag(1), default=None,
                    help="serve the same app from this many replicas, one engine each, behind Ray Serve's proxy")
@@ -88,23 +97,45 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     check_port(args.host, args.port)  # before the model loads: a busy port costs nothing
     logs.configure(args.log_format)
+    api_key = api_key_of(args)  # before the model loads: a mistake here costs nothing
     if args.replicas is not None or args.min_replicas is not None or args.max_replicas is not None:
-        _serve_on_ray(args)
+        _serve_on_ray(args, api_key)
         return
     with open_pipeline(args) as pipe:
-        _serve(pipe, args)
+        _serve(pipe, args, api_key)
 
 
-def _serve(pipe, args: argparse.Namespace) -> None:
+def api_key_of(args: argparse.Namespace) -> str | None:
+    """--api-key, else $OPENJANUS_API_KEY, else None (no key). An empty or blank key is an
+    error, never "no auth": `--api-key "$KEY"` with KEY unset must not open the server."""
+    key, where = (args.api_key, "--api-key") if args.api_key is not None else \
+        (os.environ.get("OPENJANUS_API_KEY"), "$OPENJANUS_API_KEY")
+    if key is not None and not key.strip():
+        raise UserError(f"{where} is empty: give a real API key, or leave it out to serve without one")
+    return key
+
+
+def allowed_hosts_of(args: argparse.Namespace) -> tuple[str, ...] | None:
+    from openjanus.serve.guard import host_name
+
+    if args.allowed_hosts is not None:
+        names = tuple(host_name(h) for h in args.allowed_hosts.split(",") if h.strip())
+        return None if "*" in names else names
+    if args.host in ("0.0.0.0", "::", ""):
+        return None  # bound to every address: the names clients use are not known here
+    return tuple(dict.fromkeys((*default_of(ServeSettings, "allowed_hosts"), host_name(args.host))))
+
+
+def _serve(pipe, args: argparse.Namespace, api_key: str | None) -> None:
     import uvicorn
 
     from openjanus.serve import logs
-    from openjanus.serve.app import create_app
+    from openjanus.serve.app import create_app, uvicorn_config
 
-    settings = ServeSettings(model_id=args.model_id or pipe.name,
-                             api_key=args.api_key or os.environ.get("OPENJANUS_API_KEY") or None,
+    settings = ServeSettings(model_id=args.model_id or pipe.name, api_key=api_key,
                              max_body_bytes=args.max_body_mb * 2**20, max_n=args.max_n,
-                             allow_remote_images=args.allow_remote_images)
+                             allow_remote_images=args.allow_remote_images, allowed_hosts=allowed_hosts_of(args),
+                             header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout)
     grace, stopping = args.shutdown_grace, []
 
     class Server(uvicorn.Server):
@@ -112,6 +143,8 @@ def _serve(pipe, args: argparse.Namespace) -> None:
         # Those still running after the grace period are cancelled in the engine, so each one ends
         # its own response (a 503, or a stream's error event) instead of uvicorn killing its task.
         def handle_exit(self, sig: int, frame) -> None:
+            if app.state.guard is not None:
+                app.state.guard.stop()  # bodies still arriving get 503 now: slow clients do not hold the exit
             if not stopping:
                 timer = threading.Timer(grace, cancel_the_rest)
                 timer.daemon = True
@@ -140,7 +173,7 @@ def _serve(pipe, args: argparse.Namespace) -> None:
 
     # uvicorn's own log setup is skipped (log_config=None) and its access log off: ours writes one
     # line per request (openjanus.serve.logs), in the format asked for.
-    server = Server(uvicorn.Config(app, host=args.host, port=args.port, timeout_graceful_shutdown=grace + 10,
+    server = Server(uvicorn_config(app, host=args.host, port=args.port, timeout_graceful_shutdown=grace + 10,
                                    log_level="info", log_config=None, access_log=False))
     # uvicorn re-raises the signal that stopped it once it is done; handling SIGTERM here makes the
     # end of a clean shutdown a normal exit (status 0) rather than death by signal.
@@ -153,7 +186,7 @@ def _serve(pipe, args: argparse.Namespace) -> None:
             timer.cancel()
 
 
-def _serve_on_ray(args: argparse.Namespace) -> None:
+def _serve_on_ray(args: argparse.Namespace, api_key: str | None) -> None:
     """`serve --replicas N` / `--min-replicas --max-replicas`: the same app on Ray Serve replicas."""
     import dataclasses
     import math
@@ -167,9 +200,9 @@ def _serve_on_ray(args: argparse.Namespace) -> None:
             from None
     on_gpu = resolve_device(args.device).type == "cuda"
     gpus = args.replica_gpus if args.replica_gpus is not None else (1.0 if on_gpu else 0.0)
-    settings = ServeSettings(api_key=args.api_key or os.environ.get("OPENJANUS_API_KEY") or None,
-                             max_body_bytes=args.max_body_mb * 2**20, max_n=args.max_n,
-                             allow_remote_images=args.allow_remote_images)
+    settings = ServeSettings(api_key=api_key, max_body_bytes=args.max_body_mb * 2**20, max_n=args.max_n,
+                             allow_remote_images=args.allow_remote_images, allowed_hosts=allowed_hosts_of(args),
+                             header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout)
     # Each replica sees only its own GPU (Ray sets CUDA_VISIBLE_DEVICES), as cuda:0.
     model = dataclasses.replace(ModelOptions.from_args(args), device="cuda" if on_gpu else args.device)
     spec = ray_app.ReplicaSpec(model=model, engine=EngineOptions.from_args(args), model_id=args.model_id,

@@ -77,6 +77,14 @@ class ServeSettings:
     allow_remote_images: bool = False  # http(s) image URLs are refused unless set (then fetched, bounded)
     max_image_bytes: int = 10 * 2**20  # one image, encoded (a data: URL or a fetched file)
     remote_timeout_s: float = 10.0
+    # Checked from the body before any tokenizing or image decoding (issue 23):
+    max_messages: int = 1024  # messages in one chat request
+    max_text_chars: int = 256 * 1024  # characters of text in one chat request (every message together)
+    max_pixels_in_flight: int = 64_000_000  # decoded pixels of the chat images being handled, server-wide
+    # Who may call (DNS rebinding, cross-site requests) and how long a client may take to send:
+    allowed_hosts: tuple[str, ...] | None = ("localhost", "127.0.0.1", "::1")  # Host header names; None: any
+    header_timeout_s: float = 10.0  # from connecting (or the previous answer) to the end of the headers
+    body_timeout_s: float = 30.0  # between two pieces of a request body
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -177,7 +185,15 @@ def _seed(body: dict) -> int | None:
 
 
 def wants_stream(body: dict) -> bool:
-    return bool(body.get("stream"))
+    return _field(body, "stream", bool, False)
+
+
+def check_model(body: dict, settings: ServeSettings) -> None:
+    """A request naming a model this server does not serve is OpenAI's 404 (leaving it out is fine)."""
+    model = _field(body, "model", str)
+    if model is not None and model != settings.model_id:
+        raise APIError(404, f"The model '{model}' does not exist; this server serves '{settings.model_id}'",
+                       param="model", code="model_not_found")
 
 
 def parse_json(raw: bytes) -> dict:
@@ -185,6 +201,10 @@ def parse_json(raw: bytes) -> dict:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise APIError(400, "the request body is not valid JSON") from None
+    except RecursionError:
+        raise APIError(400, "the request body nests too deeply") from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise APIError(400, f"the request body holds a value that cannot be read: {e}") from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
     return data
@@ -193,12 +213,13 @@ def parse_json(raw: bytes) -> dict:
 # --- images in messages -----------------------------------------------------------------------------
 
 
-def _decode_image(url: str, settings: ServeSettings, param: str) -> Image.Image:
+def _image_bytes(url: str, settings: ServeSettings, param: str) -> bytes:
+    """The encoded image an image_url part refers to (a data: URL, or fetched when allowed)."""
     if url.startswith(("http://", "https://")):
         if not settings.allow_remote_images:
             raise APIError(400, "image URLs over http(s) are not fetched by this server; send the image inline "
                                 "as a data: URL (data:image/png;base64,...)", param=param, code="remote_image_refused")
-        return _image_from_bytes(_fetch_image(url, settings, param), settings, param)
+        return _fetch_image(url, settings, param)
     if not url.startswith("data:") or ";base64," not in url:
         raise APIError(400, "an image must be a data: URL with base64 content (data:image/png;base64,...)",
                        param=param, code="invalid_image_url")
@@ -214,7 +235,27 @@ def _decode_image(url: str, settings: ServeSettings, param: str) -> Image.Image:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise APIError(400, "the image's base64 data is corrupt", param=param, code="invalid_image") from None
-    return _image_from_bytes(raw, settings, param)
+    found = _sniff(raw)
+    if found is not None and found != _TYPE_NAMES[mime]:
+        raise APIError(400, f"the data URL says {mime} but the bytes are {found}", param=param,
+                       code="invalid_image_format")
+    return raw
+
+
+_TYPE_NAMES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WebP", "image/gif": "GIF"}
+
+
+def _sniff(raw: bytes) -> str | None:
+    """The image format the bytes start with, or None when they are none of the four."""
+    if raw.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if raw.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if raw.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return "WebP"
+    return None
 
 
 def _fetch_image(url: str, settings: ServeSettings, param: str) -> bytes:
@@ -232,7 +273,8 @@ def _fetch_image(url: str, settings: ServeSettings, param: str) -> bytes:
     return raw
 
 
-def _image_from_bytes(raw: bytes, settings: ServeSettings, param: str, keep_alpha: bool = False) -> Image.Image:
+def _image_size(raw: bytes, settings: ServeSettings, param: str) -> tuple[int, int]:
+    """Width and height from the image's header (nothing is decoded), within the pixel limit."""
     try:
         with Image.open(io.BytesIO(raw)) as probe:  # reads the header only
             w, h = probe.size
@@ -245,42 +287,107 @@ def _image_from_bytes(raw: bytes, settings: ServeSettings, param: str, keep_alph
     if w * h > settings.max_image_pixels:
         raise APIError(413, f"the image is {w} x {h} pixels, above this server's limit of "
                             f"{settings.max_image_pixels:,}", param=param, code="image_too_large")
-    try:
-        from openjanus.images import open_image
+    return w, h
 
-        return open_image(raw, keep_alpha=keep_alpha)
+
+def _open(raw: bytes, param: str, keep_alpha: bool = False) -> Image.Image:
+    try:
+        from openjanus import images
+
+        return images.open_image(raw, keep_alpha=keep_alpha)
     except ImageLoadError as e:
         raise APIError(400, str(e), param=param, code="invalid_image") from None
 
 
-def _content(content: list, where: str, settings: ServeSettings, seen_images: int) -> tuple[list[Any], int]:
-    """A message's content parts (text and decoded images, in order) and the images seen so far."""
+def form_pixels(edit: EditForm, settings: ServeSettings) -> int:
+    """Decoded pixels an edits form's image and mask will take, from their headers."""
+    sizes = [_image_size(edit.image, settings, "image")]
+    if edit.mask is not None:
+        sizes.append(_image_size(edit.mask, settings, "mask"))
+    return sum(w * h for w, h in sizes)
+
+
+def _image_from_bytes(raw: bytes, settings: ServeSettings, param: str, keep_alpha: bool = False) -> Image.Image:
+    """An uploaded image (the edits form's), its size checked from the header before decoding."""
+    _image_size(raw, settings, param)
+    return _open(raw, param, keep_alpha)
+
+
+@dataclass
+class _ImagePart:
+    """An image of a chat body: its encoded bytes and header size, decoded later."""
+
+    raw: bytes
+    pixels: int
+    param: str
+
+
+@dataclass
+class ChatBody:
+    """A chat body checked for everything but its images' pixel data: the messages as
+    (role, parts) with images still encoded, and the decoded pixels their images will take."""
+
+    messages: list[tuple[str, str | list]]
+    images: list[_ImagePart]
+    body: dict
+
+    @property
+    def pixels(self) -> int:
+        return sum(im.pixels for im in self.images)
+
+
+def _text(text: str, param: str, used: int, settings: ServeSettings) -> int:
+    """Characters of text so far, with `text`; over the cap is OpenAI's string_above_max_length."""
+    if len(text) > settings.max_text_chars or used + len(text) > settings.max_text_chars:
+        what = f"'{param}' is {len(text):,} characters" if len(text) > settings.max_text_chars else \
+            f"the messages hold more than {settings.max_text_chars:,} characters of text"
+        raise APIError(400, f"{what}; this server's limit is {settings.max_text_chars:,} characters per request",
+                       param=param if len(text) > settings.max_text_chars else "messages",
+                       code="string_above_max_length")
+    return used + len(text)
+
+
+def _content(content: list, where: str, settings: ServeSettings, images: list[_ImagePart],
+             chars: int) -> tuple[list[Any], int]:
+    """A message's content parts (text, and images as indices into `images`, in order) and the
+    characters of text so far."""
     parts: list[Any] = []
     for k, part in enumerate(content):
         p = f"{where}.content[{k}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
+            chars = _text(part["text"], f"{p}.text", chars, settings)
             parts.append(part["text"])
         elif kind == "image_url":
             ref = part.get("image_url")
             url = ref.get("url") if isinstance(ref, dict) else ref
             if not isinstance(url, str):
                 raise APIError(400, f"{p}.image_url.url must be a string", param=f"{p}.image_url")
-            seen_images += 1
-            if seen_images > settings.max_images_per_request:
+            if len(images) >= settings.max_images_per_request:
                 raise APIError(400, f"at most {settings.max_images_per_request} images per request", param=p)
-            parts.append(_decode_image(url, settings, f"{p}.image_url"))
+            images.append(_ImagePart(url.encode(), 0, f"{p}.image_url"))  # the URL; read in read_images
+            parts.append(len(images) - 1)
         else:
             raise APIError(400, f"{p} must be a text part or an image_url part", param=p)
-    return parts, seen_images
+    return parts, chars
 
 
-def _messages(body: dict, settings: ServeSettings) -> list[Message]:
+def check_chat(body: dict, settings: ServeSettings) -> ChatBody:
+    """Everything about a chat body that needs no image data, at a cost bounded by the body's
+    size: fields, message count and text length come first (before anything is tokenized)."""
+    for name, off in _UNSUPPORTED_CHAT.items():
+        if name in body and body[name] not in off:
+            raise APIError(400, f"'{name}' is not supported by this server", param=name, code="unsupported_parameter")
+    check_model(body, settings)
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise APIError(400, "'messages' must be a non-empty array", param="messages")
-    out: list[Message] = []
-    n_images = 0
+    if len(raw) > settings.max_messages:
+        raise APIError(400, f"'messages' holds {len(raw):,} messages; this server's limit is {settings.max_messages:,}",
+                       param="messages", code="array_above_max_length")
+    messages: list[tuple[str, str | list]] = []
+    images: list[_ImagePart] = []
+    chars = 0
     for i, m in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -295,14 +402,35 @@ def _messages(body: dict, settings: ServeSettings) -> list[Message]:
         if content is None and role == "assistant":
             content = ""
         if isinstance(content, str):
-            out.append(Message(role, content))
+            chars = _text(content, f"{where}.content", chars, settings)
+            messages.append((role, content))
             continue
         if not isinstance(content, list):
             raise APIError(400, f"{where}.content must be a string or an array of content parts",
                            param=f"{where}.content")
-        parts, n_images = _content(content, where, settings, n_images)
-        out.append(Message(role, parts))
-    return out
+        parts, chars = _content(content, where, settings, images, chars)
+        messages.append((role, parts))
+    _chat_options(body)
+    return ChatBody(messages, images, body)
+
+
+def read_images(chat: ChatBody, settings: ServeSettings) -> ChatBody:
+    """Each image's bytes (base64-decoded, or fetched) and its size from its header: what
+    admission needs before anything is decoded. Runs on a worker thread."""
+    for im in chat.images:
+        im.raw = _image_bytes(im.raw.decode(), settings, im.param)
+        w, h = _image_size(im.raw, settings, im.param)
+        im.pixels = w * h
+    return chat
+
+
+def chat_from(chat: ChatBody, defaults: GenerationDefaults = GenerationDefaults()) -> ChatRequest:
+    """The typed request, images decoded (run it on a worker thread); fields left out take
+    `defaults` (the model's)."""
+    decoded = [_open(im.raw, im.param) for im in chat.images]
+    messages = [Message(role, content if isinstance(content, str) else
+                        [decoded[p] if isinstance(p, int) else p for p in content]) for role, content in chat.messages]
+    return ChatRequest(messages, **_chat_options(chat.body, defaults))
 
 
 # --- bodies -> typed requests -------------------------------------------------------------------------
@@ -316,27 +444,33 @@ _UNSUPPORTED_CHAT = {"tools": (None, []), "functions": (None, []), "tool_choice"
                      "modalities": (None, ["text"]), "response_format": (None, {"type": "text"})}
 
 
-def chat_request(body: dict, settings: ServeSettings,
-                 defaults: GenerationDefaults = GenerationDefaults()) -> ChatRequest:
-    """The typed request of a chat-completions body (decodes its images: run it on a worker
-    thread); fields left out take `defaults` (the model's)."""
-    for name, off in _UNSUPPORTED_CHAT.items():
-        if name in body and body[name] not in off:
-            raise APIError(400, f"'{name}' is not supported by this server", param=name, code="unsupported_parameter")
-    messages = _messages(body, settings)
+def _chat_options(body: dict, defaults: GenerationDefaults = GenerationDefaults()) -> dict:
+    """ChatRequest's arguments but the messages; fields left out take `defaults` (the model's)."""
     if _field(body, "n", int, 1) != 1:
         raise APIError(400, "only n = 1 is supported", param="n")
-    max_tokens = _field(body, "max_completion_tokens", int) or _field(body, "max_tokens", int)
-    if max_tokens is not None and max_tokens < 1:
-        raise APIError(400, "'max_tokens' must be at least 1", param="max_tokens")
+    _field(body, "user", str)
+    _field(body, "stream_options", dict)
+    wants_stream(body)
+    max_tokens = None
+    for name in ("max_completion_tokens", "max_tokens"):  # the first one given counts, 0 included
+        if body.get(name) is not None:
+            max_tokens = _integer(body, name, 1, None, None)
+            break
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
     if stop is not None and (not isinstance(stop, list) or len(stop) > 4
                              or not all(isinstance(s, str) and s for s in stop)):
         raise APIError(400, "'stop' must be a string or an array of up to 4 non-empty strings", param="stop")
-    return ChatRequest(messages, max_new_tokens=max_tokens, sampling=_sampling(body, defaults.chat.sampling),
-                       seed=_seed(body), stop=tuple(stop or ()))
+    return {"max_new_tokens": max_tokens, "sampling": _sampling(body, defaults.chat.sampling), "seed": _seed(body),
+            "stop": tuple(stop or ())}
+
+
+def chat_request(body: dict, settings: ServeSettings,
+                 defaults: GenerationDefaults = GenerationDefaults()) -> ChatRequest:
+    """The typed request of a chat-completions body (decodes its images: run it on a worker
+    thread); fields left out take `defaults` (the model's)."""
+    return chat_from(read_images(check_chat(body, settings), settings), defaults)
 
 
 def image_request(body: dict, geometry: Geometry, settings: ServeSettings, edit: EditForm | None = None,
@@ -345,6 +479,9 @@ def image_request(body: dict, geometry: Geometry, settings: ServeSettings, edit:
     mask; `body`: its text fields), for a model of `geometry`. `size` is "auto" or WxH: any multiple
     of the image token size from the native side up to the cap (a sliding window above native).
     Fields left out take `defaults` (the model's)."""
+    check_model(body, settings)
+    if edit is None:  # (a form's fields are text; the edits route reads them)
+        wants_stream(body)
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise APIError(400, "'prompt' must be a non-empty string", param="prompt")
@@ -390,8 +527,8 @@ def partial_images(body: dict) -> int:
 
 def usage_wanted(body: dict) -> bool:
     """A streamed chat ends with a usage chunk when stream_options.include_usage is set."""
-    options = body.get("stream_options") or {}
-    return isinstance(options, dict) and bool(options.get("include_usage"))
+    options = _field(body, "stream_options", dict) or {}
+    return bool(options.get("include_usage"))
 
 
 # --- results -> responses -----------------------------------------------------------------------------

@@ -161,6 +161,8 @@ def app_builder(args: dict[str, str]) -> serve.Application:
         values = {k: kinds[k](v) for k, v in args.items()}
     except ValueError as e:
         raise UserError(f"bad argument value: {e}") from None
+    if "api_key" in values and not values["api_key"].strip():
+        raise UserError("api_key is empty: give a real API key, or leave it out to serve without one")
 
     def take(names) -> dict[str, Any]:
         return {k: values.pop(k) for k in list(values) if k in names}

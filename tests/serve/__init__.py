@@ -10,7 +10,7 @@ import httpx
 import uvicorn
 
 from openjanus.inference.pipeline import JanusPipeline
-from openjanus.serve.app import ServeSettings, create_app
+from openjanus.serve.app import ServeSettings, create_app, uvicorn_config
 
 
 class Server:
@@ -19,7 +19,7 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(pipe, settings), host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn_config(create_app(pipe, settings), host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -48,7 +48,7 @@ def decoded(b64: str) -> Image.Image:
 def test_the_openai_client_edits_with_a_mask(server, demo_pipe):
     c = client(server)
     source = scene()
-    res = c.images.edit(model="m", image=("in.png", png(source), "image/png"),
+    res = c.images.edit(model="janus-shapes", image=("in.png", png(source), "image/png"),
                         mask=("mask.png", png(mask()), "image/png"), prompt="a red circle", n=2,
                         response_format="b64_json", extra_body={"seed": 5})
     assert len(res.data) == 2 and res.size == "64x64"
@@ -66,23 +66,23 @@ def test_the_image_alpha_is_the_mask_and_streaming_sends_partials(server):
     c = client(server)
     holed = scene().convert("RGBA")
     holed.putalpha(mask(clear=(16, 16, 48, 48)).getchannel("A"))
-    stream = c.images.edit(model="m", image=("in.png", png(holed), "image/png"), prompt="a blue square",
+    stream = c.images.edit(model="janus-shapes", image=("in.png", png(holed), "image/png"), prompt="a blue square",
                            stream=True, partial_images=2, extra_body={"seed": 1})
     events = [e.model_dump() for e in stream]
     kinds = [e["type"] for e in events]
     assert kinds[-1] == "image_edit.completed" and 1 <= kinds.count("image_edit.partial_image") <= 2
-    final = client(server).images.edit(model="m", image=("in.png", png(holed), "image/png"), prompt="a blue square",
-                                       response_format="b64_json", extra_body={"seed": 1})
+    final = client(server).images.edit(model="janus-shapes", image=("in.png", png(holed), "image/png"),
+                                       prompt="a blue square", response_format="b64_json", extra_body={"seed": 1})
     assert events[-1]["b64_json"] == final.data[0].b64_json  # same seed, streamed or not
 
 
 def test_sizes_other_than_native(server):
     c = client(server)
-    res = c.images.generate(model="m", prompt="a red circle to the left of a blue square", size="128x64",
+    res = c.images.generate(model="janus-shapes", prompt="a red circle to the left of a blue square", size="128x64",
                             response_format="b64_json", extra_body={"seed": 2})
     assert res.size == "128x64" and decoded(res.data[0].b64_json).size == (128, 64)
-    res = c.images.edit(model="m", image=("in.png", png(scene()), "image/png"), prompt="a star", size="64x128",
-                        mask=("m.png", png(mask()), "image/png"), response_format="b64_json")
+    res = c.images.edit(model="janus-shapes", image=("in.png", png(scene()), "image/png"), prompt="a star",
+                        size="64x128", mask=("m.png", png(mask()), "image/png"), response_format="b64_json")
     assert decoded(res.data[0].b64_json).size == (64, 128)
 
 
@@ -119,6 +119,6 @@ def test_bad_edits_are_400_in_openai_shape(server, files, data, param, fragment)
 
 def test_the_openai_client_raises_on_a_bad_edit(server):
     with pytest.raises(openai.BadRequestError):
-        client(server).images.edit(model="m", image=("in.png", png(scene()), "image/png"), prompt="x")
+        client(server).images.edit(model="janus-shapes", image=("in.png", png(scene()), "image/png"), prompt="x")
     err = error(httpx.post(server.url + "/v1/images/edits", json={"prompt": "x"}, timeout=10))
     assert "multipart/form-data" in err["message"]

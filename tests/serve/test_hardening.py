@@ -184,7 +184,7 @@ def test_a_really_full_queue_is_429_with_retry_after_and_frees_up():
 def test_a_chunked_body_over_the_limit_is_413(tiny):
     with Server(tiny, ServeSettings(model_id="tiny", max_body_bytes=100_000)) as s:
         chunks = (b'{"prompt": "' + b"x" * 30_000 for _ in range(5))  # no Content-Length: counted as it arrives
-        r = httpx.post(s.url + "/v1/images/generations", content=chunks)
+        r = httpx.post(s.url + "/v1/images/generations", content=chunks, headers={"Content-Type": "application/json"})
         assert error(r, 413)["code"] == "body_too_large"
         assert httpx.get(s.url + "/health").status_code == 200
 

@@ -65,24 +65,26 @@ def test_multi_turn_with_two_images_and_stop(server):
     c = client(server)
     messages = ask("What is this?", RED) + [{"role": "assistant", "content": "a red square"}] + \
         ask("And this one?", Image.new("RGB", (50, 70), "blue"))
-    out = c.chat.completions.create(model="m", messages=[{"role": "system", "content": "Be brief."}, *messages],
+    out = c.chat.completions.create(model="janus-shapes",
+                                    messages=[{"role": "system", "content": "Be brief."}, *messages],
                                     max_completion_tokens=6, stop=["zzz"])
     assert out.usage.completion_tokens <= 6
-    plain = c.chat.completions.create(model="m", messages=ask("hello"), max_tokens=10, temperature=0)
+    plain = c.chat.completions.create(model="janus-shapes", messages=ask("hello"), max_tokens=10, temperature=0)
     if len(plain.choices[0].message.content) > 3:
         cut = plain.choices[0].message.content[2:4]
-        stopped = c.chat.completions.create(model="m", messages=ask("hello"), max_tokens=10, temperature=0, stop=cut)
+        stopped = c.chat.completions.create(model="janus-shapes", messages=ask("hello"), max_tokens=10,
+                                            temperature=0, stop=cut)
         assert cut not in stopped.choices[0].message.content and stopped.choices[0].finish_reason == "stop"
 
 
 def test_images_and_image_streaming(server):
     c = client(server)
-    res = c.images.generate(model="m", prompt="a red circle", n=2, size="64x64", response_format="b64_json",
+    res = c.images.generate(model="janus-shapes", prompt="a red circle", n=2, size="64x64", response_format="b64_json",
                             extra_body={"seed": 3, "guidance_scale": 5.0})
     assert len(res.data) == 2
     images = [Image.open(io.BytesIO(base64.b64decode(d.b64_json))) for d in res.data]
     assert all(im.size == (64, 64) for im in images)
-    stream = c.images.generate(model="m", prompt="a red circle", n=2, stream=True, partial_images=2,
+    stream = c.images.generate(model="janus-shapes", prompt="a red circle", n=2, stream=True, partial_images=2,
                                extra_body={"seed": 3})
     events = [e.model_dump() for e in stream]
     kinds = [e["type"] for e in events]
@@ -154,7 +156,8 @@ def test_too_long_a_request_says_context_length_exceeded(server):
 
 
 def test_bad_json_404_413_and_the_openai_client_raises(server):
-    error(httpx.post(server.url + "/v1/chat/completions", content=b"{not json", timeout=10), 400)
+    error(httpx.post(server.url + "/v1/chat/completions", content=b"{not json", timeout=10,
+                     headers={"Content-Type": "application/json"}), 400)
     error(httpx.get(server.url + "/v1/nothing"), 404)
     big = "x" * (3 * 2**20)
     error(httpx.post(server.url + "/v1/chat/completions", json={"messages": ask(big)}, timeout=30), 413)
