@@ -45,8 +45,8 @@ def test_requests_give_the_same_tokens_alone_and_in_any_mix(dtype, quantize, mon
     alone = [tokens(pipe.generate(r)) for r in reqs]
     groups: list[int] = []
     prefill = BatchRunner._prefill
-    monkeypatch.setattr(BatchRunner, "_prefill", lambda self, state, h: groups.append(h.shape[0] // state.job.n_rows)
-                        or prefill(self, state, h))
+    monkeypatch.setattr(BatchRunner, "_prefill", lambda self, state, h, start=0: groups.append(
+        h.shape[0] // state.job.n_rows) or prefill(self, state, h, start))
     for order in (list(range(len(reqs))), [6, 2, 0, 5, 1, 4, 3], [1, 0, 2]):
         mixed = pipe.run([reqs[i] for i in order])
         assert [tokens(m) for m in mixed] == [alone[i] for i in order], f"{dtype} {quantize} order {order}"
@@ -62,7 +62,7 @@ def test_a_job_admitted_with_others_is_prefilled_on_its_own(tiny_pipeline):
     runner = BatchRunner(tiny_pipeline.model, rows=8)
     calls: list[int] = []
     prefill = runner._prefill
-    runner._prefill = lambda state, h: calls.append(h.shape[0]) or prefill(state, h)
+    runner._prefill = lambda state, h, start=0: calls.append(h.shape[0]) or prefill(state, h, start)
     jobs = [image_job(ids, tok.pad_id, n, 5.0, SamplingParams(1.0), torch.Generator().manual_seed(n), 4)
             for n in (1, 2)]
     runner.add_all([(jobs[0], 0), (jobs[1], 2)])

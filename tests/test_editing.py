@@ -91,11 +91,13 @@ def test_edits_give_the_same_tokens_alone_and_in_any_mix(pipe):
 
 def test_everything_regenerated_at_native_size_is_a_plain_request(pipe):
     for sampling, jacobi in ((SamplingParams(1.0), 0), (GREEDY, 3)):
-        plain = pipe.generate(ImageRequest("a red circle", n=2, seed=7, sampling=sampling, jacobi=jacobi))
+        # A canvas draws per image, so the plain request to compare with does too.
+        plain = pipe.generate(ImageRequest("a red circle", n=2, seed=7, sampling=sampling, jacobi=jacobi,
+                                           seed_per_image=True))
         everything = pipe.generate(ImageRequest("a red circle", n=2, seed=7, sampling=sampling, jacobi=jacobi,
                                                 image=photo(), mask=torch.ones(8, 8, dtype=torch.bool)))
         native = pipe.generate(ImageRequest("a red circle", n=2, seed=7, sampling=sampling, jacobi=jacobi,
-                                            size="32x32"))
+                                            size="32x32", seed_per_image=True))
         assert torch.equal(plain.tokens, everything.tokens) and torch.equal(plain.tokens, native.tokens)
 
 
@@ -119,8 +121,8 @@ def test_a_wide_canvas_equals_its_windows_run_one_by_one(pipe):
         (state,) = run_jobs(BatchRunner(pipe.model, rows=4), [job])
         tokens.write(w, state.tokens)
     assert torch.equal(result.tokens, tokens.tokens)
-    # its first window is the native image of the same seed
-    plain = pipe.generate(ImageRequest(request.prompt, n=2, seed=3))
+    # its first window is the native image of the same seed (drawn per image, as canvases are)
+    plain = pipe.generate(ImageRequest(request.prompt, n=2, seed=3, seed_per_image=True))
     assert torch.equal(result.tokens.view(2, 16, 16)[:, :8, :8], plain.tokens.view(2, 8, 8))
 
 

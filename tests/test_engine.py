@@ -198,6 +198,7 @@ def test_each_image_of_a_request_is_its_own_request_with_its_seed(tiny_pipeline)
                                                       seed_per_image=True))
     finally:
         engine.close()
+        tiny_pipeline.start_engine(EngineConfig())  # the shared fixture's engine as other tests expect it
     assert torch.equal(chunked.tokens, together.tokens) and chunked.seeds == together.seeds
     # Speculative Jacobi images use the same seeds (their draws differ, their distribution does not).
     jacobi = tiny_pipeline.generate(ImageRequest("a red circle", n=2, seed=7, sampling=sampling, jacobi=4))

@@ -12,9 +12,12 @@ job can join the running batch at any step (its prompt is prefilled on its own r
 its rows take part in the shared decode step) and leave as soon as it is done.
 
 A step asks each decoder in turn (image, masked image, text, Jacobi) to sample its jobs' next
-tokens and say what to feed back, then feeds everything in one forward pass: Jacobi windows of
-every image and every caller are verified together, beside the other jobs' tokens (rows fed
-fewer positions than the longest are padded; the padding writes a scratch slot).
+tokens and say what to feed back, then feeds them in one forward pass per fed length: plain
+jobs and answers feed one token a row; every Jacobi job of window W feeds W + 1 positions (a
+shorter window is padded; the padding writes a scratch slot), so the windows of every image
+and every caller with that W are verified together. A row's arithmetic thus never depends on
+its neighbours' windows: the matrix products it takes part in always have its own length
+(batch invariance, bit for bit, in every weight format; int8 picks its kernel by that length).
 
 Masked completion (image editing, outpainting, the windows of a large image): an image job may
 carry `known` tokens. Those are fed, never sampled, in both CFG rows; the known tokens before
@@ -200,6 +203,14 @@ class JobState:
 
 # (state, rows [N] on the host, embeddings [N, T, D]) to feed at the next slots of `state`.
 Feed = tuple[JobState, Tensor, Tensor]
+
+
+def _pass_length(feed: Feed) -> int:
+    """The positions of the forward pass a feed (state, rows, h [N, L, D]) joins: a Jacobi job's
+    whole window (window + 1, or more where a run of known tokens extends it), else its own L."""
+    state, _, h = feed
+    window = state.job.jacobi
+    return max(h.shape[1], window + 1) if window else h.shape[1]
 
 
 class Decoder:
@@ -742,26 +753,29 @@ class BatchRunner:
         for s in finished:
             s.finished = True
             self.remove(s, keep_prefix=True)
-        # One forward pass for every job: plain jobs and answers feed one token per row, Jacobi
-        # jobs their windows (a row's positions past its own window are padding).
-        if feeds:
+        # One forward pass per fed length: plain jobs and answers feed one token per row, Jacobi
+        # jobs their full windows (positions past what a window holds now are padding).
+        groups: dict[int, list[Feed]] = {}
+        for feed in feeds:
+            groups.setdefault(_pass_length(feed), []).append(feed)
+        for length in sorted(groups):
+            group = groups[length]
             self.passes += 1
-            for (s, r, h), out in zip(feeds, self._forward(feeds)):
+            for (s, r, h), out in zip(group, self._forward(group, length)):
                 s.forward_passes += 1
                 s.fed_tokens += h.shape[1]
                 s.pass_ids.add(self.passes)
                 self._decoder(s.job).fed(self, s, r, out)
         return finished
 
-    def _forward(self, feeds: list[Feed]) -> list[Tensor]:
-        """Feed every (state, rows [N], h [N, L, D]) at its state's next slots in one pass over
-        the cache rows [0, hi), T = the longest L: positions past a row's L, and rows not fed,
+    def _forward(self, feeds: list[Feed], T: int) -> list[Tensor]:
+        """Feed every (state, rows [N], h [N, L <= T, D]) at its state's next slots in one pass over
+        the cache rows [0, hi), T positions: positions past a row's L, and rows not fed,
         write only the scratch slot at the end of the cache and their output is dropped, so the
         batch stays a plain slice of the cache. -> the outputs [N, L, D] of each feed."""
         hi = max(s.rows.stop for s in self.states)
         if self.compile:
             hi = min(self.cache.batch, _pow2_at_least(hi))  # a few row buckets, not every count
-        T = max(h.shape[1] for _, _, h in feeds)
         scratch = self.cache.max_len - 1
         slots = torch.full((hi, T), scratch, dtype=torch.long)
         top = 0
