@@ -186,6 +186,9 @@ def test_jacobi_images_share_forward_passes():
 
 
 def test_request_cost_counts_shared_passes_once(tiny_pipeline):
+    from openjanus.inference.engine import EngineConfig
+
+    tiny_pipeline.start_engine(EngineConfig())  # rows for all four images (an earlier test may have left fewer)
     one = tiny_pipeline.generate(ImageRequest("a red circle", n=1, seed=3, jacobi=4))
     four = tiny_pipeline.generate(ImageRequest("a red circle", n=4, seed=3, jacobi=4))
     assert one.cost.forward_passes < tiny_pipeline.model.cfg.num_gen_tokens
