@@ -408,13 +408,15 @@ def _extensions():
     serve extra's packages are imported only when `openjanus serve` runs."""
     from openjanus import demo
     from openjanus.eval import commands as eval_commands
+    from openjanus.posttrain import commands as posttrain_commands
     from openjanus.serve import commands as serve_commands
     from openjanus.train import commands as train_commands
 
     def register_train(sub: Any) -> None:
         train_commands.register(sub, eval_hooks=_benchmark_eval_hook)
 
-    return [eval_commands.register, register_train, serve_commands.register, demo.register]
+    return [eval_commands.register, register_train, posttrain_commands.register, serve_commands.register,
+            demo.register]
 
 
 def _benchmark_eval_hook(*args: Any) -> Any:
