@@ -54,11 +54,34 @@ def heldout_eval_hook(processor: Any, output_dir: str | Path, per_category: int,
     return hook
 
 
+def check_before_building(cfg: Any) -> None:
+    """What can be refused from the config and the checkpoint's config.json alone, before any
+    weights are read: the model source, and LoRA targets that match nothing."""
+    import torch
+
+    from openjanus.checkpoints.weights import read_config
+    from openjanus.errors import UserError
+    from openjanus.model.janus import Janus
+    from openjanus.pipeline import resolve_model_source
+
+    source = resolve_model_source(cfg.model)
+    if isinstance(source, str):
+        raise UserError(f"post-training needs a checkpoint folder, not the preset {source!r}")
+    if cfg.lora is not None:
+        from openjanus.train.lora import resolve_targets
+
+        model_cfg, _ = read_config(source)
+        with torch.device("meta"):
+            skeleton = Janus(model_cfg)
+        resolve_targets(skeleton, cfg.lora.targets)
+
+
 def cmd_posttrain(args: argparse.Namespace) -> None:
     from openjanus.posttrain.config import PostTrainConfig
     from openjanus.train.checkpoint import list_checkpoints
 
     cfg = PostTrainConfig.load(args.config, args.override)
+    check_before_building(cfg)
     if args.resume is None and list_checkpoints(cfg.output_dir):
         from openjanus.errors import UserError
 

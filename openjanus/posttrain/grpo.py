@@ -284,7 +284,8 @@ class GRPOTrainer:
                     if math.isfinite(v):
                         self.writer.add_scalar(k if k.startswith(("reward", "correct")) else f"grpo/{k}", v, step)
             if step % cfg.log_every == 0:
-                self.log(f"step {step}/{cfg.steps} reward {m['reward']:.3f} correct {m.get('correct', float('nan')):.3f}"
+                correct = m.get("correct", float("nan"))
+                self.log(f"step {step}/{cfg.steps} reward {m['reward']:.3f} correct {correct:.3f}"
                          f" kl {m.get('kl', 0.0):.4f} trained {int(m['trained_samples'])} skipped {int(m['skipped'])}"
                          f" {m['samples_per_s']:.1f} samples/s ({m['seconds/step']:.1f}s/step)")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:

@@ -59,6 +59,13 @@ def t2i_token_logprobs(model: Janus, prompt_ids: Sequence[Sequence[int]], tokens
     """log p(token_t | prompt, tokens_<t) [B, T] of image tokens [B, T] under classifier-free
     guidance: for each row a conditional and an unconditional sequence (prompt + image tokens)
     run through the LLM, their image logits combined as the sampler does. Gradients flow."""
+    logp = t2i_guided_logprobs(model, prompt_ids, tokens, pad_id, guidance, temperature)
+    return logp.gather(-1, tokens.to(logp.device)[..., None]).squeeze(-1)
+
+
+def t2i_guided_logprobs(model: Janus, prompt_ids: Sequence[Sequence[int]], tokens: Tensor, pad_id: int,
+                        guidance: float, temperature: float = 1.0) -> Tensor:
+    """The whole guided distribution [B, T, V] (log-probabilities) at every image position."""
     if tokens.ndim != 2 or tokens.shape[0] != len(prompt_ids):
         raise ValueError(f"tokens must be [B, T] with B = {len(prompt_ids)} prompts, got {list(tokens.shape)}")
     if temperature <= 0:
@@ -79,8 +86,7 @@ def t2i_token_logprobs(model: Janus, prompt_ids: Sequence[Sequence[int]], tokens
     hidden = model.llm(h, positions, mask=attn)
     logits = model.image_logits(hidden[:, P - 1:]).float()  # [2B, T, V]: predicts tokens 0..T-1
     guided = logits[1::2] + guidance * (logits[0::2] - logits[1::2])
-    logp = F.log_softmax(guided / temperature, dim=-1)
-    return logp.gather(-1, tokens.to(device)[..., None]).squeeze(-1)
+    return F.log_softmax(guided / temperature, dim=-1)
 
 
 def answer_token_logprobs(model: Janus, prompt_ids: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
@@ -141,7 +147,8 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
 def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4) -> Tensor:
     """(r - mean) / (std + eps) within consecutive groups of `group_size` rewards [N]; NaN
     rewards (skipped samples) take no part in their group's statistics and get advantage 0.
-    A group with fewer than two finite rewards gets 0 everywhere (nothing to compare)."""
+    A group with fewer than two finite rewards, or all of them equal, gets exactly 0 everywhere
+    (nothing to compare)."""
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not form groups of {group_size}")
     r = rewards.view(-1, group_size).double()
@@ -150,8 +157,11 @@ def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4) -> Ten
     filled = torch.where(ok, r, 0.0)
     mean = filled.sum(1, keepdim=True) / n.clamp(min=1)
     var = (torch.where(ok, r - mean, 0.0) ** 2).sum(1, keepdim=True) / (n - 1).clamp(min=1)
-    adv = (r - mean) / (var.sqrt() + eps)
-    adv = torch.where(ok & (n >= 2), adv, 0.0)
+    lo = torch.where(ok, r, float("inf")).amin(1, keepdim=True)
+    hi = torch.where(ok, r, float("-inf")).amax(1, keepdim=True)
+    varied = (n >= 2) & (hi > lo)  # a flat group has nothing to compare: advantage exactly 0
+    adv = (r - mean) / torch.where(varied, var.sqrt() + eps, 1.0)
+    adv = torch.where(ok & varied, adv, 0.0)
     return adv.view(-1).to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
 
@@ -199,5 +209,6 @@ def finite_or_nan(x: float) -> float:
     return x if isinstance(x, (int, float)) and math.isfinite(x) else float("nan")
 
 
-__all__ = ["t2i_token_logprobs", "answer_token_logprobs", "dpo_loss", "group_advantages", "grpo_loss", "GRPOLoss",
+__all__ = ["t2i_token_logprobs", "t2i_guided_logprobs", "answer_token_logprobs", "dpo_loss", "group_advantages",
+           "grpo_loss", "GRPOLoss",
            "sequence_logprob"]
