@@ -88,13 +88,11 @@ def cmd_posttrain(args: argparse.Namespace) -> None:
         raise UserError(f"{cfg.output_dir} already holds checkpoints; pass --resume to continue, or choose another "
                         f"output_dir")
     if cfg.method == "dpo":
-        from openjanus.posttrain.dpo import run_dpo
+        from openjanus.posttrain.dpo import DPOTrainer as Trainer
+    else:
+        from openjanus.posttrain.grpo import GRPOTrainer as Trainer
 
-        run_dpo(cfg, resume=args.resume)
-        return
-    from openjanus.posttrain.grpo import GRPOTrainer
-
-    trainer = GRPOTrainer(cfg)
+    trainer = Trainer(cfg)
     if cfg.eval_every:
         trainer.eval_hook = heldout_eval_hook(trainer.processor, cfg.output_dir, cfg.eval_per_category, cfg.eval_n)
     if args.resume is not None:

@@ -109,12 +109,13 @@ class GRPOTrainer:
         if cfg.lora is not None:
             from openjanus.train.lora import add_lora
 
-            self.lora = add_lora(model, cfg.lora)
+            self.lora = add_lora(model, cfg.lora, log=self.log)
             self.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             self.reference = None  # the base: the adapter switched off
         else:
             self.n_trainable = select_trainable(model, cfg.trainable)
-            self.reference = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_beta else None
+            self.reference = (copy.deepcopy(model).eval().requires_grad_(False)
+                              if cfg.kl_beta or cfg.method == "dpo" else None)
         self.pipe = JanusPipeline(model, processor, name="policy")
         rows = 2 * cfg.prompts_per_step * cfg.group_size
         self.pipe.start_engine(EngineConfig(max_rows=rows, max_images=cfg.group_size))
@@ -267,7 +268,7 @@ class GRPOTrainer:
     def fit(self) -> TrainState:
         cfg = self.cfg
         if self.state.step == 0:
-            self.log(f"GRPO on {self.source}: {self.n_trainable:,} trainable parameters"
+            self.log(f"{cfg.method.upper()} on {self.source}: {self.n_trainable:,} trainable parameters"
                      f"{' (LoRA)' if self.lora is not None else ''}; {cfg.prompts_per_step} prompts x "
                      f"{cfg.group_size} samples per step, {cfg.steps} steps")
             if self.eval_hook is not None and cfg.eval_every:
