@@ -340,6 +340,11 @@ def cmd_info(args: argparse.Namespace) -> None:
               f"(weights + KV cache); in one batch {(weights + kv) / 2**30:.2f} GiB")
     print(f"LLM: dim {c.dim}, {c.n_layers} layers, {c.n_heads} heads ({c.n_kv_heads} kv), ffn {c.ffn_dim}, "
           f"vocab {c.vocab_size}; image tokens: {cfg.num_und_tokens} understanding, {cfg.num_gen_tokens} generation")
+    if args.lora_rank:
+        from openjanus.train.memory import lora_training_memory
+
+        for line in lora_training_memory(cfg, total, rank=args.lora_rank, batch=args.train_batch).lines():
+            print(line)
 
 
 # --- entry point ------------------------------------------------------------------------------
@@ -396,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=positive_int, default=None,
                    help="estimate the KV cache for plain sequences of this length")
     kv_cache_flag(p)
+    p.add_argument("--lora-rank", type=int_range(0), default=16,
+                   help="LoRA rank for the training-memory estimate (0: leave it out)")
+    p.add_argument("--train-batch", type=positive_int, default=4,
+                   help="sequences per step for the training-memory estimate")
     p.set_defaults(func=cmd_info)
 
     for register in _extensions():
