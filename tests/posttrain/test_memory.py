@@ -3,7 +3,7 @@ really injects, and Janus-Pro-7B in bf16 fits a 24 GB card."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -19,8 +19,8 @@ class Lora:
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: [rf"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.{t}"
-                                                        for t in LLM_TARGETS])
+    # One regular expression (peft's rule for a string) over transformers' names.
+    targets: str = rf"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.({'|'.join(LLM_TARGETS)})"
 
 
 def test_adapter_size_is_what_peft_injects():
