@@ -27,8 +27,8 @@ def run_mode(mode: str, preset: str, rank: int, steps: int, batch: int, prompt_l
 
     from openjanus.config import JanusConfig
     from openjanus.model.janus import Janus
-    from openjanus.posttrain.grpo import select_trainable
     from openjanus.posttrain.config import DEFAULT_TRAINABLE, LoraSettings
+    from openjanus.posttrain.grpo import select_trainable
     from openjanus.train.lora import add_lora
     from openjanus.train.memory import LLM_TARGETS
     from openjanus.train.preference import t2i_token_logprobs
