@@ -1,7 +1,10 @@
 """Training depends on neither the evaluation package nor the inference pipeline: the shapes
 world it shares with the benchmarks is `openjanus.shapes`, the evaluation hook is passed in by
 the CLI. Checked twice: statically over every import statement in openjanus/train, and by
-importing every training module in a fresh interpreter and looking at what got loaded."""
+importing every training module in a fresh interpreter and looking at what got loaded.
+
+Post-training (`openjanus.posttrain`: online sampling for GRPO, best-of-N) sits above both
+training and the pipeline; only the command line and the server may import it."""
 
 from __future__ import annotations
 
@@ -14,7 +17,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "openjanus" / "train"
-FORBIDDEN = ("openjanus.eval", "openjanus.pipeline")
+FORBIDDEN = ("openjanus.eval", "openjanus.pipeline", "openjanus.posttrain")
+PACKAGE = ROOT / "openjanus"
+# Who may import the post-training package: itself, the command line and the server.
+POSTTRAIN_USERS = ("posttrain/", "cli.py", "serve/")
 
 
 def _imported_modules(path: Path) -> list[str]:
@@ -45,3 +51,11 @@ def test_importing_training_loads_neither_eval_nor_pipeline() -> None:
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     loaded = [m for m in json.loads(out.stdout) if _forbidden(m)]
     assert not loaded, f"importing openjanus.train loaded {loaded}"
+
+
+def test_only_the_cli_and_server_import_posttrain() -> None:
+    found = [f"{path.relative_to(ROOT)}: {name}" for path in sorted(PACKAGE.rglob("*.py"))
+             if not str(path.relative_to(PACKAGE)).startswith(POSTTRAIN_USERS)
+             for name in _imported_modules(path)
+             if name == "openjanus.posttrain" or name.startswith("openjanus.posttrain.")]
+    assert not found, "post-training sits above training and inference:\n" + "\n".join(found)

@@ -10,6 +10,7 @@ from typing import Any
 
 from openjanus.errors import UserError
 from openjanus.shapes.spec import TAGS
+from openjanus.train.config import LoraOptions
 
 REWARDS = ("shapes", "self")
 # What the demo model's post-training trains by default: the LLM and the generation path (the
@@ -17,25 +18,7 @@ REWARDS = ("shapes", "self")
 DEFAULT_TRAINABLE = ("llm.layers", "llm.norm", "gen_head", "gen_aligner", "gen_embed")
 
 
-@dataclass
-class LoraSettings:
-    """LoRA through peft: `targets` are regular expressions over module names of transformers'
-    JanusForConditionalGeneration (see openjanus.train.lora), or our own names."""
-
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-
-    def check(self) -> None:
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise UserError(f"lora.rank must be a positive integer, got {self.rank!r}")
-        if not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
-            raise UserError(f"lora.alpha must be positive, got {self.alpha!r}")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.targets:
-            raise UserError("lora.targets must name at least one module pattern")
+LoraSettings = LoraOptions  # the same settings as a training stage's `lora`
 
 
 @dataclass
@@ -97,6 +80,7 @@ class PostTrainConfig:
             if bad:
                 raise UserError(f"lora: unknown key(s) {', '.join(bad)}")
             d["lora"] = LoraSettings(**lora)
+            d["lora"].validate()
         cfg = cls(**d)
         cfg.check()
         return cfg
@@ -159,5 +143,4 @@ class PostTrainConfig:
                 raise UserError(f"{name} must be a non-negative number, got {v!r}")
         if self.temperature <= 0:
             raise UserError("temperature must be positive: GRPO needs the sampling distribution's log-probabilities")
-        if self.lora is not None:
-            self.lora.check()
+

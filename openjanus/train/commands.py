@@ -154,8 +154,11 @@ def cmd_export(args: argparse.Namespace) -> None:
         folder = latest
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     if (folder / "adapter" / "adapter_config.json").is_file():
-        export_lora(folder, Path(args.out), merge=args.merge, dtype=dtype, tokenizer_dir=args.tokenizer,
-                    overwrite=args.overwrite)
+        from openjanus.train.lora import export_lora_checkpoint
+
+        out, note = export_lora_checkpoint(folder, Path(args.out), merge=args.merge, dtype=dtype,
+                                           tokenizer_dir=args.tokenizer, overwrite=args.overwrite)
+        print(note, file=sys.stderr)
         return
     if args.merge:
         raise UserError(f"--merge: {folder} is not a LoRA run's checkpoint (it holds no adapter/)")
@@ -164,35 +167,6 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"exported {folder} to {out}", file=sys.stderr)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-
-
-def export_lora(folder: Any, out: Any, merge: bool, dtype: Any, tokenizer_dir: str | None, overwrite: bool) -> None:
-    """A LoRA run's checkpoint: the adapter alone (PEFT's format, transformers' Janus names),
-    or with `merge` the base model with the adapter folded in (official layout)."""
-    import shutil
-
-    from openjanus.checkpoints import load_model, save_model
-    from openjanus.errors import UserError
-    from openjanus.train.checkpoint import read_train_state
-    from openjanus.train.lora import load_adapter, merge_lora
-
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"export: {out} is not empty; pass --overwrite to write into it")
-    base = ((read_train_state(folder).get("train_config") or {}).get("model") or {}).get("checkpoint")
-    if not merge:
-        out.mkdir(parents=True, exist_ok=True)
-        for f in (folder / "adapter").iterdir():
-            shutil.copy2(f, out / f.name)
-        print(f"exported the LoRA adapter of {folder} to {out} (base model: {base}; use --adapter {out}, "
-              f"or export with --merge for merged weights)", file=sys.stderr)
-        return
-    if base is None:
-        raise UserError(f"{folder}: the run does not record its base model; cannot merge")
-    model = load_model(base, device="cpu")
-    load_adapter(model, folder / "adapter")
-    merge_lora(model)
-    save_model(model, out, layout="official", dtype=dtype, sidecars_from=tokenizer_dir or base)
-    print(f"exported {folder} merged into {base} to {out}", file=sys.stderr)
 
 
 def record_texts(record: Any) -> list[str]:

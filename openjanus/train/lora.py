@@ -183,9 +183,15 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter weights in PEFT's file names for transformers' Janus."""
     from peft import get_peft_model_state_dict
 
+    return _hf_adapter_names(get_peft_model_state_dict(model))
+
+
+def _hf_adapter_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{our module}.lora_{A|B}[.default].weight -> base_model.model.{transformers module}.lora_{A|B}.weight"""
     out = {}
-    for key, t in get_peft_model_state_dict(model).items():
+    for key, t in state.items():
         module, _, leaf = key.partition(".lora_")
+        leaf = leaf.replace(".default", "")
         hf = _hf_module_name(module)
         if hf is None:
             raise UserError(f"adapter on {module}: no transformers name for it")
@@ -193,14 +199,20 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_adapter(model: nn.Module, folder: str | Path, base_model: str | None = None) -> Path:
-    """Write adapter_config.json and adapter_model.safetensors (PEFT's format, transformers' names)."""
+def save_adapter(model: nn.Module, folder: str | Path, base_model: str | None = None,
+                 state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write adapter_config.json and adapter_model.safetensors (PEFT's format, transformers'
+    names). `state`: the model's full state dict in our names (e.g. gathered from FSDP shards)
+    to take the adapter weights from, instead of the model's own (local) parameters."""
     cfg = getattr(model, "_openjanus_lora", None)
     if cfg is None:
         raise UserError("this model has no LoRA adapter to save")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = adapter_state(model)
+    if state is not None:
+        state = _hf_adapter_names({k: v for k, v in state.items() if ".lora_" in k})
+    else:
+        state = adapter_state(model)
     save_file(state, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     d = cfg.to_dict()
     d["target_modules"] = sorted({_hf_module_name(t) for t in cfg.target_modules})  # type: ignore[misc]
@@ -281,5 +293,45 @@ def load_adapter(model: nn.Module, folder: str | Path) -> Any:
     return cfg
 
 
-__all__ = ["add_lora", "save_adapter", "load_adapter", "merge_lora", "adapters_disabled", "resolve_targets",
+def export_lora_checkpoint(folder: str | Path, out: str | Path, merge: bool = False, dtype: torch.dtype | None = None,
+                           tokenizer_dir: str | Path | None = None, overwrite: bool = False) -> tuple[Path, str]:
+    """Export a LoRA run's checkpoint (one with `adapter/`): the adapter alone in PEFT's format,
+    or with `merge` the model with the adapter folded in (official layout). Works from the
+    checkpoint alone (it holds the frozen base weights too). Returns (out, a line for the user)."""
+    import shutil
+
+    from openjanus.checkpoints import save_model
+    from openjanus.checkpoints.weights import open_weights
+    from openjanus.config import JanusConfig
+    from openjanus.model.janus import Janus
+    from openjanus.train.checkpoint import read_train_state
+
+    folder, out = Path(folder), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserError(f"export: {out} is not empty; pass --overwrite to write into it")
+    meta = read_train_state(folder)
+    if not merge:
+        out.mkdir(parents=True, exist_ok=True)
+        for f in (folder / "adapter").iterdir():
+            shutil.copy2(f, out / f.name)
+        return out, (f"exported the LoRA adapter of {folder} to {out} (PEFT format; apply it with --adapter, "
+                     f"or export with --merge for merged weights)")
+    model = Janus(JanusConfig.from_dict(meta["model_config"]))
+    load_adapter(model, folder / "adapter")
+    state = open_weights(folder).materialise()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("codebook_used")]
+    if missing or unexpected:
+        raise UserError(f"{folder}: checkpoint and adapter do not match ({(missing or unexpected)[0]})")
+    merge_lora(model)
+    source = (meta.get("train_config") or {}).get("model") or {}
+    sidecars = tokenizer_dir or source.get("tokenizer") or source.get("checkpoint")
+    if sidecars is not None and not (Path(sidecars) / "tokenizer.json").is_file():
+        sidecars = None
+    save_model(model, out, layout="official", dtype=dtype, sidecars_from=sidecars)
+    return out, f"exported {folder} with its LoRA adapter merged to {out}"
+
+
+__all__ = ["add_lora", "export_lora_checkpoint", "save_adapter", "load_adapter", "merge_lora", "adapters_disabled",
+           "resolve_targets",
            "linear_modules", "has_lora", "adapter_state", "read_adapter", "check_lora_settings"]
