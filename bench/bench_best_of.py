@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from openjanus.pipeline import JanusPipeline
+from openjanus.inference.pipeline import JanusPipeline
 from openjanus.posttrain.best_of import best_of
 from openjanus.posttrain.rewards import SelfReward, spec_reward
 from openjanus.requests import ImageRequest

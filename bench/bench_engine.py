@@ -36,12 +36,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from openjanus.engine import EngineConfig
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.engine import EngineConfig
+    from openjanus.inference.pipeline import JanusPipeline
     from openjanus.requests import ImageProgress, ImageRequest
 
     pipe = JanusPipeline.load(args.model, device="cpu", dtype=args.dtype)
-    pipe.start_engine(EngineConfig(max_rows=2 * (args.requests + 1)))
+    pipe.start_engine(EngineConfig(rows=2 * (args.requests + 1)))
     n_tokens = pipe.model.cfg.num_gen_tokens
     prompts = ["a red circle", "two blue squares", "a green star above a yellow triangle", "three purple circles",
                "a small orange square", "a blue triangle left of a red star", "two green circles", "a yellow star"]

@@ -38,10 +38,11 @@ from PIL import Image
 from torch import Tensor
 
 from openjanus.allocator import keep_freed_memory
-from openjanus.engine import EngineConfig
-from openjanus.generate import cfg_combine, round_up
+from openjanus.inference.engine import EngineConfig
+from openjanus.inference.pipeline import JanusPipeline, prepare_for_inference, resolve_device, resolve_dtype
+from openjanus.inference.runner import round_up
+from openjanus.inference.sampling import cfg_combine
 from openjanus.model.llm import KVCache, cache_mask
-from openjanus.pipeline import JanusPipeline, prepare_for_inference, resolve_device, resolve_dtype
 from openjanus.requests import ChatRequest, ImageRequest, Message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -73,7 +74,7 @@ def bench_openjanus(pipe: JanusPipeline, args: argparse.Namespace) -> dict[str, 
     dev = pipe.device
     n_tok = pipe.model.cfg.num_gen_tokens
     if args.compile:
-        pipe.start_engine(EngineConfig(compile_step=True))
+        pipe.start_engine(EngineConfig(compile=True))
     request = ImageRequest(PROMPT, n=args.parallel, seed=0, jacobi=args.jacobi)
     t2i = timed(lambda: pipe.generate(request), dev, args.repeats)
     passes = pipe.generate(request).cost.forward_passes

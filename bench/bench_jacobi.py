@@ -35,8 +35,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from openjanus.generate import BatchRunner, image_job
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.engine import run_jobs
+    from openjanus.inference.pipeline import JanusPipeline
+    from openjanus.inference.runner import BatchRunner, image_job
     from openjanus.requests import SamplingParams
 
     pipe = JanusPipeline.load(args.model, device="cpu", dtype=args.dtype)
@@ -55,10 +56,10 @@ def main() -> None:
                         for _ in range(args.images)]
             else:
                 jobs = [image_job(prompt, tok.pad_id, args.images, 5.0, sampling, g, n_tokens)]
-            BatchRunner(pipe.model, max_rows=2 * args.images).run(jobs)
+            states = run_jobs(BatchRunner(pipe.model, rows=2 * args.images), jobs)
             # Plain decoding feeds all images of the prompt in each pass: one pass serves each image.
-            forwards += max(j.forward_passes for j in jobs) if not window else \
-                sum(j.forward_passes for j in jobs) / args.images
+            forwards += max(s.forward_passes for s in states) if not window else \
+                sum(s.forward_passes for s in states) / args.images
         return time.perf_counter() - t, forwards / len(ids)
 
     rows = []

@@ -29,8 +29,8 @@ import torch
 
 from openjanus.allocator import keep_freed_memory
 from openjanus.checkpoints import save_model
-from openjanus.generate import generate_image_tokens
-from openjanus.pipeline import JanusPipeline
+from openjanus.inference.engine import generate_image_tokens
+from openjanus.inference.pipeline import JanusPipeline
 from openjanus.processing import save_tokenizer_dir
 
 # The official code's seconds on its reference work (2 threads, fp32), low and high of its runs.

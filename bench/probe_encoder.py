@@ -55,7 +55,7 @@ def probe_model(model: str | None, n: int, seed: int, batch: int = 250,
                 part_preset: str = "janus-shapes-arch") -> dict[str, float]:
     from pathlib import Path
 
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
 
     is_part = model is not None and (Path(model) / "part.json").is_file()
     if is_part:
@@ -117,7 +117,7 @@ def supervised_baseline(preset: str, steps: int, seed: int, batch: int = 64):
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
     from openjanus.shapes.world import SHAPES
 
     torch.manual_seed(seed)

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rt = None
     if args.model:
-        from openjanus.pipeline import JanusPipeline
+        from openjanus.inference.pipeline import JanusPipeline
 
         rt = vq_roundtrip(JanusPipeline.load(args.model, device=args.device))
     results = {}

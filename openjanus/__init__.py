@@ -13,9 +13,9 @@ __all__ = ["JanusPipeline", "Engine", "EngineConfig", "ImageRequest", "ChatReque
 __version__ = "0.1.0"
 
 _WHERE = {
-    "JanusPipeline": "openjanus.pipeline",
-    "Engine": "openjanus.engine",
-    "EngineConfig": "openjanus.engine",
+    "JanusPipeline": "openjanus.inference.pipeline",
+    "Engine": "openjanus.inference.engine",
+    "EngineConfig": "openjanus.inference.engine",
     "ImageRequest": "openjanus.requests",
     "ChatRequest": "openjanus.requests",
     "Message": "openjanus.requests",

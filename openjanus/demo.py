@@ -13,9 +13,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from openjanus.eval.report import GenerationReport, UnderstandingReport
+from openjanus.options import EngineOptions, ModelOptions, add_seed, integer_flag, open_pipeline
+
+if TYPE_CHECKING:
+    from openjanus.inference.pipeline import JanusPipeline
 
 # Prompts shown in the gallery; the last three ask for held-out compositions (see docs/shapes-world.md).
 GALLERY_PROMPTS = (
@@ -44,10 +48,10 @@ def headline_scores(geneval: GenerationReport, pope: UnderstandingReport) -> dic
     return out
 
 
-def run_demo(model: str | None, out: Path, device: str | None, dtype: str | None, seed: int,
-             per_category: int, n_images: int, quantize: str | None = None) -> dict[str, Any]:
+def run_demo(pipe: JanusPipeline, out: Path, seed: int, per_category: int, n_images: int) -> dict[str, Any]:
+    """Generate the gallery, answer questions about rendered scenes and run both shapes-world
+    benchmarks with `pipe`; write report.html and scores.json to `out`."""
     from openjanus.eval.runners import GenerationSettings, run_geneval_shapes, run_pope_shapes
-    from openjanus.pipeline import JanusPipeline
     from openjanus.requests import ImageRequest
     from openjanus.shapes.tasks import sample_scene_in_split
     from openjanus.shapes.text import scene_questions
@@ -55,7 +59,6 @@ def run_demo(model: str | None, out: Path, device: str | None, dtype: str | None
 
     t0 = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    pipe = JanusPipeline.load(model, device=device, dtype=dtype, seed=seed, quantize=quantize)
     out.mkdir(parents=True, exist_ok=True)
     log(f"model {pipe.name}: generating the gallery")
     gallery = pipe.run([ImageRequest(p, n=4, seed=seed + i) for i, p in enumerate(GALLERY_PROMPTS)], progress=True)
@@ -83,10 +86,12 @@ def run_demo(model: str | None, out: Path, device: str | None, dtype: str | None
         qa_rows.append((name, split, [(q.question, q.answer, a) for q, a in zip(qs, answers)]))
 
     log("benchmark: GenEval-style generation (shapes world)")
-    settings = GenerationSettings(n_per_prompt=2, seed=seed, batch_size=16)
+    n = 2
+    rows = pipe.engine.config.rows
+    settings = GenerationSettings(n_per_prompt=n, seed=seed, batch_size=max(1, rows // (2 * n)))
     geneval = run_geneval_shapes(pipe, out / "geneval", per_category=per_category, settings=settings, log=log)
     log("benchmark: POPE/MME-style understanding (shapes world)")
-    pope = run_pope_shapes(pipe, out / "pope", n_images=n_images, seed=seed, batch_size=32, log=log)
+    pope = run_pope_shapes(pipe, out / "pope", n_images=n_images, seed=seed, batch_size=rows, log=log)
     scores = {
         "model": pipe.name,
         "headline": headline_scores(geneval, pope),
@@ -140,8 +145,8 @@ def write_report(out: Path, scores: dict[str, Any], cards, qa_rows) -> Path:
 def cmd_demo(args: argparse.Namespace) -> None:
     """Generate, answer and benchmark with the demo model; write report.html and scores.json."""
     out = Path(args.out)
-    scores = run_demo(args.model, out, args.device, args.dtype, args.seed, args.per_category, args.n_images,
-                      quantize=args.quantize)
+    with open_pipeline(args) as pipe:
+        scores = run_demo(pipe, out, args.seed, args.per_category, args.n_images)
     hd = scores["headline"]["heldout"]
     print(f"held-out compositions: generation {_pct(hd['generation_overall'])}, yes/no {_pct(hd['yes_no_accuracy'])}, "
           f"counting {_pct(hd['counting_accuracy'])}")
@@ -150,13 +155,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("demo", help="generate images, answer questions and benchmark the demo model")
-    from openjanus.cli import add_model_flags
-
     p.add_argument("--out", required=True, help="output folder (report.html, scores.json, images)")
-    add_model_flags(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--per-category", type=int, default=6, help="GenEval-style prompts per category")
-    p.add_argument("--n-images", type=int, default=40, help="scenes for the understanding benchmark")
+    ModelOptions.add_to(p)
+    EngineOptions.add_to(p)
+    add_seed(p)
+    p.add_argument("--per-category", type=integer_flag(1), default=6, help="GenEval-style prompts per category")
+    p.add_argument("--n-images", type=integer_flag(1), default=40, help="scenes for the understanding benchmark")
     p.set_defaults(func=cmd_demo)
 
 

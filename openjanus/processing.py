@@ -13,7 +13,7 @@ import functools
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -45,7 +45,7 @@ __all__ = [
     "preprocess_und_images", "preprocess_gen_image",
     "ChatRoles", "ROLE_PRESETS", "Turn", "format_conversation", "format_t2i_prompt", "unconditional_prompt",
     "expand_image_placeholders",
-    "ChatSample", "ChatBatch", "JanusProcessor", "left_pad", "positions_from_mask",
+    "ChatSample", "JanusProcessor",
 ]
 
 # Full-width vertical bars (U+FF5C) and U+2581 lower blocks, exactly as in the DeepSeek vocabulary.
@@ -409,50 +409,6 @@ class ChatSample:
         return self.pixel_values.shape[0]
 
 
-@dataclass
-class ChatBatch:
-    """Left-padded batch; `pixel_values` holds every sample's images in order, flattened."""
-
-    input_ids: torch.Tensor  # long [B, T]
-    attention_mask: torch.Tensor  # long [B, T], 1 on real tokens
-    image_mask: torch.Tensor  # bool [B, T]
-    positions: torch.Tensor  # long [B, T]
-    pixel_values: torch.Tensor  # float32 [total_images, 3, S, S]
-    num_images: list[int] = field(default_factory=list)
-
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ChatBatch:
-        """A copy on `device`; `dtype` casts only pixel_values (ids and masks keep theirs)."""
-        return replace(
-            self,
-            input_ids=self.input_ids.to(device),
-            attention_mask=self.attention_mask.to(device),
-            image_mask=self.image_mask.to(device),
-            positions=self.positions.to(device),
-            pixel_values=self.pixel_values.to(device, dtype=dtype),
-        )
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-align rows into ids [B, T] and a long mask [B, T] (1 on real tokens). The engine
-    never pads (each row has its own cache positions); batches for other consumers (the
-    transformers peer in the benchmarks, batched forwards in tests) are built here."""
-    t = max(len(r) for r in rows)
-    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), t), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, t - len(r) :] = torch.tensor(r, dtype=torch.long)
-            mask[i, t - len(r) :] = 1
-    return ids, mask
-
-
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """RoPE positions of a left-padded batch: real tokens count 0, 1, ...; pads get 1, as
-    transformers' generate derives them (pads are masked, so any value works). [B, T] -> long."""
-    mask = mask.long()
-    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-
-
 class JanusProcessor:
     """Turns conversations and images into model inputs, and ids back into text."""
 
@@ -547,38 +503,11 @@ class JanusProcessor:
         prompt = format_conversation(turns, system, self.roles, self.tokenizer.specials.eos)
         return self.encode_prompt(prompt, images, max_len)
 
-    def collate(self, samples: Sequence[ChatSample]) -> ChatBatch:
-        """Left-pad samples into a batch (positions: `positions_from_mask`)."""
-        if not samples:
-            raise ValueError("cannot collate an empty list of samples")
-        ids, attn = left_pad([s.input_ids for s in samples], self.tokenizer.pad_id)
-        t = ids.shape[1]
-        image_mask = torch.zeros_like(ids, dtype=torch.bool)
-        for i, s in enumerate(samples):
-            if s.image_mask:
-                image_mask[i, t - len(s.image_mask) :] = torch.tensor(s.image_mask)
-        positions = positions_from_mask(attn)
-        size = self.image_config.image_size
-        pixels = [s.pixel_values for s in samples if s.num_images]
-        pixel_values = torch.cat(pixels) if pixels else torch.zeros(0, 3, size, size)
-        return ChatBatch(ids, attn, image_mask, positions, pixel_values, [s.num_images for s in samples])
-
     # -- generation
 
     def t2i_prompt(self, prompt: str) -> str:
         """The text-to-image prompt string for one user prompt (ends with BOI)."""
         return format_t2i_prompt(prompt, self.roles, self.tokenizer.specials.boi)
-
-    def encode_t2i(self, prompts: Sequence[str], max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ids and attention mask (long [B, T]) of text-to-image prompts (BOS ... BOI).
-        `max_len` bounds the prompt alone; callers reserve room for the num_gen_tokens image tokens."""
-        if not prompts:
-            raise ValueError("encode_t2i needs at least one prompt")
-        rows = [self.tokenizer.encode(self.t2i_prompt(p)) for p in prompts]
-        for i, r in enumerate(rows):
-            if max_len is not None and len(r) > max_len:
-                raise ValueError(f"prompt {i} is {len(r)} tokens, longer than max_len {max_len}")
-        return left_pad(rows, self.tokenizer.pad_id)
 
     # -- text out
 

@@ -8,7 +8,6 @@ is built, before it reaches the model.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from torch import Tensor
 
 from openjanus.errors import UserError
 from openjanus.images import ImageInput
+from openjanus.numbers import check_integer, check_number
 
 __all__ = [
     "SamplingParams", "ImageRequest", "ChatRequest", "Message", "ContentPart", "Cost", "ImageResult",
@@ -31,20 +31,11 @@ MAX_SEED = 2**63 - 1
 
 
 def _finite(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise UserError(f"{name} must be a finite number, got {value}")
-    return float(value)
+    return check_number(value, name=name)
 
 
 def _count(name: str, value: int, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise UserError(f"{name} must be {bound}, got {value}")
-    return value
+    return check_integer(value, low=low, high=high, name=name)
 
 
 def check_seed(seed: int | None) -> int | None:
@@ -61,12 +52,11 @@ class SamplingParams:
     top_p: float | None = None
 
     def __post_init__(self) -> None:
-        if _finite("temperature", self.temperature) < 0:
-            raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        check_number(self.temperature, low=0, name="temperature")
         if self.top_k is not None:
             _count("top_k", self.top_k, 0)
-        if self.top_p is not None and not 0 < _finite("top_p", self.top_p) <= 1:
-            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_p is not None:
+            check_number(self.top_p, low=0, high=1, low_open=True, name="top_p")
 
 
 @dataclass(frozen=True)
@@ -80,7 +70,7 @@ class ImageRequest:
 
     prompt: str
     n: int = 1
-    cfg_weight: float = 5.0
+    guidance: float = 5.0
     sampling: SamplingParams = SamplingParams(temperature=1.0)
     seed: int | None = 0
     jacobi: int = 0
@@ -89,7 +79,7 @@ class ImageRequest:
         if not isinstance(self.prompt, str):
             raise UserError(f"the prompt must be a string, got {type(self.prompt).__name__}")
         _count("n (images per prompt)", self.n, 1)
-        _finite("cfg_weight", self.cfg_weight)
+        _finite("guidance", self.guidance)
         check_seed(self.seed)
         _count("jacobi", self.jacobi, 0, 64)
 
@@ -185,8 +175,9 @@ class Cost:
 class ImageResult:
     request: ImageRequest
     images: list[Image.Image]
-    tokens: Tensor  # [n, num_gen_tokens] int64 VQ codes, raster order, on the CPU
+    tokens: Tensor  # [n, num_gen_tokens] int64 image tokens, raster order, on the CPU
     seed: int
+    prompt_tokens: int  # tokens of the prompt (as the conditional row of each image holds it)
     cost: Cost = field(default_factory=Cost)
 
 

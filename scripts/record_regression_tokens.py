@@ -32,7 +32,7 @@ CHAT_CASES = [
 
 
 def load(name: str):
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
 
     return JanusPipeline.load(None if name == "demo" else name, device="cpu", dtype="float32", seed=0)
 

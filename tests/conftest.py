@@ -67,7 +67,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_checkpoint):
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
 
     return JanusPipeline.load(str(tiny_checkpoint), device="cpu", dtype="float32")
 

@@ -52,7 +52,7 @@ def test_vq_prints_psnr(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_info_counts_parts(capsys):
-    assert main(["info", "--model", "janus-pro-7b", "--dtype", "bfloat16", "--batch", "16"]) == 0
+    assert main(["info", "--model", "janus-pro-7b", "--dtype", "bfloat16", "-n", "16"]) == 0
     out = capsys.readouterr().out
     assert "7,420,434,059" in out
     assert "language" not in out and "llm" in out
@@ -67,7 +67,7 @@ def test_info_states_what_a_batch_needs_per_format(capsys):
     """Janus-Pro-7B, 16 images with CFG: bf16 weights 13.8 GiB + 9.4 GiB of cache overflow a
     24 GB card with activations; int8 LLM/heads bring it to ~17 GiB in one batch (the issue's
     memory target); the default 4 GiB KV budget runs it in batches instead."""
-    argv = ["info", "--model", "janus-pro-7b", "--batch", "16", "--dtype", "bfloat16"]
+    argv = ["info", "--model", "janus-pro-7b", "-n", "16", "--dtype", "bfloat16"]
     assert main(argv + ["--kv-cache-gib", "12"]) == 0
     bf16 = capsys.readouterr().out
     assert main(argv + ["--quantize", "int8", "--kv-cache-gib", "12"]) == 0
@@ -78,7 +78,7 @@ def test_info_states_what_a_batch_needs_per_format(capsys):
     assert main(argv + ["--quantize", "int8"]) == 0
     assert "16 run as batches of 6" in capsys.readouterr().out
     # The engine's row cap (64 rows = 32 images) splits a batch the KV budget alone would hold.
-    big = ["info", "--model", "janus-pro-1b", "--batch", "64", "--dtype", "bfloat16", "--kv-cache-gib", "100"]
+    big = ["info", "--model", "janus-pro-1b", "-n", "64", "--dtype", "bfloat16", "--kv-cache-gib", "100"]
     assert main(big) == 0
     assert "64 run as batches of 32" in capsys.readouterr().out
 
@@ -141,7 +141,7 @@ def test_demo_writes_report_and_scores(tiny_checkpoint, tmp_path):
 def test_every_command_that_loads_a_model_honours_quantize(argv, monkeypatch, tmp_path):
     """--quantize is one of the shared model flags: no command may accept it and ignore it."""
     from openjanus.errors import UserError
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
 
     seen = {}
 
@@ -157,13 +157,13 @@ def test_every_command_that_loads_a_model_honours_quantize(argv, monkeypatch, tm
 
 def test_generate_writes_run_json_with_every_setting(tmp_path):
     out = tmp_path / "run"
-    argv = ["generate", "--model", "tiny", "--out", str(out), "-n", "2", "--seed", "3", "--cfg", "4.5",
+    argv = ["generate", "--model", "tiny", "--out", str(out), "-n", "2", "--seed", "3", "--guidance", "4.5",
             "--dtype", "bfloat16", "--quantize", "int8", "--top-k", "50", "a red circle", "a blue square"]
     assert main(argv) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["model"] == "tiny" and run["dtype"] == "bfloat16" and run["quantize"] == "int8"
     assert run["weights"] == "tiny, bfloat16, int8 LLM and heads"
-    assert (run["n"], run["seed"], run["cfg_weight"], run["top_k"], run["jacobi"]) == (2, 3, 4.5, 50, 0)
+    assert (run["n"], run["seed"], run["guidance"], run["top_k"], run["jacobi"]) == (2, 3, 4.5, 50, 0)
     assert run["prompts"] == ["a red circle", "a blue square"] and run["kv_cache_gib"] == 4.0
     assert run["seconds"] > 0 and run["forward_passes"] > 0 and run["tokens_per_image"] == 64
     # Prompt i uses seed + i; every image names its prompt and seed.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from openjanus.pipeline import DEMO_MODEL_DIR, JanusPipeline
+from openjanus.inference.pipeline import DEMO_MODEL_DIR, JanusPipeline
 
 FLOORS = {"generation_overall": 0.21, "color": 0.2, "count": 0.35, "pope_random": 0.7}
 

@@ -15,9 +15,9 @@ import torch
 from conftest import build_tiny
 from torch.testing import assert_close
 
-from openjanus.engine import Cancelled, ContextTooLong, EngineConfig, QueueFull
 from openjanus.errors import UserError
-from openjanus.generate import BatchRunner, NonFiniteLogits, image_job
+from openjanus.inference.engine import Cancelled, ContextTooLong, EngineConfig, QueueFull, run_jobs
+from openjanus.inference.runner import BatchRunner, NonFiniteLogits, image_job
 from openjanus.requests import ChatRequest, ImageProgress, ImageRequest, Message, SamplingParams, TextDelta
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -25,7 +25,7 @@ GREEDY = SamplingParams(temperature=0.0)
 
 @pytest.fixture
 def pipe(tiny_pipeline):
-    engine = tiny_pipeline.start_engine(EngineConfig(max_rows=16))
+    engine = tiny_pipeline.start_engine(EngineConfig(rows=16))
     yield tiny_pipeline
     engine.close()
 
@@ -33,7 +33,7 @@ def pipe(tiny_pipeline):
 def image_requests() -> list[ImageRequest]:
     return [
         ImageRequest("a red circle", n=2, seed=1),
-        ImageRequest("two blue squares to the left of a green star", n=1, cfg_weight=3.0, seed=2,
+        ImageRequest("two blue squares to the left of a green star", n=1, guidance=3.0, seed=2,
                      sampling=SamplingParams(temperature=0.7, top_k=20)),
         ImageRequest("a star", n=3, seed=3, sampling=SamplingParams(temperature=1.0, top_p=0.9)),
         ImageRequest("a yellow triangle", n=1, sampling=GREEDY, seed=4),
@@ -69,7 +69,7 @@ def test_requests_give_the_same_tokens_alone_and_in_any_mix(pipe):
 
 
 def test_demo_model_mixes_equal_alone():
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
 
     demo = JanusPipeline.load(None, device="cpu", dtype="float32")
     requests = [ImageRequest("a red circle", n=2, seed=1), ImageRequest("two blue squares", n=1, seed=2),
@@ -162,7 +162,7 @@ def test_chat_stream_stop_strings_and_finish_reasons(pipe):
 
 
 def test_large_requests_run_in_chunks_that_fit(tiny_pipeline):
-    engine = tiny_pipeline.start_engine(EngineConfig(max_rows=4))  # 2 images per chunk
+    engine = tiny_pipeline.start_engine(EngineConfig(rows=4))  # 2 images per chunk
     try:
         request = ImageRequest("a red circle", n=5, seed=3)
         result = tiny_pipeline.generate(request)
@@ -180,7 +180,7 @@ def test_large_requests_run_in_chunks_that_fit(tiny_pipeline):
 
 
 def test_queue_and_row_caps(tiny_pipeline):
-    engine = tiny_pipeline.start_engine(EngineConfig(max_rows=2, max_queue=2))
+    engine = tiny_pipeline.start_engine(EngineConfig(rows=2, queue=2))
     try:
         first = engine.submit(ImageRequest("a", n=1))  # takes both rows
         for e in first:
@@ -209,7 +209,7 @@ def test_non_finite_logits_fail_the_request_clearly(tiny_pipeline, monkeypatch):
 
 
 def test_requests_validate_their_fields():
-    for bad in (dict(n=0), dict(n=1.5), dict(cfg_weight=float("nan")), dict(cfg_weight=float("inf")),
+    for bad in (dict(n=0), dict(n=1.5), dict(guidance=float("nan")), dict(guidance=float("inf")),
                 dict(seed=2**63), dict(seed=-1), dict(jacobi=-1)):
         with pytest.raises(UserError):
             ImageRequest("x", **bad)
@@ -231,19 +231,19 @@ def test_compiled_step_compiles_once_per_bucket_not_per_prompt_length():
         return gm.forward
 
     torch._dynamo.reset()
-    runner = BatchRunner(model, max_rows=2, length_bucket=128, compile_step=True, compile_backend=counting_backend)
-    eager = BatchRunner(model, max_rows=2, length_bucket=128)
+    runner = BatchRunner(model, rows=2, length_bucket=128, compile=True, compile_backend=counting_backend)
+    eager = BatchRunner(model, rows=2, length_bucket=128)
     counts = []
     for length in (5, 9, 17, 30):  # every prompt + 64 image tokens fits the first 128-slot bucket
         prompt = [1, *range(10, 10 + length - 2), 2]
         jobs = [image_job(prompt, 3, 1, 5.0, GREEDY, None, model.cfg.num_gen_tokens) for _ in range(2)]
-        runner.run([jobs[0]])
-        eager.run([jobs[1]])
-        assert torch.equal(jobs[0].tokens, jobs[1].tokens)
+        compiled, = run_jobs(runner, [jobs[0]])
+        plain, = run_jobs(eager, [jobs[1]])
+        assert torch.equal(compiled.tokens, plain.tokens)
         counts.append(len(compiles))
     assert counts[0] >= 1 and counts == [counts[0]] * 4, counts
     long_prompt = [1, *range(10, 90), 2]  # 82 + 64 > 128: the next bucket, compiled once more
-    runner.run([image_job(long_prompt, 3, 1, 5.0, GREEDY, None, model.cfg.num_gen_tokens)])
+    run_jobs(runner, [image_job(long_prompt, 3, 1, 5.0, GREEDY, None, model.cfg.num_gen_tokens)])
     assert len(compiles) > counts[-1]
     torch._dynamo.reset()
 
@@ -251,7 +251,7 @@ def test_compiled_step_compiles_once_per_bucket_not_per_prompt_length():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_engine_on_cuda_mixes_equal_alone():
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
 
     pipe = JanusPipeline.load(None, device="cuda", dtype="float32")
     requests = [ImageRequest("a red circle", n=2, seed=1, sampling=GREEDY), ImageRequest("a star", n=1, seed=2),
@@ -265,7 +265,7 @@ def test_engine_on_cuda_mixes_equal_alone():
 def test_a_chunked_request_does_not_starve_later_ones(tiny_pipeline):
     """One image per chunk: a 4-image request's next chunk queues behind a request that
     arrived while its first chunk ran, so the later request ends first."""
-    engine = tiny_pipeline.start_engine(EngineConfig(max_rows=2))
+    engine = tiny_pipeline.start_engine(EngineConfig(rows=2))
     try:
         big = engine.submit(ImageRequest("a red circle", n=4, seed=1))
         next(iter(big))  # its first chunk is decoding
@@ -278,7 +278,7 @@ def test_a_chunked_request_does_not_starve_later_ones(tiny_pipeline):
 
 
 def test_close_with_cancel_ends_a_chunked_request(tiny_pipeline):
-    engine = tiny_pipeline.start_engine(EngineConfig(max_rows=2))
+    engine = tiny_pipeline.start_engine(EngineConfig(rows=2))
     big = engine.submit(ImageRequest("a red circle", n=6, seed=1))
     next(iter(big))
     engine.close(cancel=True)
@@ -303,8 +303,8 @@ def test_image_decode_steps_never_wait_for_the_device(tiny_pipeline, monkeypatch
     ids = tok.encode(tiny_pipeline.processor.t2i_prompt("a red circle"))
     job = image_job(ids, tok.pad_id, 2, 5.0, SamplingParams(top_k=50, top_p=0.9), torch.Generator().manual_seed(0),
                     tiny_pipeline.model.cfg.num_gen_tokens)
-    runner = BatchRunner(tiny_pipeline.model, max_rows=4)
-    runner.add(job)
+    runner = BatchRunner(tiny_pipeline.model, rows=4)
+    state = runner.add(job)
     syncs = []
     for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
         original = getattr(torch.Tensor, name)
@@ -318,7 +318,7 @@ def test_image_decode_steps_never_wait_for_the_device(tiny_pipeline, monkeypatch
         assert runner.step() == []
     assert syncs == []
     monkeypatch.undo()
-    assert runner.step() == [job] and job.error is None
+    assert runner.step() == [state] and state.error is None
 
 
 def _compiled_vs_eager(device: str, dtype: torch.dtype, steps: int = 4) -> tuple[list, list]:
@@ -330,13 +330,13 @@ def _compiled_vs_eager(device: str, dtype: torch.dtype, steps: int = 4) -> tuple
     out = []
     for compiled in (False, True):
         job = image_job(ids, 0, 2, 5.0, GREEDY, None, model.cfg.num_gen_tokens)
-        runner = BatchRunner(model, max_rows=4, compile_step=compiled)
-        runner.add(job)
+        runner = BatchRunner(model, rows=4, compile=compiled)
+        state = runner.add(job)
         hidden = []
         for _ in range(steps):
             runner.step()
             hidden.append(runner.hidden[:4].float().cpu())
-        out.append((hidden, job.tokens[:, :steps].cpu()))
+        out.append((hidden, state.tokens[:, :steps].cpu()))
     return out[0], out[1]
 
 

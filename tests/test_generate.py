@@ -1,4 +1,4 @@
-"""The decoding path (`BatchRunner` behind `generate_image_tokens` / `generate_text`) against
+"""The decoding path (`BatchRunner` and the engine's core behind `generate_image_tokens` / `generate_text`) against
 literal, cache-free re-statements of the reference algorithms."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from conftest import build_tiny
 from torch.testing import assert_close
 
 from openjanus.errors import UserError
-from openjanus.generate import SamplingParams, cfg_combine, filter_logits, generate_image_tokens, generate_text, sample
+from openjanus.inference.engine import generate_image_tokens, generate_text
+from openjanus.inference.sampling import cfg_combine, filter_logits, sample
+from openjanus.requests import SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def reference_t2i(model, prompt: list[int], pad_id: int, parallel: int, cfg: flo
 
 def test_image_tokens_equal_reference_sampler(model):
     prompt = [1, 17, 23, 99, 5, 42, 7]
-    ours = generate_image_tokens(model, prompt, pad_id=3, n=3, cfg_weight=5.0,
+    ours = generate_image_tokens(model, prompt, pad_id=3, n=3, guidance=5.0,
                                  sampling=SamplingParams(temperature=1.0),
                                  generator=torch.Generator().manual_seed(11))
     with torch.no_grad():
@@ -47,9 +49,9 @@ def test_image_tokens_equal_reference_sampler(model):
     assert torch.equal(ours, ref)
 
 
-def test_cfg_weight_one_is_the_conditional_branch(model):
+def test_guidance_one_is_the_conditional_branch(model):
     prompt = [1, 9, 8, 7, 6, 5]
-    guided = generate_image_tokens(model, prompt, pad_id=3, cfg_weight=1.0, sampling=SamplingParams(0.0))
+    guided = generate_image_tokens(model, prompt, pad_id=3, guidance=1.0, sampling=SamplingParams(0.0))
     # Conditional rows alone, greedy, no unconditional rows anywhere.
     with torch.no_grad():
         h = model.embed_text(torch.tensor([prompt]))
@@ -139,5 +141,5 @@ def test_compiled_decode_step_gives_identical_tokens(model):
     p = [1, 5, 6, 7, 8]
     eager = generate_image_tokens(model, p, pad_id=3, n=2, generator=torch.Generator().manual_seed(0))
     compiled = generate_image_tokens(model, p, pad_id=3, n=2, generator=torch.Generator().manual_seed(0),
-                                     compile_step=True)
+                                     compile=True)
     assert torch.equal(eager, compiled)

@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import build_tiny
 
-import openjanus.generate as gen
-from openjanus.generate import BatchRunner, generate_image_tokens, image_job
+import openjanus.inference.runner as gen
+from openjanus.inference.engine import generate_image_tokens, run_jobs
+from openjanus.inference.runner import BatchRunner, image_job
 from openjanus.requests import ImageRequest, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -69,9 +70,8 @@ def jacobi_first_two(model, prompt, n, seed):
     for _ in range(n // per_run):
         # steps=2: the first token is drawn exactly, the second is a draft verified in one window.
         jobs = [image_job(prompt, 3, 1, CFG, sampling, g, 2, jacobi=3) for _ in range(per_run)]
-        BatchRunner(model, max_rows=2 * per_run).run(jobs)
-        for j in jobs:
-            key = tuple(j.tokens[0].tolist())
+        for s in run_jobs(BatchRunner(model, rows=2 * per_run), jobs):
+            key = tuple(s.tokens[0].tolist())
             counts[key] = counts.get(key, 0) + 1
     return counts
 

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from openjanus.errors import UserError
-from openjanus.pipeline import JanusPipeline, tokens_to_pil
+from openjanus.inference.engine import tokens_to_pil
+from openjanus.inference.pipeline import JanusPipeline
 from openjanus.requests import ChatRequest, ImageRequest, Message, SamplingParams
 
 
@@ -81,6 +82,6 @@ def test_bad_parameters_are_user_errors(tiny_pipeline):
 def test_preset_pipeline_and_default_model_message(monkeypatch, tmp_path):
     pipe = JanusPipeline.load("tiny", device="cpu")
     assert pipe.generate(ImageRequest("a")).tokens.shape == (1, pipe.model.cfg.num_gen_tokens)
-    monkeypatch.setattr("openjanus.pipeline.DEMO_MODEL_DIR", tmp_path / "missing")
+    monkeypatch.setattr("openjanus.inference.pipeline.DEMO_MODEL_DIR", tmp_path / "missing")
     with pytest.raises(UserError, match="no --model given"):
         JanusPipeline.load(None)

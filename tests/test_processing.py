@@ -233,47 +233,14 @@ def test_placeholder_count_mismatch(proc: JanusProcessor) -> None:
         proc.encode_chat([Message("user", "hi"), Message("assistant", "hello")])
 
 
-def test_collate_left_padding(proc: JanusProcessor, cfg: JanusConfig) -> None:
-    tok, n = proc.tokenizer, cfg.num_und_tokens
-    a = proc.encode_chat([Message("user", "hi")])
-    b = proc.encode_chat([Message("user", [rand_image(7, 3), "A cat sitting on a mat."])])
-    c = proc.encode_chat([Message("user", [rand_image(3, 7, 1), rand_image(5, 5, 2), "two"])])
-    batch = proc.collate([a, b, c])
-    lens = [len(s.input_ids) for s in (a, b, c)]
-    t = max(lens)
-    assert batch.input_ids.shape == batch.attention_mask.shape == batch.image_mask.shape == (3, t)
-    for i, (s, n_real) in enumerate(zip((a, b, c), lens)):
-        pad = t - n_real
-        assert batch.input_ids[i, :pad].eq(tok.pad_id).all()
-        assert batch.input_ids[i, pad:].tolist() == s.input_ids
-        assert batch.attention_mask[i].tolist() == [0] * pad + [1] * n_real
-        assert batch.positions[i, pad:].tolist() == list(range(n_real))
-        assert batch.positions[i, :pad].eq(1).all()
-        assert batch.image_mask[i].sum() == s.num_images * n
-    assert batch.image_mask.equal(batch.input_ids == tok.image_id)
-    assert batch.pixel_values.shape == (3, 3, cfg.vision.image_size, cfg.vision.image_size)
-    assert torch.equal(batch.pixel_values, torch.cat([b.pixel_values, c.pixel_values]))
-    assert batch.num_images == [0, 1, 2]
-    half = batch.to("cpu", torch.bfloat16)
-    assert half.pixel_values.dtype == torch.bfloat16 and half.input_ids.dtype == torch.long
-    assert batch.pixel_values.dtype == torch.float32
-
-
 def test_t2i_encoding(proc: JanusProcessor) -> None:
     tok = proc.tokenizer
-    ids, mask = proc.encode_t2i(["A cat.", "A dog sitting in the park."])
-    assert ids.shape == mask.shape and ids.dtype == torch.long
-    short = tok.encode("<|User|>: A cat.\n\n<|Assistant|>:<begin_of_image>")
-    t = ids.shape[1]
-    assert ids[0, t - len(short) :].tolist() == short
-    assert mask[0].tolist() == [0] * (t - len(short)) + [1] * len(short)
-    assert mask[1].all() and ids[:, -1].eq(tok.boi_id).all()
+    assert tok.encode(proc.t2i_prompt("A cat.")) == tok.encode("<|User|>: A cat.\n\n<|Assistant|>:<begin_of_image>")
+    row = tok.encode(proc.t2i_prompt("A dog sitting in the park."))
+    assert row[-1] == tok.boi_id
     # The unconditional row is exactly the official tokens[i, 1:-1] = pad.
-    official = ids[1].clone()
-    official[1:-1] = tok.pad_id
-    assert unconditional_prompt(ids[1].tolist(), tok.pad_id) == official.tolist()
-    with pytest.raises(ValueError, match=r"prompt 1 is \d+ tokens, longer than max_len 12"):
-        proc.encode_t2i(["A", "A dog sitting in the park. " * 3], max_len=12)
+    official = [row[0]] + [tok.pad_id] * (len(row) - 2) + [row[-1]]
+    assert unconditional_prompt(row, tok.pad_id) == official
 
 
 def test_from_dir_validation(tok_dir: Path, tmp_path: Path) -> None:

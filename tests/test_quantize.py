@@ -9,7 +9,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from openjanus.errors import UserError
-from openjanus.generate import generate_image_tokens
+from openjanus.inference.engine import generate_image_tokens
 from openjanus.quantize import Int8Linear, quantize_model
 from openjanus.requests import SamplingParams
 

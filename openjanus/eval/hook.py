@@ -15,7 +15,7 @@ from torch import nn
 
 from openjanus.errors import UserError
 from openjanus.eval import runners
-from openjanus.pipeline import JanusPipeline
+from openjanus.inference.pipeline import JanusPipeline
 from openjanus.processing import JanusProcessor
 from openjanus.train.trainer import EvalHook
 
@@ -37,7 +37,12 @@ def benchmark_eval_hook(benchmarks: list[str], options: dict[str, Any], processo
         raise UserError(f"eval.benchmarks: unknown {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
 
     def hook(model: nn.Module, step: int) -> dict[str, float]:
-        pipe = JanusPipeline(model, processor, name=f"step {step}")  # type: ignore[arg-type]
+        # One pipeline per evaluation, closed when it is done: its engine's threads and KV cache
+        # go, and nothing keeps the model (under FSDP2 the gathered full one) past the evaluation.
+        with JanusPipeline(model, processor, name=f"step {step}") as pipe:  # type: ignore[arg-type]
+            return _evaluate(pipe, step)
+
+    def _evaluate(pipe: JanusPipeline, step: int) -> dict[str, float]:
         results: dict[str, float] = {}
         for name in benchmarks:
             opts = dict(options.get(name, {}))

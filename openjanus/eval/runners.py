@@ -60,7 +60,7 @@ from openjanus.shapes.world import SHAPES, Scene, render, rng_for
 
 
 class Pipeline(Protocol):
-    """What the runners need of a model (``openjanus.pipeline.JanusPipeline`` provides it)."""
+    """What the runners need of a model (``openjanus.inference.pipeline.JanusPipeline`` provides it)."""
 
     @property
     def image_size(self) -> int: ...
@@ -94,7 +94,7 @@ class GenerationSettings:
 
     n_per_prompt: int = 4
     seed: int = 0
-    cfg_weight: float = 5.0
+    guidance: float = ImageRequest.guidance
     temperature: float = 1.0
     batch_size: int = 8
 
@@ -106,7 +106,7 @@ class GenerationSettings:
 
     def request(self, prompt: str, index: int) -> ImageRequest:
         """The engine request for prompt `index` of a run (seed + index: reproducible per prompt)."""
-        return ImageRequest(prompt, n=self.n_per_prompt, cfg_weight=self.cfg_weight,
+        return ImageRequest(prompt, n=self.n_per_prompt, guidance=self.guidance,
                             sampling=SamplingParams(temperature=self.temperature), seed=self.seed + index)
 
 

@@ -34,7 +34,7 @@ def heldout_eval_hook(processor: Any, output_dir: str | Path, per_category: int,
     split. Its prompt set (seed 1) is not the benchmark's (seed 0), so choosing a checkpoint by
     these curves does not select on the figures reported at the end."""
     from openjanus.eval import runners
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
 
     def hook(model: nn.Module, step: int) -> dict[str, float]:
         pipe = JanusPipeline(model, processor, name=f"step {step}")  # type: ignore[arg-type]
@@ -44,7 +44,7 @@ def heldout_eval_hook(processor: Any, output_dir: str | Path, per_category: int,
         settings = runners.GenerationSettings(n_per_prompt=n, seed=0, batch_size=16)
         report = runners.run_geneval_shapes(pipe, out, per_category=per_category, settings=settings,
                                             prompt_seed=prompt_seed)
-        pipe.engine.close()
+        pipe.close()
         res = {"geneval/overall": float(report.overall or 0.0)}
         for split, s in report.by_split.items():
             res[f"geneval/{split}"] = float(s.overall)
@@ -62,7 +62,7 @@ def check_before_building(cfg: Any) -> None:
     from openjanus.checkpoints.weights import read_config
     from openjanus.errors import UserError
     from openjanus.model.janus import Janus
-    from openjanus.pipeline import resolve_model_source
+    from openjanus.inference.pipeline import resolve_model_source
 
     source = resolve_model_source(cfg.model)
     if isinstance(source, str):

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from openjanus.checkpoints import load_model
-from openjanus.engine import EngineConfig
+from openjanus.inference.engine import EngineConfig
 from openjanus.errors import UserError
-from openjanus.pipeline import JanusPipeline, resolve_model_source
+from openjanus.inference.pipeline import JanusPipeline, resolve_model_source
 from openjanus.posttrain.config import PostTrainConfig
 from openjanus.posttrain.prompts import Prompt, PromptStream
 from openjanus.posttrain.rewards import Reward, SelfReward, ShapesReward, finite
@@ -118,7 +118,7 @@ class GRPOTrainer:
                               if cfg.kl_beta or cfg.method == "dpo" else None)
         self.pipe = JanusPipeline(model, processor, name="policy")
         rows = 2 * cfg.prompts_per_step * cfg.group_size
-        self.pipe.start_engine(EngineConfig(max_rows=rows, max_images=cfg.group_size))
+        self.pipe.start_engine(EngineConfig(rows=rows, max_n=cfg.group_size))
         self.prompts = PromptStream(cfg.prompts, cfg.prompts_per_step, cfg.seed, cfg.split, cfg.tags)
         self.rewards = reward_override if reward_override is not None else build_rewards(cfg, model, processor)
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -166,7 +166,7 @@ class GRPOTrainer:
         cfg = self.cfg
         prompts = self.prompts.at(step)
         seeds = self.prompts.seeds(step)
-        reqs = [ImageRequest(p.text, n=cfg.group_size, cfg_weight=cfg.guidance,
+        reqs = [ImageRequest(p.text, n=cfg.group_size, guidance=cfg.guidance,
                              sampling=SamplingParams(temperature=cfg.temperature), seed=s)
                 for p, s in zip(prompts, seeds)]
         self.policy.model.eval()
@@ -312,4 +312,4 @@ class GRPOTrainer:
             self.writer.flush()
 
     def close(self) -> None:
-        self.pipe.engine.close()
+        self.pipe.close()

@@ -9,27 +9,27 @@ import sys
 import threading
 
 from openjanus.errors import UserError
+from openjanus.inference.engine import EngineConfig
+from openjanus.options import EngineOptions, ModelOptions, default_of, integer_flag, number_flag, open_pipeline
+from openjanus.serve.protocol import ServeSettings
 
 
 def register(sub) -> None:
-    from openjanus.cli import add_model_flags, int_range, kv_cache_flag
-
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server and web page")
-    add_model_flags(p)
+    ModelOptions.add_to(p)
+    EngineOptions.add_to(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
-    p.add_argument("--port", type=int_range(1, 65535), default=8000)
+    p.add_argument("--port", type=integer_flag(1, 65535), default=8000, help="port to listen on")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $OPENJANUS_API_KEY, else none)")
     p.add_argument("--model-id", default=None, help="the model name clients see (default: the folder's name)")
-    p.add_argument("--max-n", type=int_range(1, 1000), default=8, help="most images per generation request")
-    p.add_argument("--max-queue", type=int_range(1), default=256,
-                   help="requests waiting beyond the batch; more get 429")
-    p.add_argument("--batch-rows", type=int_range(2), default=64, help="LLM rows decoded together (2 per image)")
-    kv_cache_flag(p)
-    p.add_argument("--max-body-mb", type=int_range(1), default=20, help="request body limit")
+    p.add_argument("--max-n", type=integer_flag(1, default_of(EngineConfig, "max_n")),
+                   default=default_of(ServeSettings, "max_n"), help="most images per generation request (n)")
+    p.add_argument("--max-body-mb", type=integer_flag(1), default=default_of(ServeSettings, "max_body_bytes") // 2**20,
+                   help="request body limit")
     p.add_argument("--allow-remote-images", action="store_true",
                    help="fetch http(s) image URLs in chat messages (bounded in size and time; off: data: URLs only)")
-    p.add_argument("--shutdown-grace", type=float, default=30.0,
+    p.add_argument("--shutdown-grace", type=number_flag(0), default=30.0,
                    help="on SIGTERM/Ctrl-C, seconds running requests get to finish before they are cancelled")
     p.set_defaults(func=cmd_serve)
 
@@ -38,25 +38,26 @@ def cmd_serve(args: argparse.Namespace) -> None:
     """Load the model, then serve it until SIGTERM / Ctrl-C: running requests get --shutdown-grace
     seconds to finish, then are cancelled cleanly."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 (the serve extra: checked before the model loads)
 
-        from openjanus.serve.app import ServeSettings, create_app
+        import openjanus.serve.app  # noqa: F401
     except ModuleNotFoundError as e:
         raise UserError(f"openjanus serve needs the serve extra ({e.name} is missing): "
                         "pip install -e '.[serve]'") from None
-    from openjanus.engine import EngineConfig
-    from openjanus.pipeline import JanusPipeline
 
-    pipe = JanusPipeline.load(args.model, device=args.device, dtype=args.dtype,
-                              check_finite=getattr(args, "check_finite", False), quantize=args.quantize)
-    pipe.start_engine(EngineConfig(max_rows=args.batch_rows, max_queue=args.max_queue,
-                                   max_cache_gib=args.kv_cache_gib))
+    with open_pipeline(args) as pipe:
+        _serve(pipe, args)
+
+
+def _serve(pipe, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from openjanus.serve.app import create_app
+
     settings = ServeSettings(model_id=args.model_id or pipe.name,
                              api_key=args.api_key or os.environ.get("OPENJANUS_API_KEY") or None,
                              max_body_bytes=args.max_body_mb * 2**20, max_n=args.max_n,
                              allow_remote_images=args.allow_remote_images)
-    if args.shutdown_grace < 0:
-        raise UserError(f"--shutdown-grace must be >= 0, got {args.shutdown_grace}")
     grace, stopping = args.shutdown_grace, []
 
     class Server(uvicorn.Server):

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from openjanus.train.run import EvalHookFactory
+from openjanus.options import Parser, integer_flag
 
 USAGE = """openjanus train CONFIG [--resume [CKPT]] [--override KEY=VALUE ...]
        openjanus train export CKPT --out DIR [--dtype DTYPE] [--tokenizer DIR] [--overwrite]
@@ -31,9 +30,10 @@ from a JSON config; under torchrun the same command trains on many GPUs and node
 docs/training.md."""
 
 
-def register(subparsers: Any, eval_hooks: EvalHookFactory | None = None) -> None:
-    """Add `train` to the top-level `openjanus` sub-commands. `eval_hooks` makes the evaluation
-    hook of configs that ask for eval.benchmarks (the CLI passes the evaluation package's)."""
+def register(subparsers: Any) -> None:
+    """Add `train` to the top-level `openjanus` sub-commands. The evaluation hook of configs that
+    ask for eval.benchmarks comes from the parsed arguments' `eval_hooks` (the CLI sets it as a
+    default of its top-level parser: training imports no evaluation code)."""
     run_options = _run_parser().format_help().split("options:", 1)[1]
     run_options = "\n".join(line for line in run_options.splitlines() if "--help" not in line)
     p = subparsers.add_parser("train", help="train a stage or a part from a config; export; pretokenize",
@@ -42,11 +42,11 @@ def register(subparsers: Any, eval_hooks: EvalHookFactory | None = None) -> None
     # The first word picks the form (a config file, or `export` / `pretokenize`), so the rest is
     # parsed by the form's own parser.
     p.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_train, eval_hooks=eval_hooks)
+    p.set_defaults(func=cmd_train)
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="openjanus train", usage=USAGE, description=DESCRIPTION,
+    p = Parser(prog="openjanus train", usage=USAGE, description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="training config (JSON; TOML on Python 3.11+)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CKPT",
@@ -57,7 +57,7 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def _export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="openjanus train export",
+    p = Parser(prog="openjanus train export",
                                 description="Export a training checkpoint: Janus stages to the official layout "
                                             "(for `openjanus chat/generate --model DIR`), parts to part folders.")
     p.add_argument("checkpoint",
@@ -76,21 +76,21 @@ def _export_parser() -> argparse.ArgumentParser:
 
 
 def _tokenizer_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="openjanus train tokenizer",
+    p = Parser(prog="openjanus train tokenizer",
                                 description="Train a byte-level BPE tokenizer with the Janus special tokens on the "
                                             "text of training JSONL files (text, captions, conversations), for "
                                             "models trained from scratch; writes tokenizer.json and its configs.")
     p.add_argument("--data", required=True, action="extend", nargs="+", help="JSONL file(s), folder(s) or glob(s)")
-    p.add_argument("--vocab-size", type=int, required=True,
+    p.add_argument("--vocab-size", type=integer_flag(1), required=True,
                    help="ids in the vocabulary (<= the model's llm.vocab_size)")
     p.add_argument("--out", required=True, help="output folder (use it as model.tokenizer)")
-    p.add_argument("--max-records", type=int, default=1_000_000, help="read at most this many records")
+    p.add_argument("--max-records", type=integer_flag(1), default=1_000_000, help="read at most this many records")
     return p
 
 
 def _run_subcommand(register: Any, words: list[str]) -> None:
     """Parse `words` with the one subcommand `register` adds, then run it."""
-    top = argparse.ArgumentParser(prog="openjanus train")
+    top = Parser(prog="openjanus train")
     register(top.add_subparsers(dest="form", required=True))
     parsed = top.parse_args(words)
     parsed.func(parsed)

@@ -48,7 +48,7 @@ def test_empty_and_mismatched_questions(tiny_pipeline, photo):
 
 @pytest.mark.parametrize("build", [
     lambda: ImageRequest("x", sampling=SamplingParams(temperature=float("nan"))),
-    lambda: ImageRequest("x", cfg_weight=float("inf")),
+    lambda: ImageRequest("x", guidance=float("inf")),
     lambda: ImageRequest("x", seed=2**64),
     lambda: ImageRequest("x", n=0),
     lambda: ImageRequest(None),

@@ -19,7 +19,7 @@ from bad_input import cli_error
 from openjanus.checkpoints import hf, load_model, official, read_config
 from openjanus.config import JanusConfig
 from openjanus.errors import CheckpointError, UserError
-from openjanus.pipeline import DEMO_MODEL_DIR, JanusPipeline
+from openjanus.inference.pipeline import DEMO_MODEL_DIR, JanusPipeline
 
 POISONED = ["language_model.model.layers.1.mlp.down_proj.weight", "gen_head.vision_head.weight"]
 
@@ -341,7 +341,7 @@ def test_missing_and_wrong_folders(tmp_path, image, capsys):
 
 
 def test_the_demo_model_has_one_name(capsys, monkeypatch):
-    monkeypatch.setattr("openjanus.pipeline._RANDOM_NOTICE_SHOWN", set())  # whatever ran before
+    monkeypatch.setattr("openjanus.inference.pipeline._RANDOM_NOTICE_SHOWN", set())  # whatever ran before
     # "janus-shapes" is the shipped, trained model, the same as giving no --model at all.
     named = JanusPipeline.load("janus-shapes", device="cpu")
     default = JanusPipeline.load(None, device="cpu")

@@ -14,7 +14,7 @@ from bad_input import cli_error
 from openjanus import __version__
 from openjanus.cli import MAX_SEED, main
 from openjanus.errors import UserError
-from openjanus.pipeline import JanusPipeline
+from openjanus.inference.pipeline import JanusPipeline
 from openjanus.requests import ChatRequest, Message
 
 
@@ -39,13 +39,13 @@ FLAG_CASES = [
     (["chat", "--temperature", "inf", "q"], "argument --temperature: must be a finite number"),
     (["generate", "--out", "OUT", "--temperature", "hot", "p"],
      "argument --temperature: expected a number, got 'hot'"),
-    (["generate", "--out", "OUT", "--cfg", "nan", "p"], "argument --cfg: must be a finite number"),
-    (["generate", "--out", "OUT", "--cfg=-inf", "p"], "argument --cfg: must be a finite number"),
+    (["generate", "--out", "OUT", "--guidance", "nan", "p"], "argument --guidance: must be a finite number"),
+    (["generate", "--out", "OUT", "--guidance=-inf", "p"], "argument --guidance: must be a finite number"),
     (["generate", "--out", "OUT", "--top-p", "inf", "p"], "argument --top-p: must be a finite number"),
     (["generate", "--out", "OUT", "--top-k", "-1", "p"], "argument --top-k: must be >= 0, got -1"),
     (["generate", "--out", "OUT", "-n", "0", "p"], "argument -n: must be >= 1, got 0"),
     (["chat", "--max-new-tokens", "0", "q"], "argument --max-new-tokens: must be >= 1"),
-    (["info", "--batch", "0"], "argument --batch: must be >= 1"),
+    (["info", "-n", "0"], "argument -n: must be >= 1"),
     (["chat", "--roles", "klingon", "q"], "argument --roles: invalid choice: 'klingon'"),
     (["generate", "p"], "the following arguments are required: --out"),
     (["transmogrify"], "argument COMMAND: invalid choice: 'transmogrify'"),
@@ -199,7 +199,7 @@ def test_info_knows_the_demo_model_by_name(capsys):
 
 
 def test_random_weight_presets_say_so_once(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("openjanus.pipeline._RANDOM_NOTICE_SHOWN", set())
+    monkeypatch.setattr("openjanus.inference.pipeline._RANDOM_NOTICE_SHOWN", set())
     for i in range(2):
         assert main(["generate", "--model", "tiny", "--out", str(tmp_path / f"o{i}"), "p"]) == 0
     err = capsys.readouterr().err

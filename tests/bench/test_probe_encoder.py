@@ -33,7 +33,7 @@ def test_probe_command_writes_every_view(tmp_path):
 
 def test_a_siglip_part_folder_probes_like_the_model_it_came_from(tmp_path):
     from openjanus.checkpoints.weights import export_part
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
 
     source = JanusPipeline.from_preset("tiny", seed=1)  # weights unlike the preset's own (seed 0)
     net = source.model
@@ -48,7 +48,7 @@ def test_a_siglip_part_folder_probes_like_the_model_it_came_from(tmp_path):
 
 
 def test_supervised_baseline_trains_the_encoder_and_is_probed_without_aligner(tmp_path):
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
 
     fresh = JanusPipeline.load("tiny", device="cpu").model.und_encoder.state_dict()
     trained = probe_encoder.supervised_baseline("tiny", steps=2, seed=0, batch=4).model.und_encoder.state_dict()

@@ -42,13 +42,13 @@ def test_bad_input_is_a_user_error(tmp_path):
 
 def _tiny_available() -> bool:
     try:
-        from openjanus.pipeline import JanusPipeline  # noqa: F401
+        from openjanus.inference.pipeline import JanusPipeline  # noqa: F401
     except Exception:
         return False
     return True
 
 
-@pytest.mark.skipif(not _tiny_available(), reason="openjanus.pipeline is not importable")
+@pytest.mark.skipif(not _tiny_available(), reason="openjanus.inference.pipeline is not importable")
 def test_both_benchmarks_with_the_tiny_model_on_cpu(tmp_path, capsys):
     gs = tmp_path / "gs"
     _run(["eval", "geneval-shapes", "--model", "tiny", "--device", "cpu", "--dtype", "float32",

@@ -152,7 +152,7 @@ def test_fused_projections_equal_separate_ones(dtype):
 
 def test_pipeline_fuses_only_outside_fp32():
     """fp32 must keep the official code's products (unfused); bf16 and int8 get fused ones."""
-    from openjanus.pipeline import JanusPipeline
+    from openjanus.inference.pipeline import JanusPipeline
 
     fp32 = JanusPipeline.load("tiny", dtype="float32")
     assert fp32.model.llm.layers[0].attn.qkv_proj is None

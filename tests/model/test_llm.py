@@ -5,7 +5,6 @@ from torch.testing import assert_close
 
 from openjanus.config import JanusConfig, LLMConfig
 from openjanus.model.llm import LLM, cache_mask, document_mask
-from openjanus.processing import left_pad, positions_from_mask
 
 # fp32 on CPU: the cached and uncached paths do the same arithmetic on the same values,
 # only the attention span differs by exactly-zero masked terms, so differences are ~1e-6.
@@ -42,9 +41,10 @@ def test_left_padding_matches_unpadded_row():
     llm = tiny_llm()
     short = torch.randint(0, 100, (4,)).tolist()
     long = torch.randint(0, 100, (9,)).tolist()
-    ids, mask = left_pad([short, long], pad_id=0)
-    mask = mask.bool()
-    pos = positions_from_mask(mask)
+    # Left-padded by hand: pads get position 1 (masked, so any value works), real tokens 0, 1, ...
+    ids = torch.tensor([[0] * 5 + short, long])
+    mask = torch.tensor([[False] * 5 + [True] * 4, [True] * 9])
+    pos = (mask.long().cumsum(-1) - 1).masked_fill(~mask, 1)
     slots = torch.arange(ids.shape[1])
     cache = llm.new_cache(2, ids.shape[1])
     batched = llm(llm.embed(ids), pos, cache_mask(slots, mask), cache, slots)

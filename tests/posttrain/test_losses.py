@@ -102,7 +102,7 @@ def test_teacher_forced_logprobs_are_the_samplers_distribution(tiny_pipeline, on
     # prompts of different lengths batched together (left padding).
     pipe = tiny_pipeline
     prompts = ["a red circle", "three blue squares left of a green star"]
-    res = pipe.run([ImageRequest(p, n=2, cfg_weight=4.0, sampling=SamplingParams(temperature=0.0), seed=1)
+    res = pipe.run([ImageRequest(p, n=2, guidance=4.0, sampling=SamplingParams(temperature=0.0), seed=1)
                     for p in prompts])
     tokens = torch.cat([r.tokens for r in res])
     tok = pipe.processor.tokenizer

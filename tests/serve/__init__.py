@@ -9,7 +9,7 @@ import time
 import httpx
 import uvicorn
 
-from openjanus.pipeline import JanusPipeline
+from openjanus.inference.pipeline import JanusPipeline
 from openjanus.serve.app import ServeSettings, create_app
 
 

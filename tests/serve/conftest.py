@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e '.[dev]')")
 
-from openjanus.engine import EngineConfig  # noqa: E402
-from openjanus.pipeline import JanusPipeline  # noqa: E402
+from openjanus.inference.engine import EngineConfig  # noqa: E402
+from openjanus.inference.pipeline import JanusPipeline  # noqa: E402
 from openjanus.serve.app import ServeSettings  # noqa: E402
 from serve import Server  # noqa: E402
 
@@ -15,7 +15,7 @@ from serve import Server  # noqa: E402
 @pytest.fixture(scope="session")
 def demo_pipe():
     pipe = JanusPipeline.load(None, device="cpu", dtype="float32")
-    pipe.start_engine(EngineConfig(max_rows=32, max_queue=64))
+    pipe.start_engine(EngineConfig(rows=32, queue=64))
     return pipe
 
 

@@ -33,9 +33,9 @@ def test_sigterm_finishes_short_requests_and_cancels_long_ones():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     code = "import sys; from openjanus.cli import main; sys.exit(main(sys.argv[1:]))"
-    # --batch-rows 3: the long request runs one image at a time and leaves a row for a chat.
+    # --rows 3: the long request runs one image at a time and leaves a row for a chat.
     proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--model", "tiny", "--port", str(port),
-                             "--max-n", "400", "--batch-rows", "3", "--shutdown-grace", "3"],
+                             "--max-n", "400", "--rows", "3", "--shutdown-grace", "3"],
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OPENJANUS_API_KEY": "k"})
     url, auth = f"http://127.0.0.1:{port}", {"Authorization": "Bearer k"}
     try:

@@ -17,8 +17,8 @@ import openai
 import pytest
 from PIL import Image
 
-from openjanus.engine import EngineConfig
-from openjanus.pipeline import JanusPipeline
+from openjanus.inference.engine import EngineConfig
+from openjanus.inference.pipeline import JanusPipeline
 from openjanus.serve.app import ServeSettings
 from serve import Server
 
@@ -49,7 +49,7 @@ def error(response: httpx.Response, status: int) -> dict:
 @pytest.fixture(scope="module")
 def tiny():
     pipe = JanusPipeline.load("tiny")
-    pipe.start_engine(EngineConfig(max_rows=4, max_queue=16))
+    pipe.start_engine(EngineConfig(rows=4, queue=16))
     return pipe
 
 
@@ -113,7 +113,7 @@ def test_a_failure_after_the_stream_started_ends_it_with_an_error_event(tiny, mo
         raise RuntimeError("secret internals /srv/model")
 
     with Server(tiny, ServeSettings(model_id="tiny")) as s:
-        monkeypatch.setattr(tiny, "decode_tokens", broken)
+        monkeypatch.setattr(tiny.model, "decode_image_tokens", broken)  # what the engine decodes with
         with httpx.stream("POST", s.url + "/v1/images/generations", timeout=30,
                           json={"prompt": "x", "stream": True}) as r:
             assert r.status_code == 200
@@ -130,7 +130,7 @@ def test_a_failure_after_the_stream_started_ends_it_with_an_error_event(tiny, mo
 @pytest.mark.parametrize("how", ["the app's requests", "the engine"])
 def test_requests_cancelled_by_a_shutdown_are_503(how):
     pipe = JanusPipeline.load("tiny")
-    engine = pipe.start_engine(EngineConfig(max_rows=2, max_queue=4))
+    engine = pipe.start_engine(EngineConfig(rows=2, queue=4))
     with Server(pipe, ServeSettings(model_id="tiny", max_n=1000)) as s:
         result: dict = {}
 
@@ -167,7 +167,7 @@ def test_a_really_full_queue_is_429_with_retry_after_and_frees_up():
     from openjanus.requests import ImageRequest
 
     pipe = JanusPipeline.load("tiny")
-    engine = pipe.start_engine(EngineConfig(max_rows=2, max_queue=1))
+    engine = pipe.start_engine(EngineConfig(rows=2, queue=1))
     with Server(pipe, ServeSettings(model_id="tiny")) as s:
         running = pipe.submit(ImageRequest("fill the batch", n=500, seed=0))  # one image at a time, for seconds
         while engine.running == 0:
@@ -217,3 +217,17 @@ def test_bad_requests_do_not_disturb_a_running_one(tiny):
         worker.join(30)
     done = [e["b64_json"] for e in result["events"] if e["type"] == "image_generation.completed"]
     assert done == [d["b64_json"] for d in alone["data"]]
+
+
+def test_top_p_zero_means_the_most_likely_token_on_chat_and_images(tiny):
+    """OpenAI's top_p = 0 (a nucleus of one token): the same as greedy decoding, on both endpoints."""
+    with Server(tiny, ServeSettings(model_id="tiny")) as s:
+        chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "seed": 3}
+        greedy = httpx.post(s.url + "/v1/chat/completions", json={**chat, "temperature": 0}, timeout=30).json()
+        nucleus = httpx.post(s.url + "/v1/chat/completions", json={**chat, "temperature": 1, "top_p": 0},
+                             timeout=30).json()
+        assert nucleus["choices"][0]["message"] == greedy["choices"][0]["message"]
+        image = {"prompt": "a red circle", "seed": 3}
+        greedy = httpx.post(s.url + "/v1/images/generations", json={**image, "temperature": 0}, timeout=30).json()
+        nucleus = httpx.post(s.url + "/v1/images/generations", json={**image, "top_p": 0}, timeout=30).json()
+        assert nucleus["data"] == greedy["data"]

@@ -172,7 +172,7 @@ def test_api_key_queue_full_and_internal_errors(demo_pipe, monkeypatch):
         assert client(s, "sekrit").models.list().data
         assert httpx.get(s.url + "/health").status_code == 200  # no key needed to check health
 
-        from openjanus.engine import QueueFull
+        from openjanus.inference.engine import QueueFull
 
         def full(request, wait=False):
             raise QueueFull("the queue is full (64 requests waiting)")

@@ -69,7 +69,7 @@ def test_export_loads_with_the_same_logits(tmp_path, tiny_checkpoint) -> None:
     for a, b in zip(*logits):
         assert torch.equal(a, b)
 
-    from openjanus.pipeline import JanusPipeline  # what `openjanus chat/generate --model DIR` does
+    from openjanus.inference.pipeline import JanusPipeline  # what `openjanus chat/generate --model DIR` does
 
     pipe = JanusPipeline.load(str(out), device="cpu", dtype="float32")
     assert pipe.model.cfg == model.cfg

@@ -74,7 +74,7 @@ def test_train_resume_and_export_end_to_end(tmp_path, tiny_checkpoint, capsys) -
     out = tmp_path / "exported"
     assert main(["train", "export", str(run), "--out", str(out), "--dtype", "bfloat16"]) == 0
     assert main(["generate", "--model", str(out), "a red circle", "--out", str(tmp_path / "imgs"),
-                 "--temperature", "1", "--cfg", "2"]) == 0
+                 "--temperature", "1", "--guidance", "2"]) == 0
     assert (tmp_path / "imgs" / "image_0.png").is_file()
 
 

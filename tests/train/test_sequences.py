@@ -10,7 +10,7 @@ import torch
 from data_helpers import CFG
 from PIL import Image
 
-from openjanus.generate import image_job
+from openjanus.inference.runner import image_job
 from openjanus.processing import format_conversation, preprocess_und_images, unconditional_prompt
 from openjanus.requests import SamplingParams
 from openjanus.train.batch import DATA_KINDS, IGNORE
@@ -93,8 +93,7 @@ def test_t2i_sample_targets_are_exactly_the_codes(proc):
     codes = torch.randint(0, CFG.vq.codebook_size, (proc.num_gen_tokens,))
     s = t2i_sample(proc, "a red square above a blue star.", codes)
     prompt = tok.encode(proc.t2i_prompt("a red square above a blue star."))
-    ids, _ = proc.encode_t2i(["a red square above a blue star."])
-    assert prompt == ids[0].tolist() and prompt[-1] == tok.boi_id
+    assert prompt[-1] == tok.boi_id
     p, n = len(prompt), proc.num_gen_tokens
     assert len(s) == p + n + 1
     assert s.input_ids[:p].tolist() == prompt and s.input_ids[-1].item() == tok.eoi_id

@@ -5,7 +5,9 @@ harness and the server all use.
     result = pipe.generate(ImageRequest("a red fox in the snow", n=4, seed=7))
     reply = pipe.generate(ChatRequest.ask("What is in this picture?", ["photo.jpg"]))
 
-Every request goes through `pipe.engine`, which batches the requests of all callers.
+Every request goes through the pipeline's engine, which batches the requests of all callers.
+The pipeline owns it: `start_engine(config)` replaces it, `close()` (or leaving a `with`
+block) stops it for good; a closed pipeline refuses further requests.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -22,9 +23,9 @@ from torch import Tensor
 from openjanus.checkpoints import load_model
 from openjanus.config import PRESETS, JanusConfig
 from openjanus.devices import resolve_device, resolve_dtype
-from openjanus.engine import Engine, EngineConfig, RequestHandle
 from openjanus.errors import UserError
 from openjanus.images import ImageInput
+from openjanus.inference.engine import Engine, EngineConfig, RequestHandle, decode_tokens
 from openjanus.model.janus import Janus
 from openjanus.model.llm import fuse_projections
 from openjanus.processing import JanusProcessor, standin_processor
@@ -34,7 +35,7 @@ from openjanus.requests import ChatRequest, ChatResult, ImageRequest, ImageResul
 # The demo model shipped with the package (see the README); used when no model is named, and
 # when the model is named by its name (its architecture alone is the preset "janus-shapes-arch").
 DEMO_MODEL_NAME = "janus-shapes"
-DEMO_MODEL_DIR = Path(__file__).parent / "assets" / DEMO_MODEL_NAME
+DEMO_MODEL_DIR = Path(__file__).parents[1] / "assets" / DEMO_MODEL_NAME
 
 # Preset names whose "random weights" notice was printed already (once per process).
 _RANDOM_NOTICE_SHOWN: set[str] = set()
@@ -69,19 +70,14 @@ def prepare_for_inference(model: Janus, quantize: str | None = None) -> Janus:
     return quantize_model(model, quantize)
 
 
-def tokens_to_pil(images: Tensor) -> list[Image.Image]:
-    """Decoded images [P, 3, H, W] in about [-1, 1] -> PIL, truncating to uint8 as the official code does."""
-    arr = images.float().cpu().numpy().transpose(0, 2, 3, 1)  # [P, H, W, 3]
-    arr = np.clip((arr + 1) / 2 * 255, 0, 255).astype(np.uint8)  # astype truncates toward zero
-    return [Image.fromarray(a) for a in arr]
-
-
 class JanusPipeline:
-    def __init__(self, model: Janus, processor: JanusProcessor, name: str = "model") -> None:
+    def __init__(self, model: Janus, processor: JanusProcessor, name: str = "model",
+                 engine: EngineConfig | None = None) -> None:
         self.model = model.eval()
         self.processor = processor
         self.name = name
-        self._engine: Engine | None = None
+        self._engine = Engine(model, processor, engine)  # its worker starts on first use
+        self._closed = False
 
     # --- construction ---------------------------------------------------------------------
 
@@ -165,18 +161,37 @@ class JanusPipeline:
 
     @property
     def engine(self) -> Engine:
-        """The engine every request of this pipeline goes through (started on first use, and
-        again after `close()`)."""
-        if self._engine is None or self._engine.closed:
-            self._engine = Engine(self, self._engine.config if self._engine is not None else None)
-        return self._engine
+        """The engine every request of this pipeline goes through; its worker starts on first
+        use. An engine closed on its own (`pipe.engine.close()`) is replaced by a new one with
+        the same config; a closed pipeline has none."""
+        if self._closed:
+            raise UserError(f"the pipeline {self.name!r} is closed")
+        if self._engine.closed:
+            self._engine = Engine(self.model, self.processor, self._engine.config)
+        return self._engine.start()
 
     def start_engine(self, config: EngineConfig) -> Engine:
         """Replace the engine by one with `config` (the old one finishes its requests first)."""
-        if self._engine is not None:
-            self._engine.close(cancel=False)
-        self._engine = Engine(self, config)
-        return self._engine
+        if self._closed:
+            raise UserError(f"the pipeline {self.name!r} is closed")
+        self._engine.close(cancel=False)
+        self._engine = Engine(self.model, self.processor, config)
+        return self._engine.start()
+
+    def close(self) -> None:
+        """Cancel what is running, stop the engine's threads and free its cache; for good."""
+        self._closed = True
+        self._engine.close(cancel=True)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> JanusPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def submit(self, request: ImageRequest | ChatRequest) -> RequestHandle:
         """Queue a request on the engine; iterate the handle for progress or text as it comes."""
@@ -194,28 +209,21 @@ class JanusPipeline:
         if progress:
             from tqdm.auto import tqdm
 
-            total = sum(_planned_tokens(h) for h in handles)
+            total = sum(h.progress()[1] for h in handles)
             with tqdm(total=total, desc=desc, unit="tok", leave=False) as bar:
                 for h in handles:  # poll four times a second while the next unfinished one runs
-                    while not h._done.wait(0.25):
-                        bar.update(sum(_tokens_done(h) for h in handles) - bar.n)
+                    while not h.wait(0.25):
+                        bar.update(sum(h.progress()[0] for h in handles) - bar.n)
                 bar.update(total - bar.n)
         return [h.result() for h in handles]
 
-    @torch.inference_mode()
     def decode_tokens(self, tokens: Tensor) -> list[Image.Image]:
-        """[P, num_gen_tokens] VQ code ids -> P PIL images."""
-        tokens = tokens.to(self.device)
-        if tokens.ndim != 2 or tokens.shape[1] != self.model.cfg.num_gen_tokens:
-            raise UserError(f"expected image tokens of shape [n, {self.model.cfg.num_gen_tokens}], "
-                            f"got {list(tokens.shape)}")
-        if int(tokens.min()) < 0 or int(tokens.max()) >= self.model.cfg.vq.codebook_size:
-            raise UserError(f"image tokens must lie in [0, {self.model.cfg.vq.codebook_size})")
-        return tokens_to_pil(self.model.decode_image_tokens(tokens))
+        """Image tokens [P, num_gen_tokens] -> P PIL images."""
+        return decode_tokens(self.model, tokens)
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image]) -> Tensor:
-        """PIL images -> VQ codes [n, num_gen_tokens] (resize short side, centre crop, [-1, 1])."""
+        """PIL images -> image tokens [n, num_gen_tokens] (resize short side, centre crop, [-1, 1])."""
         from openjanus.images import preprocess_gen_image
 
         x = torch.stack([preprocess_gen_image(im, self.image_size) for im in images])
@@ -236,12 +244,3 @@ class JanusPipeline:
                     for im, q in zip(images, questions)]
         return [r.text for r in self.run(requests)]
 
-
-def _planned_tokens(handle: RequestHandle) -> int:
-    return sum(j.n_rows // (2 if j.kind == "image" else 1) * j.steps for j in handle.jobs)
-
-
-def _tokens_done(handle: RequestHandle) -> int:
-    if handle.done():
-        return _planned_tokens(handle)
-    return sum(j.n_rows // (2 if j.kind == "image" else 1) * j.done_steps for j in handle.jobs)

@@ -1,0 +1,116 @@
+"""`openjanus.serve.protocol` without a server: OpenAI's names to the project's, defaults from the
+typed requests, top_p = 0 alike on both endpoints, errors in OpenAI's shape; and the app's
+request registry, which a shutdown cannot miss."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e '.[dev]')")
+
+from openjanus.inference.engine import Cancelled, ContextTooLong, QueueFull  # noqa: E402
+from openjanus.requests import ChatRequest, ImageRequest, SamplingParams  # noqa: E402
+from openjanus.serve import protocol  # noqa: E402
+from openjanus.serve.app import Requests  # noqa: E402
+from openjanus.serve.protocol import APIError, ServeSettings  # noqa: E402
+
+SETTINGS = ServeSettings()
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_omitted_fields_mean_the_typed_requests_defaults():
+    image = protocol.image_request({"prompt": "a red circle"}, 64, SETTINGS)
+    assert image == ImageRequest("a red circle", seed=None)
+    chat = protocol.chat_request(CHAT, SETTINGS)
+    # OpenAI's chat default is sampling at temperature 1 (a Python ChatRequest is greedy).
+    assert (chat.sampling, chat.max_new_tokens, chat.stop) == (SamplingParams(1.0), ChatRequest.max_new_tokens, ())
+
+
+def test_openai_names_map_to_the_projects():
+    image = protocol.image_request({"prompt": "x", "n": 3, "guidance_scale": 7.5, "temperature": 0.5, "top_k": 20,
+                                    "top_p": 0.9, "seed": 4, "jacobi": 8}, 64, SETTINGS)
+    assert image == ImageRequest("x", n=3, guidance=7.5, sampling=SamplingParams(0.5, top_k=20, top_p=0.9), seed=4,
+                                 jacobi=8)
+    chat = protocol.chat_request({**CHAT, "max_completion_tokens": 7, "temperature": 0.3, "top_p": 0.5,
+                                  "stop": "zz", "seed": 2}, SETTINGS)
+    assert (chat.max_new_tokens, chat.sampling, chat.stop, chat.seed) == (
+        7, SamplingParams(0.3, top_p=0.5), ("zz",), 2)
+
+
+def test_top_p_zero_keeps_only_the_most_likely_token_on_both_endpoints():
+    image = protocol.image_request({"prompt": "x", "top_p": 0}, 64, SETTINGS)
+    chat = protocol.chat_request({**CHAT, "top_p": 0}, SETTINGS)
+    assert image.sampling == SamplingParams(1.0, top_k=1) and chat.sampling == SamplingParams(1.0, top_k=1)
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"top_p": 1.5}, "top_p"), ({"top_p": -0.1}, "top_p"), ({"temperature": 2.5}, "temperature"),
+    ({"top_k": -1}, "top_k"), ({"seed": -1}, "seed"), ({"guidance_scale": "high"}, "guidance_scale"),
+    ({"guidance_scale": 101}, "guidance_scale"), ({"top_p": True}, "top_p"),
+])
+def test_bad_fields_name_the_field(body, param):
+    with pytest.raises(APIError) as info:
+        protocol.image_request({"prompt": "x", **body}, 64, SETTINGS)
+    assert info.value.status == 400 and info.value.param == param
+
+
+def test_errors_in_openai_shape():
+    cases = [(QueueFull("full"), 429, "rate_limit_error", "queue_full"),
+             (Cancelled("gone"), 503, "server_error", "server_shutting_down"),
+             (ContextTooLong("too long"), 400, "invalid_request_error", "context_length_exceeded"),
+             (RuntimeError("secret internals"), 500, "server_error", None)]
+    for e, status, kind, code in cases:
+        err = protocol.api_error(e)
+        assert (err.status, err.kind, err.code) == (status, kind, code)
+        assert set(err.body()["error"]) == {"message", "type", "param", "code"}
+    assert "secret" not in protocol.api_error(RuntimeError("secret internals")).message
+
+
+class _Handle:
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def done(self) -> bool:
+        return False
+
+
+class _SlowEngine:
+    """Admits a request (the batch runs it) a while before `submit` returns its handle: the
+    window in which a registry that adds handles after submitting misses them."""
+
+    def __init__(self) -> None:
+        self.admitted = threading.Event()
+
+    def submit(self, request):
+        handle = _Handle()
+        self.admitted.set()
+        time.sleep(0.3)
+        return handle
+
+
+class _Pipe:
+    def __init__(self) -> None:
+        self.engine = _SlowEngine()
+
+
+def test_a_shutdown_cancels_a_request_the_engine_runs_before_submit_returned():
+    requests = Requests(_Pipe())
+    got: list = []
+    worker = threading.Thread(target=lambda: got.append(requests._submit(ImageRequest("x"))))
+    worker.start()
+    requests.pipe.engine.admitted.wait(5)
+    requests.cancel_running()  # the grace ran out while the request was being submitted
+    worker.join(5)
+    assert got and got[0].cancelled.is_set()
+
+
+def test_a_request_submitted_after_the_shutdown_began_is_cancelled_at_once():
+    requests = Requests(_Pipe())
+    requests.cancel_running()
+    assert requests._submit(ImageRequest("x")).cancelled.is_set()
