@@ -61,8 +61,8 @@ def check_before_building(cfg: Any) -> None:
 
     from openjanus.checkpoints.weights import read_config
     from openjanus.errors import UserError
-    from openjanus.model.janus import Janus
     from openjanus.inference.pipeline import resolve_model_source
+    from openjanus.model.janus import Janus
 
     source = resolve_model_source(cfg.model)
     if isinstance(source, str):

@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from openjanus.checkpoints import load_model
-from openjanus.inference.engine import EngineConfig
 from openjanus.errors import UserError
+from openjanus.inference.engine import EngineConfig
 from openjanus.inference.pipeline import JanusPipeline, resolve_model_source
 from openjanus.posttrain.config import PostTrainConfig
 from openjanus.posttrain.prompts import Prompt, PromptStream

@@ -98,10 +98,19 @@ class SelfReward:
         model, proc = self.model, self.processor
         samples = [proc.encode_chat([Message("user", [im, self.question.format(prompt=p)])])
                    for p, im in zip(prompts, images)]
-        batch = proc.collate(samples)
         device, dtype = model.llm.embed.weight.device, model.llm.embed.weight.dtype
-        ids, mask = batch.input_ids.to(device), batch.attention_mask.bool().to(device)
-        h = model.embed_chat(ids, batch.image_mask.to(device), batch.pixel_values.to(device, dtype))
+        width = max(len(s.input_ids) for s in samples)
+        ids = torch.full((len(samples), width), proc.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(samples), width), dtype=torch.bool)
+        image_mask = torch.zeros((len(samples), width), dtype=torch.bool)
+        for i, s in enumerate(samples):  # left padding: every row's last position is its own last token
+            n = len(s.input_ids)
+            ids[i, width - n:] = torch.tensor(s.input_ids)
+            mask[i, width - n:] = True
+            image_mask[i, width - n:] = torch.tensor(s.image_mask, dtype=torch.bool)
+        pixels = torch.cat([s.pixel_values for s in samples if s.num_images])
+        ids, mask = ids.to(device), mask.to(device)
+        h = model.embed_chat(ids, image_mask.to(device), pixels.to(device, dtype))
         positions, attn = _attention(mask, ids.shape[1])
         hidden = model.llm(h, positions, mask=attn)
         logp = torch.log_softmax(model.text_logits(hidden[:, -1]).float(), -1)
