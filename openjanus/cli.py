@@ -137,16 +137,24 @@ def _generate(pipe, args: argparse.Namespace, out: Path) -> None:
     requests = [ImageRequest(p, n=args.n, guidance=args.guidance, sampling=sampling, seed=args.seed + i,
                              jacobi=args.jacobi) for i, p in enumerate(args.prompt)]
     t0 = time.perf_counter()
-    results = pipe.run(requests, progress=True, desc=f"sampling {args.n * len(requests)} image(s)")
+    ratings = None
+    if args.best_of > 1:
+        from openjanus.posttrain.best_of import best_of
+
+        results, ratings = best_of(pipe, requests, args.best_of)
+    else:
+        results = pipe.run(requests, progress=True, desc=f"sampling {args.n * len(requests)} image(s)")
     seconds = time.perf_counter() - t0
     # Only now, with everything generated, touch the output folder: a failed run leaves nothing.
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    for res in results:
+    for r, res in enumerate(results):
         for j, im in enumerate(res.images):
             name = f"image_{len(files)}.png"
             im.save(out / name)
             files.append({"file": name, "prompt": res.request.prompt, "seed": res.seed, "index": j})
+            if ratings is not None:  # the model's own P(yes) for the kept image (--best-of)
+                files[-1]["self_rating"] = round(ratings[r][j], 6)
     tokens = np.concatenate([r.tokens.numpy() for r in results]).astype(np.int64)
     np.save(out / "tokens.npy", tokens)
     run = {
@@ -156,7 +164,8 @@ def _generate(pipe, args: argparse.Namespace, out: Path) -> None:
         "quantize": args.quantize, "roles": args.roles, "weights": pipe.weights, "rows": engine.rows,
         "kv_cache_gib": engine.kv_cache_gib, "compile": engine.compile, "seconds": round(seconds, 3),
         "forward_passes": sum(r.cost.forward_passes for r in results),
-        "tokens_per_image": pipe.model.cfg.num_gen_tokens, "images": files,
+        "tokens_per_image": pipe.model.cfg.num_gen_tokens, "best_of": args.best_of, "adapter": args.adapter,
+        "images": files,
     }
     (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     print(f"wrote {len(files)} image(s), tokens.npy {list(tokens.shape)} and run.json to {out} "
@@ -281,6 +290,9 @@ def register(sub: Any) -> None:
                    help="classifier-free guidance weight")
     p.add_argument("--jacobi", type=integer_flag(0, 64), default=ImageRequest.jacobi,
                    help="speculative Jacobi window (0 = off)")
+    p.add_argument("--best-of", type=integer_flag(1), default=1, metavar="N",
+                   help="sample N candidates per image and keep the ones the model itself rates highest "
+                        "(its yes/no verdict on 'Does this image show: <prompt>?'); 1 = off")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")
     p.set_defaults(func=cmd_generate)
 

@@ -29,3 +29,16 @@ def test_best_of_keeps_the_highest_self_rated_candidates(tiny_pipeline, one_thre
 def test_best_of_must_be_positive(tiny_pipeline):
     with pytest.raises(UserError, match="best-of must be a positive integer"):
         best_of(tiny_pipeline, [ImageRequest("x")], 0)
+
+
+def test_generate_best_of_writes_the_kept_images_and_their_ratings(tmp_path, tiny_checkpoint):
+    import json
+
+    from openjanus.cli import main
+
+    assert main(["generate", "a red circle", "--model", str(tiny_checkpoint), "-n", "2", "--best-of", "3",
+                 "--out", str(tmp_path / "o")]) == 0
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["best_of"] == 3 and len(run["images"]) == 2
+    ratings = [im["self_rating"] for im in run["images"]]
+    assert ratings == sorted(ratings, reverse=True) and all(0 < r < 1 for r in ratings)
