@@ -46,7 +46,7 @@ def _loss_tags(series: dict[str, list[tuple[int, float]]]) -> list[str]:
 POSTTRAIN_PANELS = (
     ("reward", ("reward", "correct", "reward/shapes", "reward/self")),
     ("KL to the reference", ("grpo/kl",)),
-    ("DPO", ("grpo/loss", "reward/margin", "reward/accuracy")),
+    ("DPO", ("dpo/loss", "reward/margin", "reward/accuracy")),
     ("GenEval (shapes) during training", ("eval/geneval/heldout", "eval/geneval/train")),
 )
 

@@ -17,7 +17,7 @@ def test_plot_shows_rewards_kl_and_heldout_eval(tmp_path):
             w.add_scalar("reward", 0.4 + 0.05 * step, step)
             w.add_scalar("correct", 0.3 + 0.05 * step, step)
             w.add_scalar("grpo/kl", 0.01 * step, step)
-            w.add_scalar("grpo/loss", 0.1, step)
+            w.add_scalar("grpo/loss", 0.1, step)  # not plotted: the DPO panel is for DPO runs
         for step in (0, 5):
             w.add_scalar("eval/geneval/heldout", 0.34 + 0.01 * step, step)
             w.add_scalar("eval/geneval/train", 0.46 + 0.01 * step, step)
