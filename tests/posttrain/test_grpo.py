@@ -161,3 +161,8 @@ def test_lora_grpo_run_exports_adapter_and_merged_weights(tmp_path, tiny_checkpo
         c = base.text_logits(base.llm(base.embed_text(ids), pos))
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # fp32: merging only reorders the products
     assert (a - c).abs().max() > 1e-4  # and the adapter learned something
+
+
+def test_demo_grpo_config_loads():
+    cfg = PostTrainConfig.load(REPO / "configs" / "demo" / "grpo.json")
+    assert cfg.method == "grpo" and cfg.split == "train" and cfg.rewards == {"shapes": 1.0}
