@@ -26,13 +26,24 @@ def best_of(pipe: Any, requests: Sequence[ImageRequest], n: int,
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise UserError(f"best-of must be a positive integer, got {n!r}")
     verifier = verifier or SelfReward(pipe.model, pipe.processor)
-    wide = [dataclasses.replace(r, n=r.n * n) for r in requests]
-    results = pipe.run(wide)
+    results = pipe.run([widened(r, n) for r in requests])
     out, scores = [], []
     for req, res in zip(requests, results):
-        rating = verifier([req.prompt] * len(res.images), res.images)
-        order = sorted(range(len(rating)), key=lambda i: -rating[i])[:req.n]
-        out.append(dataclasses.replace(res, request=req, images=[res.images[i] for i in order],
-                                       tokens=res.tokens[order]))
-        scores.append([rating[i] for i in order])
+        kept, rating = keep_best(verifier, req, res)
+        out.append(kept)
+        scores.append(rating)
     return out, scores
+
+
+def widened(request: ImageRequest, n: int) -> ImageRequest:
+    """The request for the candidates: `n` times the images, the same seed."""
+    return dataclasses.replace(request, n=request.n * n)
+
+
+def keep_best(verifier: SelfReward, request: ImageRequest, candidates: ImageResult) -> tuple[ImageResult, list[float]]:
+    """The `request.n` candidates the model rates highest (best first), and their ratings."""
+    rating = verifier([request.prompt] * len(candidates.images), candidates.images)
+    order = sorted(range(len(rating)), key=lambda i: -rating[i])[:request.n]
+    kept = dataclasses.replace(candidates, request=request, images=[candidates.images[i] for i in order],
+                               tokens=candidates.tokens[order])
+    return kept, [rating[i] for i in order]

@@ -277,12 +277,29 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
         body = await read_json(request, settings)
         image_request = protocol.image_request(body, pipe.image_size, settings)
         partial = protocol.partial_images(body)
+        best_of = protocol.best_of(body)
+        if best_of > 1:
+            return await _best_of(image_request, best_of, request)
         handle = await requests.submit(image_request)
         if protocol.wants_stream(body):
             return StreamingResponse(stream(handle, partial, protocol.ImageEvents(size)),
                                      media_type="text/event-stream", headers=STREAM_HEADERS)
         result = await requests.wait(handle, request)
         metrics.image_result(result)
+        return protocol.images_response(result, size)
+
+    verifier: list[Any] = []  # the model's own judge, made on the first best_of request
+
+    async def _best_of(image_request: ImageRequest, n: int, request: Request) -> dict:
+        from openjanus.posttrain.best_of import keep_best, widened
+        from openjanus.posttrain.rewards import SelfReward
+
+        handle = await requests.submit(widened(image_request, n))
+        candidates = await requests.wait(handle, request)
+        if not verifier:
+            verifier.append(SelfReward(pipe.model, pipe.processor))
+        result, _ = await anyio.to_thread.run_sync(keep_best, verifier[0], image_request, candidates)
+        metrics.image_result(candidates)
         return protocol.images_response(result, size)
 
     async def stream(handle: RequestHandle, partial: int, events: protocol.ImageEvents) -> AsyncIterator[bytes]:
