@@ -283,7 +283,8 @@ class GRPOTrainer:
             if self.writer is not None:
                 for k, v in m.items():
                     if math.isfinite(v):
-                        self.writer.add_scalar(k if k.startswith(("reward", "correct")) else f"{cfg.method}/{k}", v, step)
+                        tag = k if k.startswith(("reward", "correct")) else f"{cfg.method}/{k}"
+                        self.writer.add_scalar(tag, v, step)
             if step % cfg.log_every == 0:
                 correct = m.get("correct", float("nan"))
                 self.log(f"step {step}/{cfg.steps} reward {m['reward']:.3f} correct {correct:.3f}"
