@@ -89,6 +89,8 @@ def cmd_posttrain(args: argparse.Namespace) -> None:
                         f"output_dir")
     if cfg.method == "dpo":
         from openjanus.posttrain.dpo import DPOTrainer as Trainer
+    elif cfg.samples == "answers":
+        from openjanus.posttrain.answers import AnswerGRPOTrainer as Trainer
     else:
         from openjanus.posttrain.grpo import GRPOTrainer as Trainer
 

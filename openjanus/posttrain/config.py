@@ -26,6 +26,7 @@ class PostTrainConfig:
     """GRPO or DPO on a Janus checkpoint (None: the shipped demo model)."""
 
     method: str = "grpo"  # grpo | dpo
+    samples: str = "images"  # GRPO on images (text-to-image) or on answers (questions about shapes scenes)
     output_dir: str = "runs/posttrain"
     model: str | None = None
     # Prompts: "shapes" draws GenEval-style specs of the shapes world from `split` (train: the
@@ -114,6 +115,10 @@ class PostTrainConfig:
     def check(self) -> None:
         if self.method not in ("grpo", "dpo"):
             raise UserError(f"method must be grpo or dpo, got {self.method!r}")
+        if self.samples not in ("images", "answers"):
+            raise UserError(f"samples must be images or answers, got {self.samples!r}")
+        if self.samples == "answers" and (self.method != "grpo" or self.prompts != "shapes"):
+            raise UserError("samples: answers is GRPO on the shapes world's questions (method grpo, prompts shapes)")
         for name in ("prompts_per_step", "steps", "micro_batch", "inner_steps", "log_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
