@@ -54,8 +54,9 @@ class AnswerGRPOTrainer(GRPOTrainer):
 
     def __init__(self, cfg: Any, reward_override: Any = None, **kw: Any) -> None:
         super().__init__(cfg, reward_override=[], **kw)
-        # answers -> rewards; default: exact match with the question's truth
-        self.answer_reward = reward_override or (lambda qs, answers: exact_answer_reward(answers, [q.truth for q in qs]))
+        # (questions, answers) -> rewards; default: exact match with each question's truth
+        self.answer_reward = reward_override or (
+            lambda qs, answers: exact_answer_reward(answers, [q.truth for q in qs]))
 
     def step(self) -> dict[str, float]:
         cfg = self.cfg
