@@ -186,13 +186,3 @@ class DPOTrainer(GRPOTrainer):
         metrics["samples_per_s"] = (cfg.prompts_per_step * (cfg.group_size if self.pairs is None else 2)
                                     / metrics["seconds/step"])
         return metrics
-
-
-def run_dpo(cfg: PostTrainConfig, resume: str | None = None, eval_hook: Any = None) -> Any:
-    trainer = DPOTrainer(cfg, eval_hook=eval_hook)
-    if resume is not None:
-        trainer.resume(None if resume == "latest" else resume)
-    try:
-        return trainer.fit()
-    finally:
-        trainer.close()

@@ -19,7 +19,6 @@ package, which imports neither the pipeline nor the evaluation package.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -200,15 +199,5 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantage
                     ((ratio * m).sum() / n).detach())
 
 
-def sequence_logprob(token_logp: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Sum of per-token log-probabilities [N, T] -> [N]."""
-    return token_logp.sum(1) if mask is None else (token_logp * mask).sum(1)
-
-
-def finite_or_nan(x: float) -> float:
-    return x if isinstance(x, (int, float)) and math.isfinite(x) else float("nan")
-
-
 __all__ = ["t2i_token_logprobs", "t2i_guided_logprobs", "answer_token_logprobs", "dpo_loss", "group_advantages",
-           "grpo_loss", "GRPOLoss",
-           "sequence_logprob"]
+           "grpo_loss", "GRPOLoss"]
