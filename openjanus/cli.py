@@ -32,6 +32,16 @@ from openjanus.options import (
 )
 from openjanus.requests import MAX_SEED, ChatRequest, ImageRequest, Message
 
+
+def image_size(text: str) -> tuple[int, int]:
+    """A WIDTHxHEIGHT flag (pixels); whether the model can make that size is checked with the model."""
+    from openjanus.canvas import parse_size
+
+    try:
+        return parse_size(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
 __all__ = ["build_parser", "main", "register", "MAX_SEED"]
 
 # --- chat -------------------------------------------------------------------------------------
@@ -110,9 +120,45 @@ def _interactive(pipe, images, opts) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    """Generate images from text prompts; writes image_{i}.png, tokens.npy and run.json to --out."""
+    """Generate images from text prompts; writes image_{i}.png, tokens.npy and run.json to --out.
+    With --prompts FILE.jsonl: a resumable batch job over a prompt file (torchrun shards it)."""
+    if args.prompts is not None:
+        if args.prompt:
+            raise UserError("give prompts as arguments or --prompts FILE.jsonl, not both")
+        if args.best_of > 1:
+            raise UserError("--best-of works on prompts given as arguments, not on a --prompts batch job")
+        _generate_prompt_file(args)
+        return
+    if not args.prompt:
+        raise UserError("no prompt given: pass one or more prompts, or --prompts FILE.jsonl")
+    sampling = sampling_params(args)
+    # Prompt i uses seed + i, so two prompts of one run never share a random stream.
+    requests = [ImageRequest(p, n=args.n, guidance=args.guidance, sampling=sampling, seed=args.seed + i,
+                             jacobi=args.jacobi, size=args.size) for i, p in enumerate(args.prompt)]
+    _generate_to_folder(args, requests, {"size": args.size})
 
 
+def cmd_edit(args: argparse.Namespace) -> None:
+    """Edit, inpaint or outpaint an image: the masked area (transparent pixels of --mask, the
+    --region box, or the image's own transparency) or the --outpaint extension is regenerated
+    from the prompt, the rest kept; writes image_{i}.png, tokens.npy and run.json to --out."""
+    from openjanus.canvas import parse_outpaint, parse_region
+
+    for name in ("image", "mask"):
+        path = getattr(args, name)
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"--{name} {path}: no such file")
+    region = parse_region(args.region) if args.region is not None else None
+    outpaint = parse_outpaint(args.outpaint) if args.outpaint is not None else None
+    requests = [ImageRequest(" ".join(args.prompt), n=args.n, guidance=args.guidance, sampling=sampling_params(args),
+                             seed=args.seed, jacobi=args.jacobi, size=args.size, image=Path(args.image),
+                             mask=Path(args.mask) if args.mask else None, region=region, outpaint=outpaint,
+                             overlap=args.overlap)]
+    _generate_to_folder(args, requests, {"image": str(args.image), "mask": args.mask, "region": region,
+                                         "outpaint": outpaint, "size": args.size, "overlap": args.overlap})
+
+
+def _generate_to_folder(args: argparse.Namespace, requests: list[ImageRequest], extra: dict) -> None:
     out = Path(args.out)
     written = ("run.json", "tokens.npy")
     if out.exists() and not out.is_dir():
@@ -122,23 +168,20 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise UserError(f"{out} already holds the output of a run (image_*.png / tokens.npy / run.json); "
                         "choose another folder or pass --overwrite")
     with open_pipeline(args) as pipe:
-        _generate(pipe, args, out)
+        _generate(pipe, args, out, requests, extra)
 
 
-def _generate(pipe, args: argparse.Namespace, out: Path) -> None:
+def _generate(pipe, args: argparse.Namespace, out: Path, requests: list[ImageRequest], extra: dict) -> None:
     import json
     import time
 
     import numpy as np
 
-    sampling = sampling_params(args)
+    sampling = requests[0].sampling
     engine = pipe.engine.config
-    # Prompt i uses seed + i, so two prompts of one run never share a random stream.
-    requests = [ImageRequest(p, n=args.n, guidance=args.guidance, sampling=sampling, seed=args.seed + i,
-                             jacobi=args.jacobi) for i, p in enumerate(args.prompt)]
     t0 = time.perf_counter()
     ratings = None
-    if args.best_of > 1:
+    if getattr(args, "best_of", 1) > 1:
         from openjanus.posttrain.best_of import best_of
 
         results, ratings = best_of(pipe, requests, args.best_of)
@@ -159,17 +202,54 @@ def _generate(pipe, args: argparse.Namespace, out: Path) -> None:
     np.save(out / "tokens.npy", tokens)
     run = {
         "model": pipe.name, "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
-        "prompts": list(args.prompt), "n": args.n, "guidance": args.guidance, "temperature": sampling.temperature,
+        "prompts": [r.prompt for r in requests], "n": args.n, "guidance": args.guidance,
+        "temperature": sampling.temperature,
         "top_k": sampling.top_k, "top_p": sampling.top_p, "seed": args.seed, "jacobi": args.jacobi,
         "quantize": args.quantize, "roles": args.roles, "weights": pipe.weights, "rows": engine.rows,
         "kv_cache_gib": engine.kv_cache_gib, "compile": engine.compile, "seconds": round(seconds, 3),
         "forward_passes": sum(r.cost.forward_passes for r in results),
-        "tokens_per_image": pipe.model.cfg.num_gen_tokens, "best_of": args.best_of, "adapter": args.adapter,
+        "tokens_per_image": int(tokens.shape[1]), "token_grid": list(results[0].grid or (pipe.model.cfg.vq.grid,) * 2),
+        "image_size": list(results[0].size), **extra, "best_of": getattr(args, "best_of", 1), "adapter": args.adapter,
         "images": files,
     }
     (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     print(f"wrote {len(files)} image(s), tokens.npy {list(tokens.shape)} and run.json to {out} "
           f"({seconds:.1f} s)", file=sys.stderr)
+
+
+def _generate_prompt_file(args: argparse.Namespace) -> None:
+    """`generate --prompts`: see `openjanus.batch_job` (one engine per process, torchrun shards)."""
+    from openjanus.batch_job import BatchSettings, run_batch_job
+    from openjanus.devices import resolve_device
+    from openjanus.train.parallel import env_dist_info
+
+    device = resolve_device(args.device, env_dist_info().local_rank)  # one GPU per rank
+    args.device = str(device)
+    sampling = sampling_params(args)
+
+    def settings_of(pipe) -> BatchSettings:
+        return BatchSettings(weights=pipe.weights, temperature=sampling.temperature, top_k=sampling.top_k,
+                             top_p=sampling.top_p, guidance=args.guidance, seed=args.seed, jacobi=args.jacobi)
+
+    def request_of(unit) -> ImageRequest:
+        return ImageRequest(unit.line.prompt, n=1, guidance=unit.guidance, sampling=sampling, seed=unit.seed,
+                            jacobi=args.jacobi, size=unit.line.size)
+
+    run_batch_job(Path(args.prompts), Path(args.out), load=lambda: open_pipeline(args), settings_of=settings_of,
+                  request_of=request_of, geometry=_geometry(args.model), device=device,
+                  on_bad_line=args.on_bad_line, overwrite=args.overwrite)
+
+
+def _geometry(model: str | None):
+    """The image token grid a model generates, from its config alone (no weights loaded)."""
+    from openjanus.canvas import Geometry
+    from openjanus.checkpoints import read_config
+    from openjanus.config import JanusConfig
+    from openjanus.inference.pipeline import resolve_model_source
+
+    source = resolve_model_source(model)
+    cfg = JanusConfig.from_name(source) if isinstance(source, str) else read_config(source)[0]
+    return Geometry.of(cfg)
 
 
 # --- vq ---------------------------------------------------------------------------------------
@@ -260,6 +340,38 @@ def cmd_info(args: argparse.Namespace) -> None:
 
         for line in lora_training_memory(cfg, total, rank=args.lora_rank, batch=args.train_batch).lines():
             print(line)
+    if args.size is not None:
+        _info_canvas(cfg, args, per_row, dtype.itemsize, weights)
+
+
+def _info_canvas(cfg, args: argparse.Namespace, per_row: int, nbytes: int, weights: int) -> None:
+    """What an image of --size takes: its token grid, the sliding windows and their waves, the
+    tokens sampled and the forward passes, the KV cache of the widest wave, and the VQ decoder's
+    largest activation over the whole canvas."""
+    import torch
+
+    from openjanus.canvas import Geometry, check_size, plan_windows
+
+    geo = Geometry.of(cfg)
+    width, height = check_size(*args.size, geo)
+    rows, cols = height // geo.patch, width // geo.patch
+    windows = plan_windows(torch.ones(rows, cols, dtype=torch.bool), geo.native, args.overlap)
+    waves = max(w.wave for w in windows) + 1
+    widest = max(sum(w.wave == k for w in windows) for k in range(waves))
+    sampled = rows * cols
+    kv = widest * args.n * 2 * per_row
+    # The decoder's first level runs at full resolution with base_channels x channel_mult[0] channels.
+    top = cfg.vq.base_channels * cfg.vq.channel_mult[0] * width * height * nbytes
+    print(f"{width}x{height}: {rows} x {cols} = {sampled} image tokens ({sampled / geo.native ** 2:.2f} x native); "
+          f"{len(windows)} windows of {geo.native} x {geo.native} (overlap {args.overlap:g}) in {waves} waves, "
+          f"at most {widest} at once")
+    print(f"  sampled: {sampled} tokens per image, in {sampled} forward passes (each window: its prefill with the "
+          f"known tokens before its first sampled one, then one pass per sampled token but its last, a known "
+          f"run riding along with the token before it)")
+    print(f"  KV cache: {kv / 2**30:.3f} GiB for {args.n} image(s) ({widest} window(s) x 2 rows x "
+          f"{args.prompt_len + cfg.num_gen_tokens} positions); with the weights {(weights + kv) / 2**30:.2f} GiB")
+    print(f"  VQ decode of the whole canvas: its largest single activation is {top / 2**30:.2f} GiB per image "
+          f"({cfg.vq.base_channels * cfg.vq.channel_mult[0]} channels x {width} x {height})")
 
 
 # --- registration and entry point ---------------------------------------------------------------
@@ -283,18 +395,58 @@ def register(sub: Any) -> None:
     EngineOptions.add_to(p)
     add_seed(p)
     add_sampling(p, ImageRequest)
-    p.add_argument("prompt", nargs="+", help="one or more prompts")
+    p.add_argument("prompt", nargs="*", help="one or more prompts (or --prompts FILE.jsonl)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--prompts", default=None, metavar="FILE.jsonl",
+                   help="a batch job: one JSON object per line (prompt; optional id, n, seed, guidance, size, "
+                        "meta); writes images/, tokens/ and manifest.jsonl as it goes, a re-run skips what is "
+                        "done, and under torchrun each process takes its share")
+    p.add_argument("--on-bad-line", choices=["stop", "skip"], default="stop",
+                   help="--prompts: a malformed line stops the job before it starts (stop), or is reported "
+                        "and left out (skip)")
     p.add_argument("-n", type=integer_flag(1), default=ImageRequest.n, help="images per prompt")
     p.add_argument("--guidance", type=number_flag(), default=ImageRequest.guidance,
-                   help="classifier-free guidance weight")
+                   help="(--prompts: for lines without their own) classifier-free guidance weight")
     p.add_argument("--jacobi", type=integer_flag(0, 64), default=ImageRequest.jacobi,
                    help="speculative Jacobi window (0 = off)")
+    p.add_argument("--size", type=image_size, default=None,
+                   help="WIDTHxHEIGHT in pixels, multiples of the image token size (16 px for Janus-Pro), from the "
+                        "native size up to 4x it per side: larger or non-square images by a sliding window")
     p.add_argument("--best-of", type=integer_flag(1), default=1, metavar="N",
                    help="sample N candidates per image and keep the ones the model itself rates highest "
                         "(its yes/no verdict on 'Does this image show: <prompt>?'); 1 = off")
-    p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that holds an earlier run (--prompts: remove that job's outputs "
+                        "and start again)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("edit", help="edit, inpaint or outpaint an image from a prompt")
+    ModelOptions.add_to(p)
+    EngineOptions.add_to(p)
+    add_seed(p)
+    add_sampling(p, ImageRequest)
+    p.add_argument("prompt", nargs="+", help="what the image should show (the whole image, not only the change)")
+    p.add_argument("--image", required=True, help="the image to edit")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--mask", default=None,
+                       help="PNG whose fully transparent pixels mark the area to regenerate (OpenAI's convention); "
+                            "without --mask, --region or --outpaint the image's own transparency is the mask")
+    where.add_argument("--region", default=None, help="x0,y0,x1,y1: the pixel box of the image to regenerate")
+    where.add_argument("--outpaint", default=None,
+                       help="extend the image: SIDE=PIXELS[,...] with sides left, right, up, down (e.g. right=128)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("-n", type=integer_flag(1), default=ImageRequest.n, help="images")
+    p.add_argument("--guidance", type=number_flag(), default=ImageRequest.guidance,
+                   help="classifier-free guidance weight")
+    p.add_argument("--size", type=image_size, default=None,
+                   help="WIDTHxHEIGHT of the result (default: the image's aspect, short side native); the image is "
+                        "scaled to cover it and centre-cropped")
+    p.add_argument("--overlap", type=number_flag(), default=ImageRequest.overlap,
+                   help="sliding-window overlap, a fraction of the window side, for sizes above native")
+    p.add_argument("--jacobi", type=integer_flag(0, 64), default=ImageRequest.jacobi,
+                   help="speculative Jacobi window (0 = off)")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")
+    p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser("vq", help="image -> VQ tokens -> image, printing the PSNR")
     ModelOptions.add_to(p)
@@ -311,6 +463,10 @@ def register(sub: Any) -> None:
     p.add_argument("--prompt-len", type=integer_flag(1), default=64, help="prompt tokens assumed for image generation")
     p.add_argument("--seq-len", type=integer_flag(1), default=None,
                    help="estimate the KV cache for plain sequences of this length")
+    p.add_argument("--size", type=image_size, default=None,
+                   help="also state what an image of WIDTHxHEIGHT takes (tokens, windows, memory)")
+    p.add_argument("--overlap", type=number_flag(), default=ImageRequest.overlap,
+                   help="sliding-window overlap for --size")
     p.add_argument("--lora-rank", type=integer_flag(0), default=16,
                    help="LoRA rank for the training-memory estimate (0: leave it out)")
     p.add_argument("--train-batch", type=integer_flag(1), default=4,

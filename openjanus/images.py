@@ -25,8 +25,8 @@ from .errors import UserError
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "MAX_IMAGE_PIXELS", "GEN_RESIZE_MAX_PIXELS", "ImageInput", "ImageLoadError",
-    "ImageProcessorConfig", "load_image", "open_image", "check_image_size", "ensure_rgb", "preprocess_und_images",
-    "preprocess_gen_image",
+    "ImageProcessorConfig", "has_alpha", "load_image", "open_image", "check_image_size", "ensure_rgb",
+    "preprocess_und_images", "preprocess_gen_image",
 ]
 
 # What the official image processor falls back to when preprocessor_config.json omits a key.
@@ -106,8 +106,14 @@ def ensure_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(source: str | os.PathLike[str] | bytes | bytearray) -> Image.Image:
-    """Read an image file (path or encoded bytes) into an RGB PIL image; raises ImageLoadError.
+def has_alpha(img: Image.Image) -> bool:
+    """Whether an image carries transparency (an alpha channel, or a palette's transparent index)."""
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
+
+
+def load_image(source: str | os.PathLike[str] | bytes | bytearray, keep_alpha: bool = False) -> Image.Image:
+    """Read an image file (path or encoded bytes) into an RGB PIL image (RGBA when `keep_alpha`
+    and the image has transparency: edit masks); raises ImageLoadError.
 
     EXIF orientation is not applied, like the official loader.
     """
@@ -123,7 +129,7 @@ def load_image(source: str | os.PathLike[str] | bytes | bytearray) -> Image.Imag
         with img:
             check_image_size(*img.size, name=f"image {name}")  # from the header, before decoding
             img.load()  # decode now: open() is lazy and truncated data only fails here
-            rgb = ensure_rgb(img)
+            rgb = img.convert("RGBA") if keep_alpha and has_alpha(img) else ensure_rgb(img)
             # Closing the file also frees an image that was not converted, so keep a copy.
             return rgb.copy() if rgb is img else rgb
     except ImageLoadError:
@@ -133,24 +139,26 @@ def load_image(source: str | os.PathLike[str] | bytes | bytearray) -> Image.Imag
         raise ImageLoadError(f"cannot read image {name}: {reason}") from e
 
 
-def open_image(source: str | os.PathLike[str] | bytes | bytearray | Image.Image) -> Image.Image:
+def open_image(source: str | os.PathLike[str] | bytes | bytearray | Image.Image,
+               keep_alpha: bool = False) -> Image.Image:
     """Any image input as an RGB PIL image: a path (str or PathLike), encoded bytes, or a PIL
-    image (converted with `ensure_rgb`). Empty input, unsupported types and images above
-    `MAX_IMAGE_PIXELS` raise ImageLoadError with a one-line message."""
+    image (converted with `ensure_rgb`); with `keep_alpha`, an image with transparency comes
+    back as RGBA. Empty input, unsupported types and images above `MAX_IMAGE_PIXELS` raise
+    ImageLoadError with a one-line message."""
     if isinstance(source, Image.Image):
         check_image_size(*source.size)
-        return ensure_rgb(source)
+        return source.convert("RGBA") if keep_alpha and has_alpha(source) else ensure_rgb(source)
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise ImageLoadError("cannot read image <0 bytes>: the data is empty")
-        return load_image(source)
+        return load_image(source, keep_alpha)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if isinstance(path, bytes) or not path:
             raise ImageLoadError(f"cannot read image {path!r}: give a non-empty path string")
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             raise ImageLoadError(f"cannot read image {path}: the file is empty")
-        return load_image(path)
+        return load_image(path, keep_alpha)
     raise ImageLoadError(f"cannot read an image from a {type(source).__name__}; give a path, encoded bytes "
                          "or a PIL image")
 

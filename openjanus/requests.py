@@ -17,6 +17,7 @@ from typing import Literal
 from PIL import Image
 from torch import Tensor
 
+from openjanus.canvas import DEFAULT_OVERLAP, parse_outpaint, parse_region, parse_size
 from openjanus.errors import UserError
 from openjanus.images import ImageInput
 from openjanus.numbers import check_integer, check_number
@@ -61,7 +62,16 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class ImageRequest:
-    """Text-to-image: `n` images of one prompt, sampled with classifier-free guidance.
+    """Text-to-image: `n` images of one prompt, sampled with classifier-free guidance; or, with
+    a source `image`, image-conditioned: the tokens of the source that the `mask` (transparent
+    pixels, or a bool tensor at the token grid), the `region` (x0, y0, x1, y1 pixels of the
+    source) or the image's own transparency leave are kept, the rest is regenerated; `outpaint`
+    ({"right": 128, ...} pixels) extends the source instead.
+
+    `size` (width, height) in pixels, or "WxH", makes an image of another size than the model's
+    native square by a sliding window of its token grid (windows overlapping by `overlap` of
+    their side); without it, an edit keeps the source's aspect. `openjanus.canvas` states every
+    rule (fitting, mask rounding, limits).
 
     The same request with the same seed gives the same tokens, alone or batched with others.
     `jacobi` > 0 drafts that many tokens per forward pass (speculative Jacobi decoding; the
@@ -74,6 +84,12 @@ class ImageRequest:
     sampling: SamplingParams = SamplingParams(temperature=1.0)
     seed: int | None = 0
     jacobi: int = 0
+    size: tuple[int, int] | str | None = None
+    image: ImageInput | None = None
+    mask: ImageInput | Tensor | None = None
+    region: tuple[int, int, int, int] | str | None = None
+    outpaint: dict[str, int] | str | None = None
+    overlap: float = DEFAULT_OVERLAP
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -82,6 +98,35 @@ class ImageRequest:
         _finite("guidance", self.guidance)
         check_seed(self.seed)
         _count("jacobi", self.jacobi, 0, 64)
+        if isinstance(self.size, str):
+            object.__setattr__(self, "size", parse_size(self.size))
+        elif self.size is not None:
+            if not isinstance(self.size, (tuple, list)) or len(self.size) != 2:
+                raise UserError(f"size must be (width, height) or 'WxH', got {self.size!r}")
+            object.__setattr__(self, "size", (_count("width", self.size[0], 1), _count("height", self.size[1], 1)))
+        if isinstance(self.region, str):
+            object.__setattr__(self, "region", parse_region(self.region))
+        elif self.region is not None:
+            if not isinstance(self.region, (tuple, list)) or len(self.region) != 4:
+                raise UserError(f"region must be (x0, y0, x1, y1) or 'x0,y0,x1,y1', got {self.region!r}")
+            object.__setattr__(self, "region", tuple(_count("region", v, 0) for v in self.region))
+        if isinstance(self.outpaint, str):
+            object.__setattr__(self, "outpaint", parse_outpaint(self.outpaint))
+        elif self.outpaint is not None:
+            if not isinstance(self.outpaint, dict):
+                raise UserError(f"outpaint must be {{side: pixels}} or 'right=128,...', got {self.outpaint!r}")
+            object.__setattr__(self, "outpaint", parse_outpaint(",".join(f"{k}={v}" for k, v in self.outpaint.items())))
+        if not 0 <= _finite("overlap", self.overlap) < 1:
+            raise UserError(f"overlap must be in [0, 1) of the window side, got {self.overlap}")
+        if self.image is None and (self.mask is not None or self.region is not None or self.outpaint):
+            raise UserError("a mask, a region or an outpainting needs a source image")
+        if sum(x is not None for x in (self.mask, self.region, self.outpaint)) > 1:
+            raise UserError("give one of a mask, a region or an outpainting, not several")
+
+    @property
+    def conditioned(self) -> bool:
+        """Whether the request decodes a canvas (a source image, or another size than native)."""
+        return self.image is not None or self.size is not None
 
 
 # A message's content: plain text, or parts in order where each part is text (a str) or an
@@ -175,10 +220,16 @@ class Cost:
 class ImageResult:
     request: ImageRequest
     images: list[Image.Image]
-    tokens: Tensor  # [n, num_gen_tokens] int64 image tokens, raster order, on the CPU
+    tokens: Tensor  # [n, rows * columns] int64 image tokens, raster order, on the CPU (native: num_gen_tokens)
     seed: int
     prompt_tokens: int  # tokens of the prompt (as the conditional row of each image holds it)
     cost: Cost = field(default_factory=Cost)
+    grid: tuple[int, int] | None = None  # (rows, columns) of `tokens` when not the native square
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the images."""
+        return self.images[0].size if self.images else (0, 0)
 
 
 @dataclass

@@ -34,14 +34,15 @@ LAYERS = {
     "sampling": set(),
     "scheduler": set(),
     "runner": {"sampling"},
-    "engine": {"sampling", "scheduler", "runner"},
-    "pipeline": {"sampling", "scheduler", "runner", "engine"},
+    "windows": {"sampling", "scheduler", "runner"},  # the jobs of an image-conditioned request's canvas
+    "engine": {"sampling", "scheduler", "runner", "windows"},
+    "pipeline": {"sampling", "scheduler", "runner", "windows", "engine"},
 }
 ABOVE_INFERENCE = ("openjanus.serve", "openjanus.eval", "openjanus.cli", "openjanus.demo", "openjanus.train",
                    "openjanus.posttrain")
 # What the inference package stands on: none of it may import inference.
-BELOW_INFERENCE = ("model", "checkpoints", "shapes", "processing.py", "requests.py", "images.py", "config.py",
-                   "devices.py", "errors.py", "files.py", "jsonl.py", "quantize.py", "allocator.py")
+BELOW_INFERENCE = ("model", "checkpoints", "shapes", "processing.py", "requests.py", "images.py", "canvas.py",
+                   "config.py", "devices.py", "errors.py", "files.py", "jsonl.py", "quantize.py", "allocator.py")
 
 
 def _imported_modules(path: Path) -> list[str]:
@@ -115,6 +116,21 @@ def test_what_inference_stands_on_does_not_import_it() -> None:
     found = [f"{path.relative_to(ROOT)}: {name}" for path in paths for name in _imported_modules(path)
              if _under(name, ("openjanus.inference",) + ABOVE_INFERENCE)]
     assert not found, "\n".join(found)
+
+
+def test_ray_is_imported_by_the_ray_serve_module_alone() -> None:
+    """The cluster extra stays optional: only openjanus/serve/ray_app.py imports Ray, and loading
+    the CLI (every command registered), the server app and the batch job loads no Ray."""
+    package = ROOT / "openjanus"
+    found = [f"{path.relative_to(ROOT)}: {name}" for path in sorted(package.rglob("*.py"))
+             if path != package / "serve" / "ray_app.py"
+             for name in _imported_modules(path) if name == "ray" or name.startswith("ray.")]
+    assert not found, "only openjanus/serve/ray_app.py may import Ray:\n" + "\n".join(found)
+    code = ("import json, sys\nimport openjanus.cli, openjanus.batch_job, openjanus.serve.app\n"
+            "openjanus.cli.build_parser()\nprint(json.dumps(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert [m for m in json.loads(out.stdout) if m == "ray" or m.startswith("ray.")] == []
 
 
 def test_only_the_cli_and_server_import_posttrain() -> None:

@@ -34,10 +34,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from openjanus.canvas import Geometry, image_to_pixels, prepare_canvas
 from openjanus.errors import UserError
+from openjanus.images import open_image
 from openjanus.inference import scheduler as sched
 from openjanus.inference.runner import BatchRunner, Job, JobState, image_job
 from openjanus.inference.scheduler import QueueFull, Scheduler, chunk_sizes
+from openjanus.inference.windows import CanvasRun
 from openjanus.model.janus import Janus
 from openjanus.processing import JanusProcessor
 from openjanus.requests import (
@@ -130,15 +133,18 @@ def tokens_to_pil(images: Tensor) -> list[Image.Image]:
 
 
 @torch.inference_mode()
-def decode_tokens(model: Janus, tokens: Tensor) -> list[Image.Image]:
-    """Image tokens [P, num_gen_tokens] -> P PIL images, through the VQ decoder."""
+def decode_tokens(model: Janus, tokens: Tensor, grid: tuple[int, int] | None = None) -> list[Image.Image]:
+    """Image tokens [P, rows * columns] -> P PIL images, through the VQ decoder; `grid` is
+    (rows, columns), the native square when None."""
     device = model.llm.embed.weight.device
     tokens = tokens.to(device)
-    if tokens.ndim != 2 or tokens.shape[1] != model.cfg.num_gen_tokens:
-        raise UserError(f"expected image tokens of shape [n, {model.cfg.num_gen_tokens}], got {list(tokens.shape)}")
+    rows, cols = grid or (model.cfg.vq.grid, model.cfg.vq.grid)
+    if tokens.ndim != 2 or tokens.shape[1] != rows * cols:
+        raise UserError(f"expected image tokens of shape [n, {rows * cols}] ({rows} x {cols}), "
+                        f"got {list(tokens.shape)}")
     if int(tokens.min()) < 0 or int(tokens.max()) >= model.cfg.vq.codebook_size:
         raise UserError(f"image tokens must lie in [0, {model.cfg.vq.codebook_size})")
-    return tokens_to_pil(model.decode_image_tokens(tokens))
+    return tokens_to_pil(model.decode_image_tokens(tokens, grid))
 
 
 # --- the core: one step of scheduler and runner, no threads -----------------------------------
@@ -175,6 +181,12 @@ class EngineCore:
     def add(self, owner: Hashable, jobs: Sequence[Job], together: bool = False) -> None:
         with self.lock:
             self.scheduler.add(owner, jobs, together)
+            self.lock.notify_all()
+
+    def extend(self, owner: Hashable, jobs: Sequence[Job]) -> None:
+        """Queue more jobs of a request already admitted (see `Scheduler.extend`)."""
+        with self.lock:
+            self.scheduler.extend(owner, jobs)
             self.lock.notify_all()
 
     def drop(self, owner: Hashable) -> None:
@@ -317,6 +329,7 @@ class RequestHandle:
         self.jobs = jobs  # image chunks run one after another (Jacobi images at once); a chat has one job
         self.prompt_tokens = prompt_tokens
         self.states: dict[Job, JobState] = {}  # the jobs that started, filled by the worker
+        self.canvas: CanvasRun | None = None  # image-conditioned requests: their windows and tokens
         self.submitted = time.perf_counter()
         self.started: float | None = None
         self._events: queue.SimpleQueue = queue.SimpleQueue()
@@ -365,10 +378,14 @@ class RequestHandle:
     @property
     def together(self) -> bool:
         """Whether the request's jobs run at once (Jacobi images) rather than one after another."""
-        return any(j.jacobi for j in self.jobs)
+        return self.canvas is not None or any(j.jacobi for j in self.jobs)
 
     def progress(self) -> tuple[int, int]:
         """(tokens sampled so far, tokens planned) over all its images or its answer's budget."""
+        if self.canvas is not None:
+            steps, total = self.canvas.progress(list(self.states.values()))
+            n = self.request.n
+            return (n * total, n * total) if self.done() else (n * steps, n * total)
         planned = sum((j.images or 1) * j.steps for j in self.jobs)
         if self.done():
             return planned, planned
@@ -377,6 +394,8 @@ class RequestHandle:
     def partial_tokens(self) -> torch.Tensor | None:
         """Image requests: the tokens sampled so far of the images being generated, [n, steps]
         on the CPU (the running chunk; all images with speculative Jacobi decoding)."""
+        if self.canvas is not None:
+            return None  # a canvas previews through `partial_canvas`
         # Read each state's tensor once: the worker drops it when the request's tokens are complete.
         running = [(s.done_steps, t) for s in list(self.states.values()) if (t := s.tokens) is not None
                    and (not s.finished or self.together)]
@@ -385,11 +404,20 @@ class RequestHandle:
         steps = min(s for s, _ in running)
         return torch.cat([t[:, :steps] for _, t in running]).cpu()
 
+    def partial_canvas(self) -> tuple[torch.Tensor, tuple[int, int]] | None:
+        """Image-conditioned requests: the canvas tokens so far [n, rows * columns] (positions not
+        decoded yet filled for a preview) and the grid (rows, columns)."""
+        if self.canvas is None:
+            return None
+        return self.canvas.partial(), self.canvas.canvas.grid
+
     def _steps_of(self, job: Job) -> int:
         state = self.states.get(job)
         return state.done_steps if state is not None else 0
 
     def _image_progress(self, state: JobState) -> ImageProgress:
+        if self.canvas is not None:
+            return ImageProgress(*self.canvas.progress(list(self.states.values())))
         steps = min(self._steps_of(j) for j in self.jobs) if self.together else state.done_steps
         return ImageProgress(steps, state.job.steps)
 
@@ -518,14 +546,16 @@ class Engine:
         """Queue `request`; returns at once (with `wait`, first waits for room in a full queue).
         Raises UserError for a request that cannot run, `QueueFull` when the queue is full."""
         seed = request.seed if request.seed is not None else random.randrange(2**63)
+        canvas = None
         if isinstance(request, ImageRequest):
-            jobs, prompt_tokens = self._image_jobs(request, seed)
+            jobs, prompt_tokens, canvas = self._image_jobs(request, seed)
         elif isinstance(request, ChatRequest):
             jobs, prompt_tokens = [self._chat_job(request, seed)], None
             prompt_tokens = jobs[0].prompt_len
         else:
             raise UserError(f"unknown request type {type(request).__name__}")
         handle = RequestHandle(self, request, seed, jobs, prompt_tokens)
+        handle.canvas = canvas
         with self._lock:
             if self._closed:
                 raise UserError("the engine is shut down")
@@ -541,7 +571,7 @@ class Engine:
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.core.runner.device).manual_seed(seed)
 
-    def _image_jobs(self, request: ImageRequest, seed: int) -> tuple[list[Job], int]:
+    def _image_jobs(self, request: ImageRequest, seed: int) -> tuple[list[Job], int, CanvasRun | None]:
         cfg = self.model.cfg
         if request.n > self.config.max_n:
             raise UserError(f"{request.n} images requested; this engine allows up to {self.config.max_n} "
@@ -556,15 +586,41 @@ class Engine:
         per_chunk = rows_that_fit(self.model, len(ids) + cfg.num_gen_tokens, self.config) // 2
         if per_chunk < 1:
             raise UserError(f"one image needs {per_image} cached tokens; the engine allows {self.max_cached_tokens}")
+        geo = Geometry.of(cfg)
+        if request.image is not None or (request.size is not None and request.size != (geo.native_px,) * 2):
+            run = self._canvas_run(request, seed, ids, per_chunk, geo)
+            return run.next_stage(), len(ids), run
         if request.jacobi:
             # One job per image (each keeps its own window), all running at once; image i draws
             # from its own stream, so the request's output does not depend on admission order.
             return [image_job(ids, tok.pad_id, 1, request.guidance, request.sampling,
                               self._generator((seed + i * 0x9E3779B97F4A7C15) % 2**63), cfg.num_gen_tokens,
-                              jacobi=request.jacobi) for i in range(request.n)], len(ids)
+                              jacobi=request.jacobi) for i in range(request.n)], len(ids), None
         generator = self._generator(seed)  # shared by the chunks, which run one after another
         return [image_job(ids, tok.pad_id, k, request.guidance, request.sampling, generator, cfg.num_gen_tokens)
-                for k in chunk_sizes(request.n, per_chunk)], len(ids)
+                for k in chunk_sizes(request.n, per_chunk)], len(ids), None
+
+    def _canvas_run(self, request: ImageRequest, seed: int, ids: list[int], per_chunk: int,
+                    geo: Geometry) -> CanvasRun:
+        """An image-conditioned request's canvas: the source read, fitted and VQ-encoded here,
+        on the caller's thread (a bad image fails for its caller alone), and its windows."""
+        image = mask = None
+        if request.image is not None:
+            image = open_image(request.image, keep_alpha=True)
+        if request.mask is not None:
+            mask = request.mask if isinstance(request.mask, Tensor) else open_image(request.mask, keep_alpha=True)
+        canvas = prepare_canvas(geo, request.size, image, mask, request.region, request.outpaint)
+        source = None
+        if canvas.image is not None:
+            device, dtype = self.core.runner.device, self.model.llm.embed.weight.dtype
+            pixels = image_to_pixels(canvas.image)[None].to(device, dtype)  # [1, 3, h, w]
+            x0, y0, x1, y1 = (v // geo.patch for v in canvas.image_box)
+            source = torch.full(canvas.grid, -1, dtype=torch.long)
+            with torch.inference_mode():
+                encoded = self.model.gen_tokenizer.encode(pixels).cpu()  # [1, h/patch * w/patch]
+            source[y0:y1, x0:x1] = encoded.view(y1 - y0, x1 - x0)
+        return CanvasRun(request, canvas, source, ids, self.processor.tokenizer.pad_id, geo.native, per_chunk, seed,
+                         self._generator, self.core.runner.device)
 
     def _chat_job(self, request: ChatRequest, seed: int) -> Job:
         context = self.model.cfg.llm.max_seq_len
@@ -675,6 +731,12 @@ class Engine:
         if handle.done() or handle._decoding:
             return  # already decoding (several of its Jacobi images finished in one step)
         handle._emit(handle._image_progress(state))
+        if handle.canvas is not None:
+            try:
+                self._finish_window(handle, state)
+            except Exception as e:  # its jobs have left the batch: fail it here, or it would wait forever
+                self._fail(handle, e)
+            return
         if not all(j in handle.states and handle.states[j].finished for j in handle.jobs):
             return  # the scheduler has queued its next chunk
         handle._decoding = True
@@ -684,11 +746,34 @@ class Engine:
         # VQ decoding runs beside the worker, which goes on decoding the other requests' tokens.
         self._post.submit(self._decode_images, handle, tokens)
 
-    def _decode_images(self, handle: RequestHandle, tokens: torch.Tensor) -> None:
+    def _finish_window(self, handle: RequestHandle, state: JobState) -> None:
+        """A window job of an image-conditioned request finished: keep its tokens; when its stage
+        is complete, queue the next stage made from them, or decode the finished canvas."""
+        run = handle.canvas
+        if not run.finished(state):
+            return
+        state.tokens = None
+        jobs = run.next_stage()
+        if jobs:
+            handle.jobs.extend(jobs)
+            self.core.extend(handle, jobs)
+            return
+        handle._decoding = True
+        for s in handle.states.values():
+            s.tokens = None
+        grid = run.canvas.grid
+        native = (self.model.cfg.vq.grid,) * 2
+        self._post.submit(self._decode_images, handle, run.tokens.tokens.clone(), None if grid == native else grid,
+                          run.canvas.crop)
+
+    def _decode_images(self, handle: RequestHandle, tokens: torch.Tensor, grid: tuple[int, int] | None = None,
+                       crop: tuple[int, int, int, int] | None = None) -> None:
         try:
-            images = decode_tokens(self.model, tokens)
+            images = decode_tokens(self.model, tokens, grid)
+            if crop is not None:
+                images = [im.crop(crop) for im in images]
         except Exception as e:  # the request's jobs have already left the batch
             handle._finish(error=e if isinstance(e, UserError) else RuntimeError(f"VQ decoding failed: {e}"))
             return
         handle._finish(ImageResult(handle.request, images, tokens, handle.seed, prompt_tokens=handle.prompt_tokens,
-                                   cost=handle._cost()))
+                                   cost=handle._cost(), grid=grid))

@@ -228,9 +228,9 @@ class JanusPipeline:
                 bar.update(total - bar.n)
         return [h.result() for h in handles]
 
-    def decode_tokens(self, tokens: Tensor) -> list[Image.Image]:
-        """Image tokens [P, num_gen_tokens] -> P PIL images."""
-        return decode_tokens(self.model, tokens)
+    def decode_tokens(self, tokens: Tensor, grid: tuple[int, int] | None = None) -> list[Image.Image]:
+        """Image tokens [P, rows * columns] -> P PIL images (`grid` (rows, columns); native when None)."""
+        return decode_tokens(self.model, tokens, grid)
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image]) -> Tensor:

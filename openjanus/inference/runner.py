@@ -11,8 +11,14 @@ Rows are never padded: each job's rows start at cache slot 0 and have their own 
 job can join the running batch at any step (its prompt is prefilled on its own rows, then
 its rows take part in the shared decode step) and leave as soon as it is done.
 
-A step asks each decoder in turn (image, text, Jacobi) to sample its jobs' next tokens and
-say what to feed back, then feeds everything in one forward pass per window length.
+A step asks each decoder in turn (image, masked image, text, Jacobi) to sample its jobs' next
+tokens and say what to feed back, then feeds everything in one forward pass per window length.
+
+Masked completion (image editing, outpainting, the windows of a large image): an image job may
+carry `known` tokens. Those are fed, never sampled, in both CFG rows; the known tokens before
+the first one to sample join the prompt's prefill, and each run of known tokens after a sampled
+one is fed with it in one forward pass. A job whose tokens are all to be sampled decodes exactly
+as a plain one.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ from openjanus.model.llm import KVCache, cache_mask
 from openjanus.processing import unconditional_prompt
 from openjanus.requests import SamplingParams
 
-__all__ = ["Job", "JobState", "BatchRunner", "NonFiniteLogits", "Decoder", "ImageDecoder", "TextDecoder",
-           "JacobiDecoder", "image_job", "round_up"]
+__all__ = ["Job", "JobState", "BatchRunner", "NonFiniteLogits", "Decoder", "ImageDecoder", "MaskedImageDecoder",
+           "TextDecoder", "JacobiDecoder", "image_job", "round_up"]
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -76,6 +82,11 @@ class Job:
     image_mask: Tensor | None = None  # text jobs: bool [T], positions the image features fill
     pixel_values: Tensor | None = None  # text jobs: [n_images, 3, S, S]
     jacobi: int = 0  # image jobs of one image: draft this many tokens per forward pass (0 = off)
+    # Image jobs of masked completion: [images, steps] int64 on the model's device, the token at
+    # each known position and -1 where it is sampled (the same positions for every image).
+    known: Tensor | None = None
+    # Derived from `known`: for each position t, the next position after t to sample (steps if none).
+    _next_sample: list[int] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         lengths = {len(r) for r in self.prompt_ids}
@@ -85,6 +96,22 @@ class Job:
             raise ValueError("an image job has a conditional and an unconditional row per image")
         if self.jacobi and (self.kind != "image" or self.n_rows != 2):
             raise ValueError("speculative Jacobi decoding runs one image per job")
+        if self.known is not None:
+            if self.kind != "image" or tuple(self.known.shape) != (self.n_rows // 2, self.steps):
+                raise ValueError(f"known tokens of an image job are [images, steps] = [{self.n_rows // 2}, "
+                                 f"{self.steps}], got {list(self.known.shape)}")
+            sampled = (self.known < 0).cpu()
+            if bool((sampled != sampled[0]).any()):
+                raise ValueError("every image of a job samples the same positions")
+            todo = sampled[0].tolist()
+            if not any(todo):
+                raise ValueError("a masked job must sample at least one token")
+            nxt, after = [self.steps] * self.steps, self.steps
+            for t in range(self.steps - 1, -1, -1):
+                nxt[t] = after
+                if todo[t]:
+                    after = t
+            object.__setattr__(self, "_next_sample", nxt)
 
     @property
     def n_rows(self) -> int:
@@ -98,6 +125,17 @@ class Job:
     def length(self) -> int:
         """Cache slots each of this job's rows needs at most."""
         return self.prompt_len + self.steps
+
+    @property
+    def prefix(self) -> int:
+        """Known tokens before the first one to sample (prefilled with the prompt)."""
+        if self._next_sample is None:
+            return 0
+        return 0 if bool(self.known[0, 0] < 0) else self._next_sample[0]
+
+    def next_sample(self, t: int) -> int:
+        """The first position after `t` to sample (`steps` when none is left)."""
+        return t + 1 if self._next_sample is None else self._next_sample[t]
 
     @property
     def images(self) -> int:
@@ -169,7 +207,7 @@ class ImageDecoder(Decoder):
 
     @staticmethod
     def takes(job: Job) -> bool:
-        return job.kind == "image" and not job.jacobi
+        return job.kind == "image" and not job.jacobi and job.known is None
 
     def sample(self, runner: BatchRunner, states: list[JobState]) -> tuple[list[JobState], list[Feed]]:
         model, device = runner.model, runner.device
@@ -200,6 +238,56 @@ class ImageDecoder(Decoder):
             for (s, _), hs in zip(continuing, h.split([s.job.n_rows for s, _ in continuing])):
                 feeds.append((s, s._row_ids(), hs))
         return finished, feeds
+
+
+class MaskedImageDecoder(Decoder):
+    """Image jobs with known tokens (masked completion): one guided token per image where the
+    mask says sample, then that token and the run of known tokens after it fed in one pass.
+
+    Invariant between steps: the rows' last hidden state predicts position `done_steps`, which
+    is always one to sample (the prefill fed the known prefix; each feed runs up to the next).
+    """
+
+    @staticmethod
+    def takes(job: Job) -> bool:
+        return job.kind == "image" and not job.jacobi and job.known is not None
+
+    def sample(self, runner: BatchRunner, states: list[JobState]) -> tuple[list[JobState], list[Feed]]:
+        model, device = runner.model, runner.device
+        finished: list[JobState] = []
+        rows = _upload(torch.cat([s._row_ids() for s in states]), device)
+        logits = model.image_logits(runner.hidden[rows])  # [R, codebook]
+        continuing: list[tuple[JobState, Tensor]] = []
+        for s, lg in zip(states, logits.split([s.job.n_rows for s in states])):
+            job, t = s.job, s.done_steps
+            guided = cfg_combine(lg, job.guidance)
+            s.nonfinite |= non_finite(guided)
+            try:
+                tokens = sample(guided, job.sampling, job.generator)  # [n]
+            except RuntimeError:  # multinomial refuses NaN/inf probabilities
+                s.error = NonFiniteLogits()
+                finished.append(s)
+                continue
+            s.tokens[:, t] = tokens
+            u = job.next_sample(t)
+            s.tokens[:, t + 1:u] = job.known[:, t + 1:u]
+            s.done_steps = t + 1  # the slot of the first token fed (`next_slot`) is t's
+            if u == job.steps:  # the rest is known: nothing more to feed
+                s.done_steps = job.steps
+                if bool(s.nonfinite):
+                    s.error = NonFiniteLogits()
+                finished.append(s)
+            else:
+                continuing.append((s, s.tokens[:, t:u]))
+        feeds: list[Feed] = []
+        for s, window in continuing:  # [n, L]: the sampled token, then the known run after it
+            h = model.embed_image_tokens(window).repeat_interleave(2, dim=0)  # [2n, L, D]: cond, uncond
+            feeds.append((s, s._row_ids(), h))
+        return finished, feeds
+
+    def fed(self, runner: BatchRunner, state: JobState, rows: Tensor, out: Tensor) -> None:
+        runner.hidden[_upload(rows, runner.device)] = out[:, -1]
+        state.done_steps = state.job.next_sample(state.done_steps - 1)
 
 
 class TextDecoder(Decoder):
@@ -252,6 +340,9 @@ class JacobiDecoder(Decoder):
     normalise(max(0, p - q)), so every kept token is distributed exactly as plain sampling would
     draw it. Greedy: a draft is kept iff it is the argmax. Drafts for the next window come from
     the outputs past the rejection.
+
+    With known tokens (masked completion) a known position's draft is the known token and is
+    kept without a test; a window reaches over known runs to hold `jacobi` positions to sample.
     """
 
     @staticmethod
@@ -283,6 +374,8 @@ class JacobiDecoder(Decoder):
         drafts), or None when the image is done."""
         job, d, g = s.job, s.drafts, s.job.generator
         m = d.window.shape[1]
+        base = s.done_steps  # the position output 0 predicts
+        known = job.known[0] if job.known is not None else None  # [steps], -1 where sampled
         logits = model.image_logits(d.window.reshape(2 * m, -1)).view(2, m, -1)  # [cond/uncond, m, V]
         guided = logits[1] + job.guidance * (logits[0] - logits[1])  # [m, V], as cfg_combine
         s.nonfinite |= non_finite(guided)
@@ -299,12 +392,17 @@ class JacobiDecoder(Decoder):
                 k = torch.arange(m - 1, device=drafts.device)
                 u = torch.rand(m - 1, generator=g, device=drafts.device)
                 ok = accept_drafts(probs[k, drafts], d.proposals[k, drafts], u)
+            if known is not None:
+                ok = ok | (known[base:base + m - 1] >= 0)  # known tokens are exact
             for flag in ok.tolist():  # the host decides how many tokens are kept
                 if not flag:
                     break
                 accepted += 1
         kept = [d.tokens[:accepted]] if accepted else []
-        if greedy:
+        at = base + accepted
+        if known is not None and at < job.steps and bool(known[at] >= 0):
+            new = known[at:at + 1]  # every draft kept and the next position is known
+        elif greedy:
             new = best[accepted:accepted + 1]
         elif accepted < m - 1:
             new = torch.multinomial(residual(probs[accepted], d.proposals[accepted]), 1, generator=g)
@@ -313,18 +411,30 @@ class JacobiDecoder(Decoder):
         tokens = torch.cat([*kept, new])[:job.steps - s.done_steps]
         s.tokens[0, s.done_steps:s.done_steps + len(tokens)] = tokens
         s.done_steps += len(tokens)
-        if s.done_steps == job.steps:
+        if job.next_sample(s.done_steps - 1) >= job.steps:  # done, or only known tokens are left
+            if known is not None:
+                s.tokens[0, s.done_steps:] = known[s.done_steps:]
+            s.done_steps = job.steps
             if bool(s.nonfinite):
                 raise RuntimeError("non-finite logits")
             return None
-        # Fresh drafts: from the outputs past the rejected position, then the last output again.
-        n_drafts = min(job.jacobi, job.steps - s.done_steps)
+        # Fresh drafts up to the `jacobi`-th position still to sample: from the outputs past the
+        # rejected position, then the last output again (known positions: the known token).
+        last = s.done_steps - 1
+        for _ in range(job.jacobi):
+            if job.next_sample(last) >= job.steps:
+                break
+            last = job.next_sample(last)
+        n_drafts = last - s.done_steps + 1
         src = torch.clamp(torch.arange(accepted + 1, accepted + 1 + n_drafts), max=m - 1).to(guided.device)
         if greedy:
             d.tokens = best[src]
         else:
             d.proposals = probs[src]  # [n_drafts, V]
             d.tokens = torch.multinomial(d.proposals, 1, generator=g).squeeze(-1)
+        if known is not None:
+            ahead = known[s.done_steps:s.done_steps + n_drafts]
+            d.tokens = torch.where(ahead >= 0, ahead, d.tokens)
         return torch.cat([new, d.tokens])
 
 
@@ -349,7 +459,7 @@ class BatchRunner:
         self.states: list[JobState] = []
         # In this order: jobs that share a random stream (chunks of one request) see the same
         # order of draws whichever other jobs run beside them.
-        self.decoders = (ImageDecoder(), TextDecoder(), JacobiDecoder())
+        self.decoders = (ImageDecoder(), MaskedImageDecoder(), TextDecoder(), JacobiDecoder())
         self.feature_cache = 64  # images whose understanding features are kept
         self._features: OrderedDict[bytes, Tensor] = OrderedDict()
         self.cache: KVCache | None = None
@@ -406,8 +516,9 @@ class BatchRunner:
     @torch.inference_mode()
     def add_all(self, placed: Sequence[tuple[Job, int]]) -> tuple[list[JobState], list[tuple[Job, BaseException]]]:
         """Prefill jobs on the rows given (job, first row), which must be free. Jobs whose prompts
-        have the same length share one forward pass. Returns the states of the jobs that joined,
-        and the jobs whose own inputs failed (e.g. an image), with the error."""
+        (with the known image tokens before their first sampled one) have the same length share
+        one forward pass. Returns the states of the jobs that joined, and the jobs whose own
+        inputs failed (e.g. an image), with the error."""
         device = self.device
         ready: list[tuple[JobState, Tensor]] = []
         failed: list[tuple[Job, BaseException]] = []
@@ -421,6 +532,9 @@ class BatchRunner:
                 if job.kind == "text" and job.pixel_values is not None and job.pixel_values.shape[0]:
                     feats = self._und_features(job.pixel_values)  # [N, P, D]
                     h = self.model.splice_und_features(h, job.image_mask.to(device)[None], feats)
+                if job.prefix:  # known image tokens before the first to sample, in both CFG rows
+                    known = self.model.embed_image_tokens(job.known[:, :job.prefix].to(device))  # [n, P, D]
+                    h = torch.cat([h, known.repeat_interleave(2, dim=0)], dim=1)
             except Exception as e:  # this job's own input: it alone fails
                 failed.append((job, e))
                 continue
@@ -430,7 +544,7 @@ class BatchRunner:
             ready.append((state, h))
         by_length: dict[int, list[tuple[JobState, Tensor]]] = {}
         for state, h in ready:
-            by_length.setdefault(state.job.prompt_len, []).append((state, h))
+            by_length.setdefault(h.shape[1], []).append((state, h))
         try:
             for group in by_length.values():
                 self._prefill([s for s, _ in group], torch.cat([h for _, h in group]))
@@ -466,6 +580,9 @@ class BatchRunner:
                 s.drafts = _Drafts(window=out[mine][:, None])  # [2, 1, D]: the exact distribution of the first token
             if job.kind == "image":
                 s.tokens = torch.empty(job.images, job.steps, dtype=torch.long, device=device)
+                if job.prefix:
+                    s.tokens[:, :job.prefix] = job.known[:, :job.prefix]
+                    s.done_steps = job.prefix
             s.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
             s.forward_passes += 1
 

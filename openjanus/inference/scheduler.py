@@ -11,7 +11,8 @@ Rules:
 - KV budget: the running jobs' rows x cache slots stay within `max_cached_tokens`.
 - Chunks: a request may be several jobs. Chunks that share one random stream run one after
   another, each next chunk queued behind what arrived meanwhile; `together` chunks (each with
-  its own stream) queue at once.
+  its own stream) queue at once. A request may `extend` itself with jobs made from what its
+  finished ones produced (the windows of a large image), queued behind what arrived meanwhile.
 - The queue holds at most `queue` requests (a request's later chunks are not counted).
 """
 
@@ -140,6 +141,20 @@ class Scheduler:
         self._requests[owner] = request
         self.waiting += 1
         self._queue.extend((request, j, i == 0) for i, j in enumerate(now))
+
+    def extend(self, owner: Hashable, jobs: Sequence[Schedulable]) -> None:
+        """Queue more jobs of a request already admitted (the next wave of a large image's
+        windows, made from what the last wave sampled): all at once, behind what is queued
+        meanwhile, and not counted against the queue limit (the request holds its place)."""
+        for job in jobs:
+            if not self.fits_alone(job):
+                raise UserError(f"a job of {job.n_rows} rows x {job.length} positions cannot fit in {self.rows} rows "
+                                f"and {self.max_cached_tokens} cached positions")
+        request = self._requests.get(owner)
+        if request is None:  # its last job finished in this step
+            request = self._requests[owner] = _Request(owner, deque(), [])
+        request.jobs.extend(jobs)
+        self._queue.extend((request, j, False) for j in jobs)
 
     def schedule(self, cancelled: Callable[[Hashable], bool] = lambda owner: False) -> SchedulerOutput:
         """Drop the requests that are `cancelled` (queued or running), then admit queued jobs in

@@ -107,9 +107,10 @@ class Janus(nn.Module):
         return self.gen_head(hidden)
 
     @torch.no_grad()
-    def decode_image_tokens(self, codes: Tensor) -> Tensor:
-        """[P, num_gen_tokens] code ids (raster order) -> images [P, 3, H, W] in about [-1, 1]."""
-        return self.gen_tokenizer.decode_codes(codes)
+    def decode_image_tokens(self, codes: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        """[P, rows * columns] code ids (raster order over `grid` = (rows, columns); the native
+        square when None) -> images [P, 3, H, W] in about [-1, 1]."""
+        return self.gen_tokenizer.decode_codes(codes, grid)
 
     def param_counts(self) -> dict[str, int]:
         """Elements per part (parameters plus persistent buffers, as in the checkpoint)."""

@@ -333,15 +333,21 @@ class VQModel(nn.Module):
         """Quantised latents [B, codebook_dim, h, w] -> images [B, 3, h*f, w*f], nominally [-1, 1]."""
         return self.decoder(self.post_quant_conv(z_q))
 
-    def decode_codes(self, codes: Tensor) -> Tensor:
-        """codes [B, N] (raster order over a square grid, N = grid^2) -> images [B, 3, H, W]."""
+    def decode_codes(self, codes: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        """codes [B, N] (raster order over a grid of (rows, columns) = `grid`, square when None)
+        -> images [B, 3, rows*f, columns*f]. The decoder is convolutional (its one attention block
+        spans the whole grid), so a grid larger than the training size decodes in one pass."""
         if codes.ndim != 2:
             raise ValueError(f"codes must be [batch, tokens], got shape {tuple(codes.shape)}")
         n = codes.shape[1]
-        grid = math.isqrt(n)
-        if grid * grid != n:
-            raise ValueError(f"{n} codes per image do not form a square grid")
-        return self.decode(self.quantize.lookup(codes, grid, grid))
+        if grid is None:
+            side = math.isqrt(n)
+            if side * side != n:
+                raise ValueError(f"{n} codes per image do not form a square grid")
+            grid = (side, side)
+        if grid[0] * grid[1] != n:
+            raise ValueError(f"{n} codes per image do not fill a {grid[0]} x {grid[1]} grid")
+        return self.decode(self.quantize.lookup(codes, *grid))
 
     def forward(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """VQ training step: images [B, 3, H, W] -> (reconstruction [B, 3, H, W],

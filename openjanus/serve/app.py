@@ -25,11 +25,13 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from openjanus.canvas import Geometry
 from openjanus.errors import UserError
 from openjanus.inference.engine import RequestHandle
 from openjanus.inference.pipeline import JanusPipeline
 from openjanus.requests import ChatRequest, ImageProgress, ImageRequest, TextDelta
 from openjanus.serve import protocol
+from openjanus.serve.edits import FormError, read_edit_form
 from openjanus.serve.protocol import APIError, ServeSettings
 
 __all__ = ["create_app", "ServeSettings", "Requests"]
@@ -270,19 +272,36 @@ def _chat_routes(requests: Requests, settings: ServeSettings, metrics: Metrics) 
 
 def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics, pipe: JanusPipeline) -> APIRouter:
     router = APIRouter()
-    size = f"{pipe.image_size}x{pipe.image_size}"
 
     @router.post("/v1/images/generations")
     async def image_generations(request: Request):
         body = await read_json(request, settings)
-        image_request = protocol.image_request(body, pipe.image_size, settings)
+        image_request = protocol.image_request(body, Geometry.of(pipe.model.cfg), settings)
+        return await respond_images(request, body, image_request, "image_generation")
+
+    @router.post("/v1/images/edits")
+    async def image_edits(request: Request):
+        """OpenAI's images-edit API: a multipart form with `image`, an optional `mask` (a PNG whose
+        transparent pixels mark the area to edit; without it, the image's own transparent pixels),
+        `prompt`, `n`, `size`, `response_format`, `stream`, `partial_images`."""
+        try:
+            form = await read_edit_form(request, settings.max_body_bytes)
+        except FormError as e:
+            raise APIError(413 if "over the limit" in str(e) else 400, str(e), param=e.param) from None
+        image_request = await anyio.to_thread.run_sync(protocol.image_request, form.body,
+                                                       Geometry.of(pipe.model.cfg), settings, form)
+        return await respond_images(request, form.body, image_request, "image_edit")
+
+    async def respond_images(request: Request, body: dict, image_request: ImageRequest, kind: str):
         partial = protocol.partial_images(body)
         best_of = protocol.best_of(body)
         if best_of > 1:
             return await _best_of(image_request, best_of, request)
         handle = await requests.submit(image_request)
+        w, h = handle.canvas.canvas.output_size if handle.canvas is not None else (pipe.image_size,) * 2
+        size = f"{w}x{h}"
         if protocol.wants_stream(body):
-            return StreamingResponse(stream(handle, partial, protocol.ImageEvents(size)),
+            return StreamingResponse(stream(handle, partial, protocol.ImageEvents(size, kind)),
                                      media_type="text/event-stream", headers=STREAM_HEADERS)
         result = await requests.wait(handle, request)
         metrics.image_result(result)
@@ -295,6 +314,8 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
         from openjanus.posttrain.rewards import SelfReward
 
         handle = await requests.submit(widened(image_request, n))
+        w, h = handle.canvas.canvas.output_size if handle.canvas is not None else (pipe.image_size,) * 2
+        size = f"{w}x{h}"
         candidates = await requests.wait(handle, request)
         if not verifier:
             verifier.append(SelfReward(pipe.model, pipe.processor))
@@ -326,6 +347,12 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
             if not isinstance(ev, ImageProgress) or sent >= partial or ev.steps >= ev.total:
                 continue
             if ev.steps / ev.total >= marks[sent]:
+                if handle.canvas is not None:
+                    tokens, grid = handle.partial_canvas()
+                    yield sent, await anyio.to_thread.run_sync(decode_canvas, pipe, tokens, grid,
+                                                               handle.canvas.canvas.crop)
+                    sent += 1
+                    continue
                 tokens = handle.partial_tokens()
                 if tokens is None or tokens.shape[1] == 0:
                     continue
@@ -333,6 +360,13 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
                 sent += 1
 
     return router
+
+
+def decode_canvas(pipe: JanusPipeline, tokens, grid: tuple[int, int], crop) -> list[Image.Image]:
+    """A preview of an image-conditioned request's canvas (positions not decoded yet filled)."""
+    native = (pipe.model.cfg.vq.grid,) * 2
+    images = pipe.decode_tokens(tokens, None if tuple(grid) == native else grid)
+    return [im.crop(crop) for im in images] if crop is not None else images
 
 
 def decode_partial(pipe: JanusPipeline, tokens) -> list[Image.Image]:

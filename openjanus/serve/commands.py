@@ -31,6 +31,21 @@ def register(sub) -> None:
                    help="fetch http(s) image URLs in chat messages (bounded in size and time; off: data: URLs only)")
     p.add_argument("--shutdown-grace", type=number_flag(0), default=30.0,
                    help="on SIGTERM/Ctrl-C, seconds running requests get to finish before they are cancelled")
+    g = p.add_argument_group("replicas on Ray Serve (the cluster extra; see openjanus.serve.ray_app)")
+    g.add_argument("--replicas", type=integer_flag(1), default=None,
+                   help="serve the same app from this many replicas, one engine each, behind Ray Serve's proxy")
+    g.add_argument("--min-replicas", type=integer_flag(0), default=None, help="autoscaling: fewest replicas")
+    g.add_argument("--max-replicas", type=integer_flag(1), default=None, help="autoscaling: most replicas")
+    g.add_argument("--target-ongoing-requests", type=number_flag(0, low_open=True), default=8.0,
+                   help="autoscaling: requests in flight per replica that Ray Serve scales towards")
+    g.add_argument("--max-ongoing-requests", type=integer_flag(1), default=64,
+                   help="requests Ray sends one replica at once (its engine batches them); more wait in the proxy")
+    g.add_argument("--replica-cpus", type=number_flag(0, low_open=True), default=1.0,
+                   help="CPUs Ray reserves per replica (on CPU devices also its torch threads)")
+    g.add_argument("--replica-gpus", type=number_flag(0), default=None,
+                   help="GPUs Ray reserves per replica (default: 1 on CUDA devices, else 0)")
+    g.add_argument("--ray-address", default=None,
+                   help="a running Ray cluster to join (auto, or ray://HOST:10001); default: start a local one")
     p.set_defaults(func=cmd_serve)
 
 
@@ -44,7 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except ModuleNotFoundError as e:
         raise UserError(f"openjanus serve needs the serve extra ({e.name} is missing): "
                         "pip install -e '.[serve]'") from None
-
+    if args.replicas is not None or args.min_replicas is not None or args.max_replicas is not None:
+        _serve_on_ray(args)
+        return
     with open_pipeline(args) as pipe:
         _serve(pipe, args)
 
@@ -92,3 +109,32 @@ def _serve(pipe, args: argparse.Namespace) -> None:
         signal.signal(signal.SIGTERM, previous)
         for timer in stopping:
             timer.cancel()
+
+
+def _serve_on_ray(args: argparse.Namespace) -> None:
+    """`serve --replicas N` / `--min-replicas --max-replicas`: the same app on Ray Serve replicas."""
+    import dataclasses
+    import math
+
+    from openjanus.devices import resolve_device
+
+    try:
+        from openjanus.serve import ray_app
+    except ModuleNotFoundError as e:
+        raise UserError(f"--replicas needs the cluster extra ({e.name} is missing): pip install -e '.[cluster]'") \
+            from None
+    on_gpu = resolve_device(args.device).type == "cuda"
+    gpus = args.replica_gpus if args.replica_gpus is not None else (1.0 if on_gpu else 0.0)
+    settings = ServeSettings(api_key=args.api_key or os.environ.get("OPENJANUS_API_KEY") or None,
+                             max_body_bytes=args.max_body_mb * 2**20, max_n=args.max_n,
+                             allow_remote_images=args.allow_remote_images)
+    # Each replica sees only its own GPU (Ray sets CUDA_VISIBLE_DEVICES), as cuda:0.
+    model = dataclasses.replace(ModelOptions.from_args(args), device="cuda" if on_gpu else args.device)
+    spec = ray_app.ReplicaSpec(model=model, engine=EngineOptions.from_args(args), model_id=args.model_id,
+                               settings=settings, threads=None if on_gpu else max(1, math.floor(args.replica_cpus)))
+    scale = ray_app.ScaleSpec(replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                              target_ongoing_requests=args.target_ongoing_requests,
+                              max_ongoing_requests=args.max_ongoing_requests, num_cpus=args.replica_cpus,
+                              num_gpus=gpus, graceful_shutdown_s=args.shutdown_grace)
+    scale.deployment_options()  # bad bounds fail here, before Ray starts
+    ray_app.run(spec, scale, host=args.host, port=args.port, address=args.ray_address)

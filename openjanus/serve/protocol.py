@@ -9,6 +9,8 @@ project's:
     seed                                   request seed
     stop                                   ChatRequest.stop
     n (images)                             ImageRequest.n
+    size "WxH" / "auto"                    ImageRequest.size (auto: native; edits keep the image's aspect)
+    image, mask (edits form)               ImageRequest.image, mask (transparent pixels = regenerate)
     guidance_scale (extension)             ImageRequest.guidance (classifier-free guidance scale)
     top_k, jacobi (extensions)             SamplingParams.top_k, ImageRequest.jacobi
     usage.prompt_tokens / input_tokens     ChatResult.prompt_tokens / ImageResult.prompt_tokens
@@ -37,8 +39,9 @@ from typing import Any
 
 from PIL import Image
 
+from openjanus.canvas import Geometry, check_size, parse_size
 from openjanus.errors import UserError
-from openjanus.images import ImageLoadError
+from openjanus.images import ImageLoadError, has_alpha
 from openjanus.inference.engine import Cancelled, ContextTooLong, QueueFull
 from openjanus.numbers import check_integer, check_number
 from openjanus.requests import (
@@ -50,6 +53,7 @@ from openjanus.requests import (
     Message,
     SamplingParams,
 )
+from openjanus.serve.edits import EditForm
 
 log = logging.getLogger("openjanus.serve")
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif"}
@@ -222,7 +226,7 @@ def _fetch_image(url: str, settings: ServeSettings, param: str) -> bytes:
     return raw
 
 
-def _image_from_bytes(raw: bytes, settings: ServeSettings, param: str) -> Image.Image:
+def _image_from_bytes(raw: bytes, settings: ServeSettings, param: str, keep_alpha: bool = False) -> Image.Image:
     try:
         with Image.open(io.BytesIO(raw)) as probe:  # reads the header only
             w, h = probe.size
@@ -238,7 +242,7 @@ def _image_from_bytes(raw: bytes, settings: ServeSettings, param: str) -> Image.
     try:
         from openjanus.images import open_image
 
-        return open_image(raw)
+        return open_image(raw, keep_alpha=keep_alpha)
     except ImageLoadError as e:
         raise APIError(400, str(e), param=param, code="invalid_image") from None
 
@@ -327,8 +331,11 @@ def chat_request(body: dict, settings: ServeSettings) -> ChatRequest:
                        seed=_seed(body), stop=tuple(stop or ()))
 
 
-def image_request(body: dict, image_size: int, settings: ServeSettings) -> ImageRequest:
-    """The typed request of an images-generations body, for a model making `image_size` px images."""
+def image_request(body: dict, geometry: Geometry, settings: ServeSettings,
+                  edit: EditForm | None = None) -> ImageRequest:
+    """The typed request of an images-generations body, or of an edits form (`edit`: its image and
+    mask; `body`: its text fields), for a model of `geometry`. `size` is "auto" or WxH: any multiple
+    of the image token size from the native side up to the cap (a sliding window above native)."""
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise APIError(400, "'prompt' must be a non-empty string", param="prompt")
@@ -338,11 +345,24 @@ def image_request(body: dict, image_size: int, settings: ServeSettings) -> Image
     n = _field(body, "n", int, ImageRequest.n)
     if not 1 <= n <= settings.max_n:
         raise APIError(400, f"'n' must be between 1 and {settings.max_n}, got {n}", param="n")
-    native = f"{image_size}x{image_size}"
     size = _field(body, "size", str, "auto")
-    if size not in ("auto", native):
-        raise APIError(400, f"size {size!r} is not supported: this model generates {native} images (or use 'auto')",
-                       param="size", code="unsupported_size")
+    wh = None
+    if size != "auto":
+        try:
+            wh = check_size(*parse_size(size), geometry)
+        except UserError as e:
+            raise APIError(400, f"size {size!r} is not supported: {e}", param="size", code="unsupported_size") from None
+    extra: dict[str, Any] = {}
+    if edit is not None:
+        extra["image"] = _image_from_bytes(edit.image, settings, "image", keep_alpha=True)
+        if edit.mask is not None:
+            extra["mask"] = _image_from_bytes(edit.mask, settings, "mask", keep_alpha=True)
+            if not has_alpha(extra["mask"]):
+                raise APIError(400, "the mask has no alpha channel: send a PNG whose transparent pixels mark the "
+                                    "area to edit", param="mask", code="invalid_image")
+        elif not has_alpha(extra["image"]):
+            raise APIError(400, "no mask given and the image has no transparent pixels: send a mask (a PNG whose "
+                                "transparent pixels mark the area to edit)", param="mask")
     if _field(body, "response_format", str, "b64_json") != "b64_json":
         raise APIError(400, "only response_format 'b64_json' is supported (the server keeps no files)",
                        param="response_format")
@@ -350,7 +370,7 @@ def image_request(body: dict, image_size: int, settings: ServeSettings) -> Image
         raise APIError(400, "only output_format 'png' is supported", param="output_format")
     return ImageRequest(prompt, n=n, guidance=_number(body, "guidance_scale", 0, 100, ImageRequest.guidance),
                         sampling=_sampling(body, ImageRequest.sampling), seed=_seed(body),
-                        jacobi=_field(body, "jacobi", int, ImageRequest.jacobi))
+                        jacobi=_field(body, "jacobi", int, ImageRequest.jacobi), size=wh, **extra)
 
 
 def best_of(body: dict) -> int:
@@ -458,11 +478,12 @@ def images_response(result: ImageResult, size: str) -> dict:
 
 
 class ImageEvents:
-    """The events of one streamed image generation: partial images, then one completed event
-    per image (with its usage), or an error event."""
+    """The events of one streamed image generation (`kind` "image_generation") or edit
+    ("image_edit"): partial images, then one completed event per image (with its usage), or an
+    error event."""
 
-    def __init__(self, size: str) -> None:
-        self.size = size
+    def __init__(self, size: str, kind: str = "image_generation") -> None:
+        self.size, self.kind = size, kind
 
     def _event(self, kind: str, payload: dict) -> bytes:
         body = {"type": kind, "created_at": int(time.time()), "size": self.size, "quality": "auto",
@@ -470,11 +491,11 @@ class ImageEvents:
         return sse(body, event=kind)
 
     def partial(self, image: Image.Image, index: int) -> bytes:
-        return self._event("image_generation.partial_image", {"b64_json": png(image), "partial_image_index": index})
+        return self._event(f"{self.kind}.partial_image", {"b64_json": png(image), "partial_image_index": index})
 
     def completed(self, result: ImageResult) -> list[bytes]:
         usage = image_usage(result)
-        return [self._event("image_generation.completed", {"b64_json": png(im), "usage": usage})
+        return [self._event(f"{self.kind}.completed", {"b64_json": png(im), "usage": usage})
                 for im in result.images]
 
     @staticmethod

@@ -109,7 +109,7 @@ def test_options_the_server_cannot_honour_are_refused_not_dropped(tiny):
 
 
 def test_a_failure_after_the_stream_started_ends_it_with_an_error_event(tiny, monkeypatch):
-    def broken(tokens):
+    def broken(tokens, grid=None):
         raise RuntimeError("secret internals /srv/model")
 
     with Server(tiny, ServeSettings(model_id="tiny")) as s:

@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e '.[dev]')")
 
+from openjanus.canvas import Geometry  # noqa: E402
 from openjanus.inference.engine import Cancelled, ContextTooLong, QueueFull  # noqa: E402
 from openjanus.requests import ChatRequest, ImageRequest, SamplingParams  # noqa: E402
 from openjanus.serve import protocol  # noqa: E402
@@ -18,11 +19,12 @@ from openjanus.serve.app import Requests  # noqa: E402
 from openjanus.serve.protocol import APIError, ServeSettings  # noqa: E402
 
 SETTINGS = ServeSettings()
+DEMO = Geometry(native=8, patch=8)  # the demo model's 64 px images
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
 
 def test_omitted_fields_mean_the_typed_requests_defaults():
-    image = protocol.image_request({"prompt": "a red circle"}, 64, SETTINGS)
+    image = protocol.image_request({"prompt": "a red circle"}, DEMO, SETTINGS)
     assert image == ImageRequest("a red circle", seed=None)
     chat = protocol.chat_request(CHAT, SETTINGS)
     # OpenAI's chat default is sampling at temperature 1 (a Python ChatRequest is greedy).
@@ -31,7 +33,7 @@ def test_omitted_fields_mean_the_typed_requests_defaults():
 
 def test_openai_names_map_to_the_projects():
     image = protocol.image_request({"prompt": "x", "n": 3, "guidance_scale": 7.5, "temperature": 0.5, "top_k": 20,
-                                    "top_p": 0.9, "seed": 4, "jacobi": 8}, 64, SETTINGS)
+                                    "top_p": 0.9, "seed": 4, "jacobi": 8}, DEMO, SETTINGS)
     assert image == ImageRequest("x", n=3, guidance=7.5, sampling=SamplingParams(0.5, top_k=20, top_p=0.9), seed=4,
                                  jacobi=8)
     chat = protocol.chat_request({**CHAT, "max_completion_tokens": 7, "temperature": 0.3, "top_p": 0.5,
@@ -41,7 +43,7 @@ def test_openai_names_map_to_the_projects():
 
 
 def test_top_p_zero_keeps_only_the_most_likely_token_on_both_endpoints():
-    image = protocol.image_request({"prompt": "x", "top_p": 0}, 64, SETTINGS)
+    image = protocol.image_request({"prompt": "x", "top_p": 0}, DEMO, SETTINGS)
     chat = protocol.chat_request({**CHAT, "top_p": 0}, SETTINGS)
     assert image.sampling == SamplingParams(1.0, top_k=1) and chat.sampling == SamplingParams(1.0, top_k=1)
 
@@ -53,7 +55,7 @@ def test_top_p_zero_keeps_only_the_most_likely_token_on_both_endpoints():
 ])
 def test_bad_fields_name_the_field(body, param):
     with pytest.raises(APIError) as info:
-        protocol.image_request({"prompt": "x", **body}, 64, SETTINGS)
+        protocol.image_request({"prompt": "x", **body}, DEMO, SETTINGS)
     assert info.value.status == 400 and info.value.param == param
 
 
