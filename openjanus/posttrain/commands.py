@@ -1,8 +1,8 @@
 """`openjanus posttrain CONFIG [--resume [CKPT]] [-o KEY=VALUE ...]`: GRPO or DPO from a config.
 
-    openjanus posttrain configs/demo/grpo.json                  # the demo model v3 recipe
-    openjanus posttrain configs/demo/grpo.json --resume         # after a kill
-    openjanus train export runs/demo/grpo --out DIR             # the usual export
+    openjanus posttrain configs/posttrain/demo-grpo.json            # the demo model's GRPO run
+    openjanus posttrain configs/posttrain/demo-grpo.json --resume   # after a kill
+    openjanus train export runs/demo/grpo --out DIR                 # the usual export
 """
 
 from __future__ import annotations

@@ -164,5 +164,5 @@ def test_lora_grpo_run_exports_adapter_and_merged_weights(tmp_path, tiny_checkpo
 
 
 def test_demo_grpo_config_loads():
-    cfg = PostTrainConfig.load(REPO / "configs" / "demo" / "grpo.json")
+    cfg = PostTrainConfig.load(REPO / "configs" / "posttrain" / "demo-grpo.json")
     assert cfg.method == "grpo" and cfg.split == "train" and cfg.rewards == {"shapes": 1.0}
