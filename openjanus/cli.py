@@ -141,6 +141,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if args.prompts is not None:
         if args.prompt:
             raise UserError("give prompts as arguments or --prompts FILE.jsonl, not both")
+        if args.best_of > 1:
+            raise UserError("--best-of works on prompts given as arguments, not on a --prompts batch job")
         _generate_prompt_file(args)
         return
     if not args.prompt:
@@ -200,12 +202,18 @@ def _generate(pipe, args: argparse.Namespace, out: Path, requests: list[ImageReq
 
     engine = pipe.engine.config
     t0 = time.perf_counter()
-    results = pipe.run(requests, progress=True, desc=f"sampling {args.n * len(requests)} image(s)")
+    ratings = None
+    if getattr(args, "best_of", 1) > 1:
+        from openjanus.posttrain.best_of import best_of
+
+        results, ratings = best_of(pipe, requests, args.best_of)
+    else:
+        results = pipe.run(requests, progress=True, desc=f"sampling {args.n * len(requests)} image(s)")
     seconds = time.perf_counter() - t0
     # Only now, with everything generated, touch the output folder: a failed run leaves nothing.
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    for res in results:
+    for r, res in enumerate(results):
         for j, im in enumerate(res.images):
             name = f"image_{len(files)}.png"
             im.save(out / name)
@@ -214,6 +222,8 @@ def _generate(pipe, args: argparse.Namespace, out: Path, requests: list[ImageReq
             files.append({"file": name, "prompt": res.request.prompt,
                           "seed": res.seeds[j] if res.seeds is not None else res.seed,
                           "request_seed": res.seed, "index": j, "own_stream": res.seeds is not None})
+            if ratings is not None:  # the model's own P(yes) for the kept image (--best-of)
+                files[-1]["self_rating"] = round(ratings[r][j], 6)
     tokens = np.concatenate([r.tokens.numpy() for r in results]).astype(np.int64)
     np.save(out / "tokens.npy", tokens)
     ran = results[0].request  # the settings as run: flags over the model's defaults
@@ -227,7 +237,8 @@ def _generate(pipe, args: argparse.Namespace, out: Path, requests: list[ImageReq
         "kv_cache_gib": engine.kv_cache_gib, "compile": engine.compile, "seconds": round(seconds, 3),
         "forward_passes": sum(r.cost.forward_passes for r in results),
         "tokens_per_image": int(tokens.shape[1]), "token_grid": list(results[0].grid or (pipe.model.cfg.vq.grid,) * 2),
-        "image_size": list(results[0].size), **extra, "images": files,
+        "image_size": list(results[0].size), **extra, "best_of": getattr(args, "best_of", 1), "adapter": args.adapter,
+        "images": files,
     }
     (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     print(f"wrote {len(files)} image(s), tokens.npy {list(tokens.shape)} and run.json to {out} "
@@ -363,6 +374,11 @@ def cmd_info(args: argparse.Namespace) -> None:
               f"(weights + KV cache); in one batch {(weights + kv) / 2**30:.2f} GiB")
     print(f"LLM: dim {c.dim}, {c.n_layers} layers, {c.n_heads} heads ({c.n_kv_heads} kv), ffn {c.ffn_dim}, "
           f"vocab {c.vocab_size}; image tokens: {cfg.num_und_tokens} understanding, {cfg.num_gen_tokens} generation")
+    if args.lora_rank:
+        from openjanus.train.memory import lora_training_memory
+
+        for line in lora_training_memory(cfg, total, rank=args.lora_rank, batch=args.train_batch).lines():
+            print(line)
     if args.size is not None:
         _info_canvas(cfg, args, per_row, dtype.itemsize, weights)
 
@@ -449,6 +465,9 @@ def register(sub: Any) -> None:
     p.add_argument("--size", type=image_size, default=None,
                    help="WIDTHxHEIGHT in pixels, multiples of the image token size (16 px for Janus-Pro), from the "
                         "native size up to 4x it per side: larger or non-square images by a sliding window")
+    p.add_argument("--best-of", type=integer_flag(1), default=1, metavar="N",
+                   help="sample N candidates per image and keep the ones the model itself rates highest "
+                        "(its yes/no verdict on 'Does this image show: <prompt>?'); 1 = off")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a folder that holds an earlier run (--prompts: remove that job's outputs "
                         "and start again)")
@@ -501,6 +520,10 @@ def register(sub: Any) -> None:
                    help="also state what an image of WIDTHxHEIGHT takes (tokens, windows, memory)")
     p.add_argument("--overlap", type=number_flag(), default=ImageRequest.overlap,
                    help="sliding-window overlap for --size")
+    p.add_argument("--lora-rank", type=integer_flag(0), default=16,
+                   help="LoRA rank for the training-memory estimate (0: leave it out)")
+    p.add_argument("--train-batch", type=integer_flag(1), default=4,
+                   help="sequences per step for the training-memory estimate")
     p.set_defaults(func=cmd_info)
 
 
@@ -509,10 +532,12 @@ def _command_modules() -> list[Any]:
     code; the serve extra's packages are imported only when `openjanus serve` runs)."""
     from openjanus import demo
     from openjanus.eval import commands as eval_commands
+    from openjanus.posttrain import commands as posttrain_commands
     from openjanus.serve import commands as serve_commands
     from openjanus.train import commands as train_commands
 
-    return [register, eval_commands.register, train_commands.register, serve_commands.register, demo.register]
+    return [register, eval_commands.register, train_commands.register, posttrain_commands.register,
+            serve_commands.register, demo.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

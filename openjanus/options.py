@@ -136,7 +136,8 @@ class ModelOptions:
     model: a checkpoint folder, None / "janus-shapes" for the shipped demo model, or a preset
         name (random weights). roles: the chat template's roles ("pro" for Janus-Pro, "legacy"
         for Janus-1.3B; checkpoints do not record it). check_finite: refuse weights holding NaN
-        or inf. quantize: "int8" stores the LLM's and heads' weights as int8.
+        or inf. quantize: "int8" stores the LLM's and heads' weights as int8. adapter: a LoRA
+        adapter folder applied unmerged.
     """
 
     model: str | None = None
@@ -145,6 +146,7 @@ class ModelOptions:
     quantize: Literal["none", "int8"] = "none"
     roles: Literal["pro", "legacy"] = "pro"
     check_finite: bool = False
+    adapter: str | None = None
 
     @classmethod
     def add_to(cls, p: argparse.ArgumentParser, weights: bool = True, model_help: str | None = None) -> None:
@@ -168,6 +170,9 @@ class ModelOptions:
                                 "legacy = User/Assistant (Janus-1.3B)")
             p.add_argument("--check-finite", action="store_true", default=cls.check_finite,
                            help="refuse a checkpoint whose weights hold NaN or inf, naming the first such tensor")
+            p.add_argument("--adapter", default=cls.adapter, metavar="DIR",
+                           help="apply a LoRA adapter (PEFT format: adapter_config.json + adapter_model.safetensors, "
+                                "trained here or for transformers' Janus) without merging it")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ModelOptions:
@@ -179,7 +184,7 @@ class ModelOptions:
         from openjanus.inference.pipeline import JanusPipeline
 
         return JanusPipeline.load(self.model, device=self.device, dtype=self.dtype, roles=self.roles, seed=seed,
-                                  check_finite=self.check_finite, quantize=self.quantize)
+                                  check_finite=self.check_finite, quantize=self.quantize, adapter=self.adapter)
 
 
 # --- the engine -------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "openjanus"
 TRAIN = PKG / "train"
 INFERENCE = PKG / "inference"
-FORBIDDEN = ("openjanus.eval", "openjanus.inference")
+FORBIDDEN = ("openjanus.eval", "openjanus.inference", "openjanus.posttrain")
+# Who may import the post-training package: itself, the command line and the server.
+POSTTRAIN_USERS = ("posttrain/", "cli.py", "serve/")
 
 
 # Inference's layers, bottom first, and the layers each may import.
@@ -37,7 +39,8 @@ LAYERS = {
     "engine": {"sampling", "scheduler", "runner", "autowindow", "windows"},
     "pipeline": {"sampling", "scheduler", "runner", "autowindow", "windows", "engine"},
 }
-ABOVE_INFERENCE = ("openjanus.serve", "openjanus.eval", "openjanus.cli", "openjanus.demo", "openjanus.train")
+ABOVE_INFERENCE = ("openjanus.serve", "openjanus.eval", "openjanus.cli", "openjanus.demo", "openjanus.train",
+                   "openjanus.posttrain")
 # What the inference package stands on: none of it may import inference.
 BELOW_INFERENCE = ("model", "checkpoints", "shapes", "processing.py", "requests.py", "images.py", "canvas.py",
                    "config.py", "devices.py", "errors.py", "files.py", "jsonl.py", "quantize.py", "allocator.py")
@@ -129,3 +132,12 @@ def test_ray_is_imported_by_the_ray_serve_module_alone() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert [m for m in json.loads(out.stdout) if m == "ray" or m.startswith("ray.")] == []
+
+
+def test_only_the_cli_and_server_import_posttrain() -> None:
+    """Post-training (`openjanus.posttrain`: online sampling for GRPO, best-of-N) sits above
+    training and inference: only itself, the command line and the server import it."""
+    found = [f"{path.relative_to(ROOT)}: {name}" for path in sorted(PKG.rglob("*.py"))
+             if not str(path.relative_to(PKG)).startswith(POSTTRAIN_USERS)
+             for name in _imported_modules(path) if _under(name, ("openjanus.posttrain",))]
+    assert not found, "post-training sits above training and inference:\n" + "\n".join(found)

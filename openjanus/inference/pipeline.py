@@ -95,14 +95,25 @@ class JanusPipeline:
     @classmethod
     def load(cls, model: str | Path | None = None, device: str | torch.device | None = None,
              dtype: str | torch.dtype | None = None, roles: str | None = None, seed: int = 0,
-             check_finite: bool = False, quantize: str | None = None) -> JanusPipeline:
+             check_finite: bool = False, quantize: str | None = None,
+             adapter: str | Path | None = None) -> JanusPipeline:
         """A checkpoint folder, the shipped demo model (None or "janus-shapes"), or a preset name
         (random weights, for tests and benchmarks; says so once on stderr).
 
         `check_finite` refuses a checkpoint with NaN or inf weights, naming the first such tensor;
-        `quantize="int8"` stores the LLM's and the heads' weights as int8 (`openjanus.quantize`).
+        `quantize="int8"` stores the LLM's and the heads' weights as int8 (`openjanus.quantize`);
+        `adapter` applies a LoRA adapter folder (PEFT format, ours or made for transformers'
+        Janus) without merging it (`openjanus train export --merge` makes merged weights).
         """
+        if adapter is not None and quantize not in (None, "none"):
+            raise UserError("--adapter with --quantize int8 is not supported: merge the adapter first "
+                            "(openjanus train export RUN --merge) and quantize the merged model")
         pipe = cls._load(model, device, dtype, roles, seed, check_finite)
+        if adapter is not None:
+            from openjanus.checkpoints.lora import load_adapter
+
+            load_adapter(pipe.model, adapter)
+            pipe.name = f"{pipe.name} + {Path(adapter).name}"
         prepare_for_inference(pipe.model, quantize)
         return pipe
 

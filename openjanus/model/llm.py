@@ -251,13 +251,19 @@ def fuse_projections(llm: LLM) -> LLM:
     """
     for block in llm.layers:
         attn, mlp = block.attn, block.mlp
-        if attn.qkv_proj is None:
+        # A projection wrapped by a LoRA adapter (applied unmerged, `--adapter`) is not a plain
+        # Linear: stacking its base weight would drop the adapter, so such groups stay apart.
+        if attn.qkv_proj is None and _plain(attn.q_proj, attn.k_proj, attn.v_proj):
             attn.qkv_proj = _stacked(attn.q_proj, attn.k_proj, attn.v_proj)
             del attn.q_proj, attn.k_proj, attn.v_proj
-        if mlp.gate_up_proj is None:
+        if mlp.gate_up_proj is None and _plain(mlp.gate_proj, mlp.up_proj):
             mlp.gate_up_proj = _stacked(mlp.gate_proj, mlp.up_proj)
             del mlp.gate_proj, mlp.up_proj
     return llm
+
+
+def _plain(*modules: nn.Module) -> bool:
+    return all(isinstance(m, nn.Linear) for m in modules)
 
 
 def cache_mask(slots: Tensor, key_valid: Tensor) -> Tensor:

@@ -363,6 +363,9 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
 
     async def respond_images(request: Request, body: dict, image_request: ImageRequest, kind: str):
         partial = protocol.partial_images(body)
+        best_of = protocol.best_of(body)
+        if best_of > 1:
+            return await _best_of(image_request, best_of, request)
         handle = await requests.submit(image_request)
         w, h = handle.canvas.canvas.output_size if handle.canvas is not None else (pipe.image_size,) * 2
         size = f"{w}x{h}"
@@ -379,6 +382,22 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
 
     def _image_usage(request: Request, result: ImageResult) -> None:
         request.state.usage = {"prompt_tokens": result.prompt_tokens, "images": len(result.images)}
+
+    verifier: list[Any] = []  # the model's own judge, made on the first best_of request
+
+    async def _best_of(image_request: ImageRequest, n: int, request: Request) -> dict:
+        from openjanus.posttrain.best_of import keep_best, widened
+        from openjanus.posttrain.rewards import SelfReward
+
+        handle = await requests.submit(widened(image_request, n))
+        w, h = handle.canvas.canvas.output_size if handle.canvas is not None else (pipe.image_size,) * 2
+        size = f"{w}x{h}"
+        candidates = await requests.wait(handle, request)
+        if not verifier:
+            verifier.append(SelfReward(pipe.model, pipe.processor))
+        result, _ = await anyio.to_thread.run_sync(keep_best, verifier[0], image_request, candidates)
+        metrics.image_result(candidates)
+        return protocol.images_response(result, size)
 
     async def stream(handle: RequestHandle, partial: int, events: protocol.ImageEvents,
                      request: Request) -> AsyncIterator[bytes]:

@@ -520,6 +520,16 @@ def image_request(body: dict, geometry: Geometry, settings: ServeSettings, edit:
                         seed_per_image=_field(body, "seed_per_image", bool, False), **extra)
 
 
+def best_of(body: dict) -> int:
+    """Candidates sampled per image returned, the ones the model rates highest kept (1: off).
+    Not with streaming: the choice is made once every candidate is finished."""
+    n = _integer(body, "best_of", 1, 16, 1)
+    if n > 1 and wants_stream(body):
+        raise APIError(400, "'best_of' cannot be combined with 'stream' (images are chosen once all are done)",
+                       param="best_of")
+    return n
+
+
 def partial_images(body: dict) -> int:
     """How many partial images a streamed generation sends (OpenAI: 0 to 3)."""
     return _integer(body, "partial_images", 0, 3, 0)

@@ -243,6 +243,19 @@ def read_train_state(folder: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def read_tensors_matching(folder: str | Path, substring: str) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint folder whose names contain `substring` (only those are read)."""
+    from safetensors import safe_open
+
+    out = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                if substring in key:
+                    out[key] = f.get_tensor(key)
+    return out
+
+
 def read_model_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
     """All weights of a training checkpoint folder, in the names of its task's model."""
     return open_weights(folder).materialise()
@@ -393,4 +406,5 @@ def _export_into(folder: Path, out: Path, *, dtype: torch.dtype | None,
 
 __all__ = ["EXPORT_MANIFEST", "is_complete", "TrainState", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
            "list_checkpoints",
-           "export_checkpoint", "read_train_state", "read_model_tensors", "rng_state", "set_rng_state"]
+           "export_checkpoint", "read_train_state", "read_model_tensors", "read_tensors_matching", "rng_state",
+           "set_rng_state"]

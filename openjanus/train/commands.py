@@ -69,6 +69,9 @@ def _export_parser() -> argparse.ArgumentParser:
                    help="folder whose tokenizer/processor files are copied (default: the run's model.tokenizer)")
     p.add_argument("--overwrite", action="store_true",
                    help="export into a non-empty folder: replace the files an export writes, keep the others")
+    p.add_argument("--merge", action="store_true",
+                   help="for a LoRA run: fold the adapter into the base weights and write the merged model "
+                        "(without it, the adapter alone is written in PEFT's format)")
     return p
 
 
@@ -159,6 +162,15 @@ def cmd_export(args: argparse.Namespace) -> None:
             raise UserError(f"{folder} is neither a training checkpoint nor a run folder with checkpoints")
         folder = latest
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    if (folder / "adapter" / "adapter_config.json").is_file():
+        from openjanus.train.lora import export_lora_checkpoint
+
+        out, note = export_lora_checkpoint(folder, Path(args.out), merge=args.merge, dtype=dtype,
+                                           tokenizer_dir=args.tokenizer, overwrite=args.overwrite)
+        print(note, file=sys.stderr)
+        return
+    if args.merge:
+        raise UserError(f"--merge: {folder} is not a LoRA run's checkpoint (it holds no adapter/)")
     out, notes = export_checkpoint(folder, args.out, dtype=dtype, tokenizer_dir=args.tokenizer,
                                    overwrite=args.overwrite)
     print(f"exported {folder} to {out}", file=sys.stderr)

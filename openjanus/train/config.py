@@ -119,6 +119,29 @@ class PartOptions:
 
 
 @dataclass
+class LoraOptions:
+    """LoRA through peft (`openjanus.train.lora`): the stage's model stays frozen and rank-`rank`
+    adapters train on the linear layers whose transformers-Janus name matches `targets` (peft's
+    rule: a string is a regular expression over the whole name, a list matches names or name
+    suffixes), e.g. "model.language_model.*proj", ["q_proj", "v_proj"], "model.generation_head.*"."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    def validate(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ConfigError(f"lora.rank must be a positive integer, got {self.rank!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
+            raise ConfigError(f"lora.alpha must be positive, got {self.alpha!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.targets:
+            raise ConfigError("lora.targets must name at least one module pattern")
+
+
+@dataclass
 class TrainConfig:
     """One training run. `micro_batch_rows` is per process; gradient accumulation is derived
     from the stage's global batch: global_batch = micro_batch_rows x grad_accum x world size."""
@@ -135,6 +158,7 @@ class TrainConfig:
     log_every: int = 10
     eval: EvalSettings = field(default_factory=EvalSettings)
     parts: PartOptions = field(default_factory=PartOptions)
+    lora: LoraOptions | None = None  # LoRA adapters instead of training the stage's parameters
     seed: int = 0
     device: str = "auto"  # auto: cuda when available (the local rank's GPU under torchrun)
     dtype: str = "auto"  # compute dtype: auto = bf16 autocast on GPU, fp32 on CPU
@@ -150,6 +174,8 @@ class TrainConfig:
     def validate(self) -> None:
         self.model.validate()
         self.parts.validate()
+        if self.lora is not None:
+            self.lora.validate()
         for name in ("seq_len", "micro_batch_rows", "checkpoint_every", "keep_last", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -206,10 +232,13 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     if unknown:
         raise ConfigError(f"{where or 'config'}: unknown key(s) {', '.join(unknown)}; "
                           f"known: {', '.join(sorted(hints))}")
-    nested = {"model": ModelSource, "stage": StageSpec, "eval": EvalSettings, "parts": PartOptions}
+    nested = {"model": ModelSource, "stage": StageSpec, "eval": EvalSettings, "parts": PartOptions,
+              "lora": LoraOptions}
     kwargs = {}
     for key, value in raw.items():
-        if cls is TrainConfig and key in nested:
+        if cls is TrainConfig and key == "lora" and value is None:
+            pass
+        elif cls is TrainConfig and key in nested:
             value = _build(nested[key], value, key)
         elif cls is TrainConfig and key == "data":
             if not isinstance(value, dict):

@@ -1,4 +1,5 @@
-"""Training curves as a standalone SVG: one panel per run, one line per logged loss.
+"""Training curves as a standalone SVG: one panel per run, one line per logged loss (post-training
+runs: panels of rewards, KL to the reference and held-out evaluation).
 
 Reads the TensorBoard event files a run writes (`RUN/tensorboard/`), so it needs the `train`
 extra (tensorboard) but no plotting library: the chart is plain SVG that browsers and GitHub show.
@@ -41,8 +42,31 @@ def _loss_tags(series: dict[str, list[tuple[int, float]]]) -> list[str]:
     return tags or sorted(series)[:1]
 
 
-def _panel(title: str, series: dict[str, list[tuple[int, float]]], x0: float, y0: float) -> list[str]:
-    tags = _loss_tags(series)
+# Post-training runs (`openjanus posttrain`): rewards, the KL to the reference, held-out evaluation.
+POSTTRAIN_PANELS = (
+    ("reward", ("reward", "correct", "reward/shapes", "reward/self")),
+    ("KL to the reference", ("grpo/kl",)),
+    ("DPO", ("dpo/loss", "reward/margin", "reward/accuracy")),
+    ("GenEval (shapes) during training", ("eval/geneval/heldout", "eval/geneval/train")),
+)
+
+
+def _panels(title: str, series: dict[str, list[tuple[int, float]]]) -> list[tuple[str, list[str]]]:
+    """(panel title, tags) of one run: its losses; for a post-training run its rewards, KL and
+    held-out evaluation curves."""
+    if "reward" not in series:
+        return [(title, _loss_tags(series))]
+    out = []
+    for name, tags in POSTTRAIN_PANELS:
+        present = [t for t in tags if t in series]
+        if present and not (name == "DPO" and "reward/margin" not in series):
+            out.append((f"{title}: {name}", present))
+    return out
+
+
+def _panel(title: str, series: dict[str, list[tuple[int, float]]], x0: float, y0: float,
+           tags: list[str] | None = None) -> list[str]:
+    tags = tags if tags is not None else _loss_tags(series)
     points = [p for t in tags for p in series[t] if math.isfinite(p[1])]
     if not points:
         return []
@@ -89,12 +113,15 @@ def plot_runs(runs: list[str | Path], out: str | Path, columns: int = 3) -> Path
     """Write an SVG with the loss curves of each run (titled by folder name)."""
     if not runs:
         raise UserError("no runs to plot")
-    panels = [(Path(r).name, read_scalars(r)) for r in runs]
+    panels = []
+    for r in runs:
+        series = read_scalars(r)
+        panels += [(title, series, tags) for title, tags in _panels(Path(r).name, series)]
     cols = min(columns, len(panels))
     rows = math.ceil(len(panels) / cols)
     body: list[str] = []
-    for k, (title, series) in enumerate(panels):
-        body += _panel(title, series, (k % cols) * PANEL_W, (k // cols) * PANEL_H)
+    for k, (title, series, tags) in enumerate(panels):
+        body += _panel(title, series, (k % cols) * PANEL_W, (k // cols) * PANEL_H, tags)
     svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{cols * PANEL_W}" height="{rows * PANEL_H}" '
            f'font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>'
            + "".join(body) + "</svg>\n")

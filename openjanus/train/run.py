@@ -57,6 +57,8 @@ def run_training(cfg: TrainConfig, resume: str | bool | None = None, eval_hook: 
         spec = task_spec(stage.task)
         spec.check_data(cfg.data)
         model_cfg = cfg.build_model_config()
+        if cfg.lora is not None:
+            _check_lora(cfg, spec.name, model_cfg)
         try:
             check_model_config(model_cfg, cfg.seq_len, spec.name)
         except ConfigError as e:
@@ -85,6 +87,8 @@ def run_training(cfg: TrainConfig, resume: str | bool | None = None, eval_hook: 
                 model = spec.build(ctx)
         objective = spec.objective(model, ctx)
         counts = apply_stage(objective, stage)
+        if cfg.lora is not None:
+            counts = _add_lora(objective, cfg, main_log)
         if cfg.activation_checkpointing:
             objective.enable_activation_checkpointing()
         if cfg.compile:
@@ -118,6 +122,29 @@ def run_training(cfg: TrainConfig, resume: str | bool | None = None, eval_hook: 
     finally:
         if owns_group:
             destroy()
+
+
+def _check_lora(cfg: TrainConfig, task: str, model_cfg: JanusConfig) -> None:
+    """Before any weights: LoRA adapts Janus models, and its targets must match something."""
+    from openjanus.model.janus import Janus
+    from openjanus.train.lora import resolve_targets
+
+    if task != "janus":
+        raise UserError(f"lora: adapters train on Janus stages, not the {task!r} task")
+    with torch.device("meta"):
+        skeleton = Janus(model_cfg)
+    resolve_targets(skeleton, cfg.lora.targets)  # type: ignore[union-attr]
+
+
+def _add_lora(objective: nn.Module, cfg: TrainConfig, log: Callable[[str], None]) -> dict[str, int]:
+    """Freeze the stage's model and inject the adapters (peft); the new element counts."""
+    from openjanus.train.lora import add_lora
+
+    add_lora(objective.model, cfg.lora, log=log)
+    counts = {"trainable": 0, "frozen": 0}
+    for p in objective.model.parameters():
+        counts["trainable" if p.requires_grad else "frozen"] += p.numel()
+    return counts
 
 
 def _place(objective: nn.Module, device: torch.device, autocast: torch.dtype | None, dist_info: DistInfo,

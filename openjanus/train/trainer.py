@@ -266,6 +266,12 @@ class Trainer:
                                scheduler=self.scheduler, data=self.data, state=self.state,
                                meta=self.settings.meta, dist_info=self.dist, keep_last=self.settings.keep_last)
         self._last_saved = self.state.step
+        if self.dist.is_main and getattr(self.objective.model, "_openjanus_lora", None) is not None:
+            # From the checkpoint's full tensors: with FSDP the model holds only shards.
+            from openjanus.train.checkpoint import read_tensors_matching
+            from openjanus.train.lora import save_adapter
+
+            save_adapter(self.objective.model, path / "adapter", state=read_tensors_matching(path, ".lora_"))
         return path
 
     def resume(self, folder: str | Path, include_model: bool = True) -> TrainState:
@@ -295,7 +301,12 @@ class Trainer:
         for the part tasks). Rank 0 writes; the others wait."""
         out = Path(self.settings.output_dir) / "export"
         last = latest_checkpoint(self.settings.output_dir)
-        if self.dist.is_main and last is not None:
+        if self.dist.is_main and last is not None and (last / "adapter").is_dir():
+            from openjanus.train.lora import export_lora_checkpoint
+
+            _, note = export_lora_checkpoint(last, out, overwrite=True)
+            self._log(note)
+        elif self.dist.is_main and last is not None:
             # The run's own export folder: a resumed run replaces its earlier export's files.
             path, notes = export_checkpoint(last, out, tokenizer_dir=self.settings.tokenizer_dir, overwrite=True)
             self._log(f"exported {last.name} to {path}")
