@@ -44,7 +44,9 @@ def keep_best(verifier: SelfReward, request: ImageRequest, candidates: ImageResu
     """The `request.n` candidates the model rates highest (best first), and their ratings."""
     rating = verifier([request.prompt] * len(candidates.images), candidates.images)
     order = sorted(range(len(rating)), key=lambda i: -rating[i])[:request.n]
-    kept = dataclasses.replace(candidates, request=request, images=[candidates.images[i] for i in order],
+    # The request as it ran (the model's defaults filled in), for the n asked.
+    ran = dataclasses.replace(candidates.request, n=request.n)
+    kept = dataclasses.replace(candidates, request=ran, images=[candidates.images[i] for i in order],
                                tokens=candidates.tokens[order],
                                seeds=None if candidates.seeds is None else [candidates.seeds[i] for i in order])
     return kept, [rating[i] for i in order]
