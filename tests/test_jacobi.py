@@ -210,6 +210,17 @@ def chooser_with(costs, stats=(0, 0)):
     return chooser
 
 
+def test_auto_counts_the_prefills_a_windowed_request_adds():
+    """Each image of a Jacobi request is prefilled in a pass of its own; plain decoding prefills
+    them in one. With prefills as dear as many steps, four images decode plain; one image, which
+    has no extra prefill, still takes a window."""
+    chooser = chooser_with(lambda positions: 1.0 + 0.01 * positions)  # weights dominate: windows pay
+    chooser._prefill = 0.0
+    assert chooser.choose(4, greedy=False) > 0
+    chooser._prefill = 1000.0  # one prefill costs a thousand steps
+    assert chooser.choose(4, greedy=False) == 0 and chooser.choose(1, greedy=False) > 0
+
+
 def test_auto_picks_long_windows_when_weights_dominate_and_none_when_compute_does():
     from openjanus.inference.autowindow import expected_tokens
 

@@ -5,7 +5,10 @@ A window of w drafts feeds w + 1 positions per row in a pass and keeps on averag
 E(w) = 1 + a + a^2 + ... + a^w tokens, a being the chance that a draft is kept given the one
 before it was (a geometric model of the accepted run); a request of several images waits for
 its slowest, which keeps fewer (`expected_tokens`). Plain decoding keeps 1 token for a pass of
-1 position. So the rate of window w is E(w) / cost(w) against 1 / cost(0). cost(w) is a whole runner step for
+1 position. So the rate of window w is E(w) / cost(w) against 1 / cost(0), less what a window
+adds besides its steps: each image of a Jacobi request is its own job, prefilled in a pass of
+its own (batch invariance), where plain decoding prefills all the images in one, so a window
+pays (images - 1) extra prefills over the image (`prefill_seconds`). cost(w) is a whole runner step for
 the request's images, timed once per image count on a scratch runner of the model: the forward
 pass of w + 1 positions per row (memory-bound models: 17 positions cost little more than one;
 compute-bound ones: many times more), the image head over its outputs, the sampling or each
@@ -27,9 +30,12 @@ from openjanus.inference.runner import BatchRunner, image_job
 from openjanus.model.janus import Janus
 from openjanus.requests import SamplingParams
 
-__all__ = ["WINDOWS", "WindowChooser", "expected_tokens", "step_seconds"]
+__all__ = ["WINDOWS", "WindowChooser", "expected_tokens", "step_seconds", "prefill_seconds"]
 
 WINDOWS = (0, 1, 2, 4, 8, 16)  # 0: plain decoding
+# A window must promise this much more than plain decoding: its costs are timed once, on a
+# machine that may be shared, so a near-tie is no reason to leave plain decoding.
+MARGIN = 1.1
 
 
 def expected_tokens(accept: float, window: int, images: int = 1, length: int = 576) -> float:
@@ -83,6 +89,27 @@ def step_seconds(model: Janus, images: int, window: int, greedy: bool, context: 
     return min(times[1:] or times)
 
 
+def prefill_seconds(model: Janus, context: int, repeats: int = 5) -> float:
+    """Seconds to prefill one image job (its 2 rows of `context` positions) on a scratch runner:
+    what each further image of a Jacobi request costs beyond plain decoding. Best of `repeats`
+    (the first adds allocate the cache)."""
+    runner = BatchRunner(model, rows=2 * (repeats + 1))
+    sampling = SamplingParams(temperature=1.0)
+    device = runner.device
+    times = []
+    for i in range(repeats + 1):
+        job = image_job([0] * context, 0, 1, 5.0, sampling, torch.Generator().manual_seed(i),
+                        model.cfg.num_gen_tokens, jacobi=1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        runner.add_all([(job, 2 * i)])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t)
+    return min(times[1:])
+
+
 class WindowChooser:
     """Chooses the window of `jacobi="auto"` requests (see the module doc); thread-safe.
 
@@ -99,6 +126,7 @@ class WindowChooser:
         # A typical prompt (the rows then hold it and the image as it grows).
         self.context = min(32, model.cfg.llm.max_seq_len - n_gen)
         self._costs: dict[tuple[int, bool], dict[int, float]] = {}
+        self._prefill: float | None = None
         self._lock = threading.Lock()
 
     def costs(self, images: int, greedy: bool) -> dict[int, float]:
@@ -109,6 +137,13 @@ class WindowChooser:
                 self._costs[key] = {w: step_seconds(self.model, images, w, greedy, self.context) for w in self.windows}
             return self._costs[key]
 
+    def prefill_cost(self) -> float:
+        """Seconds of one image job's own prefill (measured on first use)."""
+        with self._lock:
+            if self._prefill is None:
+                self._prefill = prefill_seconds(self.model, self.context)
+            return self._prefill
+
     def accept_rate(self, greedy: bool) -> float:
         kept, verified = self.draft_stats(greedy)
         return (self.prior[0] + kept) / (self.prior[1] + verified)
@@ -118,10 +153,17 @@ class WindowChooser:
         costs = self.costs(images, greedy)
         a = self.accept_rate(greedy)
         n_gen = self.model.cfg.num_gen_tokens
-        return {w: expected_tokens(a, w, images, n_gen) / costs[w] for w in self.windows}
+        extra = (images - 1) * self.prefill_cost() if images > 1 else 0.0  # a window's own prefills
+
+        def rate(w: int) -> float:
+            seconds = n_gen / expected_tokens(a, w, images, n_gen) * costs[w] + (extra if w else 0.0)
+            return n_gen / seconds
+
+        return {w: rate(w) for w in self.windows}
 
     def choose(self, images: int, greedy: bool) -> int:
-        """The window with the highest expected rate; 0 (plain decoding) unless a window beats it."""
+        """The window with the highest expected rate; 0 (plain decoding) unless a window beats it
+        by `MARGIN`."""
         rates = self.rates(images, greedy)
         best = max(rates, key=rates.get)
-        return best if rates[best] > rates[0] else 0
+        return best if rates[best] > MARGIN * rates[0] else 0
