@@ -29,6 +29,9 @@ import time
 
 import torch
 
+NAMES = {"sjd": "SJD", "mcsjd": "MC-SJD", "gumbel": "Gumbel"}
+AUTO_SAMPLER = "gumbel"  # what `jacobi="auto"` runs
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,6 +42,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=None, help="image tokens per image (default: all)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--modes", nargs="+", default=["greedy", "sampled"], choices=["greedy", "sampled"])
+    ap.add_argument("--samplers", nargs="+", default=["sjd", "mcsjd", "gumbel"], choices=list(NAMES))
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -57,7 +61,7 @@ def main() -> None:
     prompts = ["a red circle", "two blue squares left of a green star", "three yellow triangles"]
     ids = [tok.encode(pipe.processor.t2i_prompt(p)) for p in prompts]
 
-    def run(runner: BatchRunner, images: int, window: int, coupled: bool, sampling: SamplingParams,
+    def run(runner: BatchRunner, images: int, window: int, sampler: str, sampling: SamplingParams,
             seed: int) -> tuple[float, float]:
         """(seconds per request, forward passes per request), over the prompts."""
         passes = 0
@@ -66,7 +70,7 @@ def main() -> None:
             if window:
                 jobs = [image_job(prompt, tok.pad_id, 1, 5.0, sampling,
                                   torch.Generator().manual_seed(1000 * seed + 100 * k + i), n_tokens,
-                                  jacobi=window, coupled=coupled) for i in range(images)]
+                                  jacobi=window, jacobi_sampler=sampler) for i in range(images)]
             else:
                 jobs = [image_job(prompt, tok.pad_id, images, 5.0, sampling,
                                   torch.Generator().manual_seed(1000 * seed + 100 * k), n_tokens)]
@@ -85,15 +89,15 @@ def main() -> None:
         for images in args.images:
             runner = BatchRunner(pipe.model, rows=2 * images)
             chooser = WindowChooser(pipe.model, lambda greedy, r=runner: tuple(r.draft_stats[greedy]))
-            contenders = [("plain", 0, True)]
+            contenders = [("plain", 0, "")]
             for w in args.windows:
-                contenders += [("SJD", w, False), ("MC-SJD", w, True)]
+                contenders += [(NAMES[s], w, s) for s in args.samplers]
             run(runner, images, 0, True, sampling, 99)  # warm-up (allocates the cache)
             base = None
-            for method, window, coupled in [*contenders, ("auto", None, True)]:
-                if window is None:  # after the MC-SJD runs, which fed the acceptance counters
+            for method, window, sampler in [*contenders, ("auto", None, AUTO_SAMPLER)]:
+                if window is None:  # after the runs before it, which fed the acceptance counters
                     window = chooser.choose(images, greedy=mode == "greedy")
-                runs = [run(runner, images, window, coupled, sampling, seed) for seed in range(args.repeats)]
+                runs = [run(runner, images, window, sampler, sampling, seed) for seed in range(args.repeats)]
                 secs = statistics.median(r[0] for r in runs)
                 passes = statistics.median(r[1] for r in runs)
                 base = base or secs

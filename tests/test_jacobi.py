@@ -63,7 +63,7 @@ def exact_first(model, prompt, n_tokens):
     return joint
 
 
-def jacobi_first(model, prompt, n, seed, n_tokens=2, window=3, coupled=True):
+def jacobi_first(model, prompt, n, seed, n_tokens=2, window=3, sampler="mcsjd"):
     g = torch.Generator().manual_seed(seed)
     sampling = SamplingParams(temperature=1.0, top_k=TOP_K)
     counts: dict[tuple[int, ...], int] = {}
@@ -72,7 +72,7 @@ def jacobi_first(model, prompt, n, seed, n_tokens=2, window=3, coupled=True):
         # n_tokens=2: the first token is drawn exactly, the second is a draft verified in one
         # window. n_tokens=3, window 2: when the first draft is rejected, the third position's
         # draft is redrawn (coupled, with MC-SJD) before it is verified.
-        jobs = [image_job(prompt, 3, 1, CFG, sampling, g, n_tokens, jacobi=window, coupled=coupled)
+        jobs = [image_job(prompt, 3, 1, CFG, sampling, g, n_tokens, jacobi=window, jacobi_sampler=sampler)
                 for _ in range(per_run)]
         for s in run_jobs(BatchRunner(model, rows=2 * per_run), jobs):
             key = tuple(s.tokens[0].tolist())
@@ -148,6 +148,76 @@ def test_the_distribution_test_fails_for_a_wrong_coupling(model_and_joint3, monk
     monkeypatch.setattr(spec, "couple_drafts", lambda drafts, q, new_q, g: drafts)
     statistic, critical = chi_square(jacobi_first(model, PROMPT, N_COUPLED, seed=1, n_tokens=3, window=2), joint)
     assert statistic > critical
+
+
+# --- Gumbel Jacobi: fixed noise per position ------------------------------------------------------
+
+
+def test_gumbel_jacobi_follows_the_plain_distribution(model_and_joint3):
+    """Three tokens, window 2: each is the noisy argmax of its guided distribution given its
+    prefix, with noise of its own position; the joint law is plain sampling's."""
+    model, joint = model_and_joint3
+    counts = jacobi_first(model, PROMPT, N_COUPLED, seed=2, n_tokens=3, window=2, sampler="gumbel")
+    statistic, critical = chi_square(counts, joint)
+    assert statistic < critical
+
+
+def test_the_distribution_test_fails_for_noise_shared_across_positions(model_and_joint3, monkeypatch):
+    """One noise vector for every position of an image (the positions' draws then depend on
+    each other): the same chi-square test rejects it."""
+    model, joint = model_and_joint3
+    real = spec.gumbel_noise
+    monkeypatch.setattr(gen, "gumbel_noise", lambda key, positions, vocab, device="cpu":
+                        real(key, [0] * len(positions), vocab, device))
+    counts = jacobi_first(model, PROMPT, N_COUPLED, seed=2, n_tokens=3, window=2, sampler="gumbel")
+    statistic, critical = chi_square(counts, joint)
+    assert statistic > critical
+
+
+def gumbel_reference(model, prompt, seed, sampling, n_tokens):
+    """Gumbel sampling one token per full forward pass, without a cache or a window: token j is
+    argmax(filtered, tempered guided logits + the noise of position j), keyed by one draw from
+    the image's stream."""
+    key = spec.gumbel_key(torch.Generator().manual_seed(seed))
+    rows = torch.tensor([prompt, gen.unconditional_prompt(prompt, 3)])
+    tokens: list[int] = []
+    with torch.no_grad():
+        for j in range(n_tokens):
+            h = model.embed_text(rows)
+            if tokens:
+                h = torch.cat([h, model.embed_image_tokens(torch.tensor(tokens))[None].expand(2, -1, -1)], 1)
+            lg = model.image_logits(model.llm(h, torch.arange(h.shape[1]).expand(2, -1))[:, -1])
+            guided = lg[1] + CFG * (lg[0] - lg[1])
+            scores = gen.filter_logits(gen.temper(guided[None], sampling.temperature), sampling.top_k, sampling.top_p)
+            tokens.append(int(spec.gumbel_tokens(scores, spec.gumbel_noise(key, [j], scores.shape[-1]))[0]))
+    return torch.tensor(tokens)
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams(1.0), SamplingParams(0.7, top_k=20, top_p=0.9)],
+                         ids=["defaults", "filtered"])
+def test_gumbel_tokens_depend_on_the_seed_not_the_window(sampling):
+    """The image is a function of its seed: every window gives the tokens of Gumbel sampling one
+    token per pass (recomputed from scratch here), exactly; fewer passes with a window."""
+    model = build_tiny(seed=4)
+    steps = model.cfg.num_gen_tokens
+    for seed, prompt in enumerate(PROMPTS[:2]):
+        reference = gumbel_reference(model, prompt, seed, sampling, steps)
+        passes = {}
+        for window in (1, 4, 16):
+            runner = BatchRunner(model, rows=2)
+            job = image_job(prompt, 3, 1, CFG, sampling, torch.Generator().manual_seed(seed), steps,
+                            jacobi=window, jacobi_sampler="gumbel")
+            state, = run_jobs(runner, [job])
+            assert torch.equal(state.tokens[0], reference), (seed, window)
+            passes[window] = runner.passes
+        assert passes[16] <= passes[4] <= passes[1] <= steps + 1, passes
+
+
+def test_gumbel_noise_is_a_function_of_key_and_position():
+    a = spec.gumbel_noise(7, [3, 5], 50)
+    torch.testing.assert_close(a, torch.cat([spec.gumbel_noise(7, [5], 50), spec.gumbel_noise(7, [3], 50)])[[1, 0]],
+                               rtol=0, atol=0)  # exact: the same generator state draws the same bits
+    assert not torch.equal(a[0], a[1]) and not torch.equal(a, spec.gumbel_noise(8, [3, 5], 50))
 
 
 # --- shared forward passes ------------------------------------------------------------------------

@@ -41,6 +41,10 @@ from openjanus.errors import UserError
 from openjanus.inference.sampling import (
     cfg_combine,
     filter_logits,
+    gumbel_drafts,
+    gumbel_key,
+    gumbel_noise,
+    gumbel_tokens,
     next_drafts,
     non_finite,
     sample,
@@ -54,6 +58,10 @@ from openjanus.requests import SamplingParams
 
 __all__ = ["Job", "JobState", "BatchRunner", "NonFiniteLogits", "Decoder", "ImageDecoder", "MaskedImageDecoder",
            "TextDecoder", "JacobiDecoder", "image_job", "round_up"]
+
+
+JacobiSampler = Literal["gumbel", "mcsjd", "sjd"]
+JACOBI_SAMPLERS: tuple[str, ...] = ("gumbel", "mcsjd", "sjd")
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -96,7 +104,9 @@ class Job:
     image_mask: Tensor | None = None  # text jobs: bool [T], positions the image features fill
     pixel_values: Tensor | None = None  # text jobs: [n_images, 3, S, S]
     jacobi: int = 0  # image jobs of one image: draft this many tokens per forward pass (0 = off)
-    coupled: bool = True  # Jacobi drafts redrawn coupled to the previous ones (MC-SJD), else afresh (SJD)
+    # Sampled Jacobi: "gumbel" (fixed Gumbel noise per position: drafts kept iff they equal the
+    # noisy argmax), "mcsjd" (drafts redrawn coupled to the previous ones) or "sjd" (afresh).
+    jacobi_sampler: JacobiSampler = "gumbel"
     # Image jobs of masked completion: [images, steps] int64 on the model's device, the token at
     # each known position and -1 where it is sampled (the same positions for every image).
     known: Tensor | None = None
@@ -111,6 +121,8 @@ class Job:
             raise ValueError("an image job has a conditional and an unconditional row per image")
         if self.jacobi and (self.kind != "image" or self.n_rows != 2):
             raise ValueError("speculative Jacobi decoding runs one image per job")
+        if self.jacobi_sampler not in JACOBI_SAMPLERS:
+            raise ValueError(f"jacobi_sampler must be one of {', '.join(JACOBI_SAMPLERS)}, got {self.jacobi_sampler!r}")
         if self.known is not None:
             if self.kind != "image" or tuple(self.known.shape) != (self.n_rows // 2, self.steps):
                 raise ValueError(f"known tokens of an image job are [images, steps] = [{self.n_rows // 2}, "
@@ -161,11 +173,27 @@ class Job:
 @dataclass
 class _Drafts:
     """Speculative Jacobi state: hidden states of the last window [2, m, D], its draft tokens
-    [m-1] and the distributions they were drawn from [m-1, V] (None when greedy)."""
+    [m-1] and the distributions they were drawn from [m-1, V] (None when greedy or Gumbel);
+    Gumbel Jacobi: the image's noise key and the noise rows [V] of the positions in reach."""
 
     window: Tensor
     tokens: Tensor | None = None
     proposals: Tensor | None = None
+    key: int | None = None
+    noise: dict[int, Tensor] = field(default_factory=dict)
+
+    def gumbel(self, positions: range, vocab: int, device: torch.device) -> Tensor:
+        """Noise [len(positions), V] of these positions (drawn once each, then kept while in reach)."""
+        missing = [j for j in positions if j not in self.noise]
+        for j, row in zip(missing, gumbel_noise(self.key, missing, vocab, device)):
+            self.noise[j] = row
+        if not len(positions):
+            return torch.empty(0, vocab, device=device)
+        return torch.stack([self.noise[j] for j in positions])
+
+    def forget_before(self, position: int) -> None:
+        for j in [j for j in self.noise if j < position]:
+            del self.noise[j]
 
 
 @dataclass(eq=False)
@@ -417,9 +445,18 @@ class JacobiDecoder(Decoder):
         guided = logits[1] + job.guidance * (logits[0] - logits[1])  # [m, V], as cfg_combine
         s.nonfinite |= non_finite(guided)
         greedy = job.sampling.temperature == 0
-        probs = None if greedy else torch.softmax(
-            filter_logits(temper(guided, job.sampling.temperature), job.sampling.top_k, job.sampling.top_p), dim=-1)
-        best = guided.argmax(-1) if greedy else None
+        gumbel = not greedy and job.jacobi_sampler == "gumbel"
+        probs = best = scores = None
+        if greedy:
+            best = guided.argmax(-1)
+        else:
+            scores = filter_logits(temper(guided, job.sampling.temperature), job.sampling.top_k, job.sampling.top_p)
+            if gumbel:  # each output's token: its position's noisy argmax, a deterministic function
+                if d.key is None:
+                    d.key = gumbel_key(job.generator)
+                best = gumbel_tokens(scores, d.gumbel(range(base, base + m), scores.shape[-1], scores.device))
+            else:
+                probs = torch.softmax(scores, dim=-1)
         drafts = d.tokens if d.tokens is not None else torch.empty(0, dtype=torch.long, device=guided.device)
         tokens, accepted = verify_window(probs, best, drafts, d.proposals, job.generator,
                                          known=None if known is None else known[base:base + m])
@@ -441,10 +478,26 @@ class JacobiDecoder(Decoder):
                 break
             last = job.next_sample(last)
         n_drafts = last - s.done_steps + 1
-        d.tokens, d.proposals = next_drafts(
-            probs, best, drafts, d.proposals, accepted, n_drafts, job.generator, coupled=job.coupled,
-            known=None if known is None else known[s.done_steps:s.done_steps + n_drafts])
+        known_next = None if known is None else known[s.done_steps:s.done_steps + n_drafts]
+        if gumbel:
+            d.forget_before(s.done_steps)
+            nxt = gumbel_drafts(best, accepted, n_drafts, tokens[-1:])
+            d.tokens = nxt if known_next is None else torch.where(known_next >= 0, known_next, nxt)
+            d.proposals = None
+        else:
+            d.tokens, d.proposals = next_drafts(
+                probs, best, drafts, d.proposals, accepted, n_drafts, job.generator,
+                coupled=job.jacobi_sampler == "mcsjd", known=known_next)
         return torch.cat([tokens[-1:], d.tokens])
+
+
+def _prefill_key(job: Job) -> tuple | None:
+    """What decides an image job's prefill (its prompt rows; only jobs without known tokens or
+    images in the prompt), so that jobs with the same key have the same prefill bit for bit; None
+    for jobs whose prefill is never shared."""
+    if job.kind != "image" or job.known is not None:
+        return None
+    return tuple(tuple(r) for r in job.prompt_ids)
 
 
 def _position_keys(job: Job, image_hashes: list[bytes]) -> tuple:
@@ -638,11 +691,20 @@ class BatchRunner:
             self.states.append(state)  # holds its rows from now on
             ready.append((state, h))
         try:
+            done: dict[tuple, JobState] = {}  # image jobs prefilled in this call, by their prompt rows
             for state, h in ready:
                 # Each job is prefilled in a pass of its own: a product's rows round the same only
                 # when computed the same way, so a request never shares its prefill (batch invariance).
-                if not self._prefill_from_cache(state, h):
+                # An image job whose rows are exactly those of one prefilled just before (the images
+                # of a Jacobi request) takes a copy of that pass's keys/values: the very bits its
+                # own pass would have computed (the same rows through the same pass), one pass fewer.
+                key = _prefill_key(state.job)
+                if key is not None and key in done:
+                    self._copy_prefill(done[key], state)
+                elif not self._prefill_from_cache(state, h):
                     self._prefill(state, h)
+                    if key is not None:
+                        done[key] = state
         except Exception:
             for state, _ in ready:
                 self.remove(state)
@@ -672,7 +734,7 @@ class BatchRunner:
         """One forward pass over the prompt of `state`'s job (its R rows), h [R, T, D]: the prompt
         positions from `start` (slots before it already hold keys/values, from the prefix cache),
         written straight into the job's rows of the cache."""
-        device, job = self.device, state.job
+        device = self.device
         R, T = h.shape[:2]
         slots = torch.arange(start, start + T, device=device)
         positions = slots.expand(R, T)
@@ -681,6 +743,21 @@ class BatchRunner:
         # The prompt fills slots 0..start+T-1 of its own rows: attend over those only.
         self.passes += 1
         out = self.model.llm(h, positions, mask=mask, cache=cache, slots=slots, kv_len=start + T)[:, -1]
+        self._start(state, out)
+
+    def _copy_prefill(self, src: JobState, state: JobState) -> None:
+        """Start `state` from the prefill of `src`, a job of the same prompt rows prefilled in this
+        runner's last pass: its rows' keys/values and last hidden states, copied."""
+        T = src.job.prompt_len
+        for layer in range(len(self.cache.k)):
+            self.cache.k[layer][state.rows, :, :T] = self.cache.k[layer][src.rows, :, :T]
+            self.cache.v[layer][state.rows, :, :T] = self.cache.v[layer][src.rows, :, :T]
+        self._start(state, self.hidden[src.rows].clone(), max(src.pass_ids))
+
+    def _start(self, state: JobState, out: Tensor, pass_id: int | None = None) -> None:
+        """Set `state` going after its prefill (the runner's pass `pass_id`, by default the last),
+        whose last hidden states are `out` [R, D]."""
+        device, job = self.device, state.job
         self.hidden[state.rows] = out
         if job.jacobi:
             state.drafts = _Drafts(window=out[:, None])  # [2, 1, D]: the exact distribution of the first token
@@ -691,7 +768,7 @@ class BatchRunner:
                 state.done_steps = job.prefix
         state.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         state.forward_passes += 1
-        state.pass_ids.add(self.passes)
+        state.pass_ids.add(self.passes if pass_id is None else pass_id)
 
     def _und_features(self, pixels: Tensor) -> tuple[Tensor, list[bytes]]:
         """Understanding features [N, P, D] of preprocessed images [N, 3, S, S], and each image's
@@ -793,7 +870,9 @@ class BatchRunner:
 
 
 def image_job(prompt_ids: Sequence[int], pad_id: int, n: int, guidance: float, sampling: SamplingParams,
-              generator: torch.Generator | None, num_tokens: int, jacobi: int = 0, coupled: bool = True) -> Job:
+              generator: torch.Generator | None, num_tokens: int, jacobi: int = 0,
+              jacobi_sampler: JacobiSampler = "gumbel") -> Job:
     """The job of `n` images of one prompt: (conditional, unconditional) rows per image."""
     rows = [list(prompt_ids), unconditional_prompt(prompt_ids, pad_id)] * n
-    return Job("image", rows, num_tokens, sampling, generator, guidance=guidance, jacobi=jacobi, coupled=coupled)
+    return Job("image", rows, num_tokens, sampling, generator, guidance=guidance, jacobi=jacobi,
+               jacobi_sampler=jacobi_sampler)

@@ -22,6 +22,18 @@ Why it stays lossless: a draft at position i is drawn from information about pos
 only (q' comes from outputs that attend to the window up to i - 1; the previous draft there was
 itself distributed as its proposal given the same kind of information), so given everything
 that decides the tokens before i, the draft is distributed as the proposal it is tested with.
+
+Gumbel Jacobi (fixed noise per position, Gumbel-max; Song et al., ICML 2021, "Accelerating
+Feedforward Computation via Parallel Nonlinear Equation Solving", which did this for PixelCNN)
+makes sampling a deterministic function of the prefix: position j of an image has its own
+Gumbel noise g_j over the vocabulary, drawn from a stream that depends only on the image's key
+and j (`gumbel_noise`), and its token is argmax(log p_j(. | x_<j) + g_j) over the filtered,
+tempered guided distribution (`gumbel_tokens`). Since g_j is independent of everything that
+decides x_<j, x_j is exactly a draw from p_j given its prefix (the Gumbel-max trick), so the image
+is an exact sample. Jacobi decoding then works as it does for greedy decoding: a draft is kept iff
+it equals that argmax under the window's context, so drafts can be any guess, the accepted
+prefix plus one exact token advance every pass, and the tokens depend on the key only, never on
+the window (`gumbel_drafts` makes the next window's guesses).
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ from openjanus.requests import SamplingParams
 
 __all__ = ["temper", "filter_logits", "sample", "multinomial_rows", "image_seed", "non_finite", "cfg_combine",
            "accept_drafts", "residual", "couple_drafts", "accepted_prefix", "JacobiStep", "verify_window",
-           "next_drafts", "jacobi_step"]
+           "next_drafts", "jacobi_step", "gumbel_key", "gumbel_noise", "gumbel_tokens", "gumbel_drafts"]
 
 
 # Below this temperature, logits are shifted to a maximum of 0 before they are divided by it.
@@ -264,3 +276,61 @@ def image_seed(seed: int, index: int) -> int:
     exactly image i of `n=N, seed=S`. Below 2**53 because JSON readers that hold numbers as
     doubles (jq, JavaScript: the web page) would round a larger seed written in run.json."""
     return seed if index == 0 else (seed + index * 0x9E3779B97F4A7C15) % 2**53
+
+
+# --- Gumbel Jacobi: sampling as a deterministic function of fixed per-position noise -----------
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """SplitMix64's output function (Steele, Lea, Flood 2014): a bijective 64-bit mix, so that
+    nearby (key, position) pairs seed unrelated generators."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def gumbel_key(generator: torch.Generator | None) -> int:
+    """An image's noise key: one draw from its random stream (so the key, and with it every
+    token, depends on the image's seed alone)."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
+
+
+def gumbel_noise(key: int, positions: Sequence[int], vocab: int, device: torch.device | str = "cpu") -> Tensor:
+    """Gumbel(0, 1) noise [len(positions), vocab] (float32): row i belongs to position
+    positions[i] of the image keyed `key`, from a generator seeded by (key, position) alone, so
+    a position's noise is the same whenever, and in whichever window, it is asked for. Drawn as
+    -log(-log u) from float64 uniforms in [0, 1): u = 0 gives -inf (that token never wins, with
+    probability 2**-53), never a NaN; float64 so no two tokens tie in the noise."""
+    rows = []
+    for j in positions:
+        g = torch.Generator(device=device).manual_seed(_splitmix64((key << 20) ^ j) >> 1)
+        u = torch.rand(vocab, generator=g, device=device, dtype=torch.float64)
+        rows.append(-torch.log(-torch.log(u)))
+    if not rows:
+        return torch.empty(0, vocab, device=device)
+    return torch.stack(rows).float()
+
+
+def gumbel_tokens(scores: Tensor, noise: Tensor) -> Tensor:
+    """argmax(scores + noise) row by row: [m, V] scores (filtered, tempered logits: log p up to a
+    constant per row, -inf outside the filters) and [m, V] Gumbel noise -> [m] tokens, each an
+    exact draw from softmax(scores) (the Gumbel-max trick) when its noise is independent of them."""
+    return (scores.float() + noise).argmax(-1)
+
+
+def gumbel_drafts(outputs: Tensor, accepted: int, n_drafts: int, newest: Tensor) -> Tensor:
+    """The next window's `n_drafts` drafts after a Gumbel Jacobi pass that kept `accepted` drafts
+    and then the exact token `newest` [1]: the pass's own tokens `outputs` [m] at the positions
+    after it (Jacobi's update: each position's noisy argmax under the context this pass saw), then,
+    at positions the window did not reach, the token before them again (image tokens mostly
+    repeat their left neighbour: measured on the demo model, 2.11 tokens per pass at window 16
+    against 1.99 when each such position takes its own noisy argmax under the window's last
+    output, and 2.02 the token above it). Any guess is lossless: it only decides how soon the
+    exact tokens are found."""
+    own = outputs[accepted + 1:accepted + 1 + n_drafts]
+    last = own[-1:] if len(own) else newest[-1:]
+    return torch.cat([own, last.expand(n_drafts - len(own))])
