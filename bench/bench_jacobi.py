@@ -81,9 +81,10 @@ def main() -> None:
 
     rows = []
     print(f"model {pipe.name} ({args.dtype}), {len(prompts)} prompts x {n_tokens} tokens per image, "
-          f"{torch.get_num_threads()} threads; median of {args.repeats}")
+          f"{torch.get_num_threads()} threads; median of {args.repeats} repeats (seeds), the contenders "
+          "interleaved within each; 'spread' is the lowest and highest of the repeats' ratios to plain")
     print(f"{'mode':<8}{'images':>7} {'method':<8}{'window':>7}{'passes':>8}{'tokens/pass':>12}"
-          f"{'s/request':>10}{'s/image':>9}{'vs plain':>9}")
+          f"{'s/request':>10}{'s/image':>9}{'vs plain':>9}{'spread':>13}")
     for mode in args.modes:
         sampling = SamplingParams(0.0) if mode == "greedy" else SamplingParams(1.0)
         for images in args.images:
@@ -92,22 +93,30 @@ def main() -> None:
             contenders = [("plain", 0, "")]
             for w in args.windows:
                 contenders += [(NAMES[s], w, s) for s in args.samplers]
-            run(runner, images, 0, True, sampling, 99)  # warm-up (allocates the cache)
-            base = None
-            for method, window, sampler in [*contenders, ("auto", None, AUTO_SAMPLER)]:
-                if window is None:  # after the runs before it, which fed the acceptance counters
-                    window = chooser.choose(images, greedy=mode == "greedy")
-                runs = [run(runner, images, window, sampler, sampling, seed) for seed in range(args.repeats)]
-                secs = statistics.median(r[0] for r in runs)
-                passes = statistics.median(r[1] for r in runs)
-                base = base or secs
+            contenders.append(("auto", None, AUTO_SAMPLER))
+            run(runner, images, 0, "", sampling, 99)  # warm-up (allocates the cache)
+            results: dict[int, list[tuple[float, float]]] = {i: [] for i in range(len(contenders))}
+            auto_window = 0
+            for seed in range(args.repeats):
+                for i, (_, window, sampler) in enumerate(contenders):
+                    if window is None:  # from the acceptance the runs before it fed the counters with
+                        window = auto_window = chooser.choose(images, greedy=mode == "greedy")
+                    results[i].append(run(runner, images, window, sampler, sampling, seed))
+            plain = [secs for secs, _ in results[0]]
+            for i, (method, window, _) in enumerate(contenders):
+                window = auto_window if window is None else window
+                secs = statistics.median(r[0] for r in results[i])
+                passes = statistics.median(r[1] for r in results[i])
+                ratios = [p / r[0] for p, r in zip(plain, results[i])]
+                ratio = statistics.median(ratios)
                 row = {"mode": mode, "images": images, "method": method, "window": window,
                        "passes": round(passes, 1), "tokens_per_pass": round(n_tokens / passes, 2),
                        "seconds_per_request": round(secs, 3), "seconds_per_image": round(secs / images, 4),
-                       "vs_plain": round(base / secs, 2)}
+                       "vs_plain": round(ratio, 2), "vs_plain_spread": [round(min(ratios), 2), round(max(ratios), 2)]}
                 rows.append(row)
                 print(f"{mode:<8}{images:>7} {method:<8}{window:>7}{passes:>8.1f}{n_tokens / passes:>12.2f}"
-                      f"{secs:>10.3f}{secs / images:>9.4f}{base / secs:>8.2f}x", flush=True)
+                      f"{secs:>10.3f}{secs / images:>9.4f}{ratio:>8.2f}x  {min(ratios):.2f}-{max(ratios):.2f}x",
+                      flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": pipe.name, "dtype": args.dtype, "tokens": n_tokens, "rows": rows}, f, indent=2)

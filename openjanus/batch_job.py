@@ -102,6 +102,7 @@ class BatchSettings:
     guidance: float  # for lines without their own
     seed: int  # base of the derived seeds, for lines without their own
     jacobi: int | str  # a window, or "auto"
+    jacobi_sampler: str | None = None  # with a window (None without: it shapes nothing then)
 
 
 def image_seed(base_seed: int, line: PromptLine, index: int) -> int:

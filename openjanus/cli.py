@@ -25,6 +25,7 @@ from openjanus.options import (
     ExamplesHelpFormatter,
     ModelOptions,
     Parser,
+    add_jacobi_sampler,
     add_sampling,
     add_seed,
     demo_examples,
@@ -153,7 +154,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         _notice(card, prompt, "prompt")
     # Prompt i uses seed + i, so two prompts of one run never share a random stream.
     requests = [ImageRequest(p, n=args.n, guidance=args.guidance, sampling=sampling, seed=args.seed + i,
-                             jacobi=args.jacobi, size=args.size, seed_per_image=args.seed_per_image)
+                             jacobi=args.jacobi, jacobi_sampler=args.jacobi_sampler, size=args.size,
+                             seed_per_image=args.seed_per_image)
                 for i, p in enumerate(args.prompt)]
     _generate_to_folder(args, requests, {"size": args.size})
 
@@ -174,7 +176,8 @@ def cmd_edit(args: argparse.Namespace) -> None:
     _notice(card, " ".join(args.prompt), "prompt")
     sampling = sampling_params(args, card.defaults.image.sampling)
     requests = [ImageRequest(" ".join(args.prompt), n=args.n, guidance=args.guidance, sampling=sampling,
-                             seed=args.seed, jacobi=args.jacobi, size=args.size, image=Path(args.image),
+                             seed=args.seed, jacobi=args.jacobi, jacobi_sampler=args.jacobi_sampler, size=args.size,
+                             image=Path(args.image),
                              mask=Path(args.mask) if args.mask else None, region=region, outpaint=outpaint,
                              overlap=args.overlap)]
     _generate_to_folder(args, requests, {"image": str(args.image), "mask": args.mask, "region": region,
@@ -232,6 +235,7 @@ def _generate(pipe, args: argparse.Namespace, out: Path, requests: list[ImageReq
         "prompts": [r.prompt for r in requests], "n": args.n, "guidance": ran.guidance,
         "temperature": ran.sampling.temperature,
         "top_k": ran.sampling.top_k, "top_p": ran.sampling.top_p, "seed": args.seed, "jacobi": args.jacobi,
+        "jacobi_sampler": ran.jacobi_sampler,
         "seed_per_image": ran.seed_per_image,
         "quantize": args.quantize, "roles": args.roles, "weights": pipe.weights, "rows": engine.rows,
         "kv_cache_gib": engine.kv_cache_gib, "compile": engine.compile, "seconds": round(seconds, 3),
@@ -259,11 +263,12 @@ def _generate_prompt_file(args: argparse.Namespace) -> None:
 
     def settings_of(pipe) -> BatchSettings:
         return BatchSettings(weights=pipe.weights, temperature=sampling.temperature, top_k=sampling.top_k,
-                             top_p=sampling.top_p, guidance=guidance, seed=args.seed, jacobi=args.jacobi)
+                             top_p=sampling.top_p, guidance=guidance, seed=args.seed, jacobi=args.jacobi,
+                             jacobi_sampler=args.jacobi_sampler if args.jacobi else None)
 
     def request_of(unit) -> ImageRequest:
         return ImageRequest(unit.line.prompt, n=1, guidance=unit.guidance, sampling=sampling, seed=unit.seed,
-                            jacobi=args.jacobi, size=unit.line.size)
+                            jacobi=args.jacobi, jacobi_sampler=args.jacobi_sampler, size=unit.line.size)
 
     run_batch_job(Path(args.prompts), Path(args.out), load=lambda: open_pipeline(args), settings_of=settings_of,
                   request_of=request_of, geometry=_geometry(args.model), device=device,
@@ -457,8 +462,9 @@ def register(sub: Any) -> None:
                    help="(--prompts: for lines without their own) classifier-free guidance weight, >= 0: 1 = none, "
                         "0 = the unconditional image " + model_default(demo_card().defaults.image.guidance))
     p.add_argument("--jacobi", type=jacobi_flag, default=ImageRequest.jacobi,
-                   help="speculative Jacobi window: drafts per forward pass (MC-SJD; 0 = off), or 'auto' to pick "
+                   help="speculative Jacobi window: drafts per forward pass (0 = off), or 'auto' to pick "
                         "the window (or none) from what this machine measures")
+    add_jacobi_sampler(p)
     p.add_argument("--seed-per-image", action="store_true",
                    help="give each image a random stream of its own (recorded in run.json), so -n 1 --seed <its seed> "
                         "regenerates it alone; without it the images share one stream, as the official sampler does")
@@ -497,7 +503,8 @@ def register(sub: Any) -> None:
     p.add_argument("--overlap", type=number_flag(), default=ImageRequest.overlap,
                    help="sliding-window overlap, a fraction of the window side, for sizes above native")
     p.add_argument("--jacobi", type=jacobi_flag, default=ImageRequest.jacobi,
-                   help="speculative Jacobi window (MC-SJD; 0 = off), or 'auto'")
+                   help="speculative Jacobi window (0 = off), or 'auto'")
+    add_jacobi_sampler(p)
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")
     p.set_defaults(func=cmd_edit)
 

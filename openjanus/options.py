@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from openjanus.errors import UserError
 from openjanus.numbers import check_integer, check_number
-from openjanus.requests import MAX_SEED, ImageRequest
+from openjanus.requests import JACOBI_SAMPLERS, MAX_SEED, ImageRequest
 
 if TYPE_CHECKING:
     from openjanus.inference.engine import EngineConfig
     from openjanus.inference.pipeline import JanusPipeline
 
 __all__ = ["Parser", "number_flag", "integer_flag", "seed_flag", "ModelOptions", "EngineOptions", "open_pipeline",
-           "add_seed", "add_sampling", "sampling_params", "default_of", "model_default", "demo_examples",
-           "ExamplesHelpFormatter"]
+           "add_seed", "add_sampling", "add_jacobi_sampler", "jacobi_flag", "sampling_params", "default_of",
+           "model_default", "demo_examples", "ExamplesHelpFormatter"]
 
 
 # --- flag types: a bad value is one line from argparse, before any model is loaded ----------
@@ -72,6 +72,14 @@ def integer_flag(low: int | None = None, high: int | None = None):
 
 
 seed_flag = integer_flag(0, MAX_SEED)
+
+
+def add_jacobi_sampler(p: argparse.ArgumentParser) -> None:
+    """`--jacobi-sampler`: how sampled Jacobi images draw (`ImageRequest.jacobi_sampler`)."""
+    p.add_argument("--jacobi-sampler", choices=JACOBI_SAMPLERS, default=ImageRequest.jacobi_sampler,
+                   help="with --jacobi, how sampled images draw: gumbel (fixed noise per image position: the "
+                        "image depends on the seed alone, whatever the window), mcsjd (speculative sampling, "
+                        "coupled redraws) or sjd (independent redraws); all follow plain sampling's distribution")
 
 
 def jacobi_flag(text: str) -> int | str:

@@ -24,8 +24,11 @@ from openjanus.numbers import check_integer, check_number
 
 __all__ = [
     "SamplingParams", "ImageRequest", "ChatRequest", "Message", "ContentPart", "Cost", "ImageResult",
-    "ChatResult", "TextDelta", "ImageProgress", "MAX_SEED",
+    "ChatResult", "TextDelta", "ImageProgress", "MAX_SEED", "JACOBI_SAMPLERS",
 ]
+
+# How sampled speculative Jacobi decoding draws (`ImageRequest.jacobi_sampler`), the default first.
+JACOBI_SAMPLERS = ("gumbel", "mcsjd", "sjd")
 
 # torch.Generator.manual_seed takes a signed 64-bit value; larger seeds overflow in C++.
 MAX_SEED = 2**63 - 1
@@ -93,11 +96,15 @@ class ImageRequest:
     None take the model's defaults (its generation_config.json; without one, guidance 5 and
     temperature 1, the official settings). `guidance` is u + g (c - u) over the unconditional
     and conditional logits: 1 is no guidance, 0 the unconditional image; it must be >= 0.
-    `jacobi` > 0 drafts that many tokens per forward pass (speculative Jacobi decoding with
-    coupled drafts, MC-SJD; the output distribution is that of plain sampling, and greedy
-    output is plain decoding's); "auto" lets the engine pick the window, or plain decoding,
-    from what it measures (the window then depends on the machine, so a seed reproduces
-    sampled images only with a fixed window).
+    `jacobi` > 0 drafts that many tokens per forward pass (speculative Jacobi decoding; the
+    output distribution is that of plain sampling, and greedy output is plain decoding's);
+    "auto" lets the engine pick the window, or plain decoding, from what it measures.
+    `jacobi_sampler` says how a sampled Jacobi image draws: "gumbel" (fixed Gumbel noise per
+    image position: the tokens are a function of the seed alone, the same for every window) or
+    "mcsjd" / "sjd" (speculative sampling with coupled / independent redraws: the tokens depend on
+    the window, so a seed reproduces them only with the same window). Either way the images
+    follow plain sampling's distribution, but they are other draws than plain decoding's for
+    the same seed.
     """
 
     prompt: str
@@ -106,6 +113,7 @@ class ImageRequest:
     sampling: SamplingParams | None = None
     seed: int | None = 0
     jacobi: int | Literal["auto"] = 0
+    jacobi_sampler: Literal["gumbel", "mcsjd", "sjd"] = "gumbel"
     size: tuple[int, int] | str | None = None
     image: ImageInput | None = None
     mask: ImageInput | Tensor | None = None
@@ -130,6 +138,8 @@ class ImageRequest:
             raise UserError(f"jacobi must be an integer in [0, 64] or 'auto', got {self.jacobi!r}")
         if self.jacobi != "auto":
             _count("jacobi", self.jacobi, 0, 64)
+        if self.jacobi_sampler not in JACOBI_SAMPLERS:
+            raise UserError(f"jacobi_sampler must be one of {', '.join(JACOBI_SAMPLERS)}, got {self.jacobi_sampler!r}")
         if isinstance(self.size, str):
             object.__setattr__(self, "size", parse_size(self.size))
         elif self.size is not None:

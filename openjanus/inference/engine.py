@@ -307,13 +307,15 @@ def generate_image_tokens(
     generator: torch.Generator | None = None,
     compile: bool = False,
     jacobi: int = 0,
+    jacobi_sampler: str = "gumbel",
 ) -> Tensor:
     """Sample `n` images' tokens for one prompt (ids ending with `<begin_of_image>`) with
     classifier-free guidance: [n, num_gen_tokens] int64 in raster order. With `jacobi`, each
     image is its own job (they all draw from `generator`, in turn)."""
     num = model.cfg.num_gen_tokens
     if jacobi:
-        jobs = [image_job(prompt_ids, pad_id, 1, guidance, sampling, generator, num, jacobi) for _ in range(n)]
+        jobs = [image_job(prompt_ids, pad_id, 1, guidance, sampling, generator, num, jacobi, jacobi_sampler)
+                for _ in range(n)]
     else:
         jobs = [image_job(prompt_ids, pad_id, n, guidance, sampling, generator, num)]
     states = run_jobs(BatchRunner(model, rows=2 * n, compile=compile), jobs)
@@ -669,7 +671,8 @@ class Engine:
             generators = [self._generator(image_seed(seed, i)) for i in range(request.n)]
             if request.jacobi:  # one job per image (each keeps its own window), all running at once
                 return [image_job(ids, tok.pad_id, 1, request.guidance, request.sampling, g, cfg.num_gen_tokens,
-                                  jacobi=request.jacobi) for g in generators], len(ids), None
+                                  jacobi=request.jacobi, jacobi_sampler=request.jacobi_sampler)
+                    for g in generators], len(ids), None
             jobs, start = [], 0
             for k in chunk_sizes(request.n, per_chunk):
                 jobs.append(image_job(ids, tok.pad_id, k, request.guidance, request.sampling,

@@ -54,14 +54,13 @@ from openjanus.inference.sampling import (
 from openjanus.model.janus import Janus
 from openjanus.model.llm import KVCache, cache_mask
 from openjanus.processing import unconditional_prompt
-from openjanus.requests import SamplingParams
+from openjanus.requests import JACOBI_SAMPLERS, SamplingParams
 
 __all__ = ["Job", "JobState", "BatchRunner", "NonFiniteLogits", "Decoder", "ImageDecoder", "MaskedImageDecoder",
            "TextDecoder", "JacobiDecoder", "image_job", "round_up"]
 
 
-JacobiSampler = Literal["gumbel", "mcsjd", "sjd"]
-JACOBI_SAMPLERS: tuple[str, ...] = ("gumbel", "mcsjd", "sjd")
+JacobiSampler = Literal["gumbel", "mcsjd", "sjd"]  # requests.JACOBI_SAMPLERS
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -258,6 +257,24 @@ class Decoder:
         runner.hidden[_upload(rows, runner.device)] = out[:, -1]
 
 
+def _guided_tokens(runner: BatchRunner, states: list[JobState]) -> list[tuple[JobState, Tensor | None]]:
+    """The next guided token of every image of each state's job ([n] per state), sampled from its
+    rows' last hidden states with one read of the image head for all: (state, tokens), tokens
+    None where the sampler refused the logits (NaN or inf; the state's error is set then)."""
+    rows = _upload(torch.cat([s._row_ids() for s in states]), runner.device)
+    logits = runner.model.image_logits(runner.hidden[rows])  # [R, codebook]
+    out: list[tuple[JobState, Tensor | None]] = []
+    for s, lg in zip(states, logits.split([s.job.n_rows for s in states])):
+        guided = cfg_combine(lg, s.job.guidance)
+        s.nonfinite |= non_finite(guided)
+        try:
+            out.append((s, sample(guided, s.job.sampling, s.job.generator)))  # [n]
+        except RuntimeError:  # multinomial refuses NaN/inf probabilities
+            s.error = NonFiniteLogits()
+            out.append((s, None))
+    return out
+
+
 class ImageDecoder(Decoder):
     """Plain image jobs: one guided token per image per step, one read of the image head for all."""
 
@@ -266,18 +283,11 @@ class ImageDecoder(Decoder):
         return job.kind == "image" and not job.jacobi and job.known is None
 
     def sample(self, runner: BatchRunner, states: list[JobState]) -> tuple[list[JobState], list[Feed]]:
-        model, device = runner.model, runner.device
+        model = runner.model
         finished: list[JobState] = []
-        rows = _upload(torch.cat([s._row_ids() for s in states]), device)
-        logits = model.image_logits(runner.hidden[rows])  # [R, codebook]
         continuing: list[tuple[JobState, Tensor]] = []
-        for s, lg in zip(states, logits.split([s.job.n_rows for s in states])):
-            guided = cfg_combine(lg, s.job.guidance)
-            s.nonfinite |= non_finite(guided)
-            try:
-                tokens = sample(guided, s.job.sampling, s.job.generator)  # [n]
-            except RuntimeError:  # multinomial refuses NaN/inf probabilities
-                s.error = NonFiniteLogits()
+        for s, tokens in _guided_tokens(runner, states):
+            if tokens is None:
                 finished.append(s)
                 continue
             s.tokens[:, s.done_steps] = tokens
@@ -309,21 +319,14 @@ class MaskedImageDecoder(Decoder):
         return job.kind == "image" and not job.jacobi and job.known is not None
 
     def sample(self, runner: BatchRunner, states: list[JobState]) -> tuple[list[JobState], list[Feed]]:
-        model, device = runner.model, runner.device
+        model = runner.model
         finished: list[JobState] = []
-        rows = _upload(torch.cat([s._row_ids() for s in states]), device)
-        logits = model.image_logits(runner.hidden[rows])  # [R, codebook]
         continuing: list[tuple[JobState, Tensor]] = []
-        for s, lg in zip(states, logits.split([s.job.n_rows for s in states])):
-            job, t = s.job, s.done_steps
-            guided = cfg_combine(lg, job.guidance)
-            s.nonfinite |= non_finite(guided)
-            try:
-                tokens = sample(guided, job.sampling, job.generator)  # [n]
-            except RuntimeError:  # multinomial refuses NaN/inf probabilities
-                s.error = NonFiniteLogits()
+        for s, tokens in _guided_tokens(runner, states):
+            if tokens is None:
                 finished.append(s)
                 continue
+            job, t = s.job, s.done_steps
             s.tokens[:, t] = tokens
             u = job.next_sample(t)
             s.tokens[:, t + 1:u] = job.known[:, t + 1:u]

@@ -89,7 +89,7 @@ class CanvasRun:
             base = image_job(self.prompt_ids, self.pad_id, known.shape[0], r.guidance, r.sampling,
                              streams[0] if r.jacobi else streams, self.native ** 2, r.jacobi)
             job = Job("image", base.prompt_ids, base.steps, r.sampling, base.generator, guidance=r.guidance,
-                      jacobi=r.jacobi, known=known)
+                      jacobi=r.jacobi, jacobi_sampler=r.jacobi_sampler, known=known)
             self.parts[job] = part
         return list(self.parts)
 

@@ -13,6 +13,7 @@ project's:
     image, mask (edits form)               ImageRequest.image, mask (transparent pixels = regenerate)
     guidance_scale (extension)             ImageRequest.guidance (classifier-free guidance scale)
     top_k, jacobi (extensions)             SamplingParams.top_k, ImageRequest.jacobi (N or "auto")
+    jacobi_sampler (extension)             ImageRequest.jacobi_sampler
     seed_per_image (extension, boolean)    ImageRequest.seed_per_image (each image its own stream)
     usage.prompt_tokens / input_tokens     ChatResult.prompt_tokens / ImageResult.prompt_tokens
 
@@ -516,7 +517,8 @@ def image_request(body: dict, geometry: Geometry, settings: ServeSettings, edit:
         raise APIError(400, "only output_format 'png' is supported", param="output_format")
     return ImageRequest(prompt, n=n, guidance=_number(body, "guidance_scale", 0, 100, None),
                         sampling=_sampling(body, defaults.image.sampling), seed=_seed(body),
-                        jacobi=_field(body, "jacobi", (int, str), ImageRequest.jacobi), size=wh,
+                        jacobi=_field(body, "jacobi", (int, str), ImageRequest.jacobi),
+                        jacobi_sampler=_field(body, "jacobi_sampler", str, ImageRequest.jacobi_sampler), size=wh,
                         seed_per_image=_field(body, "seed_per_image", bool, False), **extra)
 
 
