@@ -4,6 +4,8 @@ distribution, which fails when the acceptance rule is broken)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import build_tiny
@@ -213,6 +215,41 @@ def test_gumbel_tokens_depend_on_the_seed_not_the_window(sampling):
         assert passes[16] <= passes[4] <= passes[1] <= steps + 1, passes
 
 
+def test_plain_gumbel_jobs_give_the_tokens_of_every_window():
+    """A plain job of two images sampling by the same per-position noise (one token per pass, one
+    pass for both) gives each image the tokens a Gumbel Jacobi job of that image's stream gives."""
+    model = build_tiny(seed=4)
+    steps, sampling = model.cfg.num_gen_tokens, SamplingParams(1.0, top_k=50)
+
+    def streams():
+        return [torch.Generator().manual_seed(s) for s in (11, 12)]
+
+    plain, = run_jobs(BatchRunner(model, rows=4), [image_job(PROMPTS[1], 3, 2, CFG, sampling, streams(), steps,
+                                                             gumbel=True)])
+    for window in (2, 8):
+        jobs = [image_job(PROMPTS[1], 3, 1, CFG, sampling, g, steps, jacobi=window, jacobi_sampler="gumbel")
+                for g in streams()]
+        assert torch.equal(torch.cat([s.tokens for s in run_jobs(BatchRunner(model, rows=4), jobs)]), plain.tokens)
+    stream, = run_jobs(BatchRunner(model, rows=4), [image_job(PROMPTS[1], 3, 2, CFG, sampling, streams(), steps)])
+    assert not torch.equal(stream.tokens, plain.tokens)  # the plain sampler's own draws differ
+
+
+def test_auto_gives_the_same_gumbel_images_whatever_it_picks(tiny_pipeline, monkeypatch):
+    """jacobi="auto" with the Gumbel sampler: the images depend on the seed only, whether the
+    engine picks plain decoding or a window; MC-SJD's depend on the window."""
+    request = ImageRequest("a red circle", n=2, seed=5, sampling=SamplingParams(1.0), jacobi="auto")
+    chooser = tiny_pipeline.engine.window_chooser
+    got = {}
+    for window in (0, 1, 4):
+        monkeypatch.setattr(chooser, "choose", lambda images, greedy, w=window: w)
+        got[window] = tiny_pipeline.generate(request).tokens
+    fixed = tiny_pipeline.generate(dataclasses.replace(request, jacobi=16)).tokens
+    assert torch.equal(got[0], got[1]) and torch.equal(got[0], got[4]) and torch.equal(got[0], fixed)
+    mcsjd = dataclasses.replace(request, jacobi_sampler="mcsjd")
+    assert not torch.equal(tiny_pipeline.generate(dataclasses.replace(mcsjd, jacobi=1)).tokens,
+                           tiny_pipeline.generate(dataclasses.replace(mcsjd, jacobi=4)).tokens)
+
+
 def test_gumbel_noise_is_a_function_of_key_and_position():
     a = spec.gumbel_noise(7, [3, 5], 50)
     torch.testing.assert_close(a, torch.cat([spec.gumbel_noise(7, [5], 50), spec.gumbel_noise(7, [3], 50)])[[1, 0]],
@@ -327,6 +364,8 @@ def test_jacobi_must_be_a_window_or_auto(bad):
 
     with pytest.raises(UserError, match="jacobi"):
         ImageRequest("x", jacobi=bad)
+    with pytest.raises(UserError, match="jacobi_sampler must be one of gumbel, mcsjd, sjd"):
+        ImageRequest("x", jacobi=4, jacobi_sampler="fast")
 
 
 def test_cli_generate_with_an_auto_window(tmp_path, capsys):
@@ -338,7 +377,11 @@ def test_cli_generate_with_an_auto_window(tmp_path, capsys):
     assert main(["generate", "--model", "tiny", "--out", str(out), "--temperature", "0", "--jacobi", "auto",
                  "a red circle"]) == 0
     run = json.loads((out / "run.json").read_text())
-    assert run["jacobi"] == "auto" and len(run["images"]) == 1
+    assert run["jacobi"] == "auto" and run["jacobi_sampler"] == "gumbel" and len(run["images"]) == 1
     with pytest.raises(SystemExit) as bad:
         main(["generate", "--model", "tiny", "--out", str(tmp_path / "x"), "--jacobi", "fast", "x"])
     assert bad.value.code == 2 and "expected an integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:
+        main(["generate", "--model", "tiny", "--out", str(tmp_path / "y"), "--jacobi", "4", "--jacobi-sampler",
+              "fast", "x"])
+    assert bad.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -657,12 +657,16 @@ class Engine:
         if per_chunk < 1:
             raise UserError(f"one image needs {per_image} cached tokens; the engine allows {self.max_cached_tokens}")
         own_streams = self._seed_per_image(request)  # before auto picks a window: "auto" draws per image
+        gumbel = False
         if request.jacobi == "auto":  # the window, or plain decoding, from what this machine measures
             window = self.window_chooser.choose(request.n, greedy=request.sampling.temperature == 0)
+            # Gumbel images are the same whichever it picks: with no window, the plain jobs sample
+            # by the same noise per position as a window would (a function of each image's seed).
+            gumbel = window == 0 and request.jacobi_sampler == "gumbel" and request.sampling.temperature > 0
             request = dataclasses.replace(request, jacobi=window)
         geo = Geometry.of(cfg)
         if request.image is not None or (request.size is not None and request.size != (geo.native_px,) * 2):
-            run = self._canvas_run(request, seed, ids, per_chunk, geo)
+            run = self._canvas_run(request, seed, ids, per_chunk, geo, gumbel)
             return run.next_stage(), len(ids), run
         if own_streams:
             # Image i draws from its own stream, seeded image_seed(seed, i): it does not depend on
@@ -676,7 +680,7 @@ class Engine:
             jobs, start = [], 0
             for k in chunk_sizes(request.n, per_chunk):
                 jobs.append(image_job(ids, tok.pad_id, k, request.guidance, request.sampling,
-                                      generators[start:start + k], cfg.num_gen_tokens))
+                                      generators[start:start + k], cfg.num_gen_tokens, gumbel=gumbel))
                 start += k
             return jobs, len(ids), None
         # The official sampler's stream: one draw over all the request's images per step, from one
@@ -686,7 +690,7 @@ class Engine:
                 for k in chunk_sizes(request.n, per_chunk)], len(ids), None
 
     def _canvas_run(self, request: ImageRequest, seed: int, ids: list[int], per_chunk: int,
-                    geo: Geometry) -> CanvasRun:
+                    geo: Geometry, gumbel: bool = False) -> CanvasRun:
         """An image-conditioned request's canvas: the source read, fitted and VQ-encoded here,
         on the caller's thread (a bad image fails for its caller alone), and its windows."""
         image = mask = None
@@ -705,7 +709,7 @@ class Engine:
                 encoded = self.model.gen_tokenizer.encode(pixels).cpu()  # [1, h/patch * w/patch]
             source[y0:y1, x0:x1] = encoded.view(y1 - y0, x1 - x0)
         return CanvasRun(request, canvas, source, ids, self.processor.tokenizer.pad_id, geo.native, per_chunk, seed,
-                         self._generator, self.core.runner.device)
+                         self._generator, self.core.runner.device, gumbel)
 
     def _chat_job(self, request: ChatRequest, seed: int) -> Job:
         context = self.model.cfg.llm.max_seq_len

@@ -106,6 +106,10 @@ class Job:
     # Sampled Jacobi: "gumbel" (fixed Gumbel noise per position: drafts kept iff they equal the
     # noisy argmax), "mcsjd" (drafts redrawn coupled to the previous ones) or "sjd" (afresh).
     jacobi_sampler: JacobiSampler = "gumbel"
+    # Plain image jobs: sample by the same fixed Gumbel noise per position as a "gumbel" Jacobi job
+    # (one generator per image), so their tokens are those of any Jacobi window (jacobi="auto"
+    # choosing no window); False: the plain sampler's draws from `generator`.
+    gumbel: bool = False
     # Image jobs of masked completion: [images, steps] int64 on the model's device, the token at
     # each known position and -1 where it is sampled (the same positions for every image).
     known: Tensor | None = None
@@ -120,6 +124,9 @@ class Job:
             raise ValueError("an image job has a conditional and an unconditional row per image")
         if self.jacobi and (self.kind != "image" or self.n_rows != 2):
             raise ValueError("speculative Jacobi decoding runs one image per job")
+        if self.gumbel and (self.jacobi or not isinstance(self.generator, Sequence)
+                            or len(self.generator) != self.n_rows // 2):
+            raise ValueError("a plain Gumbel job has no window and a generator per image")
         if self.jacobi_sampler not in JACOBI_SAMPLERS:
             raise ValueError(f"jacobi_sampler must be one of {', '.join(JACOBI_SAMPLERS)}, got {self.jacobi_sampler!r}")
         if self.known is not None:
@@ -214,6 +221,7 @@ class JobState:
     token_ids: list[int] = field(default_factory=list)  # text: sampled ids (EOS included)
     nonfinite: Tensor | None = None  # bool on the device: a non-finite logit was seen
     drafts: _Drafts | None = None  # Jacobi jobs
+    gumbel_keys: list[int] | None = None  # plain Gumbel jobs: each image's noise key
 
     @property
     def rows(self) -> slice:
@@ -268,11 +276,25 @@ def _guided_tokens(runner: BatchRunner, states: list[JobState]) -> list[tuple[Jo
         guided = cfg_combine(lg, s.job.guidance)
         s.nonfinite |= non_finite(guided)
         try:
-            out.append((s, sample(guided, s.job.sampling, s.job.generator)))  # [n]
+            if s.job.gumbel and s.job.sampling.temperature > 0:
+                out.append((s, _gumbel_step(s, guided)))
+            else:
+                out.append((s, sample(guided, s.job.sampling, s.job.generator)))  # [n]
         except RuntimeError:  # multinomial refuses NaN/inf probabilities
             s.error = NonFiniteLogits()
             out.append((s, None))
     return out
+
+
+def _gumbel_step(s: JobState, guided: Tensor) -> Tensor:
+    """Guided logits [n, V] of a plain Gumbel job -> each image's token at position `done_steps`:
+    its noisy argmax with the noise a Gumbel Jacobi job keyed the same would use there."""
+    job = s.job
+    if s.gumbel_keys is None:  # one draw from each image's stream, as a Jacobi job's first step
+        s.gumbel_keys = [gumbel_key(g) for g in job.generator]
+    scores = filter_logits(temper(guided, job.sampling.temperature), job.sampling.top_k, job.sampling.top_p)
+    noise = torch.cat([gumbel_noise(key, [s.done_steps], scores.shape[-1], scores.device) for key in s.gumbel_keys])
+    return gumbel_tokens(scores, noise)
 
 
 class ImageDecoder(Decoder):
@@ -874,8 +896,8 @@ class BatchRunner:
 
 def image_job(prompt_ids: Sequence[int], pad_id: int, n: int, guidance: float, sampling: SamplingParams,
               generator: torch.Generator | None, num_tokens: int, jacobi: int = 0,
-              jacobi_sampler: JacobiSampler = "gumbel") -> Job:
+              jacobi_sampler: JacobiSampler = "gumbel", gumbel: bool = False) -> Job:
     """The job of `n` images of one prompt: (conditional, unconditional) rows per image."""
     rows = [list(prompt_ids), unconditional_prompt(prompt_ids, pad_id)] * n
     return Job("image", rows, num_tokens, sampling, generator, guidance=guidance, jacobi=jacobi,
-               jacobi_sampler=jacobi_sampler)
+               jacobi_sampler=jacobi_sampler, gumbel=gumbel)

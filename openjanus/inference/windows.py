@@ -50,11 +50,12 @@ class CanvasRun:
 
     def __init__(self, request: ImageRequest, canvas: Canvas, source: Tensor | None, prompt_ids: Sequence[int],
                  pad_id: int, native: int, per_chunk: int, seed: int,
-                 generator: Callable[[int], torch.Generator], device: torch.device) -> None:
+                 generator: Callable[[int], torch.Generator], device: torch.device, gumbel: bool = False) -> None:
         self.request, self.canvas = request, canvas
         self.tokens = CanvasTokens(canvas, request.n, native, source, request.overlap)
         self.prompt_ids, self.pad_id, self.native = list(prompt_ids), pad_id, native
         self.device = device
+        self.gumbel = gumbel  # plain windows sample by fixed Gumbel noise (jacobi="auto" with no window)
         n = request.n
         if request.jacobi:  # one job per image, all at once
             image_chunks = [[slice(i, i + 1) for i in range(n)]]
@@ -89,7 +90,8 @@ class CanvasRun:
             base = image_job(self.prompt_ids, self.pad_id, known.shape[0], r.guidance, r.sampling,
                              streams[0] if r.jacobi else streams, self.native ** 2, r.jacobi)
             job = Job("image", base.prompt_ids, base.steps, r.sampling, base.generator, guidance=r.guidance,
-                      jacobi=r.jacobi, jacobi_sampler=r.jacobi_sampler, known=known)
+                      jacobi=r.jacobi, jacobi_sampler=r.jacobi_sampler, gumbel=self.gumbel and not r.jacobi,
+                      known=known)
             self.parts[job] = part
         return list(self.parts)
 

@@ -50,6 +50,7 @@ from openjanus.inference.engine import Cancelled, ContextTooLong, QueueFull
 from openjanus.model_card import GenerationDefaults
 from openjanus.numbers import check_integer, check_number
 from openjanus.requests import (
+    JACOBI_SAMPLERS,
     MAX_SEED,
     ChatRequest,
     ChatResult,
@@ -136,6 +137,14 @@ def _field(body: dict, name: str, kinds: type | tuple[type, ...], default: Any =
         raise APIError(400, f"'{name}' must be of type {_names(kinds)}, got a boolean", param=name)
     if not isinstance(value, kinds):
         raise APIError(400, f"'{name}' must be of type {_names(kinds)}, got {type(value).__name__}", param=name)
+    return value
+
+
+def _jacobi_sampler(body: dict) -> str:
+    value = _field(body, "jacobi_sampler", str, ImageRequest.jacobi_sampler)
+    if value not in JACOBI_SAMPLERS:
+        raise APIError(400, f"'jacobi_sampler' must be one of {', '.join(JACOBI_SAMPLERS)}, got {value!r}",
+                       param="jacobi_sampler")
     return value
 
 
@@ -518,7 +527,7 @@ def image_request(body: dict, geometry: Geometry, settings: ServeSettings, edit:
     return ImageRequest(prompt, n=n, guidance=_number(body, "guidance_scale", 0, 100, None),
                         sampling=_sampling(body, defaults.image.sampling), seed=_seed(body),
                         jacobi=_field(body, "jacobi", (int, str), ImageRequest.jacobi),
-                        jacobi_sampler=_field(body, "jacobi_sampler", str, ImageRequest.jacobi_sampler), size=wh,
+                        jacobi_sampler=_jacobi_sampler(body), size=wh,
                         seed_per_image=_field(body, "seed_per_image", bool, False), **extra)
 
 
