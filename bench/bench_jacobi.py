@@ -12,8 +12,11 @@ tokens each image gains per pass, seconds per request and per image, and the rat
 - plain decoding;
 - SJD (arXiv 2410.01699: drafts redrawn independently every pass) with each window;
 - MC-SJD (arXiv 2510.24211: drafts redrawn coupled to the previous ones) with each window;
+- Gumbel Jacobi (fixed Gumbel noise per image position, Song et al. 2021: the image depends on
+  the seed only; `openjanus.inference.sampling`) with each window;
 - `auto`: the window the engine would choose (`openjanus.inference.autowindow`), measured on
-  this machine, with the acceptance seen in the MC-SJD runs before it.
+  this machine, with the acceptance seen in the runs before it; with the Gumbel sampler, as the
+  engine runs it (no window: a plain job sampling by the same noise, so the same images).
 
 With random weights (presets) the model's distributions are nearly flat and barely depend on the
 prefix, so acceptance is not representative: use the demo model or real weights for it; a
@@ -67,10 +70,12 @@ def main() -> None:
         passes = 0
         t = time.perf_counter()
         for k, prompt in enumerate(ids):
+            streams = [torch.Generator().manual_seed(1000 * seed + 100 * k + i) for i in range(images)]
             if window:
-                jobs = [image_job(prompt, tok.pad_id, 1, 5.0, sampling,
-                                  torch.Generator().manual_seed(1000 * seed + 100 * k + i), n_tokens,
-                                  jacobi=window, jacobi_sampler=sampler) for i in range(images)]
+                jobs = [image_job(prompt, tok.pad_id, 1, 5.0, sampling, g, n_tokens, jacobi=window,
+                                  jacobi_sampler=sampler) for g in streams]
+            elif sampler == "gumbel" and sampling.temperature > 0:  # auto's plain decoding: the same images
+                jobs = [image_job(prompt, tok.pad_id, images, 5.0, sampling, streams, n_tokens, gumbel=True)]
             else:
                 jobs = [image_job(prompt, tok.pad_id, images, 5.0, sampling,
                                   torch.Generator().manual_seed(1000 * seed + 100 * k), n_tokens)]
