@@ -415,9 +415,10 @@ class TextDecoder(Decoder):
 
 class JacobiDecoder(Decoder):
     """Image jobs of one image decoded by speculative Jacobi decoding: each step verifies the
-    drafts of every job's last window and feeds each a new window (the rule, and MC-SJD's
-    coupled redraw of drafts: `sampling.verify_window`, `sampling.next_drafts`). One read of the
-    image head serves every job's window; the windows are fed in the step's one forward pass.
+    drafts of every job's last window and feeds each a new window (the rule: `sampling.
+    verify_window`; the next drafts: Gumbel Jacobi's own tokens, `sampling.gumbel_drafts`, or
+    MC-SJD's coupled / SJD's fresh redraw, `sampling.next_drafts`). One read of the image head
+    serves every job's window; the windows are fed in the step's one forward pass.
 
     With known tokens (masked completion) a known position's draft is the known token and is
     kept without a test; a window reaches over known runs to hold `jacobi` positions to sample.
@@ -771,8 +772,9 @@ class BatchRunner:
         self._start(state, out)
 
     def _copy_prefill(self, src: JobState, state: JobState) -> None:
-        """Start `state` from the prefill of `src`, a job of the same prompt rows prefilled in this
-        runner's last pass: its rows' keys/values and last hidden states, copied."""
+        """Start `state` from the prefill of `src`, a job of the same prompt rows prefilled earlier in
+        the same `add_all` (no step has run since): its rows' keys/values and last hidden states,
+        copied."""
         T = src.job.prompt_len
         for layer in range(len(self.cache.k)):
             self.cache.k[layer][state.rows, :, :T] = self.cache.k[layer][src.rows, :, :T]
