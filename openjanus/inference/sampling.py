@@ -286,7 +286,7 @@ _MASK64 = (1 << 64) - 1
 def _splitmix64(x: int) -> int:
     """SplitMix64's output function (Steele, Lea, Flood 2014): a bijective 64-bit mix, so that
     nearby (key, position) pairs seed unrelated generators."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64  # modulo 2**64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
     return x ^ (x >> 31)
@@ -307,7 +307,8 @@ def gumbel_noise(key: int, positions: Sequence[int], vocab: int, device: torch.d
     probability 2**-53), never a NaN; float64 so no two tokens tie in the noise."""
     rows = []
     for j in positions:
-        g = torch.Generator(device=device).manual_seed(_splitmix64((key << 20) ^ j) >> 1)
+        # Mixed twice: every bit of the key counts, and a key's positions get distinct seeds.
+        g = torch.Generator(device=device).manual_seed(_splitmix64(_splitmix64(key) + j) >> 1)
         u = torch.rand(vocab, generator=g, device=device, dtype=torch.float64)
         rows.append(-torch.log(-torch.log(u)))
     if not rows:
