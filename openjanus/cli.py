@@ -264,7 +264,9 @@ def _generate_prompt_file(args: argparse.Namespace) -> None:
     def settings_of(pipe) -> BatchSettings:
         return BatchSettings(weights=pipe.weights, temperature=sampling.temperature, top_k=sampling.top_k,
                              top_p=sampling.top_p, guidance=guidance, seed=args.seed, jacobi=args.jacobi,
-                             jacobi_sampler=args.jacobi_sampler if args.jacobi else None)
+                             jacobi_sampler=ImageRequest("-", jacobi=args.jacobi,
+                                                         jacobi_sampler=args.jacobi_sampler).jacobi_sampler
+                             if args.jacobi else None)
 
     def request_of(unit) -> ImageRequest:
         return ImageRequest(unit.line.prompt, n=1, guidance=unit.guidance, sampling=sampling, seed=unit.seed,

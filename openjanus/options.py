@@ -76,10 +76,11 @@ seed_flag = integer_flag(0, MAX_SEED)
 
 def add_jacobi_sampler(p: argparse.ArgumentParser) -> None:
     """`--jacobi-sampler`: how sampled Jacobi images draw (`ImageRequest.jacobi_sampler`)."""
-    p.add_argument("--jacobi-sampler", choices=JACOBI_SAMPLERS, default=ImageRequest.jacobi_sampler,
-                   help="with --jacobi, how sampled images draw: gumbel (fixed noise per image position: the "
-                        "image depends on the seed alone, whatever the window), mcsjd (speculative sampling, "
-                        "coupled redraws) or sjd (independent redraws); all follow plain sampling's distribution")
+    p.add_argument("--jacobi-sampler", choices=JACOBI_SAMPLERS, default=None,
+                   help="with --jacobi, how sampled images draw: mcsjd (speculative sampling, coupled redraws: the "
+                        "most tokens per pass), gumbel (fixed noise per image position: the image depends on the "
+                        "seed alone, whatever the window) or sjd (independent redraws); all follow plain "
+                        "sampling's distribution (default: mcsjd with a window, gumbel with --jacobi auto)")
 
 
 def jacobi_flag(text: str) -> int | str:

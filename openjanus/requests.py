@@ -27,8 +27,8 @@ __all__ = [
     "ChatResult", "TextDelta", "ImageProgress", "MAX_SEED", "JACOBI_SAMPLERS",
 ]
 
-# How sampled speculative Jacobi decoding draws (`ImageRequest.jacobi_sampler`), the default first.
-JACOBI_SAMPLERS = ("gumbel", "mcsjd", "sjd")
+# How sampled speculative Jacobi decoding draws (`ImageRequest.jacobi_sampler`).
+JACOBI_SAMPLERS = ("mcsjd", "gumbel", "sjd")
 
 # torch.Generator.manual_seed takes a signed 64-bit value; larger seeds overflow in C++.
 MAX_SEED = 2**63 - 1
@@ -99,12 +99,14 @@ class ImageRequest:
     `jacobi` > 0 drafts that many tokens per forward pass (speculative Jacobi decoding; the
     output distribution is that of plain sampling, and greedy output is plain decoding's);
     "auto" lets the engine pick the window, or plain decoding, from what it measures.
-    `jacobi_sampler` says how a sampled Jacobi image draws: "gumbel" (fixed Gumbel noise per
-    image position: the tokens are a function of the seed alone, the same for every window) or
-    "mcsjd" / "sjd" (speculative sampling with coupled / independent redraws: the tokens depend on
-    the window, so a seed reproduces them only with the same window). Either way the images
-    follow plain sampling's distribution, but they are other draws than plain decoding's for
-    the same seed.
+    `jacobi_sampler` says how a sampled Jacobi image draws: "mcsjd" / "sjd" (speculative
+    sampling with coupled / independent redraws: the tokens depend on the window, so a seed
+    reproduces them only with the same window) or "gumbel" (fixed Gumbel noise per image
+    position: the tokens are a function of the seed alone, the same for every window, and for
+    "auto" whatever it picks). None: "mcsjd" with a window (the most tokens per pass measured),
+    "gumbel" with "auto" (its images then do not depend on what it measured). Either way the
+    images follow plain sampling's distribution, but they are other draws than plain decoding's
+    for the same seed.
     """
 
     prompt: str
@@ -113,7 +115,7 @@ class ImageRequest:
     sampling: SamplingParams | None = None
     seed: int | None = 0
     jacobi: int | Literal["auto"] = 0
-    jacobi_sampler: Literal["gumbel", "mcsjd", "sjd"] = "gumbel"
+    jacobi_sampler: Literal["gumbel", "mcsjd", "sjd"] | None = None
     size: tuple[int, int] | str | None = None
     image: ImageInput | None = None
     mask: ImageInput | Tensor | None = None
@@ -138,6 +140,8 @@ class ImageRequest:
             raise UserError(f"jacobi must be an integer in [0, 64] or 'auto', got {self.jacobi!r}")
         if self.jacobi != "auto":
             _count("jacobi", self.jacobi, 0, 64)
+        if self.jacobi_sampler is None:
+            object.__setattr__(self, "jacobi_sampler", "gumbel" if self.jacobi == "auto" else "mcsjd")
         if self.jacobi_sampler not in JACOBI_SAMPLERS:
             raise UserError(f"jacobi_sampler must be one of {', '.join(JACOBI_SAMPLERS)}, got {self.jacobi_sampler!r}")
         if isinstance(self.size, str):

@@ -359,13 +359,19 @@ def test_auto_through_the_engine_is_lossless_and_measures_once(tiny_pipeline):
     assert rates[chooser.choose(2, greedy=True)] >= rates[0]
 
 
+def test_the_default_sampler_is_mcsjd_with_a_window_and_gumbel_with_auto():
+    assert ImageRequest("x", jacobi=4).jacobi_sampler == "mcsjd"
+    assert ImageRequest("x", jacobi="auto").jacobi_sampler == "gumbel"
+    assert ImageRequest("x", jacobi="auto", jacobi_sampler="sjd").jacobi_sampler == "sjd"
+
+
 @pytest.mark.parametrize("bad", ["fast", -1, 65, 2.5])
 def test_jacobi_must_be_a_window_or_auto(bad):
     from openjanus.errors import UserError
 
     with pytest.raises(UserError, match="jacobi"):
         ImageRequest("x", jacobi=bad)
-    with pytest.raises(UserError, match="jacobi_sampler must be one of gumbel, mcsjd, sjd"):
+    with pytest.raises(UserError, match="jacobi_sampler must be one of mcsjd, gumbel, sjd"):
         ImageRequest("x", jacobi=4, jacobi_sampler="fast")
 
 

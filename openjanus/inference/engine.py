@@ -307,7 +307,7 @@ def generate_image_tokens(
     generator: torch.Generator | None = None,
     compile: bool = False,
     jacobi: int = 0,
-    jacobi_sampler: str = "gumbel",
+    jacobi_sampler: str = "mcsjd",
 ) -> Tensor:
     """Sample `n` images' tokens for one prompt (ids ending with `<begin_of_image>`) with
     classifier-free guidance: [n, num_gen_tokens] int64 in raster order. With `jacobi`, each

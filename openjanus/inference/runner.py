@@ -60,7 +60,7 @@ __all__ = ["Job", "JobState", "BatchRunner", "NonFiniteLogits", "Decoder", "Imag
            "TextDecoder", "JacobiDecoder", "image_job", "round_up"]
 
 
-JacobiSampler = Literal["gumbel", "mcsjd", "sjd"]  # requests.JACOBI_SAMPLERS
+JacobiSampler = Literal["mcsjd", "gumbel", "sjd"]  # requests.JACOBI_SAMPLERS
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -103,9 +103,9 @@ class Job:
     image_mask: Tensor | None = None  # text jobs: bool [T], positions the image features fill
     pixel_values: Tensor | None = None  # text jobs: [n_images, 3, S, S]
     jacobi: int = 0  # image jobs of one image: draft this many tokens per forward pass (0 = off)
-    # Sampled Jacobi: "gumbel" (fixed Gumbel noise per position: drafts kept iff they equal the
-    # noisy argmax), "mcsjd" (drafts redrawn coupled to the previous ones) or "sjd" (afresh).
-    jacobi_sampler: JacobiSampler = "gumbel"
+    # Sampled Jacobi: "mcsjd" (drafts redrawn coupled to the previous ones), "gumbel" (fixed
+    # Gumbel noise per position: drafts kept iff they equal the noisy argmax) or "sjd" (afresh).
+    jacobi_sampler: JacobiSampler = "mcsjd"
     # Plain image jobs: sample by the same fixed Gumbel noise per position as a "gumbel" Jacobi job
     # (one generator per image), so their tokens are those of any Jacobi window (jacobi="auto"
     # choosing no window); False: the plain sampler's draws from `generator`.
@@ -898,7 +898,7 @@ class BatchRunner:
 
 def image_job(prompt_ids: Sequence[int], pad_id: int, n: int, guidance: float, sampling: SamplingParams,
               generator: torch.Generator | None, num_tokens: int, jacobi: int = 0,
-              jacobi_sampler: JacobiSampler = "gumbel", gumbel: bool = False) -> Job:
+              jacobi_sampler: JacobiSampler = "mcsjd", gumbel: bool = False) -> Job:
     """The job of `n` images of one prompt: (conditional, unconditional) rows per image."""
     rows = [list(prompt_ids), unconditional_prompt(prompt_ids, pad_id)] * n
     return Job("image", rows, num_tokens, sampling, generator, guidance=guidance, jacobi=jacobi,

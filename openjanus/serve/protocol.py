@@ -140,9 +140,9 @@ def _field(body: dict, name: str, kinds: type | tuple[type, ...], default: Any =
     return value
 
 
-def _jacobi_sampler(body: dict) -> str:
-    value = _field(body, "jacobi_sampler", str, ImageRequest.jacobi_sampler)
-    if value not in JACOBI_SAMPLERS:
+def _jacobi_sampler(body: dict) -> str | None:
+    value = _field(body, "jacobi_sampler", str, None)
+    if value is not None and value not in JACOBI_SAMPLERS:
         raise APIError(400, f"'jacobi_sampler' must be one of {', '.join(JACOBI_SAMPLERS)}, got {value!r}",
                        param="jacobi_sampler")
     return value
