@@ -12,7 +12,8 @@ start as, on the demo model at the default settings (temperature 1, guidance 5),
 - oracle: the image's final token there (from a run without speculation): an upper bound, not a
   method.
 
-The tokens are the same for every guess (checked); only the passes differ.
+The tokens are the same for every guess (checked); only the passes differ. Then, for the shipped
+guess and for MC-SJD, the share of passes that keep no draft at all.
 """
 
 from __future__ import annotations
@@ -61,14 +62,24 @@ def main() -> None:
         current["state"] = s
         return next_window(s, logits)
 
+    kept: list[int] = []  # drafts each verified window kept
+    verify = runner_mod.verify_window
+
+    def counted(*a, **kw):
+        tokens, accepted = verify(*a, **kw)
+        if len(a[2]):  # a window with drafts (the first, after the prefill, has none)
+            kept.append(accepted)
+        return tokens, accepted
+
     runner_mod.gumbel_drafts = guess
+    runner_mod.verify_window = counted
     JacobiDecoder._next_window = staticmethod(tracked)
 
-    def decode(prompt, seed, window, how, final=None):
+    def decode(prompt, seed, window, how, final=None, sampler="gumbel"):
         current.update(how=how, final=final)
         runner = BatchRunner(pipe.model, rows=2)
         job = image_job(prompt, tok.pad_id, 1, 5.0, sampling, torch.Generator().manual_seed(seed), steps,
-                        jacobi=window, jacobi_sampler="gumbel")
+                        jacobi=window, jacobi_sampler=sampler)
         state, = run_jobs(runner, [job])
         return state.tokens[0], runner.passes
 
@@ -84,6 +95,15 @@ def main() -> None:
                     passes += p
             per = passes / (args.seeds * len(ids))
             print(f"{how:<8}{window:>7}{per:>8.1f}{steps / per:>12.2f}", flush=True)
+    print(f"{'sampler':<8}{'window':>7}{'passes keeping no draft':>25}")
+    for window in args.windows:
+        for sampler in ("gumbel", "mcsjd"):
+            kept.clear()
+            for seed in range(args.seeds):
+                for k, prompt in enumerate(ids):
+                    decode(prompt, 1000 * seed + 100 * k, window, "left", sampler=sampler)
+            none = sum(a == 0 for a in kept)
+            print(f"{sampler:<8}{window:>7}{none:>12} of {len(kept):<5} ({none / len(kept):.0%})", flush=True)
 
 
 if __name__ == "__main__":
