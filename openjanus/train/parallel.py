@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import gc
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -124,9 +125,19 @@ def checkpoint_blocks(blocks: Iterable[nn.Module]) -> None:
         block._openjanus_checkpointed = True
 
 
-def destroy() -> None:
-    """End the default process group if one is running."""
+def destroy(wait_for_all: bool = True) -> None:
+    """End the default process group if one is running.
+
+    After a normal end (`wait_for_all`), every process first meets at a barrier, so that none
+    tears the group down, or exits (rank 0 also hosts the group's store), while another is still
+    using it; a gloo process that lost its peers that way aborted ("terminate called without an
+    active exception"). After an error there is no barrier: the others may never arrive.
+    Unreachable models are collected first, since FSDP2's device meshes hold the group.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait_for_all:
+            dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -20,7 +20,7 @@ from openjanus.checkpoints import load_model
 from openjanus.model.janus import Janus
 from openjanus.train.checkpoint import list_checkpoints, read_model_tensors
 from openjanus.train.objectives import JanusObjective
-from openjanus.train.parallel import current_dist_info, shard_model
+from openjanus.train.parallel import current_dist_info, destroy, shard_model
 from openjanus.train.stages import stage_from_name
 from openjanus.train.trainer import LoopSettings, Trainer, apply_stage
 
@@ -46,6 +46,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
+    finished = False
     try:
         first = _trainer(0, rank, 2, out, checkpoint_every=2, stop_at=2)
         first.fit()
@@ -53,8 +54,10 @@ def _worker(rank: int, port: int, out: str) -> None:
         second = _trainer(5, rank, 2, out, stop_at=STEPS)
         second.resume(list_checkpoints(out)[-1][1])
         second.fit()  # writes the final checkpoint (step 3)
+        del first, second
+        finished = True
     finally:
-        dist.destroy_process_group()
+        destroy(wait_for_all=finished)
 
 
 def _free_port() -> int:
