@@ -318,7 +318,7 @@ class _Dist:
     """The torchrun process group, or one process without it."""
 
     def __init__(self, device: torch.device) -> None:
-        from openjanus.train.parallel import barrier, init_distributed
+        from openjanus.distributed import barrier, init_distributed
 
         self.info = init_distributed(device)
         self.barrier = barrier
@@ -400,7 +400,7 @@ def run_batch_job(prompts: Path, out: Path, *, load: Callable[[], Any], settings
     try:
         return _run(dist, load, prompts, out, settings_of, geometry, on_bad_line, overwrite, request_of, log)
     finally:
-        from openjanus.train.parallel import destroy
+        from openjanus.distributed import destroy
 
         destroy()
 

@@ -17,10 +17,11 @@ from conftest import build_tiny
 from loop_batches import HandStream, assert_params_close
 
 from openjanus.checkpoints import load_model
+from openjanus.distributed import current_dist_info
 from openjanus.model.janus import Janus
 from openjanus.train.checkpoint import list_checkpoints, read_model_tensors
 from openjanus.train.objectives import JanusObjective
-from openjanus.train.parallel import current_dist_info, shard_model
+from openjanus.train.parallel import shard_model
 from openjanus.train.stages import stage_from_name
 from openjanus.train.trainer import LoopSettings, Trainer, apply_stage
 
