@@ -19,6 +19,7 @@ This is the only module that imports Ray (the `cluster` extra).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import signal
 import sys
@@ -56,6 +57,12 @@ class ReplicaSpec:
     model_id: str | None = None  # the name clients see (None: the model folder's name)
     settings: ServeSettings = field(default_factory=ServeSettings)  # its model_id gives way to the one above
 
+    def __post_init__(self) -> None:
+        if self.threads is not None:
+            from openjanus.numbers import check_integer
+
+            check_integer(self.threads, low=1, name="threads")
+
 
 @dataclass(frozen=True)
 class ScaleSpec:
@@ -77,24 +84,29 @@ class ScaleSpec:
 
     def deployment_options(self) -> dict[str, Any]:
         from openjanus.errors import UserError
+        from openjanus.numbers import check_integer, check_number
 
         options: dict[str, Any] = {
-            "max_ongoing_requests": self.max_ongoing_requests,
-            "graceful_shutdown_timeout_s": self.graceful_shutdown_s,
-            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "max_ongoing_requests": check_integer(self.max_ongoing_requests, low=1, name="max_ongoing_requests"),
+            "graceful_shutdown_timeout_s": check_number(self.graceful_shutdown_s, low=0, name="graceful_shutdown_s"),
+            "ray_actor_options": {"num_cpus": check_number(self.num_cpus, low=0, name="num_cpus"),
+                                  "num_gpus": check_number(self.num_gpus, low=0, name="num_gpus")},
         }
         if self.min_replicas is None and self.max_replicas is None:
-            if self.replicas is None or self.replicas < 1:
-                raise UserError(f"replicas must be >= 1, got {self.replicas}")
-            options["num_replicas"] = self.replicas
+            options["num_replicas"] = check_integer(self.replicas, low=1, name="replicas")
             return options
-        low = self.min_replicas if self.min_replicas is not None else 1
-        high = self.max_replicas if self.max_replicas is not None else max(low, self.replicas or 1)
-        if not 0 <= low <= high or high < 1:
+        low = check_integer(self.min_replicas if self.min_replicas is not None else 1, low=0, name="min_replicas")
+        if self.replicas is not None:
+            check_integer(self.replicas, low=1, name="replicas")
+        high = check_integer(self.max_replicas if self.max_replicas is not None else max(low, self.replicas or 1),
+                             low=1, name="max_replicas")
+        if low > high:
             raise UserError(f"autoscaling bounds must satisfy 0 <= min <= max and max >= 1, got min {low}, max {high}")
         initial = min(max(self.replicas or low, low), high)
-        options["autoscaling_config"] = {"min_replicas": low, "max_replicas": high, "initial_replicas": initial,
-                                         "target_ongoing_requests": self.target_ongoing_requests}
+        options["autoscaling_config"] = {
+            "min_replicas": low, "max_replicas": high, "initial_replicas": initial,
+            "target_ongoing_requests": check_number(self.target_ongoing_requests, low=0, low_open=True,
+                                                    name="target_ongoing_requests")}
         return options
 
 
@@ -149,18 +161,25 @@ def app_builder(args: dict[str, str]) -> serve.Application:
     max_ongoing_requests, num_cpus, num_gpus.
     """
     from openjanus.errors import UserError
+    from openjanus.options import integer_flag, number_flag
 
-    kinds = {"model": str, "device": str, "dtype": str, "quantize": str, "roles": str, "rows": int, "queue": int,
-             "kv_cache_gib": float, "threads": int, "model_id": str, "api_key": str, "max_n": int, "replicas": int,
-             "min_replicas": int, "max_replicas": int, "target_ongoing_requests": float,
-             "max_ongoing_requests": int, "num_cpus": float, "num_gpus": float}
+    # Each value is text: read as its kind by the flag types (a finite number, an integer); the
+    # bounds are checked where the value is used (ScaleSpec, EngineConfig, ...), as for the flags.
+    integer, number = integer_flag(), number_flag()
+    kinds = {"model": str, "device": str, "dtype": str, "quantize": str, "roles": str, "rows": integer,
+             "queue": integer, "kv_cache_gib": number, "threads": integer, "model_id": str, "api_key": str,
+             "max_n": integer, "replicas": integer, "min_replicas": integer, "max_replicas": integer,
+             "target_ongoing_requests": number, "max_ongoing_requests": integer, "num_cpus": number,
+             "num_gpus": number}
     unknown = sorted(set(args) - set(kinds))
     if unknown:
         raise UserError(f"unknown argument(s) {', '.join(unknown)}; known: {', '.join(kinds)}")
-    try:
-        values = {k: kinds[k](v) for k, v in args.items()}
-    except ValueError as e:
-        raise UserError(f"bad argument value: {e}") from None
+    values = {}
+    for k, v in args.items():
+        try:
+            values[k] = kinds[k](v)
+        except argparse.ArgumentTypeError as e:
+            raise UserError(f"bad argument value for {k}: {e}") from None
     if "api_key" in values and not values["api_key"].strip():
         raise UserError("api_key is empty: give a real API key, or leave it out to serve without one")
 

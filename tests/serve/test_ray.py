@@ -91,8 +91,18 @@ def test_app_builder_reads_serve_run_arguments():
     assert scaled._deployment_config.autoscaling_config.max_replicas == 4
     with pytest.raises(UserError, match="unknown argument"):
         app_builder({"replica": "2"})
-    with pytest.raises(UserError, match="bad argument value"):
+    with pytest.raises(UserError, match="bad argument value for replicas: expected an integer, got 'two'"):
         app_builder({"replicas": "two"})
+    # bounds as openjanus.numbers words them, checked before Ray deploys anything
+    for args, message in [({"replicas": "0"}, "replicas must be >= 1, got 0"),
+                          ({"min_replicas": "-1"}, "min_replicas must be >= 0, got -1"),
+                          ({"num_gpus": "-1"}, "num_gpus must be >= 0, got -1"),
+                          ({"num_cpus": "inf"}, "num_cpus: must be a finite number, got 'inf'"),
+                          ({"min_replicas": "1", "target_ongoing_requests": "0"},
+                           "target_ongoing_requests must be > 0"),
+                          ({"threads": "0"}, "threads must be >= 1, got 0")]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            app_builder(args)
 
 
 def test_same_answers_errors_streams_and_page_as_the_single_process_server(ray_app, server):
