@@ -10,7 +10,10 @@ Each replica is a Ray actor that loads its own `JanusPipeline` (on its own GPU w
 those of the single-process server. Ray Serve's HTTP proxy routes each request to a replica
 (the less busy of two picked at random), restarts a replica that dies and, with
 autoscaling bounds, adds and removes replicas on the number of requests in flight. Every
-response names the replica that served it in the `x-openjanus-replica` header; Ray's metrics
+response names the replica that served it in the `x-openjanus-replica` header; a request
+whose replica dies before answering gets OpenAI's 503 with Retry-After from Serve's proxy
+(`openjanus.serve.ray_proxy`; `run` sets it up, `serve run` needs
+RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=openjanus.serve.ray_proxy:middlewares); Ray's metrics
 endpoint counts requests per replica (`ray_serve_deployment_request_counter_total`), while the
 app's own /metrics is that of the replica that answers.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -40,7 +44,7 @@ from openjanus.inference.engine import EngineConfig
 from openjanus.options import ModelOptions
 from openjanus.serve.protocol import ServeSettings
 
-__all__ = ["ReplicaSpec", "ScaleSpec", "JanusReplica", "build_app", "app_builder", "run"]
+__all__ = ["ReplicaSpec", "ScaleSpec", "JanusReplica", "build_app", "app_builder", "proxy_env", "run"]
 
 APP_NAME = "openjanus"
 REPLICA_HEADER = "x-openjanus-replica"
@@ -148,6 +152,15 @@ class JanusReplica:
         return app
 
 
+def proxy_env() -> dict[str, str]:
+    """The environment that gives Serve's HTTP proxy `openjanus.serve.ray_proxy`'s middleware
+    (a request whose replica died gets OpenAI's 503, not plain text): for the job that starts
+    Serve (its controller and proxies inherit it). A value already set is kept."""
+    from openjanus.serve.ray_proxy import IMPORT_PATH, PROXY_CALLBACK_ENV
+
+    return {PROXY_CALLBACK_ENV: os.environ.get(PROXY_CALLBACK_ENV, IMPORT_PATH)}
+
+
 def build_app(spec: ReplicaSpec, scale: ScaleSpec) -> serve.Application:
     """The Ray Serve application: `JanusReplica` deployed as `scale` says."""
     return JanusReplica.options(**scale.deployment_options()).bind(spec)
@@ -200,7 +213,7 @@ def run(spec: ReplicaSpec, scale: ScaleSpec, host: str = "127.0.0.1", port: int 
     `graceful_shutdown_s`) and leave Ray."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     ray.init(address=address, include_dashboard=False, logging_level="warning",
-             log_to_driver=False)
+             log_to_driver=False, runtime_env={"env_vars": proxy_env()})
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
