@@ -176,9 +176,10 @@ def cmd_edit(args: argparse.Namespace) -> None:
     requests = [ImageRequest(" ".join(args.prompt), n=args.n, guidance=args.guidance, sampling=sampling,
                              seed=args.seed, jacobi=args.jacobi, size=args.size, image=Path(args.image),
                              mask=Path(args.mask) if args.mask else None, region=region, outpaint=outpaint,
-                             overlap=args.overlap)]
+                             overlap=args.overlap, keep_pixels=args.keep_pixels)]
     _generate_to_folder(args, requests, {"image": str(args.image), "mask": args.mask, "region": region,
-                                         "outpaint": outpaint, "size": args.size, "overlap": args.overlap})
+                                         "outpaint": outpaint, "size": args.size, "overlap": args.overlap,
+                                         "keep_pixels": args.keep_pixels})
 
 
 def _generate_to_folder(args: argparse.Namespace, requests: list[ImageRequest], extra: dict) -> None:
@@ -496,6 +497,9 @@ def register(sub: Any) -> None:
                         "scaled to cover it and centre-cropped")
     p.add_argument("--overlap", type=number_flag(), default=ImageRequest.overlap,
                    help="sliding-window overlap, a fraction of the window side, for sizes above native")
+    p.add_argument("--keep-pixels", action=argparse.BooleanOptionalAction, default=ImageRequest.keep_pixels,
+                   help="show the source's own pixels where its tokens are kept, fading into the regenerated area "
+                        "(default); --no-keep-pixels: the whole image as the VQ decoder reconstructs it")
     p.add_argument("--jacobi", type=jacobi_flag, default=ImageRequest.jacobi,
                    help="speculative Jacobi window (MC-SJD; 0 = off), or 'auto'")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")

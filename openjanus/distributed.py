@@ -9,6 +9,7 @@ every helper here is a no-op, so the same code runs alone and sharded.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -82,9 +83,17 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def destroy() -> None:
-    """End the default process group if one is running: every process first waits for the others
-    at a barrier, so none tears its group down while another still sends to it."""
+def destroy(wait_for_all: bool = True) -> None:
+    """End the default process group if one is running.
+
+    After a normal end (`wait_for_all`), every process first meets at a barrier, so that none
+    tears the group down, or exits (rank 0 also hosts the group's store), while another is still
+    using it; a gloo process that lost its peers that way aborted ("terminate called without an
+    active exception"). After an error there is no barrier: the others may never arrive.
+    Unreachable models are collected first, since FSDP2's device meshes hold the group.
+    """
     if _running():
-        barrier()
+        if wait_for_all:
+            barrier()
+        gc.collect()
         dist.destroy_process_group()

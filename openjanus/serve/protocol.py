@@ -14,6 +14,7 @@ project's:
     guidance_scale (extension)             ImageRequest.guidance (classifier-free guidance scale)
     top_k, jacobi (extensions)             SamplingParams.top_k, ImageRequest.jacobi (N or "auto")
     seed_per_image (extension, boolean)    ImageRequest.seed_per_image (each image its own stream)
+    keep_pixels (extension, boolean)       ImageRequest.keep_pixels (edits: the source's own pixels where kept)
     usage.prompt_tokens / input_tokens     ChatResult.prompt_tokens / ImageResult.prompt_tokens
 
 `top_p`: OpenAI accepts 0 to 1, and 0 keeps only the most likely token (a nucleus always holds
@@ -505,7 +506,8 @@ def image_request(body: dict, geometry: Geometry, settings: ServeSettings, edit:
     return ImageRequest(prompt, n=n, guidance=_number(body, "guidance_scale", 0, 100, None),
                         sampling=_sampling(body, defaults.image.sampling), seed=_seed(body),
                         jacobi=_field(body, "jacobi", (int, str), ImageRequest.jacobi), size=wh,
-                        seed_per_image=_field(body, "seed_per_image", bool, False), **extra)
+                        seed_per_image=_field(body, "seed_per_image", bool, False),
+                        keep_pixels=_field(body, "keep_pixels", bool, ImageRequest.keep_pixels), **extra)
 
 
 def best_of(body: dict) -> int:

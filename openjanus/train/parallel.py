@@ -5,7 +5,8 @@ The process group itself (torchrun's ranks, `init_distributed`, `barrier`, ...) 
 (`fully_shard`) to each unit the objective names (transformer blocks, the large embedding and
 output tables), then to the objective itself as the root. The root must be a module whose
 forward is *called*, because FSDP2 gathers parameters in forward hooks; Janus has no forward
-(its entry points are explicit), so the root is the training objective that wraps it (see `openjanus.train.objectives`).
+(its entry points are explicit), so the root is the training objective that wraps it (see
+`openjanus.train.objectives`).
 
 FSDP2 on CPU: the all-gather and reduce-scatter FSDP2 issues are implemented by gloo in the
 supported torch versions, so the same code path runs in the 2-process CPU test.

@@ -51,6 +51,7 @@ def run_training(cfg: TrainConfig, resume: str | bool | None = None, eval_hook: 
     owns_group = not (dist.is_available() and dist.is_initialized())
     dist_info = init_distributed(device, cfg.dist_timeout_minutes)
     main_log = log if dist_info.is_main else (lambda line: None)
+    finished = False
     try:
         stage, notes = cfg.stage.build_with_notes()
         for note in notes:
@@ -119,10 +120,12 @@ def run_training(cfg: TrainConfig, resume: str | bool | None = None, eval_hook: 
                  f"parameters; {dist_info.world_size} process(es) x {cfg.micro_batch_rows} rows x {grad_accum} "
                  f"accumulation = global batch {stage.global_batch}; device {device}, "
                  f"{'bf16 autocast' if autocast else 'fp32'}")
-        return trainer.fit()
+        state = trainer.fit()
+        finished = True
+        return state
     finally:
         if owns_group:
-            destroy()
+            destroy(wait_for_all=finished)
 
 
 def _check_lora(cfg: TrainConfig, task: str, model_cfg: JanusConfig) -> None:

@@ -62,6 +62,13 @@ def test_the_openai_client_edits_with_a_mask(server, demo_pipe):
         src = demo_pipe.model.gen_tokenizer.encode(image_to_pixels(source)[None].to(demo_pipe.dtype))
     assert torch.equal(same.tokens[:, :32], src[:, :32].expand(2, -1))
     assert [np.asarray(im).tolist() for im in images] == [np.asarray(im).tolist() for im in same.images]
+    assert np.array_equal(np.asarray(images[0])[:32], np.asarray(source)[:32])  # the source's own pixels
+    # keep_pixels=false (a form field, as the client sends it): the decoder's image everywhere
+    whole = c.images.edit(model="janus-shapes", image=("in.png", png(source), "image/png"),
+                          mask=("mask.png", png(mask()), "image/png"), prompt="a red circle", n=1,
+                          response_format="b64_json", extra_body={"seed": 5, "keep_pixels": "false"})
+    vq = demo_pipe.decode_tokens(same.tokens[:1])[0]
+    assert np.array_equal(np.asarray(decoded(whole.data[0].b64_json)), np.asarray(vq))
 
 
 def test_the_image_alpha_is_the_mask_and_streaming_sends_partials(server):

@@ -16,7 +16,7 @@ from conftest import build_tiny
 from loop_batches import HandStream, assert_params_close
 
 from openjanus.checkpoints import load_model
-from openjanus.distributed import current_dist_info
+from openjanus.distributed import current_dist_info, destroy
 from openjanus.model.janus import Janus
 from openjanus.train.checkpoint import list_checkpoints, read_model_tensors
 from openjanus.train.objectives import JanusObjective
@@ -46,6 +46,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
+    finished = False
     try:
         first = _trainer(0, rank, 2, out, checkpoint_every=2, stop_at=2)
         first.fit()
@@ -53,8 +54,10 @@ def _worker(rank: int, port: int, out: str) -> None:
         second = _trainer(5, rank, 2, out, stop_at=STEPS)
         second.resume(list_checkpoints(out)[-1][1])
         second.fit()  # writes the final checkpoint (step 3)
+        del first, second
+        finished = True
     finally:
-        dist.destroy_process_group()
+        destroy(wait_for_all=finished)
 
 
 def _free_port() -> int:
