@@ -318,7 +318,7 @@ class _Dist:
     """The torchrun process group, or one process without it."""
 
     def __init__(self, device: torch.device) -> None:
-        from openjanus.train.parallel import barrier, init_distributed
+        from openjanus.distributed import barrier, init_distributed
 
         self.info = init_distributed(device)
         self.barrier = barrier
@@ -403,7 +403,7 @@ def run_batch_job(prompts: Path, out: Path, *, load: Callable[[], Any], settings
         finished = True
         return summary
     finally:
-        from openjanus.train.parallel import destroy
+        from openjanus.distributed import destroy
 
         destroy(wait_for_all=finished)
 

@@ -250,7 +250,7 @@ def _generate_prompt_file(args: argparse.Namespace) -> None:
     """`generate --prompts`: see `openjanus.batch_job` (one engine per process, torchrun shards)."""
     from openjanus.batch_job import BatchSettings, run_batch_job
     from openjanus.devices import resolve_device
-    from openjanus.train.parallel import env_dist_info
+    from openjanus.distributed import env_dist_info
 
     device = resolve_device(args.device, env_dist_info().local_rank)  # one GPU per rank
     args.device = str(device)

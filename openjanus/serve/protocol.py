@@ -59,6 +59,7 @@ from openjanus.requests import (
     SamplingParams,
 )
 from openjanus.serve.edits import EditForm
+from openjanus.serve.errors import APIError
 
 log = logging.getLogger("openjanus.serve")
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif"}
@@ -88,20 +89,7 @@ class ServeSettings:
     body_timeout_s: float = 30.0  # between two pieces of a request body
 
 
-# --- errors ---------------------------------------------------------------------------------------
-
-
-class APIError(Exception):
-    """An error answer in OpenAI's shape: HTTP status, message, type, and the field at fault."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+# --- errors (APIError: openjanus.serve.errors) ------------------------------------------------------
 
 
 SHUTTING_DOWN = "the request was cancelled: the server is shutting down"

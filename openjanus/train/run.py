@@ -17,6 +17,7 @@ from torch import nn
 
 from openjanus.config import ConfigError, JanusConfig
 from openjanus.devices import resolve_device
+from openjanus.distributed import DistInfo, destroy, env_dist_info, init_distributed
 from openjanus.errors import UserError
 from openjanus.processing import JanusProcessor, save_tokenizer_dir, standin_processor
 from openjanus.train.checkpoint import (
@@ -28,7 +29,7 @@ from openjanus.train.checkpoint import (
 )
 from openjanus.train.config import TrainConfig, check_model_config
 from openjanus.train.logs import require_tensorboard
-from openjanus.train.parallel import DistInfo, destroy, env_dist_info, init_distributed, shard_model
+from openjanus.train.parallel import shard_model
 from openjanus.train.stages import Stage
 from openjanus.train.tasks import RunContext, task_spec
 from openjanus.train.trainer import EvalHook, LoopSettings, Trainer, apply_stage
