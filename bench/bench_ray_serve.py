@@ -18,49 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import threading
 import time
+from pathlib import Path
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _load import percentile, run_clients, serve  # noqa: E402
 
 
 def measure(name: str, flags: list[str], args: argparse.Namespace) -> dict:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "openjanus", "serve", "--port", str(port), *flags]
-    if args.model:
-        cmd += ["--model", args.model]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                server.kill()
-                raise SystemExit(f"{name}: the server did not start: {server.stderr.read()[-2000:]}")
-            time.sleep(0.5)
-        http = httpx.Client(base_url=url, timeout=600, limits=httpx.Limits(max_connections=args.clients))
+    with serve(flags, args.model, name=name) as server:
+        http = httpx.Client(base_url=server.url, timeout=600, limits=httpx.Limits(max_connections=args.clients))
 
         def image(seed: int) -> float:
             t = time.perf_counter()
@@ -77,33 +48,10 @@ def measure(name: str, flags: list[str], args: argparse.Namespace) -> dict:
             t = time.perf_counter()
             http.get("/v1/models").raise_for_status()
             hop.append(time.perf_counter() - t)
-        seeds = iter(range(1000, 1000 + args.requests))
-        lock = threading.Lock()
-
-        def worker() -> None:
-            while True:
-                with lock:
-                    seed = next(seeds, None)
-                if seed is None:
-                    return
-                image(seed)
-
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=worker) for _ in range(args.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        wall = run_clients(args.clients, args.requests, lambda i: image(1000 + i))
         return {"config": name, "flags": " ".join(flags), "p50_s": statistics.median(latency),
                 "p95_s": percentile(latency, 0.95), "models_p50_s": statistics.median(hop),
                 "images_per_s": args.requests / wall}
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
 
 
 def main() -> None:

@@ -16,26 +16,17 @@ import argparse
 import base64
 import io
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 from PIL import Image
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else float("nan")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _load import percentile, run_clients, serve  # noqa: E402
 
 
 def main() -> None:
@@ -47,24 +38,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "openjanus.cli", "serve", "--port", str(port)]
-    if args.model:
-        cmd += ["--model", args.model]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise SystemExit("the server did not start: " + (server.stderr.read().decode()[-2000:]))
-            time.sleep(0.2)
-        http = httpx.Client(base_url=url, timeout=600)
+    with serve([], args.model, grace=60) as server:
+        http = httpx.Client(base_url=server.url, timeout=600)
 
         def image(i: int) -> httpx.Response:
             return http.post("/v1/images/generations", json={"prompt": f"a red circle and a blue square {i}",
@@ -97,39 +72,23 @@ def main() -> None:
 
         latencies: dict[str, list[float]] = {"image": [], "chat": []}
         errors: list[str] = []
-        counter = iter(range(args.requests))
-        lock = threading.Lock()
-        stop_at = time.time() + args.timeout
 
-        def worker() -> None:
-            while time.time() < stop_at:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                kind = "chat" if i % 3 == 2 else "image"
-                t0 = time.perf_counter()
-                try:
-                    r = chat(i) if kind == "chat" else image(100 + i)
-                    if r.status_code != 200:
-                        errors.append(f"{r.status_code} {r.text[:100]}")
-                        continue
-                except httpx.HTTPError as e:
-                    errors.append(type(e).__name__)
-                    continue
-                latencies[kind].append(time.perf_counter() - t0)
+        def request(i: int) -> None:
+            kind = "chat" if i % 3 == 2 else "image"
+            t0 = time.perf_counter()
+            try:
+                r = chat(i) if kind == "chat" else image(100 + i)
+            except httpx.HTTPError as e:
+                errors.append(type(e).__name__)
+                return
+            if r.status_code != 200:
+                errors.append(f"{r.status_code} {r.text[:100]}")
+                return
+            latencies[kind].append(time.perf_counter() - t0)
 
-        t = time.perf_counter()
-        pool = [threading.Thread(target=worker) for _ in range(args.clients)]
-        for th in pool:
-            th.start()
-        for th in pool:
-            th.join()
-        wall = time.perf_counter() - t
+        wall = run_clients(args.clients, args.requests, request, seconds=args.timeout)
         metrics = http.get("/metrics").text
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    server_exit = server.proc.returncode
 
     done = sum(len(v) for v in latencies.values())
     figures = {
@@ -139,7 +98,7 @@ def main() -> None:
         "errors": len(errors), "seconds": round(wall, 2), "requests_per_s": round(done / wall, 2),
         **{f"{k}_p50_s": round(percentile(v, 0.5), 3) for k, v in latencies.items()},
         **{f"{k}_p95_s": round(percentile(v, 0.95), 3) for k, v in latencies.items()},
-        "server_exit_code": server.returncode,
+        "server_exit_code": server_exit,
     }
     print(f"8 image requests: one after another {sequential:.2f} s, at once {concurrent:.2f} s "
           f"({sequential / concurrent:.2f}x), errors {batch_errors}, identical images {same}/8")
@@ -149,7 +108,7 @@ def main() -> None:
             print(f"  {kind:<5} n={len(v):<3} p50 {percentile(v, 0.5):.2f} s  p95 {percentile(v, 0.95):.2f} s  "
                   f"mean {statistics.mean(v):.2f} s")
     print("  " + " ".join(line for line in metrics.splitlines() if line.startswith("openjanus_generated_images_total")))
-    print(f"server stopped with SIGTERM, exit code {server.returncode}")
+    print(f"server stopped with SIGTERM, exit code {server_exit}")
     for e in errors[:5]:
         print("  error:", e)
     if args.json:

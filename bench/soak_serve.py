@@ -33,11 +33,8 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _load import free_port, wait_up  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -159,19 +156,6 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     if args.dtype:
         cmd += ["--dtype", args.dtype]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def wait_up(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    raise SystemExit("the server did not come up")
 
 
 def idle(url: str, timeout: float = 120) -> bool:

@@ -319,7 +319,7 @@ class _Dist:
     """The torchrun process group, or one process without it."""
 
     def __init__(self, device: torch.device) -> None:
-        from openjanus.train.parallel import barrier, init_distributed
+        from openjanus.distributed import barrier, init_distributed
 
         self.info = init_distributed(device)
         self.barrier = barrier
@@ -398,12 +398,15 @@ def run_batch_job(prompts: Path, out: Path, *, load: Callable[[], Any], settings
     """
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     dist = _Dist(device)
+    finished = False
     try:
-        return _run(dist, load, prompts, out, settings_of, geometry, on_bad_line, overwrite, request_of, log)
+        summary = _run(dist, load, prompts, out, settings_of, geometry, on_bad_line, overwrite, request_of, log)
+        finished = True
+        return summary
     finally:
-        from openjanus.train.parallel import destroy
+        from openjanus.distributed import destroy
 
-        destroy()
+        destroy(wait_for_all=finished)
 
 
 def _run(dist: _Dist, load, prompts: Path, out: Path, settings_of, geometry: Geometry, on_bad_line: str,

@@ -51,7 +51,7 @@ __all__ = [
     "MAX_SIDE_FACTOR", "DEFAULT_OVERLAP", "Geometry", "Window", "Outpaint", "parse_size", "check_size", "auto_size",
     "fit_box", "fit_image", "image_to_pixels", "mask_from_alpha", "mask_from_region", "has_alpha",
     "transparent_pixels", "plan_windows", "outpaint", "parse_region", "parse_outpaint", "check_regenerate",
-    "Canvas", "prepare_canvas", "CanvasTokens",
+    "Canvas", "prepare_canvas", "CanvasTokens", "keep_source_pixels",
 ]
 
 # The largest canvas side, in native sides (4: 1536 px for Janus-Pro, 256 px for the demo model).
@@ -434,6 +434,45 @@ def prepare_canvas(geo: Geometry, size: tuple[int, int] | None = None, image: Im
         regenerate = mask_from_alpha(source, image.size, width, height, geo.patch)
     check_regenerate(regenerate)
     return Canvas(width, height, regenerate, fit_image(rgb, width, height), (0, 0, width, height))
+
+
+def keep_source_pixels(image: Image.Image, canvas: Canvas, patch: int, fade: int | None = None) -> Image.Image:
+    """The decoded canvas `image` (before any crop) with the source's own pixels wherever its
+    tokens were kept: the VQ decoder reconstructs kept tokens close to, not exactly as, the
+    source (a slight blur and colour shift), so the kept area is pasted back. Inside the
+    regenerated cells next to kept ones, the source fades into the generated pixels over `fade`
+    pixels (default half a patch) so no seam shows; farther in, and outside the source (an
+    outpainting's new area), the pixels are the generated ones. A canvas without a source
+    image is returned unchanged."""
+    if canvas.image is None or canvas.image_box is None:
+        return image
+    fade = patch // 2 if fade is None else fade
+    x0, y0, x1, y1 = canvas.image_box
+    width, height = canvas.width, canvas.height
+    kept = np.zeros((height, width), dtype=bool)
+    cells = ~canvas.regenerate.numpy()
+    kept[:] = cells.repeat(patch, 0).repeat(patch, 1)[:height, :width]
+    inside = np.zeros_like(kept)
+    inside[y0:y1, x0:x1] = True
+    kept &= inside
+    alpha = kept.astype(np.float32)
+    reached = kept.copy()
+    for d in range(1, fade + 1):  # Chebyshev rings around the kept area, within the source
+        grown = reached.copy()
+        grown[1:] |= reached[:-1]
+        grown[:-1] |= reached[1:]
+        grown[:, 1:] |= reached[:, :-1]
+        grown[:, :-1] |= reached[:, 1:]
+        grown &= inside
+        alpha[grown & ~reached] = 1 - d / (fade + 1)
+        reached = grown
+    source = np.zeros((height, width, 3), dtype=np.float32)
+    source[y0:y1, x0:x1] = np.asarray(ensure_rgb(canvas.image), dtype=np.float32)
+    made = np.asarray(ensure_rgb(image), dtype=np.float32)
+    if made.shape != source.shape:
+        raise ValueError(f"decoded image {made.shape[1]}x{made.shape[0]} is not the canvas {width}x{height}")
+    a = alpha[..., None]
+    return Image.fromarray(np.rint(a * source + (1 - a) * made).clip(0, 255).astype(np.uint8))
 
 
 class CanvasTokens:

@@ -179,9 +179,10 @@ def cmd_edit(args: argparse.Namespace) -> None:
                              seed=args.seed, jacobi=args.jacobi, jacobi_sampler=args.jacobi_sampler, size=args.size,
                              image=Path(args.image),
                              mask=Path(args.mask) if args.mask else None, region=region, outpaint=outpaint,
-                             overlap=args.overlap)]
+                             overlap=args.overlap, keep_pixels=args.keep_pixels)]
     _generate_to_folder(args, requests, {"image": str(args.image), "mask": args.mask, "region": region,
-                                         "outpaint": outpaint, "size": args.size, "overlap": args.overlap})
+                                         "outpaint": outpaint, "size": args.size, "overlap": args.overlap,
+                                         "keep_pixels": args.keep_pixels})
 
 
 def _generate_to_folder(args: argparse.Namespace, requests: list[ImageRequest], extra: dict) -> None:
@@ -253,7 +254,7 @@ def _generate_prompt_file(args: argparse.Namespace) -> None:
     """`generate --prompts`: see `openjanus.batch_job` (one engine per process, torchrun shards)."""
     from openjanus.batch_job import BatchSettings, run_batch_job
     from openjanus.devices import resolve_device
-    from openjanus.train.parallel import env_dist_info
+    from openjanus.distributed import env_dist_info
 
     device = resolve_device(args.device, env_dist_info().local_rank)  # one GPU per rank
     args.device = str(device)
@@ -504,6 +505,9 @@ def register(sub: Any) -> None:
                         "scaled to cover it and centre-cropped")
     p.add_argument("--overlap", type=number_flag(), default=ImageRequest.overlap,
                    help="sliding-window overlap, a fraction of the window side, for sizes above native")
+    p.add_argument("--keep-pixels", action=argparse.BooleanOptionalAction, default=ImageRequest.keep_pixels,
+                   help="show the source's own pixels where its tokens are kept, fading into the regenerated area "
+                        "(default); --no-keep-pixels: the whole image as the VQ decoder reconstructs it")
     p.add_argument("--jacobi", type=jacobi_flag, default=ImageRequest.jacobi,
                    help="speculative Jacobi window (0 = off), or 'auto'")
     add_jacobi_sampler(p)

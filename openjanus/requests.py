@@ -86,6 +86,10 @@ class ImageRequest:
     native square by a sliding window of its token grid (windows overlapping by `overlap` of
     their side); without it, an edit keeps the source's aspect. `openjanus.canvas` states every
     rule (fitting, mask rounding, limits).
+    `keep_pixels` (default): the result shows the source's own pixels wherever its tokens were
+    kept, fading into the regenerated area over half a patch (`canvas.keep_source_pixels`);
+    False: the whole image is the VQ decoder's, whose reconstruction of the kept tokens is
+    slightly blurred and shifted in colour. The tokens are the same either way.
 
     The same request with the same seed gives the same tokens, alone or batched with others.
     Random streams: by default the `n` images share the request's one stream, one draw over all
@@ -123,6 +127,7 @@ class ImageRequest:
     outpaint: dict[str, int] | str | None = None
     overlap: float = DEFAULT_OVERLAP
     seed_per_image: bool = False
+    keep_pixels: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -131,6 +136,8 @@ class ImageRequest:
         _count("n (images per prompt)", self.n, 1)
         if not isinstance(self.seed_per_image, bool):
             raise UserError(f"seed_per_image must be true or false, got {self.seed_per_image!r}")
+        if not isinstance(self.keep_pixels, bool):
+            raise UserError(f"keep_pixels must be true or false, got {self.keep_pixels!r}")
         if self.guidance is not None and _finite("guidance", self.guidance) < 0:
             raise UserError(f"guidance must be >= 0 (1: no guidance, 0: the unconditional image), got {self.guidance}")
         if self.sampling is not None and not isinstance(self.sampling, SamplingParams):

@@ -31,6 +31,13 @@ def test_edit_with_a_mask_writes_images_tokens_and_run(tiny_checkpoint, files, c
     assert run["prompts"] == ["a red circle"] and run["image_size"] == [48, 32] and run["token_grid"] == [8, 12]
     assert np.load(out / "tokens.npy").shape == (2, 96)
     assert Image.open(out / "image_1.png").size == (48, 32)
+    assert run["keep_pixels"] is True
+    kept = np.asarray(Image.open(out / "image_0.png"))
+    assert np.array_equal(kept[:16], np.asarray(Image.open(files / "in.png"))[:16])  # the source's own pixels
+    assert main(["edit", "--model", str(tiny_checkpoint), "--image", str(files / "in.png"), "--mask",
+                 str(files / "mask.png"), "--no-keep-pixels", "--out", str(files / "vq"), "a red circle"]) == 0
+    assert json.loads((files / "vq" / "run.json").read_text())["keep_pixels"] is False
+    assert not np.array_equal(np.asarray(Image.open(files / "vq" / "image_0.png"))[:16], kept[:16])
 
 
 @pytest.mark.parametrize("extra,size,grid", [(["--outpaint", "right=10"], [58, 32], [8, 15]),

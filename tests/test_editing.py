@@ -7,6 +7,8 @@ Comparisons are exact, as in test_engine.py (CPU, fp32)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -132,6 +134,35 @@ def test_outpainting_keeps_the_source_and_crops_to_the_pixels_asked(pipe):
     assert result.images[0].size == (42, 36) and result.grid == (9, 11)  # 12 px left, 4 px down
     grid = result.tokens.view(9, 11)
     assert torch.equal(grid[:8, 3:].reshape(1, -1), source_tokens(pipe, image))
+
+
+def test_kept_pixels_are_the_source_and_the_rest_the_decoders(pipe):
+    """keep_pixels (the default): every pixel of a kept cell is the source's own, the first half
+    patch of the regenerated cells fades from the source to the decoder, and the rest is the VQ
+    decoder's; keep_pixels=False gives the decoder's image everywhere. The tokens are the same."""
+    image = photo()
+    request = ImageRequest("a red circle", n=2, seed=1, image=image, mask=lower_half())
+    kept = pipe.generate(request)
+    whole = pipe.generate(dataclasses.replace(request, keep_pixels=False))
+    assert torch.equal(kept.tokens, whole.tokens)
+    source = np.asarray(image).astype(float)
+    for got, made, vq in zip(kept.images, whole.images, pipe.decode_tokens(kept.tokens)):
+        got, made, vq = (np.asarray(im).astype(float) for im in (got, made, vq))
+        assert np.array_equal(made, vq)
+        assert np.array_equal(got[:16], source[:16])  # the kept upper half (patch 4: rows 0-15)
+        fade = 4 // 2
+        for d in range(1, fade + 1):  # rows 16, 17: weights 2/3, 1/3 of the source
+            a = 1 - d / (fade + 1)
+            assert np.array_equal(got[15 + d], np.rint(a * source[15 + d] + (1 - a) * vq[15 + d]))
+        assert np.array_equal(got[16 + fade:], vq[16 + fade:])
+        assert not np.array_equal(vq[:16], source[:16])  # what is mended: the decoder's kept area differs
+
+
+def test_outpainting_keeps_the_source_pixels_in_place(pipe):
+    image = photo()
+    result = pipe.generate(ImageRequest("more", n=1, seed=0, image=image, outpaint="left=10,down=4"))
+    got = np.asarray(result.images[0])
+    assert np.array_equal(got[:32, 10:42], np.asarray(image))  # 10 px to its left, 4 below
 
 
 def test_progress_is_monotonic_and_reaches_the_total(pipe):

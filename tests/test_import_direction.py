@@ -43,7 +43,11 @@ ABOVE_INFERENCE = ("openjanus.serve", "openjanus.eval", "openjanus.cli", "openja
                    "openjanus.posttrain")
 # What the inference package stands on: none of it may import inference.
 BELOW_INFERENCE = ("model", "checkpoints", "shapes", "processing.py", "requests.py", "images.py", "canvas.py",
-                   "config.py", "devices.py", "errors.py", "files.py", "jsonl.py", "quantize.py", "allocator.py")
+                   "config.py", "devices.py", "errors.py", "files.py", "jsonl.py", "quantize.py", "allocator.py",
+                   "distributed.py")
+# Generation and serving, which must not stand on the training package (the process group they
+# share with training is `openjanus.distributed`).
+GENERATION = ("inference", "serve", "batch_job.py", "distributed.py")
 
 
 def _imported_modules(path: Path) -> list[str]:
@@ -117,6 +121,16 @@ def test_what_inference_stands_on_does_not_import_it() -> None:
     found = [f"{path.relative_to(ROOT)}: {name}" for path in paths for name in _imported_modules(path)
              if _under(name, ("openjanus.inference",) + ABOVE_INFERENCE)]
     assert not found, "\n".join(found)
+
+
+def test_generation_and_serving_do_not_import_training() -> None:
+    paths = [p for entry in GENERATION for p in ((PKG / entry).rglob("*.py") if (PKG / entry).is_dir()
+                                                 else [PKG / entry])]
+    found = [f"{path.relative_to(ROOT)}: {name}" for path in paths for name in _imported_modules(path)
+             if _under(name, ("openjanus.train",))]
+    assert not found, "generation and serving must not import the training package:\n" + "\n".join(found)
+    loaded = _loaded_by("openjanus.batch_job")
+    assert not [m for m in loaded if _under(m, ("openjanus.train",))], loaded
 
 
 def test_ray_is_imported_by_the_ray_serve_module_alone() -> None:

@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from openjanus.canvas import Geometry, image_to_pixels, prepare_canvas
+from openjanus.canvas import Canvas, Geometry, image_to_pixels, keep_source_pixels, prepare_canvas
 from openjanus.errors import UserError
 from openjanus.images import open_image
 from openjanus.inference import scheduler as sched
@@ -855,12 +855,16 @@ class Engine:
         grid = run.canvas.grid
         native = (self.model.cfg.vq.grid,) * 2
         self._post.submit(self._decode_images, handle, run.tokens.tokens.clone(), None if grid == native else grid,
-                          run.canvas.crop)
+                          run.canvas)
 
     def _decode_images(self, handle: RequestHandle, tokens: torch.Tensor, grid: tuple[int, int] | None = None,
-                       crop: tuple[int, int, int, int] | None = None) -> None:
+                       canvas: Canvas | None = None) -> None:
+        crop = None if canvas is None else canvas.crop
         try:
             images = decode_tokens(self.model, tokens, grid, separately=self._seed_per_image(handle.request))
+            if canvas is not None and handle.request.keep_pixels:
+                patch = Geometry.of(self.model.cfg).patch
+                images = [keep_source_pixels(im, canvas, patch) for im in images]
             if crop is not None:
                 images = [im.crop(crop) for im in images]
         except Exception as e:  # the request's jobs have already left the batch

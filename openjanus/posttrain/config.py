@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from openjanus.errors import UserError
+from openjanus.numbers import check_integer, check_number
 from openjanus.shapes.spec import TAGS
 from openjanus.train.config import LoraOptions
 
@@ -120,20 +121,23 @@ class PostTrainConfig:
         if self.samples == "answers" and (self.method != "grpo" or self.prompts != "shapes"):
             raise UserError("samples: answers is GRPO on the shapes world's questions (method grpo, prompts shapes)")
         for name in ("prompts_per_step", "steps", "micro_batch", "inner_steps", "log_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise UserError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(self.group_size, int) or self.group_size < 2:
-            raise UserError(f"group_size must be at least 2 (a group of {self.group_size!r} has nothing to "
+            check_integer(getattr(self, name), low=1, name=name)
+        check_integer(self.group_size, name="group_size")
+        if self.group_size < 2:
+            raise UserError(f"group_size must be at least 2 (a group of {self.group_size} has nothing to "
                             f"compare its samples with)")
         if self.split not in ("train", "heldout", "any"):
             raise UserError(f"split must be train, heldout or any, got {self.split!r}")
         bad = sorted(set(self.tags) - set(TAGS))
-        if bad or not self.tags or any(w < 0 for w in self.tags.values()) or not sum(self.tags.values()) > 0:
+        for tag, weight in self.tags.items():
+            check_number(weight, low=0, name=f"tags.{tag}")
+        if bad or not self.tags or not sum(self.tags.values()) > 0:
             raise UserError(f"tags: weights per category of {', '.join(TAGS)} (non-negative, not all zero)")
         bad = sorted(set(self.rewards) - set(REWARDS))
         if bad or not self.rewards:
             raise UserError(f"rewards: weights per reward of {', '.join(REWARDS)}; unknown {', '.join(bad)}")
+        for reward, weight in self.rewards.items():
+            check_number(weight, name=f"rewards.{reward}")
         if self.prompts != "shapes" and not Path(self.prompts).is_file():
             raise UserError(f"prompts: {self.prompts} is not a file (or use \"shapes\")")
         if self.method == "dpo" and self.pairs is not None:
@@ -142,10 +146,10 @@ class PostTrainConfig:
                 raise UserError(f"pairs: {self.pairs} is not a file")
             if not any(line.strip() for line in p.read_text().splitlines()):
                 raise UserError(f"pairs: {self.pairs} holds no preference pairs")
-        for name in ("lr", "kl_beta", "clip_eps", "dpo_beta", "guidance", "temperature"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or v != v or v < 0:
-                raise UserError(f"{name} must be a non-negative number, got {v!r}")
-        if self.temperature <= 0:
-            raise UserError("temperature must be positive: GRPO needs the sampling distribution's log-probabilities")
+        for name in ("lr", "kl_beta", "clip_eps", "dpo_beta", "guidance"):
+            check_number(getattr(self, name), low=0, name=name)
+        try:
+            check_number(self.temperature, low=0, low_open=True, name="temperature")
+        except UserError as e:
+            raise UserError(f"{e}: GRPO needs the sampling distribution's log-probabilities") from None
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,24 @@ STREAM_HEADERS = {"Cache-Control": "no-cache"}
 
 def _error(e: APIError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+class EventStream(StreamingResponse):
+    """A server-sent event stream that calls `ended` once it is over: sent whole, failed, or the
+    client gone. A generator's `finally` is not enough for what a request holds (its pixels in
+    the budget): a client that leaves before the first event means a generator that never
+    started, so its `finally` never runs, and one that leaves between two events leaves it
+    suspended until it is garbage-collected."""
+
+    def __init__(self, content: AsyncIterator[bytes], ended: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=STREAM_HEADERS)
+        self._ended = ended
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._ended()
 
 
 # --- the app's requests in the engine -------------------------------------------------------------
@@ -92,6 +110,13 @@ class Requests:
             idle = not self._live
         if idle:
             release_freed_memory()
+
+    def stream_ended(self, handle: RequestHandle, release: Callable[[], None]) -> None:
+        """A streamed answer is over (sent whole, failed, or its client gone): the request leaves
+        the engine (no-op when it finished), gives back what it held (`release`), and `ended`."""
+        handle.cancel()
+        release()
+        self.ended()
 
     async def submit(self, request: ImageRequest | ChatRequest) -> RequestHandle:
         """Submit on a worker thread (tokenizing may take a while) and register the handle."""
@@ -296,8 +321,8 @@ def _chat_routes(requests: Requests, settings: ServeSettings, metrics: Metrics, 
         cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if protocol.wants_stream(body):
             chunks = protocol.ChatChunks(cid, now, settings.model_id, protocol.usage_wanted(body), fingerprint)
-            return StreamingResponse(stream(handle, chunks, request, pixels), media_type="text/event-stream",
-                                     headers=STREAM_HEADERS)
+            return EventStream(stream(handle, chunks, request),
+                               ended=lambda: requests.stream_ended(handle, lambda: budget.give(pixels)))
         try:
             result = await requests.wait(handle, request)
         finally:
@@ -307,26 +332,20 @@ def _chat_routes(requests: Requests, settings: ServeSettings, metrics: Metrics, 
         _chat_usage(request, result)
         return protocol.chat_completion(result, cid, now, settings.model_id, fingerprint)
 
-    async def stream(handle: RequestHandle, chunks: protocol.ChatChunks, request: Request,
-                     pixels: int) -> AsyncIterator[bytes]:
-        try:
-            yield chunks.first()
-            async for event in requests.events(handle):
-                if isinstance(event, TextDelta) and (chunk := chunks.text(event.text)) is not None:
-                    yield chunk
-            try:
-                result = handle.result()
-            except Exception as e:
-                yield chunks.error(e)
-                return
-            metrics.tokens.labels("text").inc(result.completion_tokens)
-            _chat_usage(request, result)
-            for chunk in chunks.end(result):
+    async def stream(handle: RequestHandle, chunks: protocol.ChatChunks, request: Request) -> AsyncIterator[bytes]:
+        yield chunks.first()
+        async for event in requests.events(handle):
+            if isinstance(event, TextDelta) and (chunk := chunks.text(event.text)) is not None:
                 yield chunk
-        finally:
-            handle.cancel()  # no-op when finished; a client that left frees its rows
-            budget.give(pixels)
-            requests.ended()
+        try:
+            result = handle.result()
+        except Exception as e:
+            yield chunks.error(e)
+            return
+        metrics.tokens.labels("text").inc(result.completion_tokens)
+        _chat_usage(request, result)
+        for chunk in chunks.end(result):
+            yield chunk
 
     return router
 
@@ -352,33 +371,44 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
             raise APIError(413 if "over the limit" in str(e) else 400, str(e), param=e.param) from None
         requests.check_room()  # before the uploads are decoded
         pixels = await anyio.to_thread.run_sync(protocol.form_pixels, form, settings)  # from their headers
-        budget.take(pixels)  # held while decoded (a non-streamed edit: until it ends)
+        budget.take(pixels)  # held until the edit ends: its response sent (a stream: whole), or the client gone
         try:
             image_request = await anyio.to_thread.run_sync(protocol.image_request, form.body,
                                                            Geometry.of(pipe.model.cfg), settings, form,
                                                            pipe.card.defaults)
-            return await respond_images(request, form.body, image_request, "image_edit")
-        finally:
+        except BaseException:
             budget.give(pixels)
+            raise
+        return await respond_images(request, form.body, image_request, "image_edit", lambda: budget.give(pixels))
 
-    async def respond_images(request: Request, body: dict, image_request: ImageRequest, kind: str):
-        partial = protocol.partial_images(body)
-        best_of = protocol.best_of(body)
-        if best_of > 1:
-            return await _best_of(image_request, best_of, request)
-        handle = await requests.submit(image_request)
-        w, h = handle.canvas.canvas.output_size if handle.canvas is not None else (pipe.image_size,) * 2
-        size = f"{w}x{h}"
-        if protocol.wants_stream(body):
-            return StreamingResponse(stream(handle, partial, protocol.ImageEvents(size, kind), request),
-                                     media_type="text/event-stream", headers=STREAM_HEADERS)
+    async def respond_images(request: Request, body: dict, image_request: ImageRequest, kind: str,
+                             ended: Callable[[], None] = lambda: None):
+        """The answer to an image request; `ended` is called once when the request is over (for a
+        stream, when the stream is)."""
+        streamed = False
         try:
-            result = await requests.wait(handle, request)
+            partial = protocol.partial_images(body)
+            best_of = protocol.best_of(body)
+            if best_of > 1:
+                return await _best_of(image_request, best_of, request)
+            handle = await requests.submit(image_request)
+            w, h = handle.canvas.canvas.output_size if handle.canvas is not None else (pipe.image_size,) * 2
+            size = f"{w}x{h}"
+            if protocol.wants_stream(body):
+                response = EventStream(stream(handle, partial, protocol.ImageEvents(size, kind), request),
+                                       ended=lambda: requests.stream_ended(handle, ended))
+                streamed = True
+                return response
+            try:
+                result = await requests.wait(handle, request)
+            finally:
+                requests.ended()
+            metrics.image_result(result)
+            _image_usage(request, result)
+            return protocol.images_response(result, size)
         finally:
-            requests.ended()
-        metrics.image_result(result)
-        _image_usage(request, result)
-        return protocol.images_response(result, size)
+            if not streamed:
+                ended()
 
     def _image_usage(request: Request, result: ImageResult) -> None:
         request.state.usage = {"prompt_tokens": result.prompt_tokens, "images": len(result.images)}
@@ -401,22 +431,18 @@ def _image_routes(requests: Requests, settings: ServeSettings, metrics: Metrics,
 
     async def stream(handle: RequestHandle, partial: int, events: protocol.ImageEvents,
                      request: Request) -> AsyncIterator[bytes]:
+        async for index, images in _partial_images(handle, partial):
+            for im in images:
+                yield events.partial(im, index)
         try:
-            async for index, images in _partial_images(handle, partial):
-                for im in images:
-                    yield events.partial(im, index)
-            try:
-                result = handle.result()
-            except Exception as e:
-                yield events.error(e)
-                return
-            metrics.image_result(result)
-            _image_usage(request, result)
-            for event in events.completed(result):
-                yield event
-        finally:
-            handle.cancel()
-            requests.ended()
+            result = handle.result()
+        except Exception as e:
+            yield events.error(e)
+            return
+        metrics.image_result(result)
+        _image_usage(request, result)
+        for event in events.completed(result):
+            yield event
 
     async def _partial_images(handle: RequestHandle, partial: int) -> AsyncIterator[tuple[int, list[Image.Image]]]:
         """`partial` previews at even fractions of the image tokens, as the tokens arrive."""

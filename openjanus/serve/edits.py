@@ -21,7 +21,7 @@ __all__ = ["EditForm", "FormError", "read_edit_form", "typed_fields"]
 # Text fields that the JSON bodies carry as numbers or booleans.
 INT_FIELDS = frozenset({"n", "partial_images", "seed", "top_k", "jacobi", "output_compression"})
 FLOAT_FIELDS = frozenset({"temperature", "top_p", "guidance_scale", "overlap"})
-BOOL_FIELDS = frozenset({"stream"})
+BOOL_FIELDS = frozenset({"stream", "seed_per_image", "keep_pixels"})
 FILE_FIELDS = ("image", "image[]", "mask")
 MAX_FIELDS = 64
 

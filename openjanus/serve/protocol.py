@@ -15,6 +15,7 @@ project's:
     top_k, jacobi (extensions)             SamplingParams.top_k, ImageRequest.jacobi (N or "auto")
     jacobi_sampler (extension)             ImageRequest.jacobi_sampler
     seed_per_image (extension, boolean)    ImageRequest.seed_per_image (each image its own stream)
+    keep_pixels (extension, boolean)       ImageRequest.keep_pixels (edits: the source's own pixels where kept)
     usage.prompt_tokens / input_tokens     ChatResult.prompt_tokens / ImageResult.prompt_tokens
 
 `top_p`: OpenAI accepts 0 to 1, and 0 keeps only the most likely token (a nucleus always holds
@@ -60,6 +61,7 @@ from openjanus.requests import (
     SamplingParams,
 )
 from openjanus.serve.edits import EditForm
+from openjanus.serve.errors import APIError
 
 log = logging.getLogger("openjanus.serve")
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif"}
@@ -89,20 +91,7 @@ class ServeSettings:
     body_timeout_s: float = 30.0  # between two pieces of a request body
 
 
-# --- errors ---------------------------------------------------------------------------------------
-
-
-class APIError(Exception):
-    """An error answer in OpenAI's shape: HTTP status, message, type, and the field at fault."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+# --- errors (APIError: openjanus.serve.errors) ------------------------------------------------------
 
 
 SHUTTING_DOWN = "the request was cancelled: the server is shutting down"
@@ -528,7 +517,8 @@ def image_request(body: dict, geometry: Geometry, settings: ServeSettings, edit:
                         sampling=_sampling(body, defaults.image.sampling), seed=_seed(body),
                         jacobi=_field(body, "jacobi", (int, str), ImageRequest.jacobi),
                         jacobi_sampler=_jacobi_sampler(body), size=wh,
-                        seed_per_image=_field(body, "seed_per_image", bool, False), **extra)
+                        seed_per_image=_field(body, "seed_per_image", bool, False),
+                        keep_pixels=_field(body, "keep_pixels", bool, ImageRequest.keep_pixels), **extra)
 
 
 def best_of(body: dict) -> int:

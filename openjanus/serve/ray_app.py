@@ -10,7 +10,10 @@ Each replica is a Ray actor that loads its own `JanusPipeline` (on its own GPU w
 those of the single-process server. Ray Serve's HTTP proxy routes each request to a replica
 (the less busy of two picked at random), restarts a replica that dies and, with
 autoscaling bounds, adds and removes replicas on the number of requests in flight. Every
-response names the replica that served it in the `x-openjanus-replica` header; Ray's metrics
+response names the replica that served it in the `x-openjanus-replica` header; a request
+whose replica dies before answering gets OpenAI's 503 with Retry-After from Serve's proxy
+(`openjanus.serve.ray_proxy`; `run` sets it up, `serve run` needs
+RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=openjanus.serve.ray_proxy:middlewares); Ray's metrics
 endpoint counts requests per replica (`ray_serve_deployment_request_counter_total`), while the
 app's own /metrics is that of the replica that answers.
 
@@ -19,7 +22,9 @@ This is the only module that imports Ray (the `cluster` extra).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -39,7 +44,7 @@ from openjanus.inference.engine import EngineConfig
 from openjanus.options import ModelOptions
 from openjanus.serve.protocol import ServeSettings
 
-__all__ = ["ReplicaSpec", "ScaleSpec", "JanusReplica", "build_app", "app_builder", "run"]
+__all__ = ["ReplicaSpec", "ScaleSpec", "JanusReplica", "build_app", "app_builder", "proxy_env", "run"]
 
 APP_NAME = "openjanus"
 REPLICA_HEADER = "x-openjanus-replica"
@@ -55,6 +60,12 @@ class ReplicaSpec:
     threads: int | None = None  # CPU threads of a replica's torch (None: torch's default)
     model_id: str | None = None  # the name clients see (None: the model folder's name)
     settings: ServeSettings = field(default_factory=ServeSettings)  # its model_id gives way to the one above
+
+    def __post_init__(self) -> None:
+        if self.threads is not None:
+            from openjanus.numbers import check_integer
+
+            check_integer(self.threads, low=1, name="threads")
 
 
 @dataclass(frozen=True)
@@ -77,24 +88,29 @@ class ScaleSpec:
 
     def deployment_options(self) -> dict[str, Any]:
         from openjanus.errors import UserError
+        from openjanus.numbers import check_integer, check_number
 
         options: dict[str, Any] = {
-            "max_ongoing_requests": self.max_ongoing_requests,
-            "graceful_shutdown_timeout_s": self.graceful_shutdown_s,
-            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "max_ongoing_requests": check_integer(self.max_ongoing_requests, low=1, name="max_ongoing_requests"),
+            "graceful_shutdown_timeout_s": check_number(self.graceful_shutdown_s, low=0, name="graceful_shutdown_s"),
+            "ray_actor_options": {"num_cpus": check_number(self.num_cpus, low=0, name="num_cpus"),
+                                  "num_gpus": check_number(self.num_gpus, low=0, name="num_gpus")},
         }
         if self.min_replicas is None and self.max_replicas is None:
-            if self.replicas is None or self.replicas < 1:
-                raise UserError(f"replicas must be >= 1, got {self.replicas}")
-            options["num_replicas"] = self.replicas
+            options["num_replicas"] = check_integer(self.replicas, low=1, name="replicas")
             return options
-        low = self.min_replicas if self.min_replicas is not None else 1
-        high = self.max_replicas if self.max_replicas is not None else max(low, self.replicas or 1)
-        if not 0 <= low <= high or high < 1:
+        low = check_integer(self.min_replicas if self.min_replicas is not None else 1, low=0, name="min_replicas")
+        if self.replicas is not None:
+            check_integer(self.replicas, low=1, name="replicas")
+        high = check_integer(self.max_replicas if self.max_replicas is not None else max(low, self.replicas or 1),
+                             low=1, name="max_replicas")
+        if low > high:
             raise UserError(f"autoscaling bounds must satisfy 0 <= min <= max and max >= 1, got min {low}, max {high}")
         initial = min(max(self.replicas or low, low), high)
-        options["autoscaling_config"] = {"min_replicas": low, "max_replicas": high, "initial_replicas": initial,
-                                         "target_ongoing_requests": self.target_ongoing_requests}
+        options["autoscaling_config"] = {
+            "min_replicas": low, "max_replicas": high, "initial_replicas": initial,
+            "target_ongoing_requests": check_number(self.target_ongoing_requests, low=0, low_open=True,
+                                                    name="target_ongoing_requests")}
         return options
 
 
@@ -136,6 +152,15 @@ class JanusReplica:
         return app
 
 
+def proxy_env() -> dict[str, str]:
+    """The environment that gives Serve's HTTP proxy `openjanus.serve.ray_proxy`'s middleware
+    (a request whose replica died gets OpenAI's 503, not plain text): for the job that starts
+    Serve (its controller and proxies inherit it). A value already set is kept."""
+    from openjanus.serve.ray_proxy import IMPORT_PATH, PROXY_CALLBACK_ENV
+
+    return {PROXY_CALLBACK_ENV: os.environ.get(PROXY_CALLBACK_ENV, IMPORT_PATH)}
+
+
 def build_app(spec: ReplicaSpec, scale: ScaleSpec) -> serve.Application:
     """The Ray Serve application: `JanusReplica` deployed as `scale` says."""
     return JanusReplica.options(**scale.deployment_options()).bind(spec)
@@ -149,18 +174,25 @@ def app_builder(args: dict[str, str]) -> serve.Application:
     max_ongoing_requests, num_cpus, num_gpus.
     """
     from openjanus.errors import UserError
+    from openjanus.options import integer_flag, number_flag
 
-    kinds = {"model": str, "device": str, "dtype": str, "quantize": str, "roles": str, "rows": int, "queue": int,
-             "kv_cache_gib": float, "threads": int, "model_id": str, "api_key": str, "max_n": int, "replicas": int,
-             "min_replicas": int, "max_replicas": int, "target_ongoing_requests": float,
-             "max_ongoing_requests": int, "num_cpus": float, "num_gpus": float}
+    # Each value is text: read as its kind by the flag types (a finite number, an integer); the
+    # bounds are checked where the value is used (ScaleSpec, EngineConfig, ...), as for the flags.
+    integer, number = integer_flag(), number_flag()
+    kinds = {"model": str, "device": str, "dtype": str, "quantize": str, "roles": str, "rows": integer,
+             "queue": integer, "kv_cache_gib": number, "threads": integer, "model_id": str, "api_key": str,
+             "max_n": integer, "replicas": integer, "min_replicas": integer, "max_replicas": integer,
+             "target_ongoing_requests": number, "max_ongoing_requests": integer, "num_cpus": number,
+             "num_gpus": number}
     unknown = sorted(set(args) - set(kinds))
     if unknown:
         raise UserError(f"unknown argument(s) {', '.join(unknown)}; known: {', '.join(kinds)}")
-    try:
-        values = {k: kinds[k](v) for k, v in args.items()}
-    except ValueError as e:
-        raise UserError(f"bad argument value: {e}") from None
+    values = {}
+    for k, v in args.items():
+        try:
+            values[k] = kinds[k](v)
+        except argparse.ArgumentTypeError as e:
+            raise UserError(f"bad argument value for {k}: {e}") from None
     if "api_key" in values and not values["api_key"].strip():
         raise UserError("api_key is empty: give a real API key, or leave it out to serve without one")
 
@@ -181,7 +213,7 @@ def run(spec: ReplicaSpec, scale: ScaleSpec, host: str = "127.0.0.1", port: int 
     `graceful_shutdown_s`) and leave Ray."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     ray.init(address=address, include_dashboard=False, logging_level="warning",
-             log_to_driver=False)
+             log_to_driver=False, runtime_env={"env_vars": proxy_env()})
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

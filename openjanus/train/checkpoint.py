@@ -36,9 +36,9 @@ from torch import nn
 from openjanus.checkpoints import load_model, save_model
 from openjanus.checkpoints.io import save_tensors
 from openjanus.checkpoints.weights import export_part, open_weights
+from openjanus.distributed import DistInfo, barrier
 from openjanus.errors import CheckpointError, UserError
 from openjanus.files import write_json
-from openjanus.train.parallel import DistInfo, barrier
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")

@@ -1,11 +1,12 @@
-"""Distributed training applied from outside the model: process group, FSDP2, rank helpers.
+"""Distributed training applied from outside the model: FSDP2 and activation checkpointing.
 
-`torchrun` sets RANK / WORLD_SIZE / LOCAL_RANK; `init_distributed` reads them and starts NCCL
-on GPUs or gloo on CPU. `shard_model` applies FSDP2 (`fully_shard`) to each unit the objective
-names (transformer blocks, the large embedding and output tables), then to the objective
-itself as the root. The root must be a module whose forward is *called*, because FSDP2
-gathers parameters in forward hooks; Janus has no forward (its entry points are explicit),
-so the root is the training objective that wraps it (see `openjanus.train.objectives`).
+The process group itself (torchrun's ranks, `init_distributed`, `barrier`, ...) is
+`openjanus.distributed`, shared with batch generation. `shard_model` applies FSDP2
+(`fully_shard`) to each unit the objective names (transformer blocks, the large embedding and
+output tables), then to the objective itself as the root. The root must be a module whose
+forward is *called*, because FSDP2 gathers parameters in forward hooks; Janus has no forward
+(its entry points are explicit), so the root is the training objective that wraps it (see
+`openjanus.train.objectives`).
 
 FSDP2 on CPU: the all-gather and reduce-scatter FSDP2 issues are implemented by gloo in the
 supported torch versions, so the same code path runs in the 2-process CPU test.
@@ -13,74 +14,12 @@ supported torch versions, so the same code path runs in the 2-process CPU test.
 
 from __future__ import annotations
 
-import datetime
 import functools
-import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def env_dist_info() -> DistInfo:
-    """Rank, world size and local rank from the torchrun environment (1 process without it)."""
-    return DistInfo(rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)),
-                    local_rank=int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def init_distributed(device: torch.device, timeout_minutes: int = 30) -> DistInfo:
-    """Start the default process group when launched by torchrun with more than one process."""
-    if dist.is_available() and dist.is_initialized():
-        return current_dist_info()
-    info = env_dist_info()
-    if not info.distributed:
-        return info
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    # A long timeout: rank 0 alone writes checkpoints and runs evaluations while the others wait.
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
-    return info
-
-
-def current_dist_info() -> DistInfo:
-    """The running process group's rank and size (1 process when none is initialised)."""
-    if dist.is_available() and dist.is_initialized():
-        return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                        local_rank=int(os.environ.get("LOCAL_RANK", 0)))
-    return DistInfo()
-
-
-def barrier() -> None:
-    """Wait for all processes (no-op with one)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum a list of numbers over all processes (unchanged with one process)."""
-    if not (dist.is_available() and dist.is_initialized()) or not values:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
 
 
 def shard_model(root: nn.Module, units: Iterable[nn.Module], device: torch.device,
@@ -124,11 +63,4 @@ def checkpoint_blocks(blocks: Iterable[nn.Module]) -> None:
         block._openjanus_checkpointed = True
 
 
-def destroy() -> None:
-    """End the default process group if one is running."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-__all__ = ["DistInfo", "env_dist_info", "init_distributed", "current_dist_info", "barrier", "all_reduce_sum",
-           "shard_model", "checkpoint_blocks", "destroy"]
+__all__ = ["shard_model", "checkpoint_blocks"]

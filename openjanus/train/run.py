@@ -17,6 +17,7 @@ from torch import nn
 
 from openjanus.config import ConfigError, JanusConfig
 from openjanus.devices import resolve_device
+from openjanus.distributed import DistInfo, destroy, env_dist_info, init_distributed
 from openjanus.errors import UserError
 from openjanus.processing import JanusProcessor, save_tokenizer_dir, standin_processor
 from openjanus.train.checkpoint import (
@@ -28,7 +29,7 @@ from openjanus.train.checkpoint import (
 )
 from openjanus.train.config import TrainConfig, check_model_config
 from openjanus.train.logs import require_tensorboard
-from openjanus.train.parallel import DistInfo, destroy, env_dist_info, init_distributed, shard_model
+from openjanus.train.parallel import shard_model
 from openjanus.train.stages import Stage
 from openjanus.train.tasks import RunContext, task_spec
 from openjanus.train.trainer import EvalHook, LoopSettings, Trainer, apply_stage
@@ -50,6 +51,7 @@ def run_training(cfg: TrainConfig, resume: str | bool | None = None, eval_hook: 
     owns_group = not (dist.is_available() and dist.is_initialized())
     dist_info = init_distributed(device, cfg.dist_timeout_minutes)
     main_log = log if dist_info.is_main else (lambda line: None)
+    finished = False
     try:
         stage, notes = cfg.stage.build_with_notes()
         for note in notes:
@@ -118,10 +120,12 @@ def run_training(cfg: TrainConfig, resume: str | bool | None = None, eval_hook: 
                  f"parameters; {dist_info.world_size} process(es) x {cfg.micro_batch_rows} rows x {grad_accum} "
                  f"accumulation = global batch {stage.global_batch}; device {device}, "
                  f"{'bf16 autocast' if autocast else 'fp32'}")
-        return trainer.fit()
+        state = trainer.fit()
+        finished = True
+        return state
     finally:
         if owns_group:
-            destroy()
+            destroy(wait_for_all=finished)
 
 
 def _check_lora(cfg: TrainConfig, task: str, model_cfg: JanusConfig) -> None:

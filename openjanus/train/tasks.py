@@ -27,6 +27,7 @@ from torch import nn
 from openjanus.checkpoints import load_model
 from openjanus.checkpoints.weights import load_part, load_part_into, part_config
 from openjanus.config import ConfigError, JanusConfig
+from openjanus.distributed import DistInfo
 from openjanus.errors import UserError
 from openjanus.model.janus import Janus
 from openjanus.model.llm import LLM
@@ -36,7 +37,6 @@ from openjanus.train.config import TrainConfig
 from openjanus.train.data import DataConfig
 from openjanus.train.image_data import PartDataStream
 from openjanus.train.objectives import JanusObjective, Objective, TextObjective
-from openjanus.train.parallel import DistInfo
 from openjanus.train.siglip import SigLIPObjective, SigLIPPair
 from openjanus.train.stages import TRAINING_TASKS, Stage
 from openjanus.train.stream import build_train_stream

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from openjanus.distributed import DistInfo, all_reduce_sum, barrier
 from openjanus.errors import UserError
 from openjanus.train.checkpoint import (
     TrainState,
@@ -51,7 +52,6 @@ from openjanus.train.logs import (
     peak_flops,
 )
 from openjanus.train.objectives import Metrics, Objective
-from openjanus.train.parallel import DistInfo, all_reduce_sum, barrier
 from openjanus.train.stages import Stage
 
 EXIT_INTERRUPTED = 75

@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
+from train_data import write_train_config, write_train_data
 
 from openjanus.cli import main
 from openjanus.config import JanusConfig
@@ -28,31 +28,15 @@ REPO = Path(__file__).resolve().parents[2]
 CFG = JanusConfig.from_name("tiny")
 
 
-def write_data(root: Path, n: int = 8) -> dict:
-    """Small und / text / gen shards (gen as VQ codes) for the tiny preset."""
-    (root / "imgs").mkdir(parents=True)
-    for i in range(3):
-        pixels = np.random.default_rng(i).integers(0, 256, (30, 40, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / f"imgs/{i}.png")
-    rng = random.Random(0)
-    und = [{"messages": [{"role": "user", "content": "what is in this picture?"},
-                         {"role": "assistant", "content": f"two green stars {i}."}], "images": [f"imgs/{i % 3}.png"]}
-           for i in range(n)]
-    text = [{"text": "the cat sat on the mat. " * (1 + i % 2)} for i in range(n)]
-    gen = [{"caption": f"a red circle above a blue square {i}.",
-            "codes": [rng.randrange(CFG.vq.codebook_size) for _ in range(CFG.num_gen_tokens)]} for i in range(n)]
-    for name, records in (("und", und), ("text", text), ("gen", gen)):
-        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return {"und": str(root / "und.jsonl"), "text": str(root / "text.jsonl"), "gen": str(root / "gen.jsonl"),
-            "num_workers": 0, "pin_memory": False, "shuffle_block": 2}
+def write_data(root: Path) -> dict:
+    """Small und / text / gen shards (gen as VQ codes) for the tiny preset, 8 records each."""
+    return write_train_data(root, n=8)
 
 
 def write_config(path: Path, tokenizer: Path, **fields) -> str:
-    base = {"model": {"preset": "tiny", "tokenizer": str(tokenizer)}, "log_every": 1, "progress_bar": False,
-            "tensorboard": False, "seq_len": 192, "micro_batch_rows": 1, "checkpoint_every": 1000,
+    base = {"model": {"preset": "tiny", "tokenizer": str(tokenizer)}, "checkpoint_every": 1000,
             "stage": {"preset": "stage2", "steps": 4, "warmup_steps": 1, "global_batch": 1}}
-    path.write_text(json.dumps({**base, **fields}))
-    return str(path)
+    return write_train_config(path, **{**base, **fields})
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:

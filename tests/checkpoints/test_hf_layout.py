@@ -13,82 +13,28 @@ and norms to one, which would hide a wrong mapping of exactly those tensors.
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from conftest import (
+    HF_IMAGE_TOKEN_ID,
+    TINY_HF,
+    hf_tiny_cfg,
+    hf_transformers,
+    load_hf_janus,
+    randomise,
+    write_hf_sidecars,
+)
+from torch import Tensor
 
 from openjanus.checkpoints import hf, load_model, save_model
 from openjanus.config import ConfigError, JanusConfig
 from openjanus.model.janus import Janus
 
 TOL: dict[str, float] = {"rtol": 1e-5, "atol": 1e-5}
-# transformers decodes the vision grid's number of codes, so the tiny preset's VQ (grid 8 at
-# 32 px) is shrunk to the SigLIP grid of 4: same architecture, 16 px images out.
-TINY_HF: dict[str, Any] = {"vq.image_size": 16}
-IMAGE_TOKEN_ID = 7  # any in-vocabulary id: tiny models have no tokenizer of record
-SIDECARS = {  # what an HF folder carries beside the weights; the loader must ignore them
-    "preprocessor_config.json": {"image_processor_type": "JanusImageProcessor"},
-    "processor_config.json": {"processor_class": "JanusProcessor"},
-    "tokenizer_config.json": {"tokenizer_class": "LlamaTokenizerFast"},
-    "special_tokens_map.json": {},
-}
-
-
-def _transformers():
-    return pytest.importorskip("transformers")
-
-
-def _tiny_cfg() -> JanusConfig:
-    return JanusConfig.from_name("tiny", **TINY_HF)
-
-
-def _hf_config(tr) -> Any:
-    # The tiny preset, written with transformers' own config classes.
-    c = _tiny_cfg()
-    text = tr.LlamaConfig(vocab_size=c.llm.vocab_size, hidden_size=c.llm.dim, intermediate_size=c.llm.ffn_dim,
-                          num_hidden_layers=c.llm.n_layers, num_attention_heads=c.llm.n_heads,
-                          num_key_value_heads=c.llm.n_kv_heads, max_position_embeddings=c.llm.max_seq_len)
-    vision = tr.JanusVisionConfig(hidden_size=c.vision.dim, num_hidden_layers=c.vision.n_layers,
-                                  num_attention_heads=c.vision.n_heads, image_size=c.vision.image_size,
-                                  patch_size=c.vision.patch_size, mlp_ratio=c.vision.mlp_dim / c.vision.dim,
-                                  projection_dim=c.llm.dim, num_image_tokens=c.num_gen_tokens)
-    vq = tr.JanusVQVAEConfig(embed_dim=c.vq.codebook_dim, num_embeddings=c.vq.codebook_size,
-                             base_channels=c.vq.base_channels, channel_multiplier=list(c.vq.channel_mult),
-                             latent_channels=c.vq.z_channels, num_res_blocks=c.vq.num_res_blocks,
-                             projection_dim=c.llm.dim, image_token_embed_dim=c.llm.dim)
-    return tr.JanusConfig(text_config=text, vision_config=vision, vq_config=vq,
-                          image_token_id=IMAGE_TOKEN_ID, tie_word_embeddings=False)
-
-
-@torch.no_grad()
-def _randomise(module: nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for name, p in module.named_parameters():
-        noise = torch.randn(p.shape, generator=g) * 0.05
-        is_norm_scale = "norm" in name and name.endswith("weight") and p.ndim == 1
-        p.copy_(noise + 1.0 if is_norm_scale else noise)
-
-
-@torch.no_grad()
-def _unit_codebook(weight: Tensor) -> None:
-    # transformers' VQ *encoder* compares raw latents with raw codebook rows; ours (like the
-    # official code) normalises both. The two pick the same codes only for unit-length rows.
-    weight.copy_(F.normalize(weight, dim=-1))
-
-
-def _write_sidecars(folder: Path, image_token_id: int = IMAGE_TOKEN_ID) -> None:
-    for name, content in SIDECARS.items():
-        (folder / name).write_text(json.dumps(content))
-    (folder / "tokenizer.json").write_text(json.dumps(
-        {"added_tokens": [{"id": image_token_id, "content": hf.IMAGE_PLACEHOLDER, "special": True}],
-         "model": {"type": "BPE", "vocab": {}}}))
-    (folder / "chat_template.jinja").write_text("{{ messages }}")
+IMAGE_TOKEN_ID = HF_IMAGE_TOKEN_ID
 
 
 # --- the same computation on both sides -------------------------------------------------------
@@ -153,23 +99,14 @@ def _vq_images(cfg: JanusConfig) -> Tensor:
 
 
 @pytest.fixture(scope="module")
-def hf_pair(tmp_path_factory) -> tuple[Any, Janus]:
+def hf_pair(hf_janus_folder) -> tuple[Any, Janus]:
     """A random transformers Janus saved by `save_pretrained` and the same folder loaded by us."""
-    tr = _transformers()
-    torch.manual_seed(0)
-    ref = tr.JanusForConditionalGeneration(_hf_config(tr)).eval()
-    _randomise(ref, seed=0)
-    _unit_codebook(ref.model.vqmodel.quantize.embedding.weight)
-    folder = tmp_path_factory.mktemp("hf")
-    ref.save_pretrained(folder)
-    _write_sidecars(folder)
-    ref = tr.JanusForConditionalGeneration.from_pretrained(folder, attn_implementation="eager").eval()
-    return ref, load_model(folder)
+    return load_hf_janus(hf_janus_folder), load_model(hf_janus_folder)
 
 
 def test_hf_folder_parses_to_the_tiny_config(hf_pair):
     _, ours = hf_pair
-    want = _tiny_cfg()
+    want = hf_tiny_cfg()
     assert (ours.cfg.llm, ours.cfg.vision, ours.cfg.vq, ours.cfg.gen_head_dim) == \
         (want.llm, want.vision, want.vq, want.gen_head_dim)
 
@@ -207,13 +144,13 @@ def test_vq_encode_matches(hf_pair):
 
 
 def test_export_loads_in_transformers_and_matches(tmp_path):
-    tr = _transformers()
+    tr = hf_transformers()
     torch.manual_seed(0)
-    ours = Janus(_tiny_cfg()).eval()
-    _randomise(ours, seed=1)
+    ours = Janus(hf_tiny_cfg()).eval()
+    randomise(ours, seed=1)
     sidecars = tmp_path / "tokenizer"
     sidecars.mkdir()
-    _write_sidecars(sidecars, image_token_id=11)
+    write_hf_sidecars(sidecars, image_token_id=11)
     folder = save_model(ours, tmp_path / "export", layout="hf", sidecars_from=sidecars)
 
     ref, info = tr.JanusForConditionalGeneration.from_pretrained(folder, attn_implementation="eager",
@@ -235,8 +172,8 @@ def test_export_loads_in_transformers_and_matches(tmp_path):
 
 def test_official_to_hf_round_trip_keeps_every_tensor(tmp_path):
     torch.manual_seed(0)
-    model = Janus(_tiny_cfg())
-    _randomise(model, seed=2)
+    model = Janus(hf_tiny_cfg())
+    randomise(model, seed=2)
     save_model(model, tmp_path / "official", layout="official")
     via_official = load_model(tmp_path / "official")
     save_model(via_official, tmp_path / "hf", layout="hf")
@@ -257,10 +194,10 @@ def test_official_to_hf_round_trip_keeps_every_tensor(tmp_path):
 
 def test_every_key_has_an_hf_name_and_maps_back():
     with torch.device("meta"):
-        state = Janus(_tiny_cfg()).state_dict()
-    out = hf.to_hf_state(state, _tiny_cfg())
+        state = Janus(hf_tiny_cfg()).state_dict()
+    out = hf.to_hf_state(state, hf_tiny_cfg())
     triples = [(k, (lambda: pytest.fail("loader called during mapping")), tuple(v.shape)) for k, v in out.items()]
-    mapped = hf.map_tensors(triples, _tiny_cfg())  # lazy: no loader may run here
+    mapped = hf.map_tensors(triples, hf_tiny_cfg())  # lazy: no loader may run here
     optional = [k for k in state if any(re.search(p, k) for p in hf.OPTIONAL_KEYS)]
     assert sorted(mapped) == sorted(set(state) - set(optional))
     assert {k: s for k, (_, s) in mapped.items() if s != tuple(state[k].shape)} == {}
@@ -268,12 +205,12 @@ def test_every_key_has_an_hf_name_and_maps_back():
 
 def test_missing_lm_head_is_read_from_the_tied_embedding():
     table = torch.arange(6.0).reshape(3, 2)
-    mapped = hf.map_tensors([(hf.EMBED_TOKENS, lambda: table, (3, 2))], _tiny_cfg())
+    mapped = hf.map_tensors([(hf.EMBED_TOKENS, lambda: table, (3, 2))], hf_tiny_cfg())
     assert torch.equal(mapped["llm.lm_head.weight"][0](), table)
 
 
 def test_config_round_trip():
-    cfg = _tiny_cfg()
+    cfg = hf_tiny_cfg()
     back = hf.config_from_hf(hf.config_to_hf(cfg, "float32"), name="x")
     assert (back.llm, back.vision, back.vq, back.gen_head_dim) == (cfg.llm, cfg.vision, cfg.vq, cfg.gen_head_dim)
 
@@ -300,14 +237,14 @@ def test_config_to_hf_rejects_what_hf_cannot_express(overrides, field):
     ("text_config", "rope_scaling", {"rope_type": "dynamic", "factor": 2.0}),
 ])
 def test_config_from_hf_names_the_unsupported_field(part, field, value):
-    raw = hf.config_to_hf(_tiny_cfg(), "float32")
+    raw = hf.config_to_hf(hf_tiny_cfg(), "float32")
     raw[part][field] = value
     with pytest.raises(ConfigError, match=re.escape(f"{part}.{field}")):
         hf.config_from_hf(raw)
 
 
 def test_config_from_hf_reads_legacy_rope_theta_and_defaults():
-    raw = hf.config_to_hf(_tiny_cfg(), "float32")
+    raw = hf.config_to_hf(hf_tiny_cfg(), "float32")
     del raw["text_config"]["rope_parameters"]
     raw["text_config"]["rope_theta"] = 5e5
     assert hf.config_from_hf(raw).llm.rope_theta == 5e5

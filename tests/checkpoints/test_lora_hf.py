@@ -5,7 +5,8 @@ trained here loads onto transformers' JanusForConditionalGeneration with
 Tolerances are those of tests/checkpoints/test_hf_layout.py (fp32 on both sides, only the
 order of reductions differs, ~1e-7 relative): an adapter mapped to the wrong module, a
 transposed A/B or a lost scaling moves the logits by 1e-2 or more. Adapters are initialised
-at random (B != 0), so that a LoRA that did nothing could not pass.
+at random (B != 0), so that a LoRA that did nothing could not pass. The transformers Janus is
+the one tests/conftest.py builds for both files (`hf_janus_folder`).
 """
 
 from __future__ import annotations
@@ -16,20 +17,16 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from conftest import HF_IMAGE_TOKEN_ID as IMAGE_TOKEN_ID
+from conftest import load_hf_janus, randomise
 from test_hf_layout import (
-    IMAGE_TOKEN_ID,
     TOL,
     _chat_inputs,
     _gen_inputs,
-    _hf_config,
     _hf_image_logits,
     _hf_text_logits,
     _ours_image_logits,
     _ours_text_logits,
-    _randomise,
-    _transformers,
-    _unit_codebook,
-    _write_sidecars,
 )
 
 from openjanus.checkpoints import load_model
@@ -56,24 +53,6 @@ HF_TARGETS = (r"model\.language_model\.layers\.\d+\.(self_attn\.(q|o)_proj|mlp\.
               r"|model\.generation_head\.vision_head|lm_head")
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    tr = _transformers()
-    torch.manual_seed(0)
-    ref = tr.JanusForConditionalGeneration(_hf_config(tr)).eval()
-    _randomise(ref, seed=0)
-    _unit_codebook(ref.model.vqmodel.quantize.embedding.weight)
-    folder = tmp_path_factory.mktemp("hf")
-    ref.save_pretrained(folder)
-    _write_sidecars(folder)
-    return folder
-
-
-def _ref(folder):
-    tr = _transformers()
-    return tr.JanusForConditionalGeneration.from_pretrained(folder, attn_implementation="eager").eval()
-
-
 def _both_logits(model, ref_model, cfg):
     ids, pixels = _chat_inputs(cfg, IMAGE_TOKEN_ID)
     prompt, codes = _gen_inputs(cfg)
@@ -81,16 +60,16 @@ def _both_logits(model, ref_model, cfg):
             (_ours_image_logits(model, prompt, codes), _hf_image_logits(ref_model, prompt, codes)))
 
 
-def test_adapter_trained_here_loads_onto_transformers_janus(pair, tmp_path):
-    ours = load_model(pair).eval()
+def test_adapter_trained_here_loads_onto_transformers_janus(hf_janus_folder, tmp_path):
+    ours = load_model(hf_janus_folder).eval()
     notes = []
     add_lora(ours, Lora(), init=False, log=notes.append)
     assert notes and "leaves out the understanding encoder's q/k/v" in notes[0]  # "q_proj" matches SigLIP's too
     save_adapter(ours, tmp_path / "adapter")
     cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and "model.language_model.layers.0.self_attn.q_proj" in cfg["target_modules"]
-    hf = peft.PeftModel.from_pretrained(_ref(pair), tmp_path / "adapter").eval()
-    base = _ref(pair)
+    hf = peft.PeftModel.from_pretrained(load_hf_janus(hf_janus_folder), tmp_path / "adapter").eval()
+    base = load_hf_janus(hf_janus_folder)
     (t_ours, t_hf), (i_ours, i_hf) = _both_logits(ours, hf.get_base_model(), ours.cfg)
     torch.testing.assert_close(t_ours, t_hf, **TOL)
     torch.testing.assert_close(i_ours, i_hf, **TOL)
@@ -99,12 +78,12 @@ def test_adapter_trained_here_loads_onto_transformers_janus(pair, tmp_path):
     assert (t_hf - t_base).abs().max() > 1e-3 and (i_hf - i_base).abs().max() > 1e-3
 
 
-def test_adapter_made_on_transformers_loads_here(pair, tmp_path):
-    hf_model = _ref(pair)
+def test_adapter_made_on_transformers_loads_here(hf_janus_folder, tmp_path):
+    hf_model = load_hf_janus(hf_janus_folder)
     lora = peft.LoraConfig(r=4, lora_alpha=12, target_modules=HF_TARGETS, init_lora_weights=False)
     peft_model = peft.get_peft_model(hf_model, lora)
     peft_model.save_pretrained(tmp_path / "hf-adapter")
-    ours = load_model(pair).eval()
+    ours = load_model(hf_janus_folder).eval()
     load_adapter(ours, tmp_path / "hf-adapter")
     (t_ours, t_hf), (i_ours, i_hf) = _both_logits(ours, peft_model.get_base_model().eval(), ours.cfg)
     torch.testing.assert_close(t_ours, t_hf, **TOL)
@@ -114,7 +93,7 @@ def test_adapter_made_on_transformers_loads_here(pair, tmp_path):
 def _tiny() -> Janus:
     torch.manual_seed(0)
     model = Janus(JanusConfig.from_name("tiny")).eval()
-    _randomise(model, seed=1)
+    randomise(model, seed=1)
     return model
 
 

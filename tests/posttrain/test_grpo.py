@@ -70,6 +70,14 @@ def test_self_reward_is_a_probability(tiny_pipeline, one_thread):
     ("lora={\"targets\": [\"nothing_like_this\"]}", "matches no linear layer"),
     ("method=dpo", "holds no preference pairs"),
     ("rewards={\"clip\": 1}", "rewards: weights per reward"),
+    # numbers go through openjanus.numbers (one family of checks): bounds, kinds, finiteness
+    ("steps=0", "steps must be >= 1, got 0"),
+    ("micro_batch=2.0", "micro_batch must be an integer, got 2.0"),
+    ("lr=Infinity", "lr must be a finite number, got inf"),
+    ("kl_beta=-0.1", "kl_beta must be >= 0, got -0.1"),
+    ("temperature=0", "temperature must be > 0, got 0: GRPO needs"),
+    ("tags={\"single_object\": -1}", "tags.single_object must be >= 0, got -1"),
+    ("rewards={\"shapes\": \"high\"}", "rewards.shapes must be a number, got 'high'"),
 ])
 def test_bad_configs_are_refused_before_a_model_is_built(tmp_path, tiny_checkpoint, capsys, monkeypatch,
                                                          override, message):

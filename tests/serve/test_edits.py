@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
+import time
 
 import httpx
 import numpy as np
@@ -60,6 +62,13 @@ def test_the_openai_client_edits_with_a_mask(server, demo_pipe):
         src = demo_pipe.model.gen_tokenizer.encode(image_to_pixels(source)[None].to(demo_pipe.dtype))
     assert torch.equal(same.tokens[:, :32], src[:, :32].expand(2, -1))
     assert [np.asarray(im).tolist() for im in images] == [np.asarray(im).tolist() for im in same.images]
+    assert np.array_equal(np.asarray(images[0])[:32], np.asarray(source)[:32])  # the source's own pixels
+    # keep_pixels=false (a form field, as the client sends it): the decoder's image everywhere
+    whole = c.images.edit(model="janus-shapes", image=("in.png", png(source), "image/png"),
+                          mask=("mask.png", png(mask()), "image/png"), prompt="a red circle", n=1,
+                          response_format="b64_json", extra_body={"seed": 5, "keep_pixels": "false"})
+    vq = demo_pipe.decode_tokens(same.tokens[:1])[0]
+    assert np.array_equal(np.asarray(decoded(whole.data[0].b64_json)), np.asarray(vq))
 
 
 def test_the_image_alpha_is_the_mask_and_streaming_sends_partials(server):
@@ -122,3 +131,65 @@ def test_the_openai_client_raises_on_a_bad_edit(server):
         client(server).images.edit(model="janus-shapes", image=("in.png", png(scene()), "image/png"), prompt="x")
     err = error(httpx.post(server.url + "/v1/images/edits", json={"prompt": "x"}, timeout=10))
     assert "multipart/form-data" in err["message"]
+
+
+def _wait_for(condition, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_streamed_edit_holds_its_pixels_until_the_stream_ends_or_the_client_leaves(server, monkeypatch):
+    """The edit's image and mask count in the server's pixel budget for as long as its stream
+    runs, not only until the stream has started; a client that leaves mid-stream gives them back
+    too. The stream is held at its first partial image (the preview's decoding waits on an
+    event), so no timing decides where it is when the budget is read."""
+    import openjanus.serve.app as app_module
+
+    budget = server.server.config.app.state.budget
+    at_partial, release = threading.Event(), threading.Event()
+    decode = app_module.decode_canvas
+
+    def held_decode(*a, **k):
+        at_partial.set()
+        release.wait(60)
+        return decode(*a, **k)
+
+    monkeypatch.setattr(app_module, "decode_canvas", held_decode)
+    files = {"image": ("in.png", png(scene()), "image/png"), "mask": ("mask.png", png(mask()), "image/png")}
+    form = {"prompt": "a blue square", "stream": "true", "partial_images": "1", "seed": "1"}
+    assert _wait_for(lambda: budget.used == 0)  # nothing else of this module's is in flight
+
+    # 1. read whole: held while it streams, given back when it ends
+    events: list[str] = []
+
+    def read_all() -> None:
+        with httpx.stream("POST", server.url + "/v1/images/edits", files=files, data=form, timeout=120) as r:
+            events.extend(line for line in r.iter_lines() if line.startswith("data: "))
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    try:
+        assert at_partial.wait(60), "no partial image was decoded"
+        assert budget.used == 2 * 64 * 64  # image and mask, mid-stream
+    finally:
+        release.set()
+        reader.join(120)
+    assert any('"image_edit.completed"' in e for e in events), events[-1:]
+    assert _wait_for(lambda: budget.used == 0), budget.used
+
+    # 2. the client leaves mid-stream: given back all the same
+    at_partial.clear()
+    release.clear()
+    try:
+        with httpx.stream("POST", server.url + "/v1/images/edits", files=files, data=form, timeout=120) as r:
+            assert r.status_code == 200
+            assert at_partial.wait(60), "no partial image was decoded"
+            assert budget.used == 2 * 64 * 64
+        # (leaving the block closes the connection with the stream unread)
+    finally:
+        release.set()
+    assert _wait_for(lambda: budget.used == 0), budget.used

@@ -163,22 +163,43 @@ def test_image_stream_usage_counts_the_prompt(tiny):
     assert usage.total_tokens == prompt + usage.output_tokens
 
 
-def test_a_really_full_queue_is_429_with_retry_after_and_frees_up():
+def test_a_really_full_queue_is_429_with_retry_after_and_frees_up(monkeypatch):
+    """The batch full (rows=2: one image) and the queue full (queue=1), held so by the engine's
+    worker waiting on an event inside its second decoding step: no timing decides what is
+    running or queued when the HTTP request arrives."""
     from openjanus.requests import ImageRequest
 
     pipe = JanusPipeline.load("tiny")
     engine = pipe.start_engine(EngineConfig(rows=2, queue=1))
-    with Server(pipe, ServeSettings(model_id="tiny")) as s:
-        running = pipe.submit(ImageRequest("fill the batch", n=500, seed=0))  # one image at a time, for seconds
-        while engine.running == 0:
-            threading.Event().wait(0.01)
-        waiting = pipe.submit(ImageRequest("wait in the queue", seed=0))
-        assert engine.queue_depth == 1
-        r = httpx.post(s.url + "/v1/images/generations", json={"prompt": "one more"})
-        assert error(r, 429)["type"] == "rate_limit_error" and r.headers["retry-after"] == "1"
-        running.cancel()
-        waiting.cancel()
-        assert httpx.post(s.url + "/v1/images/generations", json={"prompt": "now"}, timeout=30).status_code == 200
+    decode = engine.core.runner.step
+    calls, held, release = [0], threading.Event(), threading.Event()
+
+    def step_held_from_the_second(*a, **k):
+        calls[0] += 1
+        if calls[0] >= 2:  # the first step is over: the running request is in the batch and live
+            held.set()
+            release.wait(60)
+        return decode(*a, **k)
+
+    monkeypatch.setattr(engine.core.runner, "step", step_held_from_the_second)
+    try:
+        with Server(pipe, ServeSettings(model_id="tiny")) as s:
+            running = pipe.submit(ImageRequest("fill the batch", seed=0))
+            assert held.wait(60), "the engine never reached its second step"
+            waiting = pipe.submit(ImageRequest("wait in the queue", seed=0))
+            assert (engine.running, engine.queue_depth) == (1, 1)
+            r = httpx.post(s.url + "/v1/images/generations", json={"prompt": "one more"}, timeout=60)
+            assert error(r, 429)["type"] == "rate_limit_error" and r.headers["retry-after"] == "1"
+            assert (engine.running, engine.queue_depth) == (1, 1)  # the refused request took no place
+            running.cancel()
+            waiting.cancel()
+            release.set()
+            assert httpx.post(s.url + "/v1/images/generations", json={"prompt": "now"}, timeout=60).status_code == 200
+            with pytest.raises(Exception, match="cancelled"):
+                running.result(60)
+    finally:
+        release.set()
+        engine.close()
 
 
 def test_a_chunked_body_over_the_limit_is_413(tiny):

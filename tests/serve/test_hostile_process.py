@@ -37,7 +37,8 @@ def test_sigterm_with_slow_clients_exits_promptly_and_cleanly():
     port = _free_port()
     code = "import sys; from openjanus.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--model", "tiny", "--port", str(port),
-                             "--shutdown-grace", "5"], stderr=subprocess.PIPE, text=True)
+                             "--shutdown-grace", "30", "--header-timeout", "60", "--body-timeout", "60"],
+                            stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
@@ -65,7 +66,9 @@ def test_sigterm_with_slow_clients_exits_promptly_and_cleanly():
         took = time.perf_counter() - started
         assert proc.returncode == 0, err[-3000:]
         assert "Traceback" not in err, err[-3000:]
-        assert took < 5, f"SIGTERM took {took:.1f} s with slow clients connected"
+        # Waiting for the slow clients would take the grace period (30 s) or their timeouts (60 s);
+        # an exit that does not wait takes ~1.3 s on an idle 2-core machine and 7 s on a loaded one.
+        assert took < 15, f"SIGTERM took {took:.1f} s with slow clients connected"
         for s in slow:
             s.close()
     finally:

@@ -46,11 +46,13 @@ def ray_app():
 
     from openjanus.inference.engine import EngineConfig
     from openjanus.options import ModelOptions
-    from openjanus.serve.ray_app import APP_NAME, ReplicaSpec, ScaleSpec, build_app
+    from openjanus.serve.ray_app import APP_NAME, ReplicaSpec, ScaleSpec, build_app, proxy_env
 
     metrics_port, http_port = free_port(), free_port()
+    # As `openjanus serve --replicas` starts Ray: Serve's proxy gets openjanus.serve.ray_proxy.
+    env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **proxy_env()}
     ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port, log_to_driver=False,
-             logging_level="warning", runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})
+             logging_level="warning", runtime_env={"env_vars": env})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         spec = ReplicaSpec(model=ModelOptions(device="cpu", dtype="float32"), engine=EngineConfig(rows=32, queue=64),
@@ -91,8 +93,18 @@ def test_app_builder_reads_serve_run_arguments():
     assert scaled._deployment_config.autoscaling_config.max_replicas == 4
     with pytest.raises(UserError, match="unknown argument"):
         app_builder({"replica": "2"})
-    with pytest.raises(UserError, match="bad argument value"):
+    with pytest.raises(UserError, match="bad argument value for replicas: expected an integer, got 'two'"):
         app_builder({"replicas": "two"})
+    # bounds as openjanus.numbers words them, checked before Ray deploys anything
+    for args, message in [({"replicas": "0"}, "replicas must be >= 1, got 0"),
+                          ({"min_replicas": "-1"}, "min_replicas must be >= 0, got -1"),
+                          ({"num_gpus": "-1"}, "num_gpus must be >= 0, got -1"),
+                          ({"num_cpus": "inf"}, "num_cpus: must be a finite number, got 'inf'"),
+                          ({"min_replicas": "1", "target_ongoing_requests": "0"},
+                           "target_ongoing_requests must be > 0"),
+                          ({"threads": "0"}, "threads must be >= 1, got 0")]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            app_builder(args)
 
 
 def test_same_answers_errors_streams_and_page_as_the_single_process_server(ray_app, server):
@@ -176,11 +188,15 @@ def test_a_killed_replica_fails_only_its_requests(ray_app):
     replicas = {r for _, _, r in streams}
     assert len(replicas) == 2, "the four streams all went to one replica"
     victim = streams[0][2]
-    plain: dict[int, tuple[int, str | None]] = {}  # non-streaming requests in flight too
+    plain: dict[int, tuple] = {}  # non-streaming requests in flight too
 
     def post(i: int) -> None:
         r = http.post("/v1/images/generations", json={"prompt": f"a red star {i}", "n": 8, "seed": i})
-        plain[i] = (r.status_code, r.headers.get("x-openjanus-replica"))
+        if r.status_code == 200:
+            plain[i] = (200, r.headers.get("x-openjanus-replica"))
+        else:  # what Serve's proxy answers (openjanus.serve.ray_proxy) when the replica died holding it
+            plain[i] = (r.status_code, r.headers.get("x-openjanus-replica"), r.headers.get("content-type"),
+                        r.headers.get("retry-after"), r.json()["error"]["type"], r.json()["error"]["code"])
 
     posts = [threading.Thread(target=post, args=(i,)) for i in range(4)]
     for t in posts:
@@ -209,8 +225,10 @@ def test_a_killed_replica_fails_only_its_requests(ray_app):
 
     for t in posts:
         t.join(timeout=120)
-    # Served by the survivor, or failed by Ray's proxy (HTTP 500) because the victim held them.
-    assert len(plain) == 4 and all(v in ((200, survivor), (500, None)) for v in plain.values()
+    # Served by the survivor, or answered by Serve's proxy because the victim held them: OpenAI's
+    # 503 with Retry-After (before openjanus.serve.ray_proxy: a plain-text 500).
+    lost = (503, None, "application/json", "1", "server_error", "replica_unavailable")
+    assert len(plain) == 4 and all(v in ((200, survivor), lost) for v in plain.values()
                                    for survivor in replicas - {victim}), plain
 
     # Requests after the kill are served (by the survivor while Ray starts a replacement).

@@ -3,7 +3,6 @@ run saves and resumes through full (gathered / broadcast) state dicts."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -17,10 +16,11 @@ from conftest import build_tiny
 from loop_batches import HandStream, assert_params_close
 
 from openjanus.checkpoints import load_model
+from openjanus.distributed import current_dist_info, destroy
 from openjanus.model.janus import Janus
 from openjanus.train.checkpoint import list_checkpoints, read_model_tensors
 from openjanus.train.objectives import JanusObjective
-from openjanus.train.parallel import current_dist_info, shard_model
+from openjanus.train.parallel import shard_model
 from openjanus.train.stages import stage_from_name
 from openjanus.train.trainer import LoopSettings, Trainer, apply_stage
 
@@ -46,6 +46,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
+    finished = False
     try:
         first = _trainer(0, rank, 2, out, checkpoint_every=2, stop_at=2)
         first.fit()
@@ -53,8 +54,10 @@ def _worker(rank: int, port: int, out: str) -> None:
         second = _trainer(5, rank, 2, out, stop_at=STEPS)
         second.resume(list_checkpoints(out)[-1][1])
         second.fit()  # writes the final checkpoint (step 3)
+        del first, second
+        finished = True
     finally:
-        dist.destroy_process_group()
+        destroy(wait_for_all=finished)
 
 
 def _free_port() -> int:
@@ -82,7 +85,7 @@ def test_fsdp_two_processes_match_one(tmp_path) -> None:
 def test_torchrun_cli_two_processes(tmp_path, tiny_checkpoint) -> None:
     """`torchrun ... openjanus train CONFIG`: rank 0 makes the initial weights and the other rank
     receives its shards; both read their own part of the data; rank 0 writes and exports."""
-    from test_loop_cli import _write_data
+    from train_data import write_train_config, write_train_data
 
     torchrun = shutil.which("torchrun")
     if torchrun is None:
@@ -90,11 +93,10 @@ def test_torchrun_cli_two_processes(tmp_path, tiny_checkpoint) -> None:
 
         pytest.skip("torchrun is not on PATH")
     run = tmp_path / "run"
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({
-        "output_dir": str(run), "model": {"preset": "tiny", "tokenizer": str(tiny_checkpoint)},
-        "data": _write_data(tmp_path / "data"), "stage": {"preset": "stage3", "steps": 2, "global_batch": 2},
-        "seq_len": 192, "micro_batch_rows": 1, "progress_bar": False, "tensorboard": False, "log_every": 1}))
+    cfg = write_train_config(tmp_path / "cfg.json", output_dir=str(run),
+                             model={"preset": "tiny", "tokenizer": str(tiny_checkpoint)},
+                             data=write_train_data(tmp_path / "data"),
+                             stage={"preset": "stage3", "steps": 2, "global_batch": 2})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "openjanus.cli",
                            "train", str(cfg)], capture_output=True, text=True, env=env, timeout=240)

@@ -5,11 +5,9 @@ assembled into Stage I."""
 from __future__ import annotations
 
 import json
-import random
 
-import numpy as np
 import pytest
-from PIL import Image
+from train_data import write_train_config, write_train_data
 
 from openjanus.checkpoints import load_model
 from openjanus.cli import main
@@ -21,34 +19,13 @@ from openjanus.train.config import TrainConfig, apply_overrides, load_train_conf
 CFG = JanusConfig.from_name("tiny")
 
 
-def _write_data(root) -> dict:
-    (root / "imgs").mkdir(parents=True)
-    for i in range(3):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (30, 40, 3),
-                                                          dtype=np.uint8)).save(root / f"imgs/{i}.png")
-    rng = random.Random(0)
-    und = [{"messages": [{"role": "user", "content": "what is in this picture?"},
-                         {"role": "assistant", "content": f"two green stars {i}."}], "images": [f"imgs/{i % 3}.png"]}
-           for i in range(6)]
-    text = [{"text": "the cat sat on the mat. " * (1 + i % 2)} for i in range(6)]
-    gen = [{"caption": f"a red circle above a blue square {i}.",
-            "codes": [rng.randrange(CFG.vq.codebook_size) for _ in range(CFG.num_gen_tokens)]} for i in range(6)]
-    for name, recs in (("und", und), ("text", text), ("gen", gen)):
-        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    return {"und": str(root / "und.jsonl"), "text": str(root / "text.jsonl"), "gen": str(root / "gen.jsonl"),
-            "num_workers": 0, "pin_memory": False, "shuffle_block": 2}
-
-
 def _config(tmp_path, name: str, **fields) -> str:
-    base = {"log_every": 1, "progress_bar": False, "tensorboard": False, "seq_len": 192, "micro_batch_rows": 1}
-    path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps({**base, **fields}))
-    return str(path)
+    return write_train_config(tmp_path / f"{name}.json", **fields)
 
 
 def test_train_resume_and_export_end_to_end(tmp_path, tiny_checkpoint, capsys) -> None:
     run = tmp_path / "run"
-    cfg = _config(tmp_path, "stage2", output_dir=str(run), data=_write_data(tmp_path / "data"),
+    cfg = _config(tmp_path, "stage2", output_dir=str(run), data=write_train_data(tmp_path / "data"),
                   model={"preset": "tiny", "tokenizer": str(tiny_checkpoint)},
                   stage={"preset": "stage2", "steps": 3, "warmup_steps": 1, "global_batch": 2},
                   checkpoint_every=2,
@@ -87,7 +64,7 @@ def test_parts_from_scratch_then_stage1(tmp_path, tiny_checkpoint) -> None:
         assert json.loads((tmp_path / task / "export" / "part.json").read_text())["part"] == task
     parts = {"vq": str(tmp_path / "vq" / "export"), "siglip": str(tmp_path / "siglip" / "checkpoints")}
     parts["siglip"] = str(list_checkpoints(tmp_path / "siglip")[-1][1])  # a training checkpoint works too
-    cfg = _config(tmp_path, "stage1", output_dir=str(tmp_path / "stage1"), data=_write_data(tmp_path / "data"),
+    cfg = _config(tmp_path, "stage1", output_dir=str(tmp_path / "stage1"), data=write_train_data(tmp_path / "data"),
                   model={**tok, "parts": parts},
                   stage={"preset": "stage1", "steps": 1, "warmup_steps": 0, "global_batch": 1})
     assert main(["train", cfg]) == 0

@@ -4,7 +4,6 @@ merged weights; under torchrun (FSDP2, 2 CPU processes) the same."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_fsdp import _free_port
-from test_loop_cli import _write_data
+from train_data import write_train_config, write_train_data
 
 from openjanus.checkpoints import load_model
 from openjanus.cli import main
@@ -26,13 +25,10 @@ LORA = {"rank": 4, "alpha": 8, "targets": "model.language_model.*proj|model.gene
 
 
 def _config(tmp_path: Path, tokenizer: Path, steps: int = 3) -> Path:
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({
-        "output_dir": str(tmp_path / "run"), "model": {"preset": "tiny", "tokenizer": str(tokenizer)},
-        "data": _write_data(tmp_path / "data"), "stage": {"preset": "stage3", "steps": steps, "global_batch": 2},
-        "seq_len": 192, "micro_batch_rows": 1, "progress_bar": False, "tensorboard": False, "log_every": 1,
-        "checkpoint_every": 1, "lora": LORA}))
-    return cfg
+    return Path(write_train_config(
+        tmp_path / "cfg.json", output_dir=str(tmp_path / "run"), model={"preset": "tiny", "tokenizer": str(tokenizer)},
+        data=write_train_data(tmp_path / "data"), stage={"preset": "stage3", "steps": steps, "global_batch": 2},
+        checkpoint_every=1, lora=LORA))
 
 
 def _check_run(run: Path) -> None:

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from openjanus.config import JanusConfig
+from openjanus.distributed import DistInfo
 from openjanus.errors import UserError
 from openjanus.processing import standin_processor
 from openjanus.train.config import TrainConfig
-from openjanus.train.parallel import DistInfo
 from openjanus.train.stages import TRAINING_TASKS, stage_from_name
 from openjanus.train.tasks import TASKS, RunContext, task_spec
 
