@@ -50,6 +50,9 @@ class PostTrainConfig:
     inner_steps: int = 1  # optimiser updates per batch of samples (>1: the clipped ratio moves off 1)
     micro_batch: int = 16  # sequences per forward/backward
     skip_flat_groups: bool = True  # groups whose rewards are all equal give no policy gradient
+    # GCPO: the policy term on each image's `critical_tokens` share of highest-entropy tokens
+    # only (the KL term keeps all tokens); 1.0 is plain GRPO.
+    critical_tokens: float = 1.0
     trainable: list[str] = field(default_factory=lambda: list(DEFAULT_TRAINABLE))
     lora: LoraSettings | None = None
     # DPO: pairs from files (`pairs`, JSONL) or self-made (sample group_size per prompt, score,
@@ -146,6 +149,11 @@ class PostTrainConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or v != v or v < 0:
                 raise UserError(f"{name} must be a non-negative number, got {v!r}")
+        c = self.critical_tokens
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1:
+            raise UserError(f"critical_tokens must be a share of each image's tokens in (0, 1], got {c!r}")
+        if c < 1 and (self.method != "grpo" or self.samples != "images"):
+            raise UserError("critical_tokens applies to GRPO on images (method grpo, samples images)")
         if self.temperature <= 0:
             raise UserError("temperature must be positive: GRPO needs the sampling distribution's log-probabilities")
 

@@ -54,6 +54,16 @@ def test_nan_rewards_skip_their_samples_and_are_counted(tmp_path, tiny_checkpoin
     assert changed and all(not k.startswith(("und_encoder", "gen_tokenizer")) for k in changed)
 
 
+def test_gcpo_step_trains_on_the_critical_tokens(tmp_path, tiny_checkpoint, one_thread):
+    cfg = PostTrainConfig.from_dict(_cfg(tmp_path, tiny_checkpoint, critical_tokens=0.3))
+    trainer = GRPOTrainer(cfg, log=lambda _: None, reward_override=[(HalfNaN(), 1.0)])
+    before = {k: v.clone() for k, v in trainer.policy.model.state_dict().items()}
+    m = trainer.step()
+    trainer.close()
+    assert m["trained_samples"] == 4 and m["entropy"] > 0
+    assert any(not torch.equal(v, before[k]) for k, v in trainer.policy.model.state_dict().items())
+
+
 def test_self_reward_is_a_probability(tiny_pipeline, one_thread):
     from openjanus.posttrain.rewards import SelfReward
     from openjanus.requests import ImageRequest
@@ -70,6 +80,8 @@ def test_self_reward_is_a_probability(tiny_pipeline, one_thread):
     ("lora={\"targets\": [\"nothing_like_this\"]}", "matches no linear layer"),
     ("method=dpo", "holds no preference pairs"),
     ("rewards={\"clip\": 1}", "rewards: weights per reward"),
+    ("critical_tokens=0", "critical_tokens must be a share"),
+    ("critical_tokens=1.5", "critical_tokens must be a share"),
 ])
 def test_bad_configs_are_refused_before_a_model_is_built(tmp_path, tiny_checkpoint, capsys, monkeypatch,
                                                          override, message):
