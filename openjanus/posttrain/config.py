@@ -51,6 +51,9 @@ class PostTrainConfig:
     inner_steps: int = 1  # optimiser updates per batch of samples (>1: the clipped ratio moves off 1)
     micro_batch: int = 16  # sequences per forward/backward
     skip_flat_groups: bool = True  # groups whose rewards are all equal give no policy gradient
+    # GCPO: the policy term on each image's `critical_tokens` share of highest-entropy tokens
+    # only (the KL term keeps all tokens); 1.0 is plain GRPO.
+    critical_tokens: float = 1.0
     trainable: list[str] = field(default_factory=lambda: list(DEFAULT_TRAINABLE))
     lora: LoraSettings | None = None
     # DPO: pairs from files (`pairs`, JSONL) or self-made (sample group_size per prompt, score,
@@ -146,10 +149,18 @@ class PostTrainConfig:
                 raise UserError(f"pairs: {self.pairs} is not a file")
             if not any(line.strip() for line in p.read_text().splitlines()):
                 raise UserError(f"pairs: {self.pairs} holds no preference pairs")
-        for name in ("lr", "kl_beta", "clip_eps", "dpo_beta", "guidance"):
+        for name in ("lr", "kl_beta", "clip_eps", "dpo_beta", "guidance", "weight_decay"):
             check_number(getattr(self, name), low=0, name=name)
+        check_number(self.grad_clip, low=0, name="grad_clip")  # 0: no clipping
+        for name in ("warmup_steps", "seed", "eval_every", "checkpoint_every", "keep_last"):  # 0: off / keep all
+            check_integer(getattr(self, name), low=0, name=name)
+        for name in ("eval_per_category", "eval_n"):
+            check_integer(getattr(self, name), low=1, name=name)
         try:
             check_number(self.temperature, low=0, low_open=True, name="temperature")
         except UserError as e:
             raise UserError(f"{e}: GRPO needs the sampling distribution's log-probabilities") from None
+        check_number(self.critical_tokens, low=0, high=1, low_open=True, name="critical_tokens")
+        if self.critical_tokens < 1 and (self.method != "grpo" or self.samples != "images"):
+            raise UserError("critical_tokens applies to GRPO on images (method grpo, samples images)")
 

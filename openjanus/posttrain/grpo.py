@@ -44,7 +44,13 @@ from openjanus.requests import ImageRequest, SamplingParams
 from openjanus.train.checkpoint import TrainState, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from openjanus.train.logs import open_tensorboard
 from openjanus.train.lora import adapters_disabled
-from openjanus.train.preference import group_advantages, grpo_loss, t2i_token_logprobs
+from openjanus.train.preference import (
+    critical_tokens,
+    group_advantages,
+    grpo_loss,
+    t2i_token_logprobs,
+    t2i_token_logprobs_entropy,
+)
 
 Log = Callable[[str], None]
 
@@ -218,14 +224,24 @@ class GRPOTrainer:
             ref = self._no_grad_logprobs(sel_ids, sel_tok, reference=True) if cfg.kl_beta else None
             old = self._no_grad_logprobs(sel_ids, sel_tok, reference=False) if cfg.inner_steps > 1 else None
             mb = cfg.micro_batch
+            gcpo = cfg.critical_tokens < 1
+            critical: dict[int, torch.Tensor] = {}  # GCPO: chosen at the first update, kept for the others
+            entropy_sum = 0.0
             for _ in range(cfg.inner_steps):
                 sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "ratio": 0.0}
                 for s in range(0, len(idx), mb):
                     sl = slice(s, s + mb)
-                    logp = self._logprobs(self.policy.model, sel_ids[sl], sel_tok[sl])
+                    if gcpo:
+                        logp, entropy = t2i_token_logprobs_entropy(self.policy.model, sel_ids[sl], sel_tok[sl],
+                                                                   self.pad_id, cfg.guidance, cfg.temperature)
+                        if s not in critical:
+                            critical[s] = critical_tokens(entropy, cfg.critical_tokens)
+                            entropy_sum += float(entropy.mean()) * logp.shape[0] / len(idx)
+                    else:
+                        logp = self._logprobs(self.policy.model, sel_ids[sl], sel_tok[sl])
                     out = grpo_loss(logp, logp.detach() if old is None else old[sl],
                                     None if ref is None else ref[sl], sel_adv[sl], clip_eps=cfg.clip_eps,
-                                    kl_beta=cfg.kl_beta)
+                                    kl_beta=cfg.kl_beta, critical=critical.get(s))
                     share = logp.shape[0] / len(idx)
                     (out.loss * share).backward()
                     for k in sums:
@@ -236,6 +252,8 @@ class GRPOTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
             metrics.update({k: v for k, v in sums.items()})
             metrics["grad_norm"] = float(norm)
+            if gcpo:
+                metrics["entropy"] = entropy_sum
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.state.step += 1

@@ -14,11 +14,14 @@ package, which imports neither the pipeline nor the evaluation package.
   ``-log sigma(beta * ((pi_c - ref_c) - (pi_r - ref_r)))`` on sequence log-probabilities.
 * :func:`group_advantages` and :func:`grpo_loss` -- Shao et al. 2024 (DeepSeekMath), eq. 3 with
   the outcome-supervision advantage ``(r - mean) / (std + eps)`` within each prompt's group,
-  the clipped ratio and the unbiased KL estimator ``exp(ref - logp) - (ref - logp) - 1``.
+  the clipped ratio and the unbiased KL estimator ``exp(ref - logp) - (ref - logp) - 1``;
+  optionally with the policy term on "critical" tokens only (:func:`critical_tokens`, the
+  highest-entropy share of each image's tokens, after GCPO) while the KL term keeps all tokens.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,6 +63,31 @@ def t2i_token_logprobs(model: Janus, prompt_ids: Sequence[Sequence[int]], tokens
     run through the LLM, their image logits combined as the sampler does. Gradients flow."""
     logp = t2i_guided_logprobs(model, prompt_ids, tokens, pad_id, guidance, temperature)
     return logp.gather(-1, tokens.to(logp.device)[..., None]).squeeze(-1)
+
+
+def t2i_token_logprobs_entropy(model: Janus, prompt_ids: Sequence[Sequence[int]], tokens: Tensor, pad_id: int,
+                               guidance: float, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """As :func:`t2i_token_logprobs` [B, T], and the entropy [B, T] (nats, no gradient) of the
+    guided distribution at each image position: what :func:`critical_tokens` ranks."""
+    logp = t2i_guided_logprobs(model, prompt_ids, tokens, pad_id, guidance, temperature)
+    with torch.no_grad():
+        entropy = -(logp.exp() * logp).sum(-1)
+    return logp.gather(-1, tokens.to(logp.device)[..., None]).squeeze(-1), entropy
+
+
+def critical_tokens(entropy: Tensor, fraction: float) -> Tensor:
+    """A mask [N, T] of each row's ``ceil(fraction * T)`` highest-entropy tokens (ties: the
+    earlier position first): the positions where the sampler's choice was most open, which
+    GCPO (critical-token policy optimisation for autoregressive text-to-image) restricts the
+    policy update to. ``fraction`` 1 keeps every token."""
+    if entropy.ndim != 2:
+        raise ValueError(f"entropy must be [N, T], got {list(entropy.shape)}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    k = min(entropy.shape[1], math.ceil(fraction * entropy.shape[1]))
+    order = torch.argsort(entropy.detach(), dim=1, descending=True, stable=True)[:, :k]
+    mask = torch.zeros(entropy.shape, dtype=torch.bool, device=entropy.device)
+    return mask.scatter_(1, order, True)
 
 
 def t2i_guided_logprobs(model: Janus, prompt_ids: Sequence[Sequence[int]], tokens: Tensor, pad_id: int,
@@ -173,10 +201,12 @@ class GRPOLoss:
 
 
 def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor, mask: Tensor | None = None,
-              clip_eps: float = 0.2, kl_beta: float = 0.04) -> GRPOLoss:
+              clip_eps: float = 0.2, kl_beta: float = 0.04, critical: Tensor | None = None) -> GRPOLoss:
     """GRPO's objective, negated, for per-token log-probabilities [N, T]: per sample the mean over
     its tokens of ``-(min(rho A, clip(rho, 1-e, 1+e) A) - beta KL)``, then the mean over samples.
-    `mask` [N, T] marks real tokens (None: all are); samples with no real token count zero."""
+    `mask` [N, T] marks real tokens (None: all are); samples with no real token count zero.
+    `critical` [N, T] (GCPO): the policy term is the mean over each sample's critical real tokens
+    only, the KL term stays the mean over all its real tokens."""
     if mask is None:
         mask = torch.ones_like(logp, dtype=torch.bool)
     m = mask.to(logp.dtype)
@@ -184,20 +214,29 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantage
     adv = advantages.detach().to(logp.dtype)[:, None]
     unclipped = ratio * adv
     clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv
-    per_token = -torch.minimum(unclipped, clipped)
+    surrogate = -torch.minimum(unclipped, clipped)
     if ref_logp is not None and kl_beta:
         d = ref_logp.detach() - logp
         kl = torch.exp(d) - d - 1
-        per_token = per_token + kl_beta * kl
+        kl_term = kl_beta * kl
     else:
         kl = torch.zeros_like(logp)
+        kl_term = None
     lengths = m.sum(1).clamp(min=1)
-    loss = ((per_token * m).sum(1) / lengths).mean()
+    if critical is None:
+        per_token = surrogate if kl_term is None else surrogate + kl_term
+        loss = ((per_token * m).sum(1) / lengths).mean()
+    else:
+        c = m * critical.to(logp.dtype)
+        per_sample = (surrogate * c).sum(1) / c.sum(1).clamp(min=1)
+        if kl_term is not None:
+            per_sample = per_sample + (kl_term * m).sum(1) / lengths
+        loss = per_sample.mean()
     n = m.sum().clamp(min=1)
     was_clipped = ((ratio - ratio.clamp(1 - clip_eps, 1 + clip_eps)).abs() > 0).to(logp.dtype)
     return GRPOLoss(loss, ((kl * m).sum() / n).detach(), ((was_clipped * m).sum() / n).detach(),
                     ((ratio * m).sum() / n).detach())
 
 
-__all__ = ["t2i_token_logprobs", "t2i_guided_logprobs", "answer_token_logprobs", "dpo_loss", "group_advantages",
-           "grpo_loss", "GRPOLoss"]
+__all__ = ["t2i_token_logprobs", "t2i_token_logprobs_entropy", "critical_tokens", "t2i_guided_logprobs",
+           "answer_token_logprobs", "dpo_loss", "group_advantages", "grpo_loss", "GRPOLoss"]

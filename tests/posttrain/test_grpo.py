@@ -54,6 +54,16 @@ def test_nan_rewards_skip_their_samples_and_are_counted(tmp_path, tiny_checkpoin
     assert changed and all(not k.startswith(("und_encoder", "gen_tokenizer")) for k in changed)
 
 
+def test_gcpo_step_trains_on_the_critical_tokens(tmp_path, tiny_checkpoint, one_thread):
+    cfg = PostTrainConfig.from_dict(_cfg(tmp_path, tiny_checkpoint, critical_tokens=0.3))
+    trainer = GRPOTrainer(cfg, log=lambda _: None, reward_override=[(HalfNaN(), 1.0)])
+    before = {k: v.clone() for k, v in trainer.policy.model.state_dict().items()}
+    m = trainer.step()
+    trainer.close()
+    assert m["trained_samples"] == 4 and m["entropy"] > 0
+    assert any(not torch.equal(v, before[k]) for k, v in trainer.policy.model.state_dict().items())
+
+
 def test_self_reward_is_a_probability(tiny_pipeline, one_thread):
     from openjanus.posttrain.rewards import SelfReward
     from openjanus.requests import ImageRequest
@@ -78,6 +88,11 @@ def test_self_reward_is_a_probability(tiny_pipeline, one_thread):
     ("temperature=0", "temperature must be > 0, got 0: GRPO needs"),
     ("tags={\"single_object\": -1}", "tags.single_object must be >= 0, got -1"),
     ("rewards={\"shapes\": \"high\"}", "rewards.shapes must be a number, got 'high'"),
+    ("critical_tokens=0", "critical_tokens must be in (0, 1], got 0"),
+    ("critical_tokens=1.5", "critical_tokens must be in (0, 1], got 1.5"),
+    ("warmup_steps=-1", "warmup_steps must be >= 0, got -1"),
+    ("eval_n=0", "eval_n must be >= 1, got 0"),
+    ("grad_clip=-1", "grad_clip must be >= 0, got -1"),
 ])
 def test_bad_configs_are_refused_before_a_model_is_built(tmp_path, tiny_checkpoint, capsys, monkeypatch,
                                                          override, message):
@@ -171,6 +186,7 @@ def test_lora_grpo_run_exports_adapter_and_merged_weights(tmp_path, tiny_checkpo
     assert (a - c).abs().max() > 1e-4  # and the adapter learned something
 
 
-def test_demo_grpo_config_loads():
-    cfg = PostTrainConfig.load(REPO / "configs" / "posttrain" / "demo-grpo.json")
+@pytest.mark.parametrize("name", ["demo-grpo.json", "demo-grpo-v3.json", "demo-gcpo-v3.json"])
+def test_demo_grpo_configs_load_and_train_on_the_training_split_only(name):
+    cfg = PostTrainConfig.load(REPO / "configs" / "posttrain" / name)
     assert cfg.method == "grpo" and cfg.split == "train" and cfg.rewards == {"shapes": 1.0}
