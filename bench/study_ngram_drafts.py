@@ -99,7 +99,7 @@ def main() -> None:
     tok, steps, width = pipe.processor.tokenizer, pipe.model.cfg.num_gen_tokens, pipe.model.cfg.vq.grid
     sampling = SamplingParams(1.0)
     next_window = JacobiDecoder._next_window
-    cur: dict = {}
+    cur: dict = {"hits": {"in": [0, 0], "past": [0, 0]}}
 
     def above_of(p: int, exact: list[int], d: list[int], q0: int) -> int | None:
         q = p - width
@@ -125,11 +125,7 @@ def main() -> None:
             pool.add(fed[p - 1], None if ab < 0 else (exact[ab] if ab < base else fed[ab]), y[i])
         for i in range(len(y)):
             records[base + i].append((exact[:base] + old[:i], y[i]))
-        if how.startswith("noisy"):  # each position's latest distribution (exact once it is done)
-            scores = cur["scores"]
-            dist = cur["dist"]
-            for i in range(len(y)):
-                dist[base + i] = scores[i]
+        scores, dist = cur.get("scores"), cur["dist"]
         d: list[int] = []
         for i in range(n_drafts):
             p = q0 + i
@@ -151,12 +147,22 @@ def main() -> None:
                         n = next((k for k in range(len(c)) if c[k] != ctx[k]), len(c))
                         if n >= best_n:
                             best_n, g = n, out
+            elif how.startswith("tree"):  # rows verifying the top K_l candidates at draft l
+                g = left if jac is None else jac
+                ks = [int(k) for k in how.split("-")[1].split(".")]
+                if i < len(ks) and all(d[k] == cur["final"][q0 + k] for k in range(i)):
+                    row = cur["scores"][min(p - base, len(y) - 1)]
+                    top = (row + gumbel_noise(s.drafts.key, [p], row.shape[-1])[0]).topk(ks[i])
+                    if cur["final"][p] in top.indices.tolist():
+                        g = cur["final"][p]  # the row the verification would keep
             elif how.startswith("noisy"):  # past the window: a proxy distribution + p's own noise
                 if jac is not None:
                     g = jac
                 else:
                     proxy = scores[-1]  # the window's last output: the nearest position computed
-                    if how == "noisy-above" and p - width in dist:
+                    if how == "noisy-pos" and cur["posq"] is not None:
+                        proxy = cur["posq"][p].log()
+                    elif how == "noisy-above" and p - width in dist:
                         proxy = dist[p - width]
                     elif how.startswith("noisy-pool"):
                         c = (pool.k1.get(left) if how.endswith("k1") else None) or Counter()
@@ -184,22 +190,27 @@ def main() -> None:
                     else:
                         g = left if jac is None else jac
             d.append(g)
+            hit = cur["hits"]["in" if jac is not None else "past"]
+            hit[0] += g == cur["final"][p]
+            hit[1] += 1
         return torch.tensor(d, dtype=torch.long, device=outputs.device)
 
     def tracked(s, logits):
         cur["state"] = s
-        if cur["how"].startswith("noisy"):  # the pass's scores, as the runner computes them
+        if cur["how"].startswith(("noisy", "tree")):  # the pass's scores, as the runner computes them
             job = s.job
             guided = logits[1] + job.guidance * (logits[0] - logits[1])
             cur["scores"] = filter_logits(temper(guided, job.sampling.temperature), job.sampling.top_k,
                                           job.sampling.top_p).float()
+            for i, row in enumerate(cur["scores"]):  # each position's latest distribution (exact once done)
+                cur["dist"][s.done_steps + i] = row
         return next_window(s, logits)
 
     runner_mod.gumbel_drafts = guess
     JacobiDecoder._next_window = staticmethod(tracked)
 
-    def decode(prompt, seed, window, how="left", final=None, warm=None):
-        cur.update(how=how, final=final, pool=Pool(warm if "warm" in how else None), records=defaultdict(list),
+    def decode(prompt, seed, window, how="left", final=None, warm=None, posq=None):
+        cur.update(how=how, final=final or [-1] * steps, posq=posq, pool=Pool(warm if "warm" in how else None), records=defaultdict(list),
                    dist={})
         runner = BatchRunner(pipe.model, rows=2)
         job = image_job(prompt, tok.pad_id, 1, 5.0, sampling, torch.Generator().manual_seed(seed), steps,
@@ -217,6 +228,16 @@ def main() -> None:
                 warm.add(t[p - 1], t[p - width] if p >= width else None, t[p])
     print(f"warm pool: {len(WARM) * args.warm_seeds} images of {len(WARM)} other prompts, "
           f"{len(warm.k1)} left keys, {len(warm.k2)} (left, above) keys", flush=True)
+
+    # Per-position distributions of the measured prompts, from finished images of other seeds.
+    posq = {}
+    for k, text in enumerate(MEASURED):
+        ids = tok.encode(pipe.processor.t2i_prompt(text))
+        acc = 0
+        for s in range(args.warm_seeds):
+            decode(ids, 88_000 + 1000 * s + 100 * k, 1, "noisy-last")
+            acc = acc + torch.softmax(torch.stack([cur["dist"][p] for p in range(steps)]), -1)
+        posq[tuple(ids)] = acc / args.warm_seeds
 
     # The measured images: request r = (prompt k, seed s), image i seeded image_seed(seed, i).
     images = []
@@ -243,24 +264,28 @@ def main() -> None:
           + f"; equal to its left token {hits['left'] / total:.0%}", flush=True)
 
     strategies = args.strategies or (
-        ["left", "above", "oracle", "best-pass", "noisy-last", "noisy-above", "noisy-pool-warm-k1",
+        ["left", "above", "oracle", "best-pass", "noisy-last", "noisy-above", "noisy-pos", "noisy-pool-warm-k1",
          "noisy-pool-warm-k2"]
         + [f"ngram-{key}-{w}-{place}" for key in ("k1", "k2") for w in ("cold", "warm")
            for place in ("past", "all", "agree")])
     print(f"{'guess':<24}{'window':>7}{'passes':>8}{'tok/pass':>9}{f'{args.images} img passes':>14}"
-          f"{'tok/pass':>9}", flush=True)
+          f"{'tok/pass':>9}{'right in':>9}{'past':>6}", flush=True)
+    cur["hits"] = {"in": [0, 0], "past": [0, 0]}
     for window in args.windows:
         for how in strategies:
             per_image, per_request = [], defaultdict(int)
+            cur["hits"] = {"in": [0, 0], "past": [0, 0]}
             for req, i, ids, seed, final in images:
-                tokens, p = decode(ids, seed, window, how, final, warm)
+                tokens, p = decode(ids, seed, window, how, final, warm, posq[tuple(ids)])
                 assert tokens == final, f"{how} changed the image"
                 if i == 0:
                     per_image.append(p)
                 per_request[req] = max(per_request[req], p)
             one = sum(per_image) / len(per_image)
             many = sum(per_request.values()) / len(per_request)
-            print(f"{how:<24}{window:>7}{one:>8.1f}{steps / one:>9.2f}{many:>14.1f}{steps / many:>9.2f}", flush=True)
+            right = {k: h[0] / max(h[1], 1) for k, h in cur["hits"].items()}
+            print(f"{how:<24}{window:>7}{one:>8.1f}{steps / one:>9.2f}{many:>14.1f}{steps / many:>9.2f}"
+                  f"{right['in']:>9.0%}{right['past']:>6.0%}", flush=True)
     print(f"({time.time() - t0:.0f} s)")
 
 
