@@ -27,15 +27,31 @@ Per window, each draft position p (in order, so a guess may use the guesses befo
   `past`: Jacobi's update inside the window, the pool past it (fallback left);
   `all`: the pool wherever it has the key, Jacobi's update (else left) where it has not;
   `agree`: Jacobi's update where the pass that made it fed the same left token as the new window
-  now has (its immediate context agrees), else the pool, else Jacobi's update, else left.
+  now has (its immediate context agrees), else the pool, else Jacobi's update, else left;
+- noise-coupled guesses past the window: argmax(log q + g_p) with position p's own Gumbel noise
+  g_p (known in advance) and a proxy q for its distribution: `noisy-last` the window's last
+  output, `noisy-above` the latest distribution one row up, `noisy-pool-warm-k1|k2` half that
+  and half the warm pool's counts, `noisy-pos` the mean distribution at p over finished images
+  of the same prompt with other seeds (a server's warm cache per prompt); inside the window
+  Jacobi's update (which is already argmax(log p + g_p) under the pass's context);
+- tree-K0.K1...: multi-row verification, K0 rows holding the top K0 of the pass's noisy scores at
+  the first draft (the token Jacobi's update takes is the first of them), each row split K1 ways
+  at the next draft, and so on (K0 x K1 x ... rows of the window a pass instead of one); the rest
+  of every row as left. Simulated exactly on one row: a pass keeps the row with the longest
+  accepted run, which is the row holding the final token at each level where it is among the
+  candidates (the others are rejected there), else the Jacobi row. The final token is only used
+  to pick that row, as the verification would.
+
+Columns: passes and tokens per pass for one image and for a request of --images images; "right
+in" / "past": the share of draft guesses that are the final token, inside the window (Jacobi's
+update, or what replaced it) and past it.
 
 One image: the mean passes over prompts x seeds. Four images: a request's images share every
 pass (README, "Jacobi rows share their passes"), so its passes are those of its slowest image
 alone; measured as the max over images image_seed(seed, 0..3) run one by one.
 
-Multi-branch verification (lookahead's several candidate n-grams per pass) is not run; the
-script prints what it would buy at most: how often the exact next token is among a warm pool's
-top K for the exact left key (K branches cost K - 1 more window rows a pass).
+Also printed: how often the exact next token is among a warm pool's top K for its exact left
+key (what K candidate n-grams could find at best).
 """
 
 from __future__ import annotations
@@ -210,8 +226,8 @@ def main() -> None:
     JacobiDecoder._next_window = staticmethod(tracked)
 
     def decode(prompt, seed, window, how="left", final=None, warm=None, posq=None):
-        cur.update(how=how, final=final or [-1] * steps, posq=posq, pool=Pool(warm if "warm" in how else None), records=defaultdict(list),
-                   dist={})
+        cur.update(how=how, final=final or [-1] * steps, posq=posq, pool=Pool(warm if "warm" in how else None),
+                   records=defaultdict(list), dist={})
         runner = BatchRunner(pipe.model, rows=2)
         job = image_job(prompt, tok.pad_id, 1, 5.0, sampling, torch.Generator().manual_seed(seed), steps,
                         jacobi=window, jacobi_sampler="gumbel")
