@@ -280,10 +280,12 @@ def main() -> None:
           + f"; equal to its left token {hits['left'] / total:.0%}", flush=True)
 
     strategies = args.strategies or (
-        ["left", "above", "oracle", "best-pass", "noisy-last", "noisy-above", "noisy-pos", "noisy-pool-warm-k1",
-         "noisy-pool-warm-k2"]
-        + [f"ngram-{key}-{w}-{place}" for key in ("k1", "k2") for w in ("cold", "warm")
-           for place in ("past", "all", "agree")])
+        ["left", "above", "oracle", "best-pass"]
+        + [f"ngram-{key}-{w}-{place}" for key, w, place in
+           [("k1", "cold", "past"), ("k1", "warm", "past"), ("k2", "warm", "past"), ("k1", "warm", "all"),
+            ("k1", "cold", "agree"), ("k2", "warm", "agree")]]
+        + ["noisy-last", "noisy-above", "noisy-pool-warm-k1", "noisy-pool-warm-k2", "noisy-pos"]
+        + ["tree-2", "tree-4", "tree-8", "tree-16", "tree-32", "tree-64", "tree-2.2", "tree-8.2"])
     print(f"{'guess':<24}{'window':>7}{'passes':>8}{'tok/pass':>9}{f'{args.images} img passes':>14}"
           f"{'tok/pass':>9}{'right in':>9}{'past':>6}", flush=True)
     cur["hits"] = {"in": [0, 0], "past": [0, 0]}
