@@ -37,9 +37,12 @@ Per window, each draft position p (in order, so a guess may use the guesses befo
 - tree-K0.K1...: multi-row verification, K0 rows holding the top K0 of the pass's noisy scores at
   the first draft (the token Jacobi's update takes is the first of them), each row split K1 ways
   at the next draft, and so on (K0 x K1 x ... rows of the window a pass instead of one); the rest
-  of every row as left. Simulated exactly on one row: a pass keeps the row with the longest
-  accepted run, which is the row holding the final token at each level where it is among the
-  candidates (the others are rejected there), else the Jacobi row. The final token is only used
+  of every row as left. (Where the last pass kept its whole window, the first draft is past it:
+  the candidates then come from the window's last distribution, beside the left row, one row
+  more than counted; rare, as few passes keep a whole window.) Simulated exactly on one row: a
+  pass keeps the row with the longest accepted run, which is the row holding the final token at
+  each level where it is among the candidates (the others are rejected there), else the Jacobi
+  row. The final token is only used
   to pick that row, as the verification would.
 
 Columns: passes and tokens per pass for one image and for a request of --images images; "right
