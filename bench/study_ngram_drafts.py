@@ -42,8 +42,7 @@ Per window, each draft position p (in order, so a guess may use the guesses befo
   more than counted; rare, as few passes keep a whole window.) Simulated exactly on one row: a
   pass keeps the row with the longest accepted run, which is the row holding the final token at
   each level where it is among the candidates (the others are rejected there), else the Jacobi
-  row. The final token is only used
-  to pick that row, as the verification would.
+  row. The final token is only used to pick that row, as the verification would.
 
 Columns: passes and tokens per pass for one image and for a request of --images images; "right
 in" / "past": the share of draft guesses that are the final token, inside the window (Jacobi's
