@@ -49,6 +49,7 @@ from openjanus.inference.scheduler import QueueFull, Scheduler, chunk_sizes
 from openjanus.inference.windows import CanvasRun
 from openjanus.model.janus import Janus
 from openjanus.model_card import GenerationDefaults, ImageDefaults
+from openjanus.numbers import check_integer, check_number
 from openjanus.processing import JanusProcessor
 from openjanus.requests import (
     ChatRequest,
@@ -110,11 +111,9 @@ class EngineConfig:
     prefix_cache: bool = True
 
     def __post_init__(self) -> None:
-        if not 0 < self.kv_cache_gib < float("inf"):
-            raise UserError(f"kv_cache_gib must be a positive number, got {self.kv_cache_gib}")
+        check_number(self.kv_cache_gib, low=0, low_open=True, name="kv_cache_gib")
         for name in ("rows", "queue", "max_n", "length_bucket"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+            check_integer(getattr(self, name), low=1, name=name)
         if self.rows < 2:
             raise UserError(f"rows must be >= 2 (an image takes two rows), got {self.rows}")
 

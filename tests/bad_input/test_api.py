@@ -64,3 +64,20 @@ def test_empty_and_mismatched_questions(tiny_pipeline, photo):
 def test_bad_request_values_are_user_errors(build):
     with pytest.raises(UserError):
         build()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"kv_cache_gib": 0}, "kv_cache_gib must be > 0, got 0"),
+    ({"kv_cache_gib": float("nan")}, "kv_cache_gib must be a finite number"),
+    ({"kv_cache_gib": "4"}, "kv_cache_gib must be a number, got '4'"),
+    ({"rows": True}, "rows must be an integer, got True"),
+    ({"rows": 1}, "rows must be >= 2 (an image takes two rows)"),
+    ({"queue": 0}, "queue must be >= 1, got 0"),
+    ({"max_n": 2.0}, "max_n must be an integer, got 2.0"),
+])
+def test_bad_engine_settings_are_user_errors(kwargs, message):
+    from openjanus.inference.engine import EngineConfig
+
+    with pytest.raises(UserError) as e:
+        EngineConfig(**kwargs)
+    assert message in str(e.value)
