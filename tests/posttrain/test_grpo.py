@@ -186,7 +186,7 @@ def test_lora_grpo_run_exports_adapter_and_merged_weights(tmp_path, tiny_checkpo
     assert (a - c).abs().max() > 1e-4  # and the adapter learned something
 
 
-@pytest.mark.parametrize("name", ["demo-grpo.json", "demo-grpo-v3.json", "demo-gcpo-v3.json"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs" / "posttrain").glob("demo-*.json")))
 def test_demo_grpo_configs_load_and_train_on_the_training_split_only(name):
     cfg = PostTrainConfig.load(REPO / "configs" / "posttrain" / name)
     assert cfg.method == "grpo" and cfg.split == "train" and cfg.rewards == {"shapes": 1.0}
