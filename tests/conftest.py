@@ -76,6 +76,16 @@ def tiny_pipeline(tiny_checkpoint):
     return JanusPipeline.load(str(tiny_checkpoint), device="cpu", dtype="float32")
 
 
+@pytest.fixture
+def pipe(tiny_pipeline):
+    """The tiny pipeline with an engine of 16 rows, closed after the test."""
+    from openjanus.inference.engine import EngineConfig
+
+    engine = tiny_pipeline.start_engine(EngineConfig(rows=16))
+    yield tiny_pipeline
+    engine.close()
+
+
 @pytest.fixture(scope="module")
 def proc(tiny_checkpoint):
     """The tiny checkpoint's processor (training-data tests)."""

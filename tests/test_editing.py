@@ -24,13 +24,6 @@ from openjanus.requests import ChatRequest, ImageProgress, ImageRequest, Samplin
 GREEDY = SamplingParams(temperature=0.0)
 
 
-@pytest.fixture
-def pipe(tiny_pipeline):
-    engine = tiny_pipeline.start_engine(EngineConfig(rows=16))
-    yield tiny_pipeline
-    engine.close()
-
-
 def photo(size=(32, 32), seed=0) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))

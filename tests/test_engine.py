@@ -23,13 +23,6 @@ from openjanus.requests import ChatRequest, ImageProgress, ImageRequest, Message
 GREEDY = SamplingParams(temperature=0.0)
 
 
-@pytest.fixture
-def pipe(tiny_pipeline):
-    engine = tiny_pipeline.start_engine(EngineConfig(rows=16))
-    yield tiny_pipeline
-    engine.close()
-
-
 def image_requests() -> list[ImageRequest]:
     return [
         ImageRequest("a red circle", n=2, seed=1),

@@ -9,6 +9,7 @@ import dataclasses
 
 import pytest
 import torch
+from chi_square import chi_square
 from conftest import build_tiny
 
 import openjanus.inference.runner as gen
@@ -81,22 +82,6 @@ def jacobi_first(model, prompt, n, seed, n_tokens=2, window=3, sampler="mcsjd"):
             key = tuple(s.tokens[0].tolist())
             counts[key] = counts.get(key, 0) + 1
     return counts
-
-
-def chi_square(counts, joint) -> tuple[float, float]:
-    """(statistic, critical value at p = 0.001); outcomes expected fewer than 5 times are pooled
-    (one unlucky draw of a rare outcome would otherwise dominate the statistic)."""
-    n = sum(counts.values())
-    if not set(counts) <= set(joint):
-        return float("inf"), 0.0  # an outcome the plain sampler can never produce
-    rare = [k for k, p in joint.items() if n * p < 5]
-    bins = [(counts.get(k, 0), n * p) for k, p in joint.items() if n * p >= 5]
-    if rare:
-        bins.append((sum(counts.get(k, 0) for k in rare), n * sum(joint[k] for k in rare)))
-    dof = len(bins) - 1
-    # Wilson-Hilferty's chi-square quantile (z = 3.09 at p = 0.001): within 0.3% from 5 dof up.
-    critical = dof * (1 - 2 / (9 * dof) + 3.09 * (2 / (9 * dof)) ** 0.5) ** 3
-    return sum((c - e) ** 2 / e for c, e in bins), critical
 
 
 N_SAMPLES = 2400
