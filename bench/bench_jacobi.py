@@ -14,6 +14,9 @@ tokens each image gains per pass, seconds per request and per image, and the rat
 - MC-SJD (arXiv 2510.24211: drafts redrawn coupled to the previous ones) with each window;
 - Gumbel Jacobi (fixed Gumbel noise per image position, Song et al. 2021: the image depends on
   the seed only; `openjanus.inference.sampling`) with each window;
+- with `--branches K ...`: Gumbel Jacobi whose window is verified on K rows at once, each with
+  another candidate for its first draft (`ImageRequest.jacobi_branches`; K - 1 extra rows of
+  the window a pass, so K times the positions);
 - `auto`: the window the engine would choose (`openjanus.inference.autowindow`), measured on
   this machine, with the acceptance seen in the runs before it; with the Gumbel sampler, as the
   engine runs it (no window: a plain job sampling by the same noise, so the same images).
@@ -46,6 +49,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--modes", nargs="+", default=["greedy", "sampled"], choices=["greedy", "sampled"])
     ap.add_argument("--samplers", nargs="+", default=["sjd", "mcsjd", "gumbel"], choices=list(NAMES))
+    ap.add_argument("--branches", type=int, nargs="*", default=[],
+                    help="also Gumbel Jacobi verifying each window on this many rows (first-draft candidates)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -65,7 +70,7 @@ def main() -> None:
     ids = [tok.encode(pipe.processor.t2i_prompt(p)) for p in prompts]
 
     def run(runner: BatchRunner, images: int, window: int, sampler: str, sampling: SamplingParams,
-            seed: int) -> tuple[float, float]:
+            seed: int, branches: int = 1) -> tuple[float, float]:
         """(seconds per request, forward passes per request), over the prompts."""
         passes = 0
         t = time.perf_counter()
@@ -73,7 +78,7 @@ def main() -> None:
             streams = [torch.Generator().manual_seed(1000 * seed + 100 * k + i) for i in range(images)]
             if window:
                 jobs = [image_job(prompt, tok.pad_id, 1, 5.0, sampling, g, n_tokens, jacobi=window,
-                                  jacobi_sampler=sampler) for g in streams]
+                                  jacobi_sampler=sampler, branches=branches) for g in streams]
             elif sampler == "gumbel" and sampling.temperature > 0:  # auto's plain decoding: the same images
                 jobs = [image_job(prompt, tok.pad_id, images, 5.0, sampling, streams, n_tokens, gumbel=True)]
             else:
@@ -88,27 +93,28 @@ def main() -> None:
     print(f"model {pipe.name} ({args.dtype}), {len(prompts)} prompts x {n_tokens} tokens per image, "
           f"{torch.get_num_threads()} threads; median of {args.repeats} repeats (seeds), the contenders "
           "interleaved within each; 'spread' is the lowest and highest of the repeats' ratios to plain")
-    print(f"{'mode':<8}{'images':>7} {'method':<8}{'window':>7}{'passes':>8}{'tokens/pass':>12}"
+    print(f"{'mode':<8}{'images':>7} {'method':<10}{'window':>7}{'passes':>8}{'tokens/pass':>12}"
           f"{'s/request':>10}{'s/image':>9}{'vs plain':>9}{'spread':>13}")
     for mode in args.modes:
         sampling = SamplingParams(0.0) if mode == "greedy" else SamplingParams(1.0)
         for images in args.images:
-            runner = BatchRunner(pipe.model, rows=2 * images)
+            runner = BatchRunner(pipe.model, rows=2 * images * max([1, *args.branches]))
             chooser = WindowChooser(pipe.model, lambda greedy, r=runner: tuple(r.draft_stats[greedy]))
-            contenders = [("plain", 0, "")]
+            contenders = [("plain", 0, "", 1)]
             for w in args.windows:
-                contenders += [(NAMES[s], w, s) for s in args.samplers]
-            contenders.append(("auto", None, AUTO_SAMPLER))
+                contenders += [(NAMES[s], w, s, 1) for s in args.samplers]
+                contenders += [(f"Gumbel x{k}", w, "gumbel", k) for k in args.branches if k > 1]
+            contenders.append(("auto", None, AUTO_SAMPLER, 1))
             run(runner, images, 0, "", sampling, 99)  # warm-up (allocates the cache)
             results: dict[int, list[tuple[float, float]]] = {i: [] for i in range(len(contenders))}
             auto_window = 0
             for seed in range(args.repeats):
-                for i, (_, window, sampler) in enumerate(contenders):
+                for i, (_, window, sampler, branches) in enumerate(contenders):
                     if window is None:  # from the acceptance the runs before it fed the counters with
                         window = auto_window = chooser.choose(images, greedy=mode == "greedy")
-                    results[i].append(run(runner, images, window, sampler, sampling, seed))
+                    results[i].append(run(runner, images, window, sampler, sampling, seed, branches))
             plain = [secs for secs, _ in results[0]]
-            for i, (method, window, _) in enumerate(contenders):
+            for i, (method, window, _, _) in enumerate(contenders):
                 window = auto_window if window is None else window
                 secs = statistics.median(r[0] for r in results[i])
                 passes = statistics.median(r[1] for r in results[i])
@@ -119,7 +125,7 @@ def main() -> None:
                        "seconds_per_request": round(secs, 3), "seconds_per_image": round(secs / images, 4),
                        "vs_plain": round(ratio, 2), "vs_plain_spread": [round(min(ratios), 2), round(max(ratios), 2)]}
                 rows.append(row)
-                print(f"{mode:<8}{images:>7} {method:<8}{window:>7}{passes:>8.1f}{n_tokens / passes:>12.2f}"
+                print(f"{mode:<8}{images:>7} {method:<10}{window:>7}{passes:>8.1f}{n_tokens / passes:>12.2f}"
                       f"{secs:>10.3f}{secs / images:>9.4f}{ratio:>8.2f}x  {min(ratios):.2f}-{max(ratios):.2f}x",
                       flush=True)
     if args.json:

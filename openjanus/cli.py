@@ -25,7 +25,7 @@ from openjanus.options import (
     ExamplesHelpFormatter,
     ModelOptions,
     Parser,
-    add_jacobi_sampler,
+    add_jacobi_options,
     add_sampling,
     add_seed,
     demo_examples,
@@ -154,7 +154,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         _notice(card, prompt, "prompt")
     # Prompt i uses seed + i, so two prompts of one run never share a random stream.
     requests = [ImageRequest(p, n=args.n, guidance=args.guidance, sampling=sampling, seed=args.seed + i,
-                             jacobi=args.jacobi, jacobi_sampler=args.jacobi_sampler, size=args.size,
+                             jacobi=args.jacobi, jacobi_sampler=args.jacobi_sampler,
+                             jacobi_branches=args.jacobi_branches, size=args.size,
                              seed_per_image=args.seed_per_image)
                 for i, p in enumerate(args.prompt)]
     _generate_to_folder(args, requests, {"size": args.size})
@@ -176,7 +177,8 @@ def cmd_edit(args: argparse.Namespace) -> None:
     _notice(card, " ".join(args.prompt), "prompt")
     sampling = sampling_params(args, card.defaults.image.sampling)
     requests = [ImageRequest(" ".join(args.prompt), n=args.n, guidance=args.guidance, sampling=sampling,
-                             seed=args.seed, jacobi=args.jacobi, jacobi_sampler=args.jacobi_sampler, size=args.size,
+                             seed=args.seed, jacobi=args.jacobi, jacobi_sampler=args.jacobi_sampler,
+                             jacobi_branches=args.jacobi_branches, size=args.size,
                              image=Path(args.image),
                              mask=Path(args.mask) if args.mask else None, region=region, outpaint=outpaint,
                              overlap=args.overlap, keep_pixels=args.keep_pixels)]
@@ -236,7 +238,7 @@ def _generate(pipe, args: argparse.Namespace, out: Path, requests: list[ImageReq
         "prompts": [r.prompt for r in requests], "n": args.n, "guidance": ran.guidance,
         "temperature": ran.sampling.temperature,
         "top_k": ran.sampling.top_k, "top_p": ran.sampling.top_p, "seed": args.seed, "jacobi": args.jacobi,
-        "jacobi_sampler": ran.jacobi_sampler,
+        "jacobi_sampler": ran.jacobi_sampler, "jacobi_branches": ran.jacobi_branches,
         "seed_per_image": ran.seed_per_image,
         "quantize": args.quantize, "roles": args.roles, "weights": pipe.weights, "rows": engine.rows,
         "kv_cache_gib": engine.kv_cache_gib, "compile": engine.compile, "seconds": round(seconds, 3),
@@ -265,13 +267,14 @@ def _generate_prompt_file(args: argparse.Namespace) -> None:
     def settings_of(pipe) -> BatchSettings:
         return BatchSettings(weights=pipe.weights, temperature=sampling.temperature, top_k=sampling.top_k,
                              top_p=sampling.top_p, guidance=guidance, seed=args.seed, jacobi=args.jacobi,
-                             jacobi_sampler=ImageRequest("-", jacobi=args.jacobi,
-                                                         jacobi_sampler=args.jacobi_sampler).jacobi_sampler
+                             jacobi_sampler=ImageRequest("-", jacobi=args.jacobi, jacobi_sampler=args.jacobi_sampler,
+                                                         jacobi_branches=args.jacobi_branches).jacobi_sampler
                              if args.jacobi else None)
 
     def request_of(unit) -> ImageRequest:
         return ImageRequest(unit.line.prompt, n=1, guidance=unit.guidance, sampling=sampling, seed=unit.seed,
-                            jacobi=args.jacobi, jacobi_sampler=args.jacobi_sampler, size=unit.line.size)
+                            jacobi=args.jacobi, jacobi_sampler=args.jacobi_sampler,
+                            jacobi_branches=args.jacobi_branches, size=unit.line.size)
 
     run_batch_job(Path(args.prompts), Path(args.out), load=lambda: open_pipeline(args), settings_of=settings_of,
                   request_of=request_of, geometry=_geometry(args.model), device=device,
@@ -467,7 +470,7 @@ def register(sub: Any) -> None:
     p.add_argument("--jacobi", type=jacobi_flag, default=ImageRequest.jacobi,
                    help="speculative Jacobi window: drafts per forward pass (0 = off), or 'auto' to pick "
                         "the window (or none) from what this machine measures")
-    add_jacobi_sampler(p)
+    add_jacobi_options(p)
     p.add_argument("--seed-per-image", action="store_true",
                    help="give each image a random stream of its own (recorded in run.json), so -n 1 --seed <its seed> "
                         "regenerates it alone; without it the images share one stream, as the official sampler does")
@@ -510,7 +513,7 @@ def register(sub: Any) -> None:
                         "(default); --no-keep-pixels: the whole image as the VQ decoder reconstructs it")
     p.add_argument("--jacobi", type=jacobi_flag, default=ImageRequest.jacobi,
                    help="speculative Jacobi window (0 = off), or 'auto'")
-    add_jacobi_sampler(p)
+    add_jacobi_options(p)
     p.add_argument("--overwrite", action="store_true", help="write into a folder that holds an earlier run")
     p.set_defaults(func=cmd_edit)
 

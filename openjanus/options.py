@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from openjanus.inference.pipeline import JanusPipeline
 
 __all__ = ["Parser", "number_flag", "integer_flag", "seed_flag", "ModelOptions", "EngineOptions", "open_pipeline",
-           "add_seed", "add_sampling", "add_jacobi_sampler", "jacobi_flag", "sampling_params", "default_of",
+           "add_seed", "add_sampling", "add_jacobi_options", "jacobi_flag", "sampling_params", "default_of",
            "model_default", "demo_examples", "ExamplesHelpFormatter"]
 
 
@@ -74,13 +74,18 @@ def integer_flag(low: int | None = None, high: int | None = None):
 seed_flag = integer_flag(0, MAX_SEED)
 
 
-def add_jacobi_sampler(p: argparse.ArgumentParser) -> None:
-    """`--jacobi-sampler`: how sampled Jacobi images draw (`ImageRequest.jacobi_sampler`)."""
+def add_jacobi_options(p: argparse.ArgumentParser) -> None:
+    """`--jacobi-sampler`: how sampled Jacobi images draw (`ImageRequest.jacobi_sampler`);
+    `--jacobi-branches`: rows verifying each window (`ImageRequest.jacobi_branches`)."""
     p.add_argument("--jacobi-sampler", choices=JACOBI_SAMPLERS, default=None,
                    help="with --jacobi, how sampled images draw: mcsjd (speculative sampling, coupled redraws: the "
                         "most tokens per pass), gumbel (fixed noise per image position: the image depends on the "
                         "seed alone, whatever the window) or sjd (independent redraws); all follow plain "
-                        "sampling's distribution (default: mcsjd with a window, gumbel with --jacobi auto)")
+                        "sampling's distribution (default: mcsjd with a window, gumbel with --jacobi auto or "
+                        "--jacobi-branches)")
+    p.add_argument("--jacobi-branches", type=integer_flag(1, 64), default=1, metavar="K",
+                   help="with --jacobi N (greedy or gumbel): verify each window on K rows at once, each with another "
+                        "candidate for its first draft: fewer forward passes for K times the rows, the same images")
 
 
 def jacobi_flag(text: str) -> int | str:

@@ -108,9 +108,12 @@ class ImageRequest:
     reproduces them only with the same window) or "gumbel" (fixed Gumbel noise per image
     position: the tokens are a function of the seed alone, the same for every window, and for
     "auto" whatever it picks). None: "mcsjd" with a window (the most tokens per pass measured),
-    "gumbel" with "auto" (its images then do not depend on what it measured). Either way the
-    images follow plain sampling's distribution, but they are other draws than plain decoding's
-    for the same seed.
+    "gumbel" with "auto" (its images then do not depend on what it measured) or with branches.
+    Either way the images follow plain sampling's distribution, but they are other draws than
+    plain decoding's for the same seed. `jacobi_branches` > 1 (with a window; greedy or "gumbel")
+    verifies each image's window on that many rows at once, each with another candidate for its
+    first draft, and keeps the row the model agrees with longest: fewer forward passes for
+    `jacobi_branches` times the rows, and the very same tokens.
     """
 
     prompt: str
@@ -120,6 +123,7 @@ class ImageRequest:
     seed: int | None = 0
     jacobi: int | Literal["auto"] = 0
     jacobi_sampler: Literal["gumbel", "mcsjd", "sjd"] | None = None
+    jacobi_branches: int = 1
     size: tuple[int, int] | str | None = None
     image: ImageInput | None = None
     mask: ImageInput | Tensor | None = None
@@ -147,10 +151,18 @@ class ImageRequest:
             raise UserError(f"jacobi must be an integer in [0, 64] or 'auto', got {self.jacobi!r}")
         if self.jacobi != "auto":
             _count("jacobi", self.jacobi, 0, 64)
+        _count("jacobi_branches", self.jacobi_branches, 1, 64)
+        branched = self.jacobi_branches > 1
+        if branched and (self.jacobi == "auto" or not self.jacobi):
+            raise UserError(f"jacobi_branches={self.jacobi_branches} verifies a fixed window's drafts on several rows: "
+                            "give a window (jacobi=N, --jacobi N)")
         if self.jacobi_sampler is None:
-            object.__setattr__(self, "jacobi_sampler", "gumbel" if self.jacobi == "auto" else "mcsjd")
+            object.__setattr__(self, "jacobi_sampler", "gumbel" if self.jacobi == "auto" or branched else "mcsjd")
         if self.jacobi_sampler not in JACOBI_SAMPLERS:
             raise UserError(f"jacobi_sampler must be one of {', '.join(JACOBI_SAMPLERS)}, got {self.jacobi_sampler!r}")
+        if branched and self.jacobi_sampler != "gumbel":
+            raise UserError(f"jacobi_branches needs the gumbel sampler (a branch's drafts are kept iff they are the "
+                            f"noisy argmax, so any branch may win), got jacobi_sampler={self.jacobi_sampler!r}")
         if isinstance(self.size, str):
             object.__setattr__(self, "size", parse_size(self.size))
         elif self.size is not None:

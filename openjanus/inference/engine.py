@@ -655,6 +655,9 @@ class Engine:
         per_chunk = rows_that_fit(self.model, len(ids) + cfg.num_gen_tokens, self.config) // 2
         if per_chunk < 1:
             raise UserError(f"one image needs {per_image} cached tokens; the engine allows {self.max_cached_tokens}")
+        if request.jacobi_branches > per_chunk:
+            raise UserError(f"jacobi_branches={request.jacobi_branches} takes {2 * request.jacobi_branches} rows per "
+                            f"image; this engine fits {2 * per_chunk} (--rows, --kv-cache-gib)")
         own_streams = self._seed_per_image(request)  # before auto picks a window: "auto" draws per image
         gumbel = False
         if request.jacobi == "auto":  # the window, or plain decoding, from what this machine measures
@@ -674,7 +677,8 @@ class Engine:
             generators = [self._generator(image_seed(seed, i)) for i in range(request.n)]
             if request.jacobi:  # one job per image (each keeps its own window), all running at once
                 return [image_job(ids, tok.pad_id, 1, request.guidance, request.sampling, g, cfg.num_gen_tokens,
-                                  jacobi=request.jacobi, jacobi_sampler=request.jacobi_sampler)
+                                  jacobi=request.jacobi, jacobi_sampler=request.jacobi_sampler,
+                                  branches=request.jacobi_branches)
                     for g in generators], len(ids), None
             jobs, start = [], 0
             for k in chunk_sizes(request.n, per_chunk):

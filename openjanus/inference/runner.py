@@ -39,12 +39,15 @@ from torch import Tensor
 
 from openjanus.errors import UserError
 from openjanus.inference.sampling import (
+    branch_drafts,
     cfg_combine,
     filter_logits,
+    first_draft_alternatives,
     gumbel_drafts,
     gumbel_key,
     gumbel_noise,
     gumbel_tokens,
+    longest_run,
     next_drafts,
     non_finite,
     sample,
@@ -106,6 +109,10 @@ class Job:
     # Sampled Jacobi: "mcsjd" (drafts redrawn coupled to the previous ones), "gumbel" (fixed
     # Gumbel noise per position: drafts kept iff they equal the noisy argmax) or "sjd" (afresh).
     jacobi_sampler: JacobiSampler = "mcsjd"
+    # Jacobi jobs: rows (pairs of CFG rows) verifying the window at once, each with another
+    # candidate for its first draft (greedy and Gumbel only: the drafts are kept iff they are the
+    # deterministic argmax, so any row may win); the job then holds 2 x branches rows.
+    branches: int = 1
     # Plain image jobs: sample by the same fixed Gumbel noise per position as a "gumbel" Jacobi job
     # (one generator per image), so their tokens are those of any Jacobi window (jacobi="auto"
     # choosing no window); False: the plain sampler's draws from `generator`.
@@ -122,16 +129,20 @@ class Job:
             raise ValueError("a job's rows must be non-empty and of equal length")
         if self.kind == "image" and len(self.prompt_ids) % 2:
             raise ValueError("an image job has a conditional and an unconditional row per image")
-        if self.jacobi and (self.kind != "image" or self.n_rows != 2):
-            raise ValueError("speculative Jacobi decoding runs one image per job")
+        if self.branches < 1 or (self.branches > 1 and not self.jacobi):
+            raise ValueError(f"branches (>= 1) are rows of a Jacobi job's window, got {self.branches}")
+        if self.jacobi and (self.kind != "image" or self.n_rows != 2 * self.branches):
+            raise ValueError("speculative Jacobi decoding runs one image per job (two rows per branch)")
+        if self.branches > 1 and self.sampling.temperature > 0 and self.jacobi_sampler != "gumbel":
+            raise ValueError("branches verify greedy or Gumbel drafts only (kept iff they are the argmax)")
         if self.gumbel and (self.jacobi or not isinstance(self.generator, Sequence)
-                            or len(self.generator) != self.n_rows // 2):
+                            or len(self.generator) != self.images):
             raise ValueError("a plain Gumbel job has no window and a generator per image")
         if self.jacobi_sampler not in JACOBI_SAMPLERS:
             raise ValueError(f"jacobi_sampler must be one of {', '.join(JACOBI_SAMPLERS)}, got {self.jacobi_sampler!r}")
         if self.known is not None:
-            if self.kind != "image" or tuple(self.known.shape) != (self.n_rows // 2, self.steps):
-                raise ValueError(f"known tokens of an image job are [images, steps] = [{self.n_rows // 2}, "
+            if self.kind != "image" or tuple(self.known.shape) != (self.images, self.steps):
+                raise ValueError(f"known tokens of an image job are [images, steps] = [{self.images}, "
                                  f"{self.steps}], got {list(self.known.shape)}")
             sampled = (self.known < 0).cpu()
             if bool((sampled != sampled[0]).any()):
@@ -173,18 +184,22 @@ class Job:
     @property
     def images(self) -> int:
         """Images an image job makes (0 for text)."""
-        return self.n_rows // 2 if self.kind == "image" else 0
+        return self.n_rows // (2 * self.branches) if self.kind == "image" else 0
 
 
 @dataclass
 class _Drafts:
-    """Speculative Jacobi state: hidden states of the last window [2, m, D], its draft tokens
-    [m-1] and the distributions they were drawn from [m-1, V] (None when greedy or Gumbel);
-    Gumbel Jacobi: the image's noise key and the noise rows [V] of the positions in reach."""
+    """Speculative Jacobi state: hidden states of the last window [2 x branches, m, D], its draft
+    tokens [m-1] and the distributions they were drawn from [m-1, V] (None when greedy or Gumbel);
+    with branches, the other rows' first drafts [branches - 1] (their later drafts are the same)
+    and the row whose run was kept last; Gumbel Jacobi: the image's noise key and the noise rows
+    [V] of the positions in reach."""
 
     window: Tensor
     tokens: Tensor | None = None
     proposals: Tensor | None = None
+    alternatives: Tensor | None = None
+    winner: int = 0
     key: int | None = None
     noise: dict[int, Tensor] = field(default_factory=dict)
 
@@ -435,27 +450,45 @@ class JacobiDecoder(Decoder):
         finished: list[JobState] = []
         going: list[tuple[JobState, Tensor]] = []
         for s, w, lg in zip(states, windows, logits.split([w.shape[0] * w.shape[1] for w in windows])):
-            kept = s.drafts_accepted
+            kept, before = s.drafts_accepted, s.done_steps
             try:
-                window = self._next_window(s, lg.view(2, w.shape[1], -1))
+                window = self._next_window(s, lg.view(w.shape[0], w.shape[1], -1))
             except RuntimeError:  # non-finite logits (multinomial refuses them too)
                 s.error = NonFiniteLogits()
                 window = None
-            # Drafts verified: those kept, and the first rejected one if any was.
+            if window is not None and s.job.branches > 1:
+                runner.share_branch(s, before)
+            # Drafts verified: those kept, and the first rejected one if any was (one row's
+            # acceptance, what `auto` weighs windows with: branched jobs are not counted).
             kept = s.drafts_accepted - kept
-            stats = runner.draft_stats[s.job.sampling.temperature == 0]
-            stats[0] += kept
-            stats[1] += kept + (kept < w.shape[1] - 1)
+            if s.job.branches == 1:
+                stats = runner.draft_stats[s.job.sampling.temperature == 0]
+                stats[0] += kept
+                stats[1] += kept + (kept < w.shape[1] - 1)
             if window is None:
                 finished.append(s)
             else:
                 going.append((s, window))
         feeds: list[Feed] = []
         if going:
-            h = model.embed_image_tokens(torch.cat([w for _, w in going]))  # [sum L, D]
-            for (s, _), hs in zip(going, h.split([len(w) for _, w in going])):
-                feeds.append((s, s._row_ids(), hs[None].expand(2, -1, -1)))
+            going = [(s, self._branch_rows(s, w)) for s, w in going]  # [branches, L] each
+            h = model.embed_image_tokens(torch.cat([w.flatten() for _, w in going]))  # [sum L, D]
+            for (s, w), hs in zip(going, h.split([w.numel() for _, w in going])):
+                # Each branch's window on its conditional and unconditional rows.
+                feeds.append((s, s._row_ids(), hs.view(*w.shape, -1).repeat_interleave(2, dim=0)))
         return finished, feeds
+
+    @staticmethod
+    def _branch_rows(s: JobState, window: Tensor) -> Tensor:
+        """The window [L] (the new exact token, then the drafts) as each branch feeds it: [branches,
+        L], branch b > 0 with its own first draft."""
+        d, branches = s.drafts, s.job.branches
+        rows = window.expand(branches, -1)
+        if d.alternatives is None:
+            return rows
+        rows = rows.clone()
+        rows[1:, 1] = d.alternatives
+        return rows
 
     def fed(self, runner: BatchRunner, state: JobState, rows: Tensor, out: Tensor) -> None:
         state.drafts.window = out
@@ -468,11 +501,12 @@ class JacobiDecoder(Decoder):
         m = logits.shape[1]
         base = s.done_steps  # the position output 0 predicts
         known = job.known[0] if job.known is not None else None  # [steps], -1 where sampled
-        guided = logits[1] + job.guidance * (logits[0] - logits[1])  # [m, V], as cfg_combine
+        # [branches, m, V], as cfg_combine: each branch's (cond, uncond) rows.
+        guided = logits[1::2] + job.guidance * (logits[0::2] - logits[1::2])
         s.nonfinite |= non_finite(guided)
         greedy = job.sampling.temperature == 0
         gumbel = not greedy and job.jacobi_sampler == "gumbel"
-        probs = best = scores = None
+        probs = best = scores = noise = None
         if greedy:
             best = guided.argmax(-1)
         else:
@@ -480,12 +514,21 @@ class JacobiDecoder(Decoder):
             if gumbel:  # each output's token: its position's noisy argmax, a deterministic function
                 if d.key is None:
                     d.key = gumbel_key(job.generator)
-                best = gumbel_tokens(scores, d.gumbel(range(base, base + m), scores.shape[-1], scores.device))
+                noise = d.gumbel(range(base, base + m), scores.shape[-1], scores.device)
+                best = gumbel_tokens(scores, noise)
             else:
-                probs = torch.softmax(scores, dim=-1)
+                probs = torch.softmax(scores[0], dim=-1)
         drafts = d.tokens if d.tokens is not None else torch.empty(0, dtype=torch.long, device=guided.device)
-        tokens, accepted = verify_window(probs, best, drafts, d.proposals, job.generator,
-                                         known=None if known is None else known[base:base + m])
+        known_here = None if known is None else known[base:base + m]
+        # The branch whose drafts the model kept longest (the first on ties: the main row); every
+        # branch saw the same exact prefix, so its kept run is exact.
+        d.winner = 0 if d.alternatives is None else longest_run(
+            best, branch_drafts(drafts, d.alternatives), known_here)
+        if d.winner:
+            drafts = torch.cat([d.alternatives[d.winner - 1:d.winner], drafts[1:]])
+        if best is not None:
+            best = best[d.winner]
+        tokens, accepted = verify_window(probs, best, drafts, d.proposals, job.generator, known=known_here)
         tokens = tokens[:job.steps - base]
         s.tokens[0, base:base + len(tokens)] = tokens
         s.done_steps += len(tokens)
@@ -514,6 +557,16 @@ class JacobiDecoder(Decoder):
             d.tokens, d.proposals = next_drafts(
                 probs, best, drafts, d.proposals, accepted, n_drafts, job.generator,
                 coupled=job.jacobi_sampler == "mcsjd", known=known_next)
+        d.alternatives = None
+        if job.branches > 1 and (known_next is None or bool(known_next[0] < 0)):
+            # The other branches' first drafts: the next best candidates at the first draft's
+            # position, by the pass's output there (past the window: its last output, a proxy),
+            # with that position's own noise when Gumbel.
+            j = min(len(tokens), m - 1)
+            ranked = guided[d.winner, j] if greedy else (
+                scores[d.winner, j].float() + d.gumbel(range(s.done_steps, s.done_steps + 1),
+                                                       scores.shape[-1], scores.device)[0])
+            d.alternatives = first_draft_alternatives(ranked, d.tokens[0], job.branches - 1)
         return torch.cat([tokens[-1:], d.tokens])
 
 
@@ -523,7 +576,8 @@ def _prefill_key(job: Job) -> tuple | None:
     for jobs whose prefill is never shared."""
     if job.kind != "image" or job.known is not None:
         return None
-    return tuple(tuple(r) for r in job.prompt_ids)
+    # A branched job prefills its first branch's rows alone: not the pass of a job with its rows.
+    return job.branches, tuple(tuple(r) for r in job.prompt_ids)
 
 
 def _position_keys(job: Job, image_hashes: list[bytes]) -> tuple:
@@ -761,6 +815,8 @@ class BatchRunner:
         positions from `start` (slots before it already hold keys/values, from the prefix cache),
         written straight into the job's rows of the cache."""
         device = self.device
+        branches = state.job.branches
+        h = h[:h.shape[0] // branches]  # a Jacobi job's branches share one prompt: run it once
         R, T = h.shape[:2]
         slots = torch.arange(start, start + T, device=device)
         positions = slots.expand(R, T)
@@ -769,7 +825,25 @@ class BatchRunner:
         # The prompt fills slots 0..start+T-1 of its own rows: attend over those only.
         self.passes += 1
         out = self.model.llm(h, positions, mask=mask, cache=cache, slots=slots, kv_len=start + T)[:, -1]
+        if branches > 1:
+            self._copy_rows(state, 0, slice(0, start + T))
+            out = out.repeat(branches, 1)
         self._start(state, out)
+
+    def _copy_rows(self, state: JobState, branch: int, slots: slice) -> None:
+        """Copy the keys/values of one branch's rows of a Jacobi job, at `slots`, to its others."""
+        first, span = state.start_row, 2 * state.job.branches
+        src = slice(first + 2 * branch, first + 2 * branch + 2)
+        dst = [r for r in range(first, first + span) if not src.start <= r < src.stop]
+        for t in [*self.cache.k, *self.cache.v]:
+            t[dst, :, slots] = t[src, :, slots].repeat(len(dst) // 2, 1, 1, 1)
+
+    def share_branch(self, state: JobState, before: int) -> None:
+        """After a branched Jacobi pass: every branch takes the keys/values of the tokens the
+        winning branch kept (its slots from the newest exact token fed, before the pass had made
+        `before` tokens, up to the newest now), so all start the next window from the same prefix."""
+        first = state.job.prompt_len + before - 1
+        self._copy_rows(state, state.drafts.winner, slice(first, state.next_slot))
 
     def _copy_prefill(self, src: JobState, state: JobState) -> None:
         """Start `state` from the prefill of `src`, a job of the same prompt rows prefilled earlier in
@@ -898,8 +972,9 @@ class BatchRunner:
 
 def image_job(prompt_ids: Sequence[int], pad_id: int, n: int, guidance: float, sampling: SamplingParams,
               generator: torch.Generator | None, num_tokens: int, jacobi: int = 0,
-              jacobi_sampler: JacobiSampler = "mcsjd", gumbel: bool = False) -> Job:
-    """The job of `n` images of one prompt: (conditional, unconditional) rows per image."""
-    rows = [list(prompt_ids), unconditional_prompt(prompt_ids, pad_id)] * n
+              jacobi_sampler: JacobiSampler = "mcsjd", gumbel: bool = False, branches: int = 1) -> Job:
+    """The job of `n` images of one prompt: (conditional, unconditional) rows per image (per
+    branch of a Jacobi image)."""
+    rows = [list(prompt_ids), unconditional_prompt(prompt_ids, pad_id)] * (n * branches)
     return Job("image", rows, num_tokens, sampling, generator, guidance=guidance, jacobi=jacobi,
-               jacobi_sampler=jacobi_sampler, gumbel=gumbel)
+               jacobi_sampler=jacobi_sampler, gumbel=gumbel, branches=branches)

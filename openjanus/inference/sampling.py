@@ -223,6 +223,33 @@ def verify_window(probs: Tensor | None, best: Tensor | None, drafts: Tensor, pro
     return torch.cat([drafts[:accepted], new]), accepted
 
 
+def branch_drafts(drafts: Tensor, alternatives: Tensor) -> Tensor:
+    """The drafts of every branch of a window: [1 + len(alternatives), n], row 0 `drafts` [n] and
+    row b the same with its first draft `alternatives[b - 1]`."""
+    rows = drafts.expand(1 + len(alternatives), -1).clone()
+    rows[1:, 0] = alternatives
+    return rows
+
+
+def longest_run(best: Tensor, drafts: Tensor, known: Tensor | None = None) -> int:
+    """The branch whose drafts [K, m-1] the window keeps longest, the outputs being exact argmaxes
+    `best` [K, m] (greedy, or Gumbel's noisy argmax): the first such branch on ties, so the main
+    row (0) wins unless another keeps more. known [<= m]: tokens fixed in advance (kept)."""
+    m = best.shape[1]
+    ok = best[:, :m - 1] == drafts
+    if known is not None:
+        ok = ok | (known[:m - 1] >= 0)
+    return int(ok.long().cumprod(1).sum(1).argmax())
+
+
+def first_draft_alternatives(ranked: Tensor, draft: Tensor, count: int) -> Tensor:
+    """`count` candidates for a first draft besides `draft` itself: the best of `ranked` [V] (the
+    scores its position's token is the argmax of, or a proxy for them) other than `draft`."""
+    top = torch.topk(ranked, min(count + 1, ranked.numel())).indices
+    top = top[top != draft][:count]
+    return torch.cat([top, draft.reshape(1).expand(count - len(top))])  # a tiny vocabulary: repeats
+
+
 def next_drafts(probs: Tensor | None, best: Tensor | None, drafts: Tensor, proposals: Tensor | None,
                 accepted: int, n_drafts: int, generator: torch.Generator | None, coupled: bool = True,
                 known: Tensor | None = None) -> tuple[Tensor, Tensor | None]:

@@ -87,11 +87,12 @@ class CanvasRun:
             # One stream per image of the part (a Jacobi part holds one image).
             streams = [self._generators[(part.window.index, i)] for i in range(*part.images.indices(self.request.n))]
             known = self.tokens.known(part.window, part.images).to(self.device)
+            branches = r.jacobi_branches if r.jacobi else 1
             base = image_job(self.prompt_ids, self.pad_id, known.shape[0], r.guidance, r.sampling,
-                             streams[0] if r.jacobi else streams, self.native ** 2, r.jacobi)
+                             streams[0] if r.jacobi else streams, self.native ** 2, r.jacobi, branches=branches)
             job = Job("image", base.prompt_ids, base.steps, r.sampling, base.generator, guidance=r.guidance,
                       jacobi=r.jacobi, jacobi_sampler=r.jacobi_sampler, gumbel=self.gumbel and not r.jacobi,
-                      known=known)
+                      known=known, branches=branches)
             self.parts[job] = part
         return list(self.parts)
 

@@ -14,6 +14,7 @@ project's:
     guidance_scale (extension)             ImageRequest.guidance (classifier-free guidance scale)
     top_k, jacobi (extensions)             SamplingParams.top_k, ImageRequest.jacobi (N or "auto")
     jacobi_sampler (extension)             ImageRequest.jacobi_sampler
+    jacobi_branches (extension)            ImageRequest.jacobi_branches
     seed_per_image (extension, boolean)    ImageRequest.seed_per_image (each image its own stream)
     keep_pixels (extension, boolean)       ImageRequest.keep_pixels (edits: the source's own pixels where kept)
     usage.prompt_tokens / input_tokens     ChatResult.prompt_tokens / ImageResult.prompt_tokens
@@ -516,7 +517,8 @@ def image_request(body: dict, geometry: Geometry, settings: ServeSettings, edit:
     return ImageRequest(prompt, n=n, guidance=_number(body, "guidance_scale", 0, 100, None),
                         sampling=_sampling(body, defaults.image.sampling), seed=_seed(body),
                         jacobi=_field(body, "jacobi", (int, str), ImageRequest.jacobi),
-                        jacobi_sampler=_jacobi_sampler(body), size=wh,
+                        jacobi_sampler=_jacobi_sampler(body),
+                        jacobi_branches=_integer(body, "jacobi_branches", 1, 64, ImageRequest.jacobi_branches), size=wh,
                         seed_per_image=_field(body, "seed_per_image", bool, False),
                         keep_pixels=_field(body, "keep_pixels", bool, ImageRequest.keep_pixels), **extra)
 

@@ -45,6 +45,8 @@ def test_openai_names_map_to_the_projects():
                                     "seed_per_image": True}, DEMO, SETTINGS)
     assert image == ImageRequest("x", n=3, guidance=7.5, sampling=SamplingParams(0.5, top_k=20, top_p=0.9), seed=4,
                                  jacobi=8, jacobi_sampler="mcsjd", seed_per_image=True)
+    branched = protocol.image_request({"prompt": "x", "jacobi": 8, "jacobi_branches": 4}, DEMO, SETTINGS)
+    assert (branched.jacobi, branched.jacobi_sampler, branched.jacobi_branches) == (8, "gumbel", 4)
     chat = protocol.chat_request({**CHAT, "max_completion_tokens": 7, "temperature": 0.3, "top_p": 0.5,
                                   "stop": "zz", "seed": 2}, SETTINGS)
     assert (chat.max_new_tokens, chat.sampling, chat.stop, chat.seed) == (
@@ -63,7 +65,8 @@ def test_top_p_zero_keeps_only_the_most_likely_token_on_both_endpoints():
     ({"top_k": -1}, "top_k"), ({"seed": -1}, "seed"), ({"guidance_scale": "high"}, "guidance_scale"),
     ({"guidance_scale": 101}, "guidance_scale"), ({"top_p": True}, "top_p"),
     ({"seed_per_image": "yes"}, "seed_per_image"), ({"jacobi_sampler": "fast"}, "jacobi_sampler"),
-    ({"jacobi_sampler": 1}, "jacobi_sampler"),
+    ({"jacobi_sampler": 1}, "jacobi_sampler"), ({"jacobi": 4, "jacobi_branches": 0}, "jacobi_branches"),
+    ({"jacobi": 4, "jacobi_branches": "2"}, "jacobi_branches"), ({"jacobi": 4, "jacobi_branches": 65}, "jacobi_branches"),
 ])
 def test_bad_fields_name_the_field(body, param):
     with pytest.raises(APIError) as info:
