@@ -14,7 +14,7 @@ tokens each image gains per pass, seconds per request and per image, and the rat
 - MC-SJD (arXiv 2510.24211: drafts redrawn coupled to the previous ones) with each window;
 - Gumbel Jacobi (fixed Gumbel noise per image position, Song et al. 2021: the image depends on
   the seed only; `openjanus.inference.sampling`) with each window;
-- with `--branches K ...`: Gumbel Jacobi whose window is verified on K rows at once, each with
+- with `--branches K ...`: each sampler with its window verified on K rows at once, each with
   another candidate for its first draft (`ImageRequest.jacobi_branches`; K - 1 extra rows of
   the window a pass, so K times the positions);
 - `auto`: the window the engine would choose (`openjanus.inference.autowindow`), measured on
@@ -93,7 +93,7 @@ def main() -> None:
     print(f"model {pipe.name} ({args.dtype}), {len(prompts)} prompts x {n_tokens} tokens per image, "
           f"{torch.get_num_threads()} threads; median of {args.repeats} repeats (seeds), the contenders "
           "interleaved within each; 'spread' is the lowest and highest of the repeats' ratios to plain")
-    print(f"{'mode':<8}{'images':>7} {'method':<10}{'window':>7}{'passes':>8}{'tokens/pass':>12}"
+    print(f"{'mode':<8}{'images':>7} {'method':<11}{'window':>7}{'passes':>8}{'tokens/pass':>12}"
           f"{'s/request':>10}{'s/image':>9}{'vs plain':>9}{'spread':>13}")
     for mode in args.modes:
         sampling = SamplingParams(0.0) if mode == "greedy" else SamplingParams(1.0)
@@ -103,7 +103,7 @@ def main() -> None:
             contenders = [("plain", 0, "", 1)]
             for w in args.windows:
                 contenders += [(NAMES[s], w, s, 1) for s in args.samplers]
-                contenders += [(f"Gumbel x{k}", w, "gumbel", k) for k in args.branches if k > 1]
+                contenders += [(f"{NAMES[s]} x{k}", w, s, k) for s in args.samplers for k in args.branches if k > 1]
             contenders.append(("auto", None, AUTO_SAMPLER, 1))
             run(runner, images, 0, "", sampling, 99)  # warm-up (allocates the cache)
             results: dict[int, list[tuple[float, float]]] = {i: [] for i in range(len(contenders))}
@@ -125,7 +125,7 @@ def main() -> None:
                        "seconds_per_request": round(secs, 3), "seconds_per_image": round(secs / images, 4),
                        "vs_plain": round(ratio, 2), "vs_plain_spread": [round(min(ratios), 2), round(max(ratios), 2)]}
                 rows.append(row)
-                print(f"{mode:<8}{images:>7} {method:<10}{window:>7}{passes:>8.1f}{n_tokens / passes:>12.2f}"
+                print(f"{mode:<8}{images:>7} {method:<11}{window:>7}{passes:>8.1f}{n_tokens / passes:>12.2f}"
                       f"{secs:>10.3f}{secs / images:>9.4f}{ratio:>8.2f}x  {min(ratios):.2f}-{max(ratios):.2f}x",
                       flush=True)
     if args.json:

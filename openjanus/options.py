@@ -84,8 +84,8 @@ def add_jacobi_options(p: argparse.ArgumentParser) -> None:
                         "sampling's distribution (default: mcsjd with a window, gumbel with --jacobi auto or "
                         "--jacobi-branches)")
     p.add_argument("--jacobi-branches", type=integer_flag(1, 64), default=1, metavar="K",
-                   help="with --jacobi N (greedy or gumbel): verify each window on K rows at once, each with another "
-                        "candidate for its first draft: fewer forward passes for K times the rows, the same images")
+                   help="with --jacobi N: verify each window on K rows at once, each with another candidate for its "
+                        "first draft: fewer forward passes for K times the rows (greedy and gumbel: the same images)")
 
 
 def jacobi_flag(text: str) -> int | str:

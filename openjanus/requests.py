@@ -110,10 +110,12 @@ class ImageRequest:
     "auto" whatever it picks). None: "mcsjd" with a window (the most tokens per pass measured),
     "gumbel" with "auto" (its images then do not depend on what it measured) or with branches.
     Either way the images follow plain sampling's distribution, but they are other draws than
-    plain decoding's for the same seed. `jacobi_branches` > 1 (with a window; greedy or "gumbel")
-    verifies each image's window on that many rows at once, each with another candidate for its
-    first draft, and keeps the row the model agrees with longest: fewer forward passes for
-    `jacobi_branches` times the rows, and the very same tokens.
+    plain decoding's for the same seed. `jacobi_branches` > 1 (with a window) verifies each
+    image's window on that many rows at once, each with another candidate for its first draft:
+    fewer forward passes for `jacobi_branches` times the rows. Greedy and "gumbel" (the default
+    with branches) keep the row the model agrees with longest and give the very same tokens as
+    one row; "mcsjd" / "sjd" draw the candidates without replacement and keep one by recursive
+    rejection sampling (lossless, other draws).
     """
 
     prompt: str
@@ -160,9 +162,6 @@ class ImageRequest:
             object.__setattr__(self, "jacobi_sampler", "gumbel" if self.jacobi == "auto" or branched else "mcsjd")
         if self.jacobi_sampler not in JACOBI_SAMPLERS:
             raise UserError(f"jacobi_sampler must be one of {', '.join(JACOBI_SAMPLERS)}, got {self.jacobi_sampler!r}")
-        if branched and self.jacobi_sampler != "gumbel":
-            raise UserError(f"jacobi_branches needs the gumbel sampler (a branch's drafts are kept iff they are the "
-                            f"noisy argmax, so any branch may win), got jacobi_sampler={self.jacobi_sampler!r}")
         if isinstance(self.size, str):
             object.__setattr__(self, "size", parse_size(self.size))
         elif self.size is not None:

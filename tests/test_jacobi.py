@@ -67,7 +67,7 @@ def exact_first(model, prompt, n_tokens):
     return joint
 
 
-def jacobi_first(model, prompt, n, seed, n_tokens=2, window=3, sampler="mcsjd"):
+def jacobi_first(model, prompt, n, seed, n_tokens=2, window=3, sampler="mcsjd", branches=1):
     g = torch.Generator().manual_seed(seed)
     sampling = SamplingParams(temperature=1.0, top_k=TOP_K)
     counts: dict[tuple[int, ...], int] = {}
@@ -76,9 +76,9 @@ def jacobi_first(model, prompt, n, seed, n_tokens=2, window=3, sampler="mcsjd"):
         # n_tokens=2: the first token is drawn exactly, the second is a draft verified in one
         # window. n_tokens=3, window 2: when the first draft is rejected, the third position's
         # draft is redrawn (coupled, with MC-SJD) before it is verified.
-        jobs = [image_job(prompt, 3, 1, CFG, sampling, g, n_tokens, jacobi=window, jacobi_sampler=sampler)
-                for _ in range(per_run)]
-        for s in run_jobs(BatchRunner(model, rows=2 * per_run), jobs):
+        jobs = [image_job(prompt, 3, 1, CFG, sampling, g, n_tokens, jacobi=window, jacobi_sampler=sampler,
+                          branches=branches) for _ in range(per_run)]
+        for s in run_jobs(BatchRunner(model, rows=2 * per_run * branches), jobs):
             key = tuple(s.tokens[0].tolist())
             counts[key] = counts.get(key, 0) + 1
     return counts
@@ -135,6 +135,35 @@ def test_the_distribution_test_fails_for_a_wrong_coupling(model_and_joint3, monk
     # drawn from the new one.
     monkeypatch.setattr(spec, "couple_drafts", lambda drafts, q, new_q, g: drafts)
     statistic, critical = chi_square(jacobi_first(model, PROMPT, N_COUPLED, seed=1, n_tokens=3, window=2), joint)
+    assert statistic > critical
+
+
+@pytest.mark.parametrize("sampler,branches", [("mcsjd", 2), ("mcsjd", 3), ("sjd", 3)])
+def test_branched_drafts_follow_the_plain_distribution(model_and_joint3, sampler, branches):
+    """Three tokens, window 2, the first draft on `branches` rows (more draws from its proposal,
+    without replacement), kept by recursive rejection sampling: the joint law is plain sampling's."""
+    model, joint = model_and_joint3
+    counts = jacobi_first(model, PROMPT, N_COUPLED, seed=1, n_tokens=3, window=2, sampler=sampler, branches=branches)
+    statistic, critical = chi_square(counts, joint)
+    assert statistic < critical
+
+
+def test_the_distribution_test_fails_for_branches_without_the_residual(model_and_joint3, monkeypatch):
+    """Testing every candidate against p itself, instead of what is left of p after the rejections
+    before it (normalise(max(0, p - q))): the chi-square test rejects it (~870 against 54)."""
+    model, joint = model_and_joint3
+
+    def no_residual(p, q, candidates, generator):
+        for i, x in enumerate(candidates.tolist()):
+            if x < 0:
+                break
+            if spec.accept_drafts(p[x], q[x], torch.rand((), generator=generator, dtype=p.dtype)):
+                return i, candidates[i:i + 1]
+        return -1, torch.multinomial(spec.residual(p, q), 1, generator=generator)
+
+    monkeypatch.setattr(spec, "verify_first_draft", no_residual)
+    counts = jacobi_first(model, PROMPT, N_COUPLED, seed=1, n_tokens=3, window=2, sampler="mcsjd", branches=2)
+    statistic, critical = chi_square(counts, joint)
     assert statistic > critical
 
 
@@ -444,8 +473,9 @@ def test_branches_through_the_engine_and_their_bad_input(tiny_pipeline):
     one = tiny_pipeline.generate(dataclasses.replace(request, jacobi_branches=1))
     four = tiny_pipeline.generate(request)
     assert torch.equal(one.tokens, four.tokens)
-    with pytest.raises(UserError, match="needs the gumbel sampler"):
-        ImageRequest("x", jacobi=4, jacobi_sampler="mcsjd", jacobi_branches=2)
+    mcsjd = tiny_pipeline.generate(dataclasses.replace(request, jacobi_sampler="mcsjd"))
+    again = tiny_pipeline.generate(dataclasses.replace(request, jacobi_sampler="mcsjd"))
+    assert torch.equal(mcsjd.tokens, again.tokens)  # a seed reproduces them (a fixed window and branch count)
     for window in (0, "auto"):
         with pytest.raises(UserError, match="give a window"):
             ImageRequest("x", jacobi=window, jacobi_branches=2)

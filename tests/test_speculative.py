@@ -143,3 +143,34 @@ def test_greedy_equals_argmax_decoding():
         seq, passes = jacobi_decode(p, None, coupled=True, greedy=True, window=window)
         assert seq == prefix
         assert passes <= LENGTH + 1
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_recursive_rejection_over_drafts_without_replacement_keeps_p(k):
+    """verify_first_draft with k candidates drawn from q without replacement (draws_without_
+    replacement after a first draw): the token follows p exactly (chi-square over 30000 draws),
+    and more candidates keep a draft more often (sum_v min(p, q) for one)."""
+    g = torch.Generator().manual_seed(k)
+    p = torch.tensor([0.05, 0.4, 0.05, 0.3, 0.1, 0.1], dtype=torch.float64)
+    q = torch.tensor([0.4, 0.05, 0.3, 0.05, 0.1, 0.1], dtype=torch.float64)
+    counts, kept, n = {}, 0, 30000
+    for _ in range(n):
+        first = torch.multinomial(q, 1, generator=g)
+        candidates = torch.cat([first, spec.draws_without_replacement(q, first[0], k - 1, g)])
+        row, token = spec.verify_first_draft(p, q, candidates, g)
+        counts[(int(token),)] = counts.get((int(token),), 0) + 1
+        kept += row >= 0
+    statistic, critical = chi_square(counts, {(v,): float(p[v]) for v in range(len(p))})
+    assert statistic < critical
+    if k == 1:  # 3 standard errors of a frequency near 0.4 over 30000 draws: 0.0085
+        assert abs(kept / n - float(torch.minimum(p, q).sum())) < 0.0085
+    else:
+        assert kept / n > float(torch.minimum(p, q).sum()) + 0.1
+
+
+def test_draws_without_replacement_never_repeat_and_say_when_q_runs_out():
+    g = torch.Generator().manual_seed(0)
+    q = torch.tensor([0.5, 0.0, 0.3, 0.2])
+    for _ in range(50):
+        draws = spec.draws_without_replacement(q, torch.tensor(2), 3, g).tolist()
+        assert sorted(draws) == [-1, 0, 3]  # token 1 has no mass, token 2 was the first draw

@@ -41,6 +41,7 @@ from openjanus.errors import UserError
 from openjanus.inference.sampling import (
     branch_drafts,
     cfg_combine,
+    draws_without_replacement,
     filter_logits,
     first_draft_alternatives,
     gumbel_drafts,
@@ -52,6 +53,7 @@ from openjanus.inference.sampling import (
     non_finite,
     sample,
     temper,
+    verify_branches,
     verify_window,
 )
 from openjanus.model.janus import Janus
@@ -110,8 +112,9 @@ class Job:
     # Gumbel noise per position: drafts kept iff they equal the noisy argmax) or "sjd" (afresh).
     jacobi_sampler: JacobiSampler = "mcsjd"
     # Jacobi jobs: rows (pairs of CFG rows) verifying the window at once, each with another
-    # candidate for its first draft (greedy and Gumbel only: the drafts are kept iff they are the
-    # deterministic argmax, so any row may win); the job then holds 2 x branches rows.
+    # candidate for its first draft (greedy and Gumbel: the next best by the pass's scores, the
+    # row kept longest wins; MC-SJD and SJD: more draws from the proposal without replacement,
+    # kept by recursive rejection sampling); the job then holds 2 x branches rows.
     branches: int = 1
     # Plain image jobs: sample by the same fixed Gumbel noise per position as a "gumbel" Jacobi job
     # (one generator per image), so their tokens are those of any Jacobi window (jacobi="auto"
@@ -133,8 +136,6 @@ class Job:
             raise ValueError(f"branches (>= 1) are rows of a Jacobi job's window, got {self.branches}")
         if self.jacobi and (self.kind != "image" or self.n_rows != 2 * self.branches):
             raise ValueError("speculative Jacobi decoding runs one image per job (two rows per branch)")
-        if self.branches > 1 and self.sampling.temperature > 0 and self.jacobi_sampler != "gumbel":
-            raise ValueError("branches verify greedy or Gumbel drafts only (kept iff they are the argmax)")
         if self.gumbel and (self.jacobi or not isinstance(self.generator, Sequence)
                             or len(self.generator) != self.images):
             raise ValueError("a plain Gumbel job has no window and a generator per image")
@@ -487,7 +488,7 @@ class JacobiDecoder(Decoder):
         if d.alternatives is None:
             return rows
         rows = rows.clone()
-        rows[1:, 1] = d.alternatives
+        rows[1:, 1] = torch.where(d.alternatives >= 0, d.alternatives, window[1])  # none left: a copy
         return rows
 
     def fed(self, runner: BatchRunner, state: JobState, rows: Tensor, out: Tensor) -> None:
@@ -517,18 +518,25 @@ class JacobiDecoder(Decoder):
                 noise = d.gumbel(range(base, base + m), scores.shape[-1], scores.device)
                 best = gumbel_tokens(scores, noise)
             else:
-                probs = torch.softmax(scores[0], dim=-1)
+                probs = torch.softmax(scores, dim=-1)
         drafts = d.tokens if d.tokens is not None else torch.empty(0, dtype=torch.long, device=guided.device)
         known_here = None if known is None else known[base:base + m]
-        # The branch whose drafts the model kept longest (the first on ties: the main row); every
-        # branch saw the same exact prefix, so its kept run is exact.
-        d.winner = 0 if d.alternatives is None else longest_run(
-            best, branch_drafts(drafts, d.alternatives), known_here)
+        if d.alternatives is not None and probs is not None:  # sampled drafts on several rows
+            d.winner, tokens, accepted = verify_branches(probs, drafts, d.alternatives, d.proposals, job.generator,
+                                                         known=known_here)
+        else:
+            # Argmax drafts: the branch the model kept longest (the first on ties: the main row);
+            # every branch saw the same exact prefix, so its kept run is exact.
+            d.winner = 0 if d.alternatives is None else longest_run(
+                best, branch_drafts(drafts, d.alternatives), known_here)
         if d.winner:
             drafts = torch.cat([d.alternatives[d.winner - 1:d.winner], drafts[1:]])
         if best is not None:
             best = best[d.winner]
-        tokens, accepted = verify_window(probs, best, drafts, d.proposals, job.generator, known=known_here)
+        if probs is not None:
+            probs = probs[d.winner]
+        if d.alternatives is None or probs is None:
+            tokens, accepted = verify_window(probs, best, drafts, d.proposals, job.generator, known=known_here)
         tokens = tokens[:job.steps - base]
         s.tokens[0, base:base + len(tokens)] = tokens
         s.done_steps += len(tokens)
@@ -562,11 +570,15 @@ class JacobiDecoder(Decoder):
             # The other branches' first drafts: the next best candidates at the first draft's
             # position, by the pass's output there (past the window: its last output, a proxy),
             # with that position's own noise when Gumbel.
-            j = min(len(tokens), m - 1)
-            ranked = guided[d.winner, j] if greedy else (
-                scores[d.winner, j].float() + d.gumbel(range(s.done_steps, s.done_steps + 1),
-                                                       scores.shape[-1], scores.device)[0])
-            d.alternatives = first_draft_alternatives(ranked, d.tokens[0], job.branches - 1)
+            if gumbel or greedy:
+                j = min(len(tokens), m - 1)
+                ranked = guided[d.winner, j] if greedy else (
+                    scores[d.winner, j].float() + d.gumbel(range(s.done_steps, s.done_steps + 1),
+                                                           scores.shape[-1], scores.device)[0])
+                d.alternatives = first_draft_alternatives(ranked, d.tokens[0], job.branches - 1)
+            else:  # more draws from the first draft's proposal, without replacement (-1: none left)
+                d.alternatives = draws_without_replacement(d.proposals[0], d.tokens[0], job.branches - 1,
+                                                           job.generator)
         return torch.cat([tokens[-1:], d.tokens])
 
 

@@ -250,6 +250,62 @@ def first_draft_alternatives(ranked: Tensor, draft: Tensor, count: int) -> Tenso
     return torch.cat([top, draft.reshape(1).expand(count - len(top))])  # a tiny vocabulary: repeats
 
 
+def draws_without_replacement(q: Tensor, first: Tensor, count: int, generator: torch.Generator | None) -> Tensor:
+    """`count` more draws from q [V] after `first` (a draw from q), without replacement: the first
+    `count` of log q + Gumbel noise over the tokens other than `first`, in order (the Gumbel-top-k
+    trick: successive draws, each from q with the earlier ones removed). -1 where q has no token
+    left to draw."""
+    u = torch.rand(q.shape, generator=generator, device=q.device, dtype=torch.float64)
+    keys = q.double().log() - torch.log(-torch.log(u.clamp(min=1e-300)))
+    keys[first] = float("-inf")
+    values, tokens = torch.topk(keys, min(count, q.numel()))
+    out = torch.where(torch.isfinite(values), tokens, -1)
+    return torch.cat([out, out.new_full((count - len(out),), -1)])
+
+
+def verify_first_draft(p: Tensor, q: Tensor, candidates: Tensor,
+                       generator: torch.Generator | None) -> tuple[int, Tensor]:
+    """Recursive rejection sampling (Jeon et al. 2024, "Recursive Speculative Decoding") of one
+    position from several drafts drawn from q [V] without replacement (`candidates` [K], -1 for
+    none): candidate i is kept with probability min(1, p_i/q_i), where p_1 = p, q_1 = q and after
+    each rejection p_{i+1} = normalise(max(0, p_i - q_i)) and q_{i+1} = q_i without the rejected
+    token; if all are rejected the token is drawn from the last p. The token follows p exactly.
+    -> (index of the candidate kept, or -1; the token [1])."""
+    p, q = p.double(), q.double()
+    for i, x in enumerate(candidates.tolist()):
+        if x < 0 or float(q[x]) <= 0:
+            break
+        u = torch.rand((), generator=generator, device=p.device, dtype=torch.float64)
+        if accept_drafts(p[x], q[x], u):
+            return i, candidates[i:i + 1]
+        r = residual(p, q)
+        p = r / r.sum()
+        q = q.clone()
+        q[x] = 0
+        if q.sum() <= 0:
+            break
+        q = q / q.sum()
+    return -1, torch.multinomial(p, 1, generator=generator)
+
+
+def verify_branches(probs: Tensor, drafts: Tensor, alternatives: Tensor, proposals: Tensor,
+                    generator: torch.Generator | None, known: Tensor | None = None) -> tuple[int, Tensor, int]:
+    """Verify a sampled window fed on several rows, row b with first draft `alternatives[b - 1]`
+    (drawn from the first proposal without replacement after `drafts[0]`) and the same later
+    drafts: the first draft by recursive rejection sampling over the rows' candidates
+    (`verify_first_draft`; output 0 is the same on every row), then the kept row's later drafts
+    as `verify_window` does. probs [K, m, V]; drafts [m-1] from `proposals` [m-1, V]; known as
+    `verify_window` (the first draft's position is sampled). -> (the row kept, the tokens kept,
+    how many drafts were accepted)."""
+    candidates = torch.cat([drafts[:1], alternatives])
+    row, first = verify_first_draft(probs[0, 0], proposals[0], candidates, generator)
+    if row < 0:
+        return 0, first, 0
+    rest, kept = verify_window(probs[row, 1:], None, drafts[1:], proposals[1:], generator,
+                               known=None if known is None else known[1:])
+    return row, torch.cat([first, rest]), 1 + kept
+
+
 def next_drafts(probs: Tensor | None, best: Tensor | None, drafts: Tensor, proposals: Tensor | None,
                 accepted: int, n_drafts: int, generator: torch.Generator | None, coupled: bool = True,
                 known: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
