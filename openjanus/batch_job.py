@@ -103,6 +103,8 @@ class BatchSettings:
     seed: int  # base of the derived seeds, for lines without their own
     jacobi: int | str  # a window, or "auto"
     jacobi_sampler: str | None = None  # with a window (None without: it shapes nothing then)
+    # Rows verifying each window, where they shape the sampled images (mcsjd/sjd); None elsewhere.
+    jacobi_branches: int | None = None
 
 
 def image_seed(base_seed: int, line: PromptLine, index: int) -> int:

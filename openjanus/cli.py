@@ -265,11 +265,13 @@ def _generate_prompt_file(args: argparse.Namespace) -> None:
     guidance = card.defaults.image.guidance if args.guidance is None else args.guidance
 
     def settings_of(pipe) -> BatchSettings:
+        jacobi_sampler = ImageRequest("-", jacobi=args.jacobi, jacobi_sampler=args.jacobi_sampler,
+                                      jacobi_branches=args.jacobi_branches).jacobi_sampler if args.jacobi else None
+        # Branches change sampled images only with mcsjd/sjd (greedy and gumbel give the same tokens).
+        shaping = args.jacobi_branches > 1 and jacobi_sampler != "gumbel" and sampling.temperature > 0
         return BatchSettings(weights=pipe.weights, temperature=sampling.temperature, top_k=sampling.top_k,
                              top_p=sampling.top_p, guidance=guidance, seed=args.seed, jacobi=args.jacobi,
-                             jacobi_sampler=ImageRequest("-", jacobi=args.jacobi, jacobi_sampler=args.jacobi_sampler,
-                                                         jacobi_branches=args.jacobi_branches).jacobi_sampler
-                             if args.jacobi else None)
+                             jacobi_sampler=jacobi_sampler, jacobi_branches=args.jacobi_branches if shaping else None)
 
     def request_of(unit) -> ImageRequest:
         return ImageRequest(unit.line.prompt, n=1, guidance=unit.guidance, sampling=sampling, seed=unit.seed,

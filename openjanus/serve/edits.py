@@ -19,7 +19,7 @@ from openjanus.errors import UserError
 __all__ = ["EditForm", "FormError", "read_edit_form", "typed_fields"]
 
 # Text fields that the JSON bodies carry as numbers or booleans.
-INT_FIELDS = frozenset({"n", "partial_images", "seed", "top_k", "jacobi", "output_compression"})
+INT_FIELDS = frozenset({"n", "partial_images", "seed", "top_k", "jacobi", "jacobi_branches", "output_compression"})
 FLOAT_FIELDS = frozenset({"temperature", "top_p", "guidance_scale", "overlap"})
 BOOL_FIELDS = frozenset({"stream", "seed_per_image", "keep_pixels"})
 FILE_FIELDS = ("image", "image[]", "mask")
