@@ -91,8 +91,9 @@ def main() -> None:
 
     rows = []
     print(f"model {pipe.name} ({args.dtype}), {len(prompts)} prompts x {n_tokens} tokens per image, "
-          f"{torch.get_num_threads()} threads; median of {args.repeats} repeats (seeds), the contenders "
-          "interleaved within each; 'spread' is the lowest and highest of the repeats' ratios to plain")
+          f"{torch.get_num_threads()} threads; {args.repeats} repeats (seeds): passes their mean, seconds the "
+          "median, the contenders interleaved within each; 'spread' is the lowest and highest of the repeats' "
+          "ratios to plain")
     print(f"{'mode':<8}{'images':>7} {'method':<11}{'window':>7}{'passes':>8}{'tokens/pass':>12}"
           f"{'s/request':>10}{'s/image':>9}{'vs plain':>9}{'spread':>13}")
     for mode in args.modes:
@@ -117,7 +118,7 @@ def main() -> None:
             for i, (method, window, _, _) in enumerate(contenders):
                 window = auto_window if window is None else window
                 secs = statistics.median(r[0] for r in results[i])
-                passes = statistics.median(r[1] for r in results[i])
+                passes = statistics.mean(r[1] for r in results[i])  # exact counts: every image weighs the same
                 ratios = [p / r[0] for p, r in zip(plain, results[i])]
                 ratio = statistics.median(ratios)
                 row = {"mode": mode, "images": images, "method": method, "window": window,
