@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "env_dist_info", "init_distributed", "current_dist_info", "barrier", "all_reduce_sum",
-           "destroy"]
+           "all_reduce_max", "destroy"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,15 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_reduce_max(values: list[float], device: torch.device) -> list[float]:
+    """The largest of each number over all processes (unchanged with one process)."""
+    if not _running() or not values:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
 
 

@@ -3,6 +3,7 @@
     openjanus posttrain configs/posttrain/demo-grpo.json            # the demo model's GRPO run
     openjanus posttrain configs/posttrain/demo-grpo.json --resume   # after a kill
     openjanus train export runs/demo/grpo --out DIR                 # the usual export
+    torchrun --nproc_per_node 2 -m openjanus posttrain CONFIG       # data-parallel, FSDP2
 """
 
 from __future__ import annotations
@@ -58,14 +59,21 @@ def heldout_eval_hook(processor: Any, output_dir: str | Path, per_category: int,
 
 def check_before_building(cfg: Any) -> None:
     """What can be refused from the config and the checkpoint's config.json alone, before any
-    weights are read: the model source, and LoRA targets that match nothing."""
+    weights are read: the model source, LoRA targets that match nothing, and a step that the
+    torchrun processes cannot share equally."""
     import torch
 
     from openjanus.checkpoints.weights import read_config
+    from openjanus.distributed import env_dist_info
     from openjanus.errors import UserError
     from openjanus.inference.pipeline import resolve_model_source
     from openjanus.model.janus import Janus
+    from openjanus.posttrain.sharding import check_world_size
 
+    world = env_dist_info().world_size
+    check_world_size(cfg.prompts_per_step, world)
+    if world > 1 and cfg.samples == "answers":
+        raise UserError("samples: answers runs on one process; start it without torchrun")
     source = resolve_model_source(cfg.model)
     if isinstance(source, str):
         raise UserError(f"post-training needs a checkpoint folder, not the preset {source!r}")
@@ -96,14 +104,34 @@ def cmd_posttrain(args: argparse.Namespace) -> None:
     else:
         from openjanus.posttrain.grpo import GRPOTrainer as Trainer
 
-    trainer = Trainer(cfg)
-    if cfg.eval_every:
-        trainer.eval_hook = heldout_eval_hook(trainer.processor, cfg.output_dir, cfg.eval_per_category, cfg.eval_n)
-    if args.resume is not None:
-        trainer.resume(None if args.resume == "latest" else args.resume)
+    import torch.distributed as dist
+
+    from openjanus.devices import resolve_device
+    from openjanus.distributed import destroy, env_dist_info, init_distributed
+
+    # Under torchrun: the process group (gloo on CPU, NCCL on GPUs), ended after a normal end
+    # with every process at a barrier; after an error without one (the others may never come).
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    info = init_distributed(resolve_device(cfg.device, local_rank=env_dist_info().local_rank),
+                            cfg.dist_timeout_minutes)
+    finished = False
     try:
-        state = trainer.fit()
+        trainer = Trainer(cfg)
+        try:
+            if cfg.eval_every:
+                trainer.eval_hook = heldout_eval_hook(trainer.processor, cfg.output_dir, cfg.eval_per_category,
+                                                      cfg.eval_n)
+            if args.resume is not None:
+                trainer.resume(None if args.resume == "latest" else args.resume)
+            state = trainer.fit()
+        finally:
+            trainer.close()
+        del trainer
+        finished = True
     finally:
-        trainer.close()
+        if owns_group:
+            destroy(wait_for_all=finished)
+    if not info.is_main:
+        return
     print(f"post-trained to step {state.step}; checkpoints in {cfg.output_dir}/checkpoints "
           f"(export: openjanus train export {cfg.output_dir} --out DIR)", file=sys.stderr)

@@ -68,6 +68,10 @@ class PostTrainConfig:
     eval_per_category: int = 8
     eval_n: int = 2
     tensorboard: bool = True
+    # cpu (what the demo runs use) or cuda / auto: under torchrun, one GPU per process (the
+    # local rank's), NCCL between them; on CPU, gloo.
+    device: str = "cpu"
+    dist_timeout_minutes: int = 30  # rank 0 alone writes checkpoints and evaluates while the others wait
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PostTrainConfig:
@@ -154,6 +158,9 @@ class PostTrainConfig:
         check_number(self.grad_clip, low=0, name="grad_clip")  # 0: no clipping
         for name in ("warmup_steps", "seed", "eval_every", "checkpoint_every", "keep_last"):  # 0: off / keep all
             check_integer(getattr(self, name), low=0, name=name)
+        check_integer(self.dist_timeout_minutes, low=1, name="dist_timeout_minutes")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            raise UserError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         for name in ("eval_per_category", "eval_n"):
             check_integer(getattr(self, name), low=1, name=name)
         try:

@@ -10,6 +10,9 @@ Pairs come from a JSONL file (`pairs`), one per line::
 (image paths relative to the file), or are made by the model itself when `pairs` is not given:
 per prompt `group_size` images sampled as GRPO samples them, rewarded, and the best paired
 with the worst (no pair where they tie).
+
+Under torchrun each process takes its share of the step's pairs (or of the step's prompts for
+self-made pairs); the loss is the mean over all the step's pairs, as with one process.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from openjanus.distributed import all_reduce_max, all_reduce_sum
 from openjanus.errors import UserError
 from openjanus.posttrain.config import PostTrainConfig
 from openjanus.posttrain.grpo import GRPOTrainer, combined_rewards
+from openjanus.posttrain.sharding import gathered, local_slice
 from openjanus.requests import Message
 from openjanus.shapes.world import rng_for
 from openjanus.train.preference import answer_token_logprobs, dpo_loss, t2i_token_logprobs
@@ -92,7 +97,8 @@ class DPOTrainer(GRPOTrainer):
 
     def __init__(self, cfg: PostTrainConfig, **kw: Any) -> None:
         super().__init__(cfg, **kw)
-        self.pairs = read_pairs(cfg.pairs, self.pipe.encode_images) if cfg.pairs is not None else None
+        with gathered(self.policy, self.dist_info):  # the VQ encodes image files
+            self.pairs = read_pairs(cfg.pairs, self.pipe.encode_images) if cfg.pairs is not None else None
         T = self.policy.model.cfg.num_gen_tokens
         codebook = self.policy.model.cfg.vq.codebook_size
         for p in self.pairs or []:
@@ -105,6 +111,8 @@ class DPOTrainer(GRPOTrainer):
             rng = rng_for(self.cfg.seed, 979, step)
             idx = rng.choice(len(self.pairs), size=self.cfg.prompts_per_step,
                              replace=len(self.pairs) < self.cfg.prompts_per_step)
+            # The whole step's draw, then this process's share.
+            idx = idx[local_slice(self.cfg.prompts_per_step, self.dist_info)]
             return [self.pairs[int(i)] for i in idx], {}
         # Self-made: sample a group per prompt, reward, pair the best with the worst.
         prompts, tokens, images, _ = self.sample(step)
@@ -120,8 +128,8 @@ class DPOTrainer(GRPOTrainer):
             if row[hi] > row[lo]:
                 base = g * self.cfg.group_size
                 pairs.append(Pair(prompts[base].text, "image", tokens[base + hi], tokens[base + lo]))
-        finite = r[torch.isfinite(r)]
-        return pairs, {"reward": float(finite.mean()) if finite.numel() else float("nan"),
+        finite = r[torch.isfinite(r)].double()
+        return pairs, {"reward/sum": float(finite.sum()), "reward/n": float(finite.numel()),
                        "skipped": float((~torch.isfinite(r)).sum())}
 
     def _seq_logps(self, model: Any, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,39 +158,72 @@ class DPOTrainer(GRPOTrainer):
             rejected.append(s[len(answer):])
         return torch.cat(chosen), torch.cat(rejected)
 
+    def _stand_ins(self, pairs: list[Pair]) -> list[Pair]:
+        """Pairs of weight 0 for the kinds (image, answer) other processes train on and this one
+        has none of this step: each kind is one forward of the LLM blocks, a collective."""
+        kinds = ("image", "answer")
+        mine = [float(any(p.kind == k for p in pairs)) for k in kinds]
+        anyone = all_reduce_max(mine, self.device) if self.dist_info.distributed else mine
+        T = self.policy.model.cfg.num_gen_tokens
+        blank = torch.zeros(T, dtype=torch.long)
+        made = {"image": Pair("a", "image", blank, blank), "answer": Pair("a", "answer", "a", "b", [])}
+        return [made[k] for k, have, need in zip(kinds, mine, anyone) if need and not have]
+
     def step(self) -> dict[str, float]:
         cfg = self.cfg
         t0 = time.perf_counter()
-        pairs, metrics = self._pairs_at(self.state.step)
-        self.policy.model.train()
-        if pairs:
-            with torch.no_grad():
-                if self.lora is not None:
-                    from openjanus.train.lora import adapters_disabled
+        with gathered(self.policy, self.dist_info):
+            pairs, found = self._pairs_at(self.state.step)
+            self.policy.model.train()
+            n_real = len(pairs)
+            pairs = pairs + self._stand_ins(pairs)
+            if pairs:
+                with torch.no_grad():
+                    if self.lora is not None:
+                        from openjanus.train.lora import adapters_disabled
 
-                    with adapters_disabled(self.policy.model):
-                        ref_c, ref_r = self._seq_logps(self.policy.model, pairs)
-                else:
-                    ref_c, ref_r = self._seq_logps(self.reference, pairs)
-            pol_c, pol_r = self._seq_logps(self.policy.model, pairs)
-            loss, extra = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=cfg.dpo_beta)
+                        with adapters_disabled(self.policy.model):
+                            ref_c, ref_r = self._seq_logps(self.policy.model, pairs)
+                    else:
+                        ref_c, ref_r = self._seq_logps(self.reference, pairs)
+        n_all = int(all_reduce_sum([float(n_real)], self.device)[0])
+        world = self.dist_info.world_size
+        metrics: dict[str, float] = {}
+        sums: dict[str, float] = {}
+        if n_all:
+            pol_c, pol_r = self.policy(self._seq_logps, pairs)
+            # `_seq_logps` puts image pairs first: where the real ones (not stand-ins) are now.
+            order = ([i for i, p in enumerate(pairs) if p.kind == "image"]
+                     + [i for i, p in enumerate(pairs) if p.kind == "answer"])
+            real = torch.tensor([j for j, i in enumerate(order) if i < n_real], dtype=torch.long)
+            # Stand-ins join the graph with weight 0, so that this process's backward runs too.
+            loss = (pol_c.sum() + pol_r.sum()) * 0.0
+            if n_real:
+                mean, extra = dpo_loss(pol_c[real], pol_r[real], ref_c[real], ref_r[real], beta=cfg.dpo_beta)
+                # The mean over all processes' pairs; FSDP2 averages the gradients, hence x world.
+                share = n_real / n_all
+                loss = loss + mean * (share * world)
+                sums = {"loss": float(mean.detach()) * share, **{k: float(v) * share for k, v in extra.items()}}
             loss.backward()
-            params = [p for p in self.policy.parameters() if p.requires_grad]
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            metrics.update({"loss": float(loss.detach()), "grad_norm": float(norm),
-                            **{k: float(v) for k, v in extra.items()}})
-        metrics["pairs"] = float(len(pairs))
+            metrics["grad_norm"] = self._clip_and_step()
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.state.step += 1
-        metrics["seconds/step"] = time.perf_counter() - t0
-        metrics.setdefault("reward", float("nan"))
-        metrics.setdefault("skipped", 0.0)
-        metrics["skipped_total"] = float(self.skipped_total + metrics["skipped"])
-        self.skipped_total += int(metrics["skipped"])
-        metrics["trained_samples"] = 2.0 * len(pairs)
+        dt = time.perf_counter() - t0
+        # Over all processes: the means of the pair figures, and the rewards of self-made pairs.
+        keys = ["loss", "reward/accuracy", "reward/chosen", "reward/margin", "reward/rejected"] if n_all else []
+        counts = [sums.get(k, 0.0) for k in keys] + [found.get("reward/sum", 0.0), found.get("reward/n", 0.0),
+                                                     found.get("skipped", 0.0)]
+        total = all_reduce_sum(counts, self.device)
+        metrics.update(dict(zip(keys, total)))
+        reward_sum, reward_n, skipped = total[len(keys):]
+        metrics["pairs"] = float(n_all)
+        metrics["seconds/step"] = dt
+        metrics["reward"] = reward_sum / reward_n if reward_n else float("nan")
+        metrics["skipped"] = skipped
+        self.skipped_total += int(skipped)
+        metrics["skipped_total"] = float(self.skipped_total)
+        metrics["trained_samples"] = 2.0 * n_all
         metrics["samples_per_s"] = (cfg.prompts_per_step * (cfg.group_size if self.pairs is None else 2)
                                     / metrics["seconds/step"])
         return metrics

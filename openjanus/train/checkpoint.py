@@ -263,15 +263,18 @@ def read_model_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
 
 def load_checkpoint(folder: str | Path, *, objective: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, data: Any,
-                    dist_info: DistInfo = DistInfo(), include_model: bool = True) -> TrainState:
+                    dist_info: DistInfo = DistInfo(), include_model: bool = True,
+                    shared_data: bool = False) -> TrainState:
     """Restore model, optimiser, schedule, data position and RNG from a checkpoint folder.
 
     Call after the model is sharded and the optimiser built, before the first step; every
     process must call it. `include_model=False` skips the weights (already loaded).
+    `shared_data`: the data position is the same in every process (post-training's prompt
+    stream), so every process reads rank 0's and any number of processes may resume.
     """
     folder = Path(folder)
     meta = read_train_state(folder)
-    if meta.get("world_size", 1) != dist_info.world_size and meta.get("has_data_state"):
+    if meta.get("world_size", 1) != dist_info.world_size and meta.get("has_data_state") and not shared_data:
         raise UserError(f"{folder} was written by {meta['world_size']} processes and holds their data positions; "
                         f"resume it with the same number of processes (now {dist_info.world_size})")
     if include_model:
@@ -282,7 +285,7 @@ def load_checkpoint(folder: str | Path, *, objective: nn.Module, optimizer: torc
                              weights_only=True) if dist_info.is_main else {}
     load_optimizer_state(objective, optimizer, optim_state, dist_info)
     scheduler.load_state_dict(meta["scheduler"])
-    data_file = folder / f"data_rank{dist_info.rank}.pt"
+    data_file = folder / f"data_rank{0 if shared_data else dist_info.rank}.pt"
     if data_file.is_file():
         data_state = torch.load(data_file, map_location="cpu", weights_only=True)["state"]
         if data_state is not None and hasattr(data, "load_state_dict"):
