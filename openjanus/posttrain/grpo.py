@@ -385,6 +385,7 @@ class GRPOTrainer:
 
     def fit(self) -> TrainState:
         cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)  # (the evaluation at step 0 writes there)
         if self.state.step == 0:
             world = self.dist_info.world_size
             self.log(f"{cfg.method.upper()} on {self.source}: {self.n_trainable:,} trainable parameters"
@@ -395,7 +396,6 @@ class GRPOTrainer:
             if self.eval_hook is not None and cfg.eval_every:
                 self._evaluate()
         metrics_path = self.out / "metrics.jsonl"
-        self.out.mkdir(parents=True, exist_ok=True)
         while self.state.step < cfg.steps:
             m = self.step()
             step = self.state.step
