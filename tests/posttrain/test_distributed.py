@@ -243,8 +243,13 @@ def test_dpo_torchrun_two_ranks_match_one_and_resume_on_one(tmp_path, tiny_check
         assert_weights_match(a, b)  # (reduction order only; see there)
 
 
-def test_a_step_the_ranks_cannot_share_is_refused_before_a_model_is_built(tmp_path, tiny_checkpoint, capsys,
-                                                                           monkeypatch):
+@pytest.mark.parametrize("override, message", [
+    ("prompts_per_step=3", "error: prompts_per_step 3 is not a multiple of the 2 processes: each process takes the "
+                           "same number of whole prompts (with their groups) per step"),
+    ("samples=answers", "error: samples: answers runs on one process; start it without torchrun"),
+])
+def test_what_two_ranks_cannot_share_is_refused_before_a_model_is_built(tmp_path, tiny_checkpoint, capsys,
+                                                                        monkeypatch, override, message):
     import openjanus.posttrain.grpo as grpo
 
     def no_model(*a, **k):
@@ -254,11 +259,10 @@ def test_a_step_the_ranks_cannot_share_is_refused_before_a_model_is_built(tmp_pa
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it (no process group is started before the check)
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"model": str(tiny_checkpoint), "output_dir": str(tmp_path / "run"),
-                                "prompts_per_step": 3, "tensorboard": False}))
-    assert main(["posttrain", str(path)]) == 2
+                                "prompts_per_step": 2, "tensorboard": False}))
+    assert main(["posttrain", str(path), "-o", override]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: prompts_per_step 3 is not a multiple of the 2 processes: each process takes the same "
-                   "number of whole prompts (with their groups) per step"]
+    assert err == [message]
 
 
 def test_killed_two_rank_lora_grpo_run_resumes_to_the_one_rank_weights(tmp_path, tiny_checkpoint, one_thread):
