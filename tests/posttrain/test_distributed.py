@@ -206,7 +206,8 @@ def _dpo_config(tmp: Path, checkpoint: Path, out: Path, tokens: int, **kw) -> Pa
 def test_dpo_torchrun_two_ranks_match_one_and_resume_on_one(tmp_path, tiny_checkpoint, one_thread):
     """`torchrun --nproc_per_node 2 -m openjanus posttrain` (DPO, full fine-tuning of the default
     prefixes, pairs from a file) for 2 steps; then `--resume` on one process to step 3. Both
-    checkpoints equal a one-process run's at the same steps."""
+    checkpoints equal a one-process run's at the same steps, and that run's step 2 resumed by
+    two processes reaches its step 3."""
     from openjanus.checkpoints import load_model
 
     torchrun = shutil.which("torchrun")
@@ -241,6 +242,16 @@ def test_dpo_torchrun_two_ranks_match_one_and_resume_on_one(tmp_path, tiny_check
         a = read_model_tensors(tmp_path / "one" / "checkpoints" / f"step_{step:08d}")
         b = read_model_tensors(tmp_path / "two" / "checkpoints" / f"step_{step:08d}")
         assert_weights_match(a, b)  # (reduction order only; see there)
+
+    # And the other way: the one-process run's step-2 checkpoint resumed by two processes.
+    mixed = _dpo_config(tmp_path, tiny_checkpoint, tmp_path / "mixed", tokens)
+    step2 = Path("checkpoints") / "step_00000002"
+    shutil.copytree(tmp_path / "one" / step2, tmp_path / "mixed" / step2)
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "openjanus",
+                           "posttrain", str(mixed), "--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_weights_match(read_model_tensors(tmp_path / "mixed" / "checkpoints" / "step_00000003"),
+                         read_model_tensors(tmp_path / "one" / "checkpoints" / "step_00000003"))
 
 
 @pytest.mark.parametrize("override, message", [
