@@ -9,7 +9,8 @@ Builds only what decoding reads (LLM, image head and embeddings; no vision parts
 images: the forward pass over 2 rows per image of w + 1 positions against one position, and a
 whole runner step with a window of w drafts against a plain step (the quantities the auto
 window weighs, `openjanus.inference.autowindow`), then the window auto picks at a few
-acceptance rates.
+acceptance rates. With --branches K ...: the forward pass of windows 8 and 16 fed on K branches
+per image (2K rows each), against one position.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--context", type=int, default=300, help="cached positions per row (prompt + image so far)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--branches", type=int, nargs="*", default=[],
+                    help="also the forward pass of a window fed on this many branches per image "
+                         "(--jacobi-branches: 2 rows per branch) at windows 8 and 16")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -97,6 +101,12 @@ def main() -> None:
             report["rows"].append(row)
             print(f"{images:>6}{w:>7}{1000 * secs:>9.1f}{secs / one:>8.2f}{1000 * steps[w]:>9.1f}"
                   f"{steps[w] / steps[0]:>8.2f}", flush=True)
+        for k in args.branches:  # K pairs of rows per image: the pass of a branched window
+            for w in (8, 16):
+                secs = pass_seconds(model, 2 * images * k, w + 1, args.context, args.repeats)
+                report["rows"].append({"images": images, "window": w, "branches": k, "pass_ms": 1000 * secs,
+                                       "pass_vs_one": secs / one})
+                print(f"{images:>6}{w:>7}{1000 * secs:>9.1f}{secs / one:>8.2f}   ({k} branches)", flush=True)
     print("\nwindow auto picks (sampled) at a draft acceptance rate of:")
     for rate in (0.3, 0.5, 0.7, 0.9):
         picks = {}

@@ -66,7 +66,8 @@ def test_top_p_zero_keeps_only_the_most_likely_token_on_both_endpoints():
     ({"guidance_scale": 101}, "guidance_scale"), ({"top_p": True}, "top_p"),
     ({"seed_per_image": "yes"}, "seed_per_image"), ({"jacobi_sampler": "fast"}, "jacobi_sampler"),
     ({"jacobi_sampler": 1}, "jacobi_sampler"), ({"jacobi": 4, "jacobi_branches": 0}, "jacobi_branches"),
-    ({"jacobi": 4, "jacobi_branches": "2"}, "jacobi_branches"), ({"jacobi": 4, "jacobi_branches": 65}, "jacobi_branches"),
+    ({"jacobi": 4, "jacobi_branches": "2"}, "jacobi_branches"),
+    ({"jacobi": 4, "jacobi_branches": 65}, "jacobi_branches"),
 ])
 def test_bad_fields_name_the_field(body, param):
     with pytest.raises(APIError) as info:
