@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -277,9 +278,9 @@ def test_what_two_ranks_cannot_share_is_refused_before_a_model_is_built(tmp_path
 
 
 def test_killed_two_rank_lora_grpo_run_resumes_to_the_one_rank_weights(tmp_path, tiny_checkpoint, one_thread):
-    """torchrun with two processes (LoRA, the self-reward on the gathered weights) killed with
-    SIGKILL after its step-2 checkpoint, resumed by two processes: the final adapter equals an
-    uninterrupted one-process run's, and so do the rewards of every step."""
+    """Two processes (LoRA, the self-reward on the gathered weights) killed with SIGKILL after
+    their step-2 or step-3 checkpoint, resumed by torchrun with two processes: the final weights
+    equal an uninterrupted one-process run's, and so do the rewards of every step."""
     import signal
     import time
 
@@ -290,30 +291,37 @@ def test_killed_two_rank_lora_grpo_run_resumes_to_the_one_rank_weights(tmp_path,
     if torchrun is None:
         pytest.skip("torchrun is not on PATH")
     cfg = {"model": str(tiny_checkpoint), "output_dir": str(tmp_path / "two"), "prompts_per_step": 2,
-           "group_size": 3, "steps": 4, "checkpoint_every": 1, "micro_batch": 4, "lr": 1e-3, "tensorboard": False,
+           "group_size": 3, "steps": 5, "checkpoint_every": 1, "micro_batch": 4, "lr": 1e-3, "tensorboard": False,
            "seed": 5, "rewards": {"self": 1.0}, "lora": LORA}
     path = tmp_path / "two.json"
     path.write_text(json.dumps(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
 
-    def launch(*extra: str) -> subprocess.Popen:
-        return subprocess.Popen([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m",
-                                 "openjanus", "posttrain", str(path), *extra], stderr=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
-
-    proc = launch()
+    # The killed run's two ranks are started as torchrun starts them (its environment variables),
+    # but by the test: torchrun puts each rank in a session of its own, out of reach of a
+    # SIGKILL to torchrun's process group, so that they would live on after it.
+    port = _free_port()
+    ranks = [subprocess.Popen([sys.executable, "-m", "openjanus", "posttrain", str(path)],
+                              stderr=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, text=True, start_new_session=True,
+                              env={**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                                   "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}) for rank in (0, 1)]
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line or "step 2/4" in line:
+        line = ranks[0].stderr.readline()
+        if not line or "step 3/5" in line:
             break
-    time.sleep(0.3)  # inside step 3, or its checkpoint
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    # Step 3 is logged, then checkpointed: killed during that checkpoint or just after it (the
+    # step-2 checkpoint is complete, since step 3 started after it).
+    for proc in ranks:
+        os.killpg(proc.pid, signal.SIGKILL)
+    for proc in ranks:
+        proc.wait(timeout=60)
     killed_at = list_checkpoints(tmp_path / "two")[-1][0]
-    assert 2 <= killed_at < 4
-    proc = launch("--resume")
-    _, err = proc.communicate(timeout=300)
+    assert 2 <= killed_at < 5
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "openjanus",
+                           "posttrain", str(path), "--resume"], capture_output=True, text=True, env=env, timeout=300)
+    err = proc.stderr
     assert proc.returncode == 0, err[-3000:]
     assert f"at step {killed_at}" in err
 
@@ -322,12 +330,12 @@ def test_killed_two_rank_lora_grpo_run_resumes_to_the_one_rank_weights(tmp_path,
     single.close()
     a = read_model_tensors(list_checkpoints(tmp_path / "two")[-1][1])
     b = read_model_tensors(list_checkpoints(tmp_path / "one")[-1][1])
-    assert list_checkpoints(tmp_path / "two")[-1][0] == 4 and a.keys() == b.keys()
+    assert list_checkpoints(tmp_path / "two")[-1][0] == 5 and a.keys() == b.keys()
     assert any(float(v.abs().max()) > 0 for k, v in b.items() if "lora_B" in k)  # the adapter trained
     assert_weights_match(a, b)  # (reduction order only; see there)
     rewards = {}
     for run in ("one", "two"):  # the killed step is logged twice in the resumed run: the last one counts
         rewards[run] = {x["step"]: x["reward"] for x in _lines(tmp_path / run / "metrics.jsonl")}
-    assert sorted(rewards["two"]) == [1, 2, 3, 4]
+    assert sorted(rewards["two"]) == [1, 2, 3, 4, 5]
     for step, r in rewards["one"].items():
         assert rewards["two"][step] == pytest.approx(r, rel=1e-6), step
