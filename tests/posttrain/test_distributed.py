@@ -66,6 +66,8 @@ CASES = {
     # Full fine-tuning of the default prefixes (the reference a frozen copy in every process),
     # GCPO's critical tokens and two updates per batch (the clipped ratio off 1).
     "full": {"lora": None, "critical_tokens": 0.5, "inner_steps": 2},
+    # DPO with self-made pairs (best against worst of each group; a flat group makes none).
+    "dpo-self": {"method": "dpo", "lora": LORA},
 }
 
 
@@ -83,9 +85,15 @@ def weight_sum(model, step):
     return {"weight_sum": sum(float(p.detach().double().sum()) for p in model.parameters())}
 
 
+def _trainer_class(case: str):
+    from openjanus.posttrain.dpo import DPOTrainer
+    from openjanus.posttrain.grpo import GRPOTrainer
+
+    return DPOTrainer if CASES[case].get("method") == "dpo" else GRPOTrainer
+
+
 def _grpo_worker(rank: int, port: int, tmp: str, checkpoint: str, case: str) -> None:
     from openjanus.distributed import destroy
-    from openjanus.posttrain.grpo import GRPOTrainer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))
@@ -94,7 +102,7 @@ def _grpo_worker(rank: int, port: int, tmp: str, checkpoint: str, case: str) -> 
     finished = False
     try:
         cfg = _grpo_cfg(Path(tmp) / "two", Path(checkpoint), case)
-        trainer = GRPOTrainer(cfg, log=lambda _: None, eval_hook=weight_sum,
+        trainer = _trainer_class(case)(cfg, log=lambda _: None, eval_hook=weight_sum,
                               reward_override=[(Recorded(Path(tmp) / f"rewards_rank{rank}.jsonl"), 1.0)])
         from torch.distributed.tensor import DTensor
 
@@ -141,12 +149,11 @@ def _lines(path: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_grpo_two_ranks_match_one(tmp_path, tiny_checkpoint, one_thread, case):
-    from openjanus.posttrain.grpo import GRPOTrainer
-
+def test_two_ranks_sample_and_train_as_one(tmp_path, tiny_checkpoint, one_thread, case):
     mp.spawn(_grpo_worker, args=(_free_port(), str(tmp_path), str(tiny_checkpoint), case), nprocs=2, join=True)
-    single = GRPOTrainer(_grpo_cfg(tmp_path / "one", tiny_checkpoint, case), log=lambda _: None, eval_hook=weight_sum,
-                         reward_override=[(Recorded(tmp_path / "rewards_single.jsonl"), 1.0)])
+    single = _trainer_class(case)(_grpo_cfg(tmp_path / "one", tiny_checkpoint, case), log=lambda _: None,
+                                  eval_hook=weight_sum,
+                                  reward_override=[(Recorded(tmp_path / "rewards_single.jsonl"), 1.0)])
     single.fit()
     single.close()
 
@@ -172,14 +179,18 @@ def test_grpo_two_ranks_match_one(tmp_path, tiny_checkpoint, one_thread, case):
     m1, m2 = _lines(tmp_path / "one" / "metrics.jsonl"), _lines(tmp_path / "two" / "metrics.jsonl")
     assert [x["step"] for x in m2] == [1, 2]
     for x, y in zip(m1, m2, strict=True):
-        for k in ("reward", "skipped", "trained_samples", "loss", "kl", "ratio", "grad_norm", "entropy"):
+        for k in ("reward", "skipped", "trained_samples", "loss", "kl", "ratio", "grad_norm", "entropy", "pairs",
+                  "reward/accuracy"):
             assert x.get(k) == pytest.approx(y.get(k), rel=1e-5, abs=1e-7), k
+        # DPO's implicit rewards are beta x differences of sequence log-probabilities (sums of
+        # 64 tokens, ~ -270, whose fp32 spacing is 3e-5) of batches of other sizes: to 1e-5.
+        assert x.get("reward/margin") == pytest.approx(y.get("reward/margin"), abs=1e-5)
     # Rank 0 evaluated on the gathered weights, at steps 0, 1 and 2, and alone wrote the results.
     e1, e2 = _lines(tmp_path / "one" / "eval.jsonl"), _lines(tmp_path / "two" / "eval.jsonl")
     assert [x["step"] for x in e2] == [0, 1, 2]
     for x, y in zip(e1, e2, strict=True):
         assert x["weight_sum"] == pytest.approx(y["weight_sum"], rel=1e-9)
-    if case == "lora":
+    if case != "full":
         adapter = list_checkpoints(tmp_path / "two")[-1][1] / "adapter" / "adapter_model.safetensors"
         from safetensors.torch import load_file
 
