@@ -96,6 +96,12 @@ def _nothing(model: nn.Module) -> None:
     return None
 
 
+def gathered_dtype(device: torch.device, dist_info: Any) -> torch.dtype | None:
+    """FSDP2's compute dtype for the gathered weights: bf16 on GPUs with several processes,
+    else None (the weights' own fp32)."""
+    return torch.bfloat16 if dist_info.distributed and device.type == "cuda" else None
+
+
 def load_policy(cfg: PostTrainConfig) -> tuple[nn.Module, JanusProcessor, Path]:
     source = resolve_model_source(cfg.model)
     if isinstance(source, str):
@@ -148,6 +154,8 @@ class GRPOTrainer:
         self.device = resolve_device(cfg.device, local_rank=self.dist_info.local_rank)
         log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.log = log if self.dist_info.is_main else (lambda line: None)
+        # With FSDP2 on GPUs the weights are gathered in bf16 (the masters stay fp32).
+        self.param_dtype = gathered_dtype(self.device, self.dist_info)
         model, processor, source = load_policy(cfg)
         self.processor, self.source = processor, source
         self.policy = Policy(model)
@@ -164,14 +172,15 @@ class GRPOTrainer:
         else:
             self.n_trainable = select_trainable(model, cfg.trainable)
             # A full frozen copy in every process (not sharded): it runs inside the sampling
-            # phase, where each process runs its own number of forwards.
-            self.reference = (copy.deepcopy(model).eval().requires_grad_(False).to(self.device)
+            # phase, where each process runs its own number of forwards; in the policy's compute
+            # dtype, so that the KL starts at 0.
+            self.reference = (copy.deepcopy(model).eval().requires_grad_(False).to(self.device,
+                                                                                  dtype=self.param_dtype)
                               if cfg.kl_beta or cfg.method == "dpo" else None)
         if self.dist_info.distributed:
             from openjanus.train.parallel import shard_model
 
-            bf16 = torch.bfloat16 if self.device.type == "cuda" else None
-            shard_model(self.policy, list(model.llm.layers), self.device, param_dtype=bf16)
+            shard_model(self.policy, list(model.llm.layers), self.device, param_dtype=self.param_dtype)
             with torch.no_grad():
                 self.policy(_nothing)  # the root's first forward: FSDP2 settles which module is its root
             self.policy.reshard()  # (the root keeps its parameters gathered after a forward)

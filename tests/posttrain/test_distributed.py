@@ -350,3 +350,41 @@ def test_killed_two_rank_lora_grpo_run_resumes_to_the_one_rank_weights(tmp_path,
     assert sorted(rewards["two"]) == [1, 2, 3, 4, 5]
     for step, r in rewards["one"].items():
         assert rewards["two"][step] == pytest.approx(r, rel=1e-6), step
+
+
+def _bf16_worker(rank: int, port: int, tmp: str, checkpoint: str) -> None:
+    import openjanus.posttrain.grpo as grpo
+    from openjanus.distributed import destroy
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    grpo.gathered_dtype = lambda device, info: torch.bfloat16  # what a GPU run uses, here on CPU
+    finished = False
+    try:
+        cfg = _grpo_cfg(Path(tmp) / "bf16", Path(checkpoint), "full")
+        cfg.inner_steps, cfg.critical_tokens = 1, 1.0  # one update per batch: step 1's KL is at the start
+        trainer = grpo.GRPOTrainer(cfg, log=lambda _: None,
+                                   reward_override=[(Recorded(Path(tmp) / f"rewards_rank{rank}.jsonl"), 1.0)])
+        assert trainer.reference is not None and trainer.reference.gen_head.proj.weight.dtype == torch.bfloat16
+        trainer.fit()
+        trainer.close()
+        del trainer
+        finished = True
+    finally:
+        destroy(wait_for_all=finished)
+
+
+def test_bf16_gathered_weights_as_on_gpus(tmp_path, tiny_checkpoint, one_thread):
+    """The mixed precision of a multi-GPU run (weights gathered in bf16, fp32 masters), on CPU:
+    sampling, rewards and updates run; the frozen reference computes in the same dtype, so the
+    KL of the first step is exactly 0; the checkpoints hold fp32 weights."""
+    mp.spawn(_bf16_worker, args=(_free_port(), str(tmp_path), str(tiny_checkpoint)), nprocs=2, join=True)
+    m = _lines(tmp_path / "bf16" / "metrics.jsonl")
+    assert [x["step"] for x in m] == [1, 2]
+    assert m[0]["kl"] == 0.0 and m[1]["kl"] > 0 and all(np.isfinite(x["loss"]) for x in m)
+    last = read_model_tensors(list_checkpoints(tmp_path / "bf16")[-1][1])
+    first = read_model_tensors(list_checkpoints(tmp_path / "bf16")[0][1])
+    assert all(v.dtype == torch.float32 for v in last.values() if v.is_floating_point())
+    assert any(not torch.equal(first[k], last[k]) for k in last)
