@@ -49,7 +49,17 @@ def edit_requests():
             ImageRequest("a star", n=1, seed=3, size=(64, 32)),
             ImageRequest("a green star", n=2, seed=4, image=photo((40, 30), seed=2), region=(0, 0, 20, 30)),
             ImageRequest("two squares", n=1, seed=5, image=photo(seed=3), outpaint={"right": 16}, jacobi=3,
-                         sampling=GREEDY)]
+                         sampling=GREEDY),
+            ImageRequest("a red square", n=2, seed=6, image=photo(seed=4), mask=lower_half(), jacobi=4,
+                         jacobi_branches=3)]
+
+
+def test_branched_edits_give_one_rows_tokens(pipe):
+    """Branches on an edit (known tokens) and an outpainting: Gumbel gives one row's tokens."""
+    for extra in ({"mask": lower_half()}, {"outpaint": {"right": 16}}):
+        request = ImageRequest("a red square", n=2, seed=6, image=photo(seed=4), jacobi=4, jacobi_branches=3, **extra)
+        one = pipe.generate(dataclasses.replace(request, jacobi_branches=1))
+        assert torch.equal(pipe.generate(request).tokens, one.tokens)
 
 
 def test_known_tokens_come_back_exactly(pipe):

@@ -296,6 +296,7 @@ def test_engine_on_cuda_mixes_equal_alone():
     pipe = JanusPipeline.load(None, device="cuda", dtype="float32")
     requests = [ImageRequest("a red circle", n=2, seed=1, sampling=GREEDY), ImageRequest("a star", n=1, seed=2),
                 ImageRequest("two squares", n=1, seed=3, jacobi=4, sampling=GREEDY),
+                ImageRequest("a green star", n=2, seed=4, jacobi=8, jacobi_branches=4),
                 ChatRequest([Message("user", "hello")], max_new_tokens=5)]
     alone = outputs([pipe.generate(r) for r in requests])
     assert outputs(pipe.run(requests)) == alone

@@ -32,11 +32,12 @@ def steps_of(model) -> int:
     return model.cfg.num_gen_tokens
 
 
-def masked_job(model, known: torch.Tensor, sampling=GREEDY, seed=0, jacobi=0, prompt=PROMPT) -> Job:
+def masked_job(model, known: torch.Tensor, sampling=GREEDY, seed=0, jacobi=0, prompt=PROMPT, branches=1,
+               sampler="mcsjd") -> Job:
     base = image_job(prompt, PAD, known.shape[0], 5.0, sampling, torch.Generator().manual_seed(seed),
-                     steps_of(model), jacobi=jacobi)
+                     steps_of(model), jacobi=jacobi, branches=branches)
     return Job("image", base.prompt_ids, base.steps, sampling, base.generator, guidance=5.0, jacobi=jacobi,
-               known=known)
+               known=known, branches=branches, jacobi_sampler=sampler)
 
 
 def known_tokens(model, pattern: torch.Tensor, n: int = 2, seed: int = 7) -> torch.Tensor:
@@ -126,6 +127,20 @@ def test_jacobi_with_known_tokens_equals_plain_masked_greedy(model, name):
         (fast,) = run_jobs(BatchRunner(model, rows=2), [masked_job(model, known, jacobi=window)])
         assert torch.equal(fast.tokens, plain.tokens), window
         assert fast.forward_passes <= plain.forward_passes
+
+
+@pytest.mark.parametrize("name", ["lower half", "stripes", "every other"])
+def test_branched_jacobi_with_known_tokens_gives_one_rows_tokens(model, name):
+    """Branches over known runs (a known first draft needs no candidates): greedy gives plain
+    masked decoding's tokens, Gumbel the tokens of one row, in no more passes than one row."""
+    known = known_tokens(model, patterns(steps_of(model))[name], n=1)
+    (plain,) = run_jobs(BatchRunner(model, rows=2), [masked_job(model, known)])
+    (fast,) = run_jobs(BatchRunner(model, rows=6), [masked_job(model, known, jacobi=4, branches=3)])
+    assert torch.equal(fast.tokens, plain.tokens)
+    gumbel = [run_jobs(BatchRunner(model, rows=2 * k), [masked_job(model, known, SAMPLED, seed=9, jacobi=4, branches=k,
+                                                                   sampler="gumbel")])[0] for k in (1, 3)]
+    assert torch.equal(gumbel[0].tokens, gumbel[1].tokens)
+    assert torch.equal(gumbel[1].tokens[:, known[0] >= 0], known[:, known[0] >= 0])
 
 
 def test_sampled_jacobi_keeps_known_tokens(model):

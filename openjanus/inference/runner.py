@@ -772,7 +772,8 @@ class BatchRunner:
                     h = self.model.splice_und_features(h, job.image_mask.to(device)[None], feats)
                 if job.prefix:  # known image tokens before the first to sample, in both CFG rows
                     known = self.model.embed_image_tokens(job.known[:, :job.prefix].to(device))  # [n, P, D]
-                    h = torch.cat([h, known.repeat_interleave(2, dim=0)], dim=1)
+                    # Each image's two rows (a Jacobi image's rows on every branch).
+                    h = torch.cat([h, known.repeat_interleave(2 * job.branches, dim=0)], dim=1)
             except Exception as e:  # this job's own input: it alone fails
                 failed.append((job, e))
                 continue
