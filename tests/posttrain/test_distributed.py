@@ -181,10 +181,14 @@ def test_two_ranks_sample_and_train_as_one(tmp_path, tiny_checkpoint, one_thread
     for x, y in zip(m1, m2, strict=True):
         for k in ("reward", "skipped", "trained_samples", "loss", "kl", "ratio", "grad_norm", "entropy", "pairs",
                   "reward/accuracy"):
-            assert x.get(k) == pytest.approx(y.get(k), rel=1e-5, abs=1e-7), k
+            assert (k in x) == (k in y), k
+            if k in x:  # (pytest >= 9.2 refuses approx(None))
+                assert x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-7), k
         # DPO's implicit rewards are beta x differences of sequence log-probabilities (sums of
         # 64 tokens, ~ -270, whose fp32 spacing is 3e-5) of batches of other sizes: to 1e-5.
-        assert x.get("reward/margin") == pytest.approx(y.get("reward/margin"), abs=1e-5)
+        assert ("reward/margin" in x) == ("reward/margin" in y)
+        if "reward/margin" in x:
+            assert x["reward/margin"] == pytest.approx(y["reward/margin"], abs=1e-5)
     # Rank 0 evaluated on the gathered weights, at steps 0, 1 and 2, and alone wrote the results.
     e1, e2 = _lines(tmp_path / "one" / "eval.jsonl"), _lines(tmp_path / "two" / "eval.jsonl")
     assert [x["step"] for x in e2] == [0, 1, 2]
