@@ -193,3 +193,36 @@ def test_a_streamed_edit_holds_its_pixels_until_the_stream_ends_or_the_client_le
     finally:
         release.set()
     assert _wait_for(lambda: budget.used == 0), budget.used
+
+
+def test_a_streamed_chat_about_an_image_gives_its_pixels_back_when_the_client_leaves(server, monkeypatch):
+    """The same budget for a streamed chat about an image: held while the answer streams, given
+    back when the client leaves mid-answer (the engine's next answer step is held on an event, so
+    the client reads the first chunk and leaves while the request is still running)."""
+    import openjanus.inference.runner as runner_module
+
+    budget = server.server.config.app.state.budget
+    at_step, release = threading.Event(), threading.Event()
+    sample = runner_module.TextDecoder.sample
+
+    def held_sample(self, runner, states):
+        at_step.set()
+        release.wait(60)
+        return sample(self, runner, states)
+
+    monkeypatch.setattr(runner_module.TextDecoder, "sample", held_sample)
+    url = "data:image/png;base64," + base64.b64encode(png(scene())).decode()
+    body = {"model": "janus-shapes", "stream": True, "max_tokens": 8,
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                      {"type": "text", "text": "what is this?"}]}]}
+    assert _wait_for(lambda: budget.used == 0)
+    try:
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=120) as r:
+            assert r.status_code == 200
+            assert next(r.iter_lines()).startswith("data: ")  # the first chunk (the assistant's role)
+            assert at_step.wait(60), "the answer never started decoding"
+            assert budget.used == 64 * 64  # the image, mid-answer
+        # (leaving the block closes the connection with the answer unread)
+    finally:
+        release.set()
+    assert _wait_for(lambda: budget.used == 0), budget.used
