@@ -43,6 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="folder or preset (default: the shipped demo model)")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (timings synchronise the device)")
     ap.add_argument("--windows", type=int, nargs="+", default=[4, 16])
     ap.add_argument("--images", type=int, nargs="+", default=[1, 4, 16], help="images per request")
     ap.add_argument("--tokens", type=int, default=None, help="image tokens per image (default: all)")
@@ -63,7 +64,15 @@ def main() -> None:
     from openjanus.inference.runner import BatchRunner, image_job
     from openjanus.requests import SamplingParams
 
-    pipe = JanusPipeline.load(args.model, device="cpu", dtype=args.dtype)
+    pipe = JanusPipeline.load(args.model, device=args.device, dtype=args.dtype)
+
+    def sync() -> None:  # a GPU's work is queued: time it done
+        if pipe.device.type == "cuda":
+            torch.cuda.synchronize(pipe.device)
+
+    def generator(seed: int) -> torch.Generator:  # on the model's device, as the engine's
+        return torch.Generator(device=pipe.device).manual_seed(seed)
+
     tok = pipe.processor.tokenizer
     n_tokens = args.tokens or pipe.model.cfg.num_gen_tokens
     prompts = ["a red circle", "two blue squares left of a green star", "three yellow triangles"]
@@ -75,7 +84,7 @@ def main() -> None:
         passes = 0
         t = time.perf_counter()
         for k, prompt in enumerate(ids):
-            streams = [torch.Generator().manual_seed(1000 * seed + 100 * k + i) for i in range(images)]
+            streams = [generator(1000 * seed + 100 * k + i) for i in range(images)]
             if window:
                 jobs = [image_job(prompt, tok.pad_id, 1, 5.0, sampling, g, n_tokens, jacobi=window,
                                   jacobi_sampler=sampler, branches=branches) for g in streams]
@@ -83,10 +92,11 @@ def main() -> None:
                 jobs = [image_job(prompt, tok.pad_id, images, 5.0, sampling, streams, n_tokens, gumbel=True)]
             else:
                 jobs = [image_job(prompt, tok.pad_id, images, 5.0, sampling,
-                                  torch.Generator().manual_seed(1000 * seed + 100 * k), n_tokens)]
+                                  generator(1000 * seed + 100 * k), n_tokens)]
             before = runner.passes
             run_jobs(runner, jobs)
             passes += runner.passes - before  # every job of the request shares these passes
+        sync()
         return (time.perf_counter() - t) / len(ids), passes / len(ids)
 
     rows = []

@@ -26,7 +26,7 @@ PARTS = ("llm.embed", "llm.layers", "llm.norm", "gen_head", "gen_aligner", "gen_
 
 
 @torch.no_grad()
-def build(preset: str, dtype: torch.dtype):
+def build(preset: str, dtype: torch.dtype, device: str = "cpu"):
     from openjanus.config import JanusConfig
     from openjanus.model.janus import Janus
 
@@ -35,9 +35,9 @@ def build(preset: str, dtype: torch.dtype):
         model = Janus(cfg).to(dtype)
     g = torch.Generator().manual_seed(0)
     for name in PARTS:
-        mod = model.get_submodule(name).to_empty(device="cpu")
+        mod = model.get_submodule(name).to_empty(device=device)
         for p in mod.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(dtype) * 0.02)
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(device, dtype) * 0.02)
     from openjanus.model.llm import RMSNorm
 
     for m in model.modules():
@@ -51,15 +51,21 @@ def pass_seconds(model, rows: int, positions: int, context: int, repeats: int) -
     from openjanus.model.llm import KVCache, cache_mask
 
     cfg, ref = model.llm.cfg, model.llm.embed.weight
-    cache = KVCache.allocate(cfg.n_layers, rows, context + positions, cfg.n_kv_heads, cfg.head_dim, dtype=ref.dtype)
-    x = torch.randn(rows, positions, cfg.dim).to(ref.dtype)
-    slots = torch.arange(context, context + positions)
-    mask = cache_mask(slots, torch.ones(rows, context + positions, dtype=torch.bool))
+    device = ref.device
+    cache = KVCache.allocate(cfg.n_layers, rows, context + positions, cfg.n_kv_heads, cfg.head_dim, device=device,
+                             dtype=ref.dtype)
+    x = torch.randn(rows, positions, cfg.dim).to(device, ref.dtype)
+    slots = torch.arange(context, context + positions, device=device)
+    mask = cache_mask(slots, torch.ones(rows, context + positions, dtype=torch.bool, device=device))
     model.llm(x, slots.expand(rows, -1), mask=mask, cache=cache, slots=slots)  # warm-up
     times = []
     for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         t = time.perf_counter()
         model.image_logits(model.llm(x, slots.expand(rows, -1), mask=mask, cache=cache, slots=slots))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t)
     return min(times)
 
@@ -68,6 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="janus-pro-1b")
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (timings synchronise the device)")
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--context", type=int, default=300, help="cached positions per row (prompt + image so far)")
     ap.add_argument("--repeats", type=int, default=3)
@@ -81,7 +88,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from openjanus.inference.autowindow import WindowChooser
 
-    model = build(args.preset, getattr(torch, args.dtype))
+    model = build(args.preset, getattr(torch, args.dtype), args.device)
     report: dict = {"preset": args.preset, "dtype": args.dtype, "threads": torch.get_num_threads(), "rows": []}
     print(f"{args.preset} ({args.dtype}, random weights), {torch.get_num_threads()} threads, {args.context} cached "
           f"positions per row; best of {args.repeats}")
