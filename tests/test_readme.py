@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from processes import free_port
 
 ROOT = Path(__file__).parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -104,12 +105,6 @@ def _env() -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(cwd: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "openjanus.cli", "serve", "--port", str(port)], cwd=cwd,
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -132,7 +127,7 @@ def test_block_runs(block: Block, tmp_path):
     code = block.code
     server = None
     if block.mark.startswith("server"):
-        port = _free_port()
+        port = free_port()
         code = code.replace("8000", str(port))
         server = _start_server(cwd, port)
     try:

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import zlib
@@ -17,20 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+from processes import free_port, gloo_rank
 
 from openjanus.cli import main
 from openjanus.train.checkpoint import list_checkpoints, read_model_tensors
 
 REPO = Path(__file__).resolve().parents[2]
 LORA = {"rank": 4, "alpha": 8, "targets": "model.language_model.*proj"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Recorded:
@@ -93,14 +86,7 @@ def _trainer_class(case: str):
 
 
 def _grpo_worker(rank: int, port: int, tmp: str, checkpoint: str, case: str) -> None:
-    from openjanus.distributed import destroy
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    finished = False
-    try:
+    with gloo_rank(rank, port):
         cfg = _grpo_cfg(Path(tmp) / "two", Path(checkpoint), case)
         trainer = _trainer_class(case)(cfg, log=lambda _: None, eval_hook=weight_sum,
                               reward_override=[(Recorded(Path(tmp) / f"rewards_rank{rank}.jsonl"), 1.0)])
@@ -112,9 +98,6 @@ def _grpo_worker(rank: int, port: int, tmp: str, checkpoint: str, case: str) -> 
         trainer.fit()
         trainer.close()
         del trainer
-        finished = True
-    finally:
-        destroy(wait_for_all=finished)
 
 
 def assert_weights_match(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -150,7 +133,7 @@ def _lines(path: Path) -> list[dict]:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_two_ranks_sample_and_train_as_one(tmp_path, tiny_checkpoint, one_thread, case):
-    mp.spawn(_grpo_worker, args=(_free_port(), str(tmp_path), str(tiny_checkpoint), case), nprocs=2, join=True)
+    mp.spawn(_grpo_worker, args=(free_port(), str(tmp_path), str(tiny_checkpoint), case), nprocs=2, join=True)
     single = _trainer_class(case)(_grpo_cfg(tmp_path / "one", tiny_checkpoint, case), log=lambda _: None,
                                   eval_hook=weight_sum,
                                   reward_override=[(Recorded(tmp_path / "rewards_single.jsonl"), 1.0)])
@@ -238,7 +221,7 @@ def test_dpo_torchrun_two_ranks_match_one_and_resume_on_one(tmp_path, tiny_check
     one = _dpo_config(tmp_path, tiny_checkpoint, tmp_path / "one", tokens)
     two = _dpo_config(tmp_path, tiny_checkpoint, tmp_path / "two", tokens)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "openjanus",
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "openjanus",
                            "posttrain", str(two), "-o", "steps=2"], capture_output=True, text=True, env=env,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -263,7 +246,7 @@ def test_dpo_torchrun_two_ranks_match_one_and_resume_on_one(tmp_path, tiny_check
     mixed = _dpo_config(tmp_path, tiny_checkpoint, tmp_path / "mixed", tokens)
     step2 = Path("checkpoints") / "step_00000002"
     shutil.copytree(tmp_path / "one" / step2, tmp_path / "mixed" / step2)
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "openjanus",
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "openjanus",
                            "posttrain", str(mixed), "--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_weights_match(read_model_tensors(tmp_path / "mixed" / "checkpoints" / "step_00000003"),
@@ -315,7 +298,7 @@ def test_killed_two_rank_lora_grpo_run_resumes_to_the_one_rank_weights(tmp_path,
     # The killed run's two ranks are started as torchrun starts them (its environment variables),
     # but by the test: torchrun puts each rank in a session of its own, out of reach of a
     # SIGKILL to torchrun's process group, so that they would live on after it.
-    port = _free_port()
+    port = free_port()
     ranks = [subprocess.Popen([sys.executable, "-m", "openjanus", "posttrain", str(path)],
                               stderr=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, text=True, start_new_session=True,
@@ -334,7 +317,7 @@ def test_killed_two_rank_lora_grpo_run_resumes_to_the_one_rank_weights(tmp_path,
         proc.wait(timeout=60)
     killed_at = list_checkpoints(tmp_path / "two")[-1][0]
     assert 2 <= killed_at < 5
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "openjanus",
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "openjanus",
                            "posttrain", str(path), "--resume"], capture_output=True, text=True, env=env, timeout=300)
     err = proc.stderr
     assert proc.returncode == 0, err[-3000:]
@@ -358,15 +341,9 @@ def test_killed_two_rank_lora_grpo_run_resumes_to_the_one_rank_weights(tmp_path,
 
 def _bf16_worker(rank: int, port: int, tmp: str, checkpoint: str) -> None:
     import openjanus.posttrain.grpo as grpo
-    from openjanus.distributed import destroy
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
     grpo.gathered_dtype = lambda device, info: torch.bfloat16  # what a GPU run uses, here on CPU
-    finished = False
-    try:
+    with gloo_rank(rank, port):
         cfg = _grpo_cfg(Path(tmp) / "bf16", Path(checkpoint), "full")
         cfg.inner_steps, cfg.critical_tokens = 1, 1.0  # one update per batch: step 1's KL is at the start
         trainer = grpo.GRPOTrainer(cfg, log=lambda _: None,
@@ -375,16 +352,13 @@ def _bf16_worker(rank: int, port: int, tmp: str, checkpoint: str) -> None:
         trainer.fit()
         trainer.close()
         del trainer
-        finished = True
-    finally:
-        destroy(wait_for_all=finished)
 
 
 def test_bf16_gathered_weights_as_on_gpus(tmp_path, tiny_checkpoint, one_thread):
     """The mixed precision of a multi-GPU run (weights gathered in bf16, fp32 masters), on CPU:
     sampling, rewards and updates run; the frozen reference computes in the same dtype, so the
     KL of the first step is exactly 0; the checkpoints hold fp32 weights."""
-    mp.spawn(_bf16_worker, args=(_free_port(), str(tmp_path), str(tiny_checkpoint)), nprocs=2, join=True)
+    mp.spawn(_bf16_worker, args=(free_port(), str(tmp_path), str(tiny_checkpoint)), nprocs=2, join=True)
     m = _lines(tmp_path / "bf16" / "metrics.jsonl")
     assert [x["step"] for x in m] == [1, 2]
     assert m[0]["kl"] == 0.0 and m[1]["kl"] > 0 and all(np.isfinite(x["loss"]) for x in m)

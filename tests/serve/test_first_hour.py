@@ -22,6 +22,7 @@ import httpx
 import openai
 import pytest
 from PIL import Image
+from processes import free_port
 
 from openjanus.cli import main
 from openjanus.requests import ChatRequest, ImageRequest
@@ -86,12 +87,6 @@ def test_fingerprint_favicon_and_the_model_card(server, demo_pipe):
     assert card["defaults"]["image"]["guidance"] == 5.0 and card["fingerprint"] == demo_pipe.fingerprint
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -112,7 +107,7 @@ def test_a_busy_port_is_one_error_line_before_the_model_loads():
 
 
 def test_serve_logs_a_start_line_and_one_json_line_per_request():
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "openjanus.cli", "serve", "--port", str(port), "--dtype",
                              "float32", "--log-format", "json"], env=_env(), stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True)

@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pytest
+from processes import free_port
 
 from openjanus.cli import main
 
@@ -27,14 +28,8 @@ def test_an_empty_api_key_is_refused_at_start(argv, env, monkeypatch, capsys):
     assert time.perf_counter() - started < 5  # before the model loads
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sigterm_with_slow_clients_exits_promptly_and_cleanly():
-    port = _free_port()
+    port = free_port()
     code = "import sys; from openjanus.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--model", "tiny", "--port", str(port),
                              "--shutdown-grace", "30", "--header-timeout", "60", "--body-timeout", "60"],

@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-import socket
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from processes import free_port
 
 openai = pytest.importorskip("openai")
 ray = pytest.importorskip("ray", reason="the cluster extra is not installed (pip install -e '.[cluster]')")
@@ -27,12 +27,6 @@ from openjanus.serve.protocol import ServeSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = ServeSettings(model_id="janus-shapes", max_body_bytes=2 * 2**20, max_image_pixels=1_000_000)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RayApp:

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import build_tiny
 from loop_batches import HandStream, assert_params_close
+from processes import free_port, gloo_rank
 
 from openjanus.checkpoints import load_model
-from openjanus.distributed import current_dist_info, destroy
+from openjanus.distributed import current_dist_info
 from openjanus.model.janus import Janus
 from openjanus.train.checkpoint import list_checkpoints, read_model_tensors
 from openjanus.train.objectives import JanusObjective
@@ -42,12 +41,7 @@ def _trainer(seed: int, rank: int, world: int, out: str, **settings) -> Trainer:
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    finished = False
-    try:
+    with gloo_rank(rank, port):
         first = _trainer(0, rank, 2, out, checkpoint_every=2, stop_at=2)
         first.fit()
         # A new sharded model with other weights takes everything from the checkpoint.
@@ -55,20 +49,11 @@ def _worker(rank: int, port: int, out: str) -> None:
         second.resume(list_checkpoints(out)[-1][1])
         second.fit()  # writes the final checkpoint (step 3)
         del first, second
-        finished = True
-    finally:
-        destroy(wait_for_all=finished)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_fsdp_two_processes_match_one(tmp_path) -> None:
     out = str(tmp_path / "fsdp")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), out), nprocs=2, join=True)
     steps = [s for s, _ in list_checkpoints(out)]
     assert steps == [2, 3]
 
@@ -98,7 +83,7 @@ def test_torchrun_cli_two_processes(tmp_path, tiny_checkpoint) -> None:
                              data=write_train_data(tmp_path / "data"),
                              stage={"preset": "stage3", "steps": 2, "global_batch": 2})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "openjanus.cli",
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "openjanus.cli",
                            "train", str(cfg)], capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es) x 1 rows x 1 accumulation = global batch 2" in proc.stderr
