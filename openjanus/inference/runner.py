@@ -507,7 +507,7 @@ class JacobiDecoder(Decoder):
         s.nonfinite |= non_finite(guided)
         greedy = job.sampling.temperature == 0
         gumbel = not greedy and job.jacobi_sampler == "gumbel"
-        probs = best = scores = noise = None
+        probs = best = scores = None
         if greedy:
             best = guided.argmax(-1)
         else:
@@ -515,8 +515,7 @@ class JacobiDecoder(Decoder):
             if gumbel:  # each output's token: its position's noisy argmax, a deterministic function
                 if d.key is None:
                     d.key = gumbel_key(job.generator)
-                noise = d.gumbel(range(base, base + m), scores.shape[-1], scores.device)
-                best = gumbel_tokens(scores, noise)
+                best = gumbel_tokens(scores, d.gumbel(range(base, base + m), scores.shape[-1], scores.device))
             else:
                 probs = torch.softmax(scores, dim=-1)
         drafts = d.tokens if d.tokens is not None else torch.empty(0, dtype=torch.long, device=guided.device)
@@ -764,7 +763,8 @@ class BatchRunner:
                     start < s.rows.stop and s.rows.start < start + job.n_rows for s in self.states):
                 raise ValueError(f"rows {start}..{start + job.n_rows - 1} are not free")
             try:
-                ids = torch.tensor(job.prompt_ids, dtype=torch.long, device=device)  # [R, T]
+                # [R, T]; a Jacobi job's branches share one prompt: embedded and run once (`_prefill`).
+                ids = torch.tensor(job.prompt_ids[:job.n_rows // job.branches], dtype=torch.long, device=device)
                 h = self.model.embed_text(ids)
                 hashes: list[bytes] = []
                 if job.kind == "text" and job.pixel_values is not None and job.pixel_values.shape[0]:
@@ -772,8 +772,7 @@ class BatchRunner:
                     h = self.model.splice_und_features(h, job.image_mask.to(device)[None], feats)
                 if job.prefix:  # known image tokens before the first to sample, in both CFG rows
                     known = self.model.embed_image_tokens(job.known[:, :job.prefix].to(device))  # [n, P, D]
-                    # Each image's two rows (a Jacobi image's rows on every branch).
-                    h = torch.cat([h, known.repeat_interleave(2 * job.branches, dim=0)], dim=1)
+                    h = torch.cat([h, known.repeat_interleave(2, dim=0)], dim=1)
             except Exception as e:  # this job's own input: it alone fails
                 failed.append((job, e))
                 continue
@@ -828,8 +827,7 @@ class BatchRunner:
         positions from `start` (slots before it already hold keys/values, from the prefix cache),
         written straight into the job's rows of the cache."""
         device = self.device
-        branches = state.job.branches
-        h = h[:h.shape[0] // branches]  # a Jacobi job's branches share one prompt: run it once
+        branches = state.job.branches  # h holds the first branch's rows: the others take copies
         R, T = h.shape[:2]
         slots = torch.arange(start, start + T, device=device)
         positions = slots.expand(R, T)
