@@ -163,7 +163,7 @@ class DPOTrainer(GRPOTrainer):
         has none of this step: each kind is one forward of the LLM blocks, a collective."""
         kinds = ("image", "answer")
         mine = [float(any(p.kind == k for p in pairs)) for k in kinds]
-        anyone = all_reduce_max(mine, self.device) if self.dist_info.distributed else mine
+        anyone = all_reduce_max(mine, self.device)
         T = self.policy.model.cfg.num_gen_tokens
         blank = torch.zeros(T, dtype=torch.long)
         made = {"image": Pair("a", "image", blank, blank), "answer": Pair("a", "answer", "a", "b", [])}

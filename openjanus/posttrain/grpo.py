@@ -38,14 +38,14 @@ from torch import nn
 
 from openjanus.checkpoints import load_model
 from openjanus.devices import resolve_device
-from openjanus.distributed import all_reduce_sum, current_dist_info
+from openjanus.distributed import all_reduce_sum, barrier, current_dist_info
 from openjanus.errors import UserError
 from openjanus.inference.engine import EngineConfig
 from openjanus.inference.pipeline import JanusPipeline, resolve_model_source
 from openjanus.posttrain.config import PostTrainConfig
 from openjanus.posttrain.prompts import Prompt, PromptStream
 from openjanus.posttrain.rewards import Reward, SelfReward, ShapesReward, finite
-from openjanus.posttrain.sharding import check_world_size, gathered, local_slice, main_only_barrier, micro_batch_count
+from openjanus.posttrain.sharding import check_world_size, gathered, local_slice, micro_batch_count
 from openjanus.processing import JanusProcessor
 from openjanus.requests import ImageRequest, SamplingParams
 from openjanus.shapes.spec import TAGS
@@ -224,7 +224,7 @@ class GRPOTrainer:
             # With FSDP2 this process holds shards: the adapter comes from the full weights just written.
             state = read_tensors_matching(path, ".lora_") if self.dist_info.distributed else None
             save_adapter(self.policy.model, path / "adapter", state=state)
-        main_only_barrier(self.dist_info)
+        barrier()  # where rank 0 alone worked, the others wait
         return path
 
     def resume(self, folder: str | Path | None = None) -> None:
@@ -303,7 +303,7 @@ class GRPOTrainer:
         if n_all:
             mb = cfg.micro_batch
             # Every process runs as many micro-batches as the busiest one (each is a collective).
-            rounds = micro_batch_count(len(idx), mb, self.dist_info, self.device)
+            rounds = micro_batch_count(len(idx), mb, self.device)
             gcpo = cfg.critical_tokens < 1
             critical: dict[int, torch.Tensor] = {}  # GCPO: chosen at the first update, kept for the others
             entropy_sum = 0.0
@@ -438,7 +438,7 @@ class GRPOTrainer:
             if self.dist_info.is_main:
                 with torch.no_grad():
                     results = self.eval_hook(self.policy.model, self.state.step)  # type: ignore[misc]
-            main_only_barrier(self.dist_info)
+            barrier()  # where rank 0 alone worked, the others wait
         if not self.dist_info.is_main:
             return
         self.log(f"eval at step {self.state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(results.items())))

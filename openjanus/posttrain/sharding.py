@@ -28,7 +28,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from openjanus.distributed import DistInfo, all_reduce_max, barrier
+from openjanus.distributed import DistInfo, all_reduce_max
 from openjanus.errors import UserError
 
 
@@ -74,16 +74,9 @@ def gathered(root: nn.Module, dist_info: DistInfo) -> Iterator[None]:
             m.set_reshard_after_forward(m is not root, recurse=False)
 
 
-def micro_batch_count(n_local: int, micro_batch: int, dist_info: DistInfo, device: torch.device) -> int:
+def micro_batch_count(n_local: int, micro_batch: int, device: torch.device) -> int:
     """The number of micro-batches every rank runs: the most any rank needs."""
-    mine = -(-n_local // micro_batch)
-    return int(all_reduce_max([float(mine)], device)[0]) if dist_info.distributed else mine
+    return int(all_reduce_max([float(-(-n_local // micro_batch))], device)[0])
 
 
-def main_only_barrier(dist_info: DistInfo) -> None:
-    """Where rank 0 alone did some work (evaluation) the others wait."""
-    if dist_info.distributed:
-        barrier()
-
-
-__all__ = ["check_world_size", "local_slice", "fsdp_modules", "gathered", "micro_batch_count", "main_only_barrier"]
+__all__ = ["check_world_size", "local_slice", "fsdp_modules", "gathered", "micro_batch_count"]
