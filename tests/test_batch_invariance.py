@@ -24,6 +24,7 @@ def requests() -> list:
     same = ["a red circle", "a blue square", "a green star"]  # equal token counts
     out: list = [ImageRequest(p, n=n, seed=s) for p, n, s in zip(same, (1, 2, 1), (3, 4, 5))]
     out.append(ImageRequest("a red circle", n=1, seed=6, jacobi=3))
+    out.append(ImageRequest("a green star", n=2, seed=8, jacobi=4, jacobi_branches=3))
     out.append(ImageRequest("a blue square", n=1, seed=7, sampling=SamplingParams(0.8, top_k=50)))
     out += [ChatRequest([Message("user", m)], max_new_tokens=6, sampling=SamplingParams(1.0), seed=s)
             for m, s in (("hello there", 1), ("hello world", 2))]
@@ -46,8 +47,8 @@ def test_requests_give_the_same_tokens_alone_and_in_any_mix(dtype, quantize, mon
     groups: list[int] = []
     prefill = BatchRunner._prefill
     monkeypatch.setattr(BatchRunner, "_prefill", lambda self, state, h, start=0: groups.append(
-        h.shape[0] // state.job.n_rows) or prefill(self, state, h, start))
-    for order in (list(range(len(reqs))), [6, 2, 0, 5, 1, 4, 3], [1, 0, 2]):
+        h.shape[0] // (state.job.n_rows // state.job.branches)) or prefill(self, state, h, start))  # one branch's rows
+    for order in (list(range(len(reqs))), [7, 6, 2, 0, 5, 1, 4, 3], [1, 0, 2]):
         mixed = pipe.run([reqs[i] for i in order])
         assert [tokens(m) for m in mixed] == [alone[i] for i in order], f"{dtype} {quantize} order {order}"
     assert groups and set(groups) == {1}, "requests were prefilled together"

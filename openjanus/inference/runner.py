@@ -433,8 +433,9 @@ class JacobiDecoder(Decoder):
     """Image jobs of one image decoded by speculative Jacobi decoding: each step verifies the
     drafts of every job's last window and feeds each a new window (the rule: `sampling.
     verify_window`; the next drafts: Gumbel Jacobi's own tokens, `sampling.gumbel_drafts`, or
-    MC-SJD's coupled / SJD's fresh redraw, `sampling.next_drafts`). One read of the image head
-    serves every job's window; the windows are fed in the step's one forward pass.
+    MC-SJD's coupled / SJD's fresh redraw, `sampling.next_drafts`). Each job's window goes
+    through the image head on its own (a shared product over neighbours' windows of other sizes
+    changed bf16 bits); windows of one length are fed in one forward pass.
 
     With known tokens (masked completion) a known position's draft is the known token and is
     kept without a test; a window reaches over known runs to hold `jacobi` positions to sample.
@@ -447,10 +448,12 @@ class JacobiDecoder(Decoder):
     def sample(self, runner: BatchRunner, states: list[JobState]) -> tuple[list[JobState], list[Feed]]:
         model = runner.model
         windows = [s.drafts.window for s in states]  # each [2, m, D]
-        logits = model.image_logits(torch.cat([w.flatten(0, 1) for w in windows]))  # [sum 2m, V]
+        # Each job's window through the image head on its own: a product's rows round alike only
+        # when computed alike, and a job's tokens must not depend on its neighbours (issue 23).
+        logits = [model.image_logits(w.flatten(0, 1)) for w in windows]  # [2 x branches x m, V] each
         finished: list[JobState] = []
         going: list[tuple[JobState, Tensor]] = []
-        for s, w, lg in zip(states, windows, logits.split([w.shape[0] * w.shape[1] for w in windows])):
+        for s, w, lg in zip(states, windows, logits):
             kept, before = s.drafts_accepted, s.done_steps
             try:
                 window = self._next_window(s, lg.view(w.shape[0], w.shape[1], -1))
