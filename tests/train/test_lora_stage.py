@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_fsdp import _free_port
+from processes import free_port
 from train_data import write_train_config, write_train_data
 
 from openjanus.checkpoints import load_model
@@ -76,7 +76,7 @@ def test_lora_stage_under_torchrun_fsdp2(tmp_path, tiny_checkpoint):
         pytest.skip("torchrun is not on PATH")
     cfg = _config(tmp_path, tiny_checkpoint, steps=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m",
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m",
                            "openjanus.cli", "train", str(cfg)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stderr
